@@ -1,0 +1,49 @@
+# firstspike: `make demo` sets everything up and runs the main job; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.firstspike-setup
+APT_PACKAGES := iverilog dataset-fashion-mnist
+export PYTHONHASHSEED := 0
+
+.PHONY: setup apt demo test test-fast bench clean help
+
+help:
+	@echo "make demo   - set up (apt packages, venv, pinned pip packages) and run the demo"
+	@echo "make test   - set up the same way and run the test suite"
+	@echo "make bench  - run the benchmarks (writes bench/results/*.json and docs/benchmarks.md)"
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing apt packages:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  else \
+	    echo "warning: missing apt packages:$$missing (run as root: apt-get install$$missing)"; \
+	  fi; \
+	fi
+
+$(STAMP): requirements.txt pyproject.toml
+	$(MAKE) apt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) -m firstspike train --config csnn_tiny --epochs 1 --train-subset 20000 --out runs/demo --no-resume
+	$(PY) -m firstspike eval runs/demo/checkpoint.pt --dataset mnist
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: setup
+	$(PY) bench/train_speed.py
+	$(PY) bench/accuracy.py
+
+clean:
+	rm -rf runs build .pytest_cache

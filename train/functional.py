@@ -1,0 +1,136 @@
+"""Spike-time layer as a custom autograd Function, input coding, pooling, decision, loss.
+
+Definitions follow docs/algorithm.md (the project's reference): discrete time 0..T-1,
+silent = T, at most one spike per neuron, backward from spike times only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from firstspike.train import kernels, stepwise
+
+BACKENDS = ("auto", "numba", "torch")
+
+
+def input_table(T: int) -> np.ndarray:
+    """256-entry pixel -> spike time table: t = floor((255 - p) * T / 256), p = 0 silent (T)."""
+    p = np.arange(256, dtype=np.int64)
+    table = ((255 - p) * T) // 256
+    table[0] = T
+    return table.astype(np.int32)
+
+
+def encode(images: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, [C,] H, W) -> spike times (B, C, H, W) float32 via the input table."""
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    return table.to(images.device)[images.long()].float()
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        return "numba" if device.type == "cpu" else "torch"
+    return backend
+
+
+class SpikeFire(torch.autograd.Function):
+    """t_out = first crossing of V_j(t) = sum_i w_ji max(0, t - t_i) over thr_j.
+
+    Inputs: t_in (spike times, float), w_eff (weights the gradient refers to: real weights,
+    or alpha * sign(w) in binary mode), w_fwd / thr_fwd (what the forward pass computes
+    with: the same reals in float64, or exact integers +-1 and ceil(theta / alpha)).
+    Backward (STiDi-BP): dL/dV_j = -dL/dt_j / rho, then the formulas in kernels.fire_backward.
+    """
+
+    @staticmethod
+    def forward(ctx, t_in, w_eff, w_fwd, thr_fwd, rho: float, T: int, stride: int, pad: int, backend: str, norm: bool):
+        Ho = (t_in.shape[2] + 2 * pad - w_fwd.shape[2]) // stride + 1
+        Wo = (t_in.shape[3] + 2 * pad - w_fwd.shape[3]) // stride + 1
+        if backend == "numba":
+            tin_np = t_in.detach().cpu().numpy().astype(np.int32)
+            wf = w_fwd.detach().cpu().numpy()
+            wf = wf.astype(np.int32) if not wf.dtype.kind == "f" else wf.astype(np.float64)
+            th = thr_fwd.detach().cpu().numpy()
+            th = th.astype(np.int64) if wf.dtype.kind == "i" else th.astype(np.float64)
+            out = torch.from_numpy(kernels.fire_forward(tin_np, wf, th, T, stride, pad, Ho, Wo)).to(t_in.dtype)
+        else:
+            out = stepwise.fire_forward(t_in.detach(), w_fwd.detach().double(), thr_fwd.detach().double(), T, stride, pad)
+            out = out.to(t_in.dtype)
+        ctx.save_for_backward(t_in, w_eff, out)
+        ctx.cfg = (rho, T, stride, pad, backend, norm)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        t_in, w_eff, t_out = ctx.saved_tensors
+        rho, T, stride, pad, backend, norm = ctx.cfg
+        gv = -g_out.double() / rho
+        if norm:
+            nrm = gv.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            gv = gv / nrm
+        if backend == "numba":
+            gw, gt = kernels.fire_backward(
+                t_in.detach().cpu().numpy().astype(np.int32),
+                w_eff.detach().cpu().numpy().astype(np.float64),
+                t_out.detach().cpu().numpy().astype(np.int32),
+                np.ascontiguousarray(gv.cpu().numpy()),
+                T,
+                stride,
+                pad,
+                max(1, min(kernels.num_threads(), t_in.shape[0])),
+            )
+            gw = torch.from_numpy(gw)
+            gt = torch.from_numpy(gt)
+        else:
+            gw, gt = stepwise.fire_backward(t_in.detach(), w_eff.detach().double(), t_out, gv, T, stride, pad)
+        gw = gw.to(device=w_eff.device, dtype=w_eff.dtype)
+        gt = gt.to(device=t_in.device, dtype=t_in.dtype) if ctx.needs_input_grad[0] else None
+        return gt, gw, None, None, None, None, None, None, None, None
+
+
+def min_pool(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Earliest spike in each k x k window (stride k); gradient goes to the winner."""
+    return -F.max_pool2d(-t, k, stride=k)
+
+
+def decide(t_out: torch.Tensor, v_last: torch.Tensor, T: int) -> torch.Tensor:
+    """Class = earliest output spike (lowest index on ties); if none fires, largest V(T-1)
+    (lowest index on ties). The one definition used everywhere."""
+    fired = t_out.min(dim=1).values < T
+    by_time = torch.argmin(t_out, dim=1)
+    by_v = torch.argmax(v_last, dim=1)
+    return torch.where(fired, by_time, by_v)
+
+
+def relative_targets(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float) -> torch.Tensor:
+    """S4NN/BS4NN relative targets: the correct class aims at the earliest output time tau,
+    others firing before tau + gamma are pushed to min(tau + gamma, T); if nothing fired the
+    correct class aims at T - gamma and the others stay at T."""
+    t = t_out.detach()
+    tau = t.min(dim=1, keepdim=True).values
+    push = torch.clamp(tau + gamma, max=float(T))
+    target = torch.where(t < tau + gamma, push.expand_as(t), t)
+    onehot = F.one_hot(labels, t.shape[1]).bool()
+    target = torch.where(onehot, tau.expand_as(t), target)
+    silent = tau.squeeze(1) >= T
+    if silent.any():
+        none = torch.full_like(t[silent], float(T))
+        none[onehot[silent]] = float(T - gamma)
+        target[silent] = none
+    return target
+
+
+def spike_loss(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, kind: str = "relative") -> torch.Tensor:
+    """Mean over the batch of 0.5 * sum_k e_k^2, e_k = (t_k - target_k) / T ("relative"),
+    or a temporal cross-entropy on -t_k / T * 10 ("tce")."""
+    if kind == "relative":
+        e = (t_out - relative_targets(t_out, labels, T, gamma)) / T
+        return 0.5 * (e**2).sum(dim=1).mean()
+    if kind == "tce":
+        return F.cross_entropy(-t_out / T * 10.0, labels)
+    raise ValueError(f"unknown loss {kind!r}; use 'relative' or 'tce'")

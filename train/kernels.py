@@ -1,0 +1,164 @@
+"""Event-driven CPU kernels (Numba) for one spiking convolution / dense layer.
+
+A layer maps input spike times ``tin`` (B, C, H, W), integers in 0..T (T = silent), to
+output spike times (B, Co, Ho, Wo) with the non-leaky piecewise-linear neuron
+
+    V_j(t) = sum_i w_ji * max(0, t - t_i),   t_j = first t in 0..T-1 with V_j(t) >= thr_j
+
+computed in its incremental (hardware) form: the events of a receptive field are bucketed
+by time once (counting sort, shared by all output channels), then per output neuron the
+slope I and potential V are stepped through time:
+
+    I(t) = I(t-1) + sum_{i: t_i = t-1} w_ji,   V(t) = V(t-1) + I(t),   I(0) = V(0) = 0.
+
+Work per layer is O(positions * (fan-in + Co * (events + T))): proportional to synaptic
+events plus neurons x T, never T dense convolutions. A dense layer is a convolution whose
+kernel covers the whole input. Weights are int32 (binary +-1, exact) or float64.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, nogil=True)
+def _gather(tin_b, oy, ox, stride, pad, KH, KW, T, cnt, ev_t, ev_k, ev_p):
+    """Bucket the firing inputs of one receptive field by time (stable counting sort).
+
+    Fills ev_t (time), ev_k (flat kernel index c*KH*KW+ky*KW+kx) and ev_p (flat input
+    index c*H*W+y*W+x) in time order; returns the number of events.
+    """
+    C, H, W = tin_b.shape
+    for t in range(T + 1):
+        cnt[t] = 0
+    ne = 0
+    for c in range(C):
+        for ky in range(KH):
+            y = oy * stride - pad + ky
+            if y < 0 or y >= H:
+                continue
+            for kx in range(KW):
+                x = ox * stride - pad + kx
+                if x < 0 or x >= W:
+                    continue
+                t = tin_b[c, y, x]
+                if t < T:
+                    cnt[t + 1] += 1
+                    ne += 1
+    for t in range(T):
+        cnt[t + 1] += cnt[t]
+    for c in range(C):
+        for ky in range(KH):
+            y = oy * stride - pad + ky
+            if y < 0 or y >= H:
+                continue
+            for kx in range(KW):
+                x = ox * stride - pad + kx
+                if x < 0 or x >= W:
+                    continue
+                t = tin_b[c, y, x]
+                if t < T:
+                    pos = cnt[t]
+                    cnt[t] += 1
+                    ev_t[pos] = t
+                    ev_k[pos] = (c * KH + ky) * KW + kx
+                    ev_p[pos] = (c * H + y) * W + x
+    return ne
+
+
+@njit(cache=True, parallel=True)
+def fire_forward(tin, w, thr, T, stride, pad, Ho, Wo):
+    """Output spike times (B, Co, Ho, Wo) int32 of one layer; see module docstring.
+
+    tin: (B, C, H, W) int32 in 0..T; w: (Co, C, KH, KW) int32 or float64; thr: (Co,).
+    """
+    B, C, H, W = tin.shape
+    Co, _, KH, KW = w.shape
+    n = C * KH * KW
+    wf = w.reshape(Co, n)
+    out = np.empty((B, Co, Ho, Wo), np.int32)
+    for b in prange(B):
+        cnt = np.empty(T + 1, np.int64)
+        ev_t = np.empty(n, np.int32)
+        ev_k = np.empty(n, np.int64)
+        ev_p = np.empty(n, np.int64)
+        tin_b = tin[b]
+        for oy in range(Ho):
+            for ox in range(Wo):
+                ne = _gather(tin_b, oy, ox, stride, pad, KH, KW, T, cnt, ev_t, ev_k, ev_p)
+                for co in range(Co):
+                    th = thr[co]
+                    cur = wf[co, 0] - wf[co, 0]
+                    pot = cur
+                    e = 0
+                    fired = T
+                    for t in range(T):
+                        while e < ne and ev_t[e] < t:
+                            cur += wf[co, ev_k[e]]
+                            e += 1
+                        pot += cur
+                        if pot >= th:
+                            fired = t
+                            break
+                    out[b, co, oy, ox] = fired
+    return out
+
+
+@njit(cache=True, parallel=True)
+def fire_backward(tin, w, tout, gv, T, stride, pad, nchunks):
+    """STiDi-BP backward of one layer from spike times only.
+
+    gv = dL/dV_j (B, Co, Ho, Wo) float64. Returns (dL/dw (Co, C, KH, KW), dL/dt_in):
+        dL/dw_ji  = sum dL/dV_j * max(0, t_j - t_i)
+        dL/dt_i   = sum_j dL/dV_j * (-w_ji) * [t_i < t_j]
+    Silent neurons count as firing at T (t_j = T).
+    """
+    B, C, H, W = tin.shape
+    Co, _, KH, KW = w.shape
+    _, _, Ho, Wo = tout.shape
+    n = C * KH * KW
+    wf = w.reshape(Co, n)
+    gw_part = np.zeros((nchunks, Co, n), np.float64)
+    gtin = np.zeros((B, C * H * W), np.float64)
+    for ch in prange(nchunks):
+        cnt = np.empty(T + 1, np.int64)
+        ev_t = np.empty(n, np.int32)
+        ev_k = np.empty(n, np.int64)
+        ev_p = np.empty(n, np.int64)
+        gwc = gw_part[ch]
+        for b in range(ch * B // nchunks, (ch + 1) * B // nchunks):
+            tin_b = tin[b]
+            gt_b = gtin[b]
+            for oy in range(Ho):
+                for ox in range(Wo):
+                    anyg = False
+                    for co in range(Co):
+                        if gv[b, co, oy, ox] != 0.0:
+                            anyg = True
+                            break
+                    if not anyg:
+                        continue
+                    ne = _gather(tin_b, oy, ox, stride, pad, KH, KW, T, cnt, ev_t, ev_k, ev_p)
+                    for co in range(Co):
+                        g = gv[b, co, oy, ox]
+                        if g == 0.0:
+                            continue
+                        tj = tout[b, co, oy, ox]
+                        for e in range(ne):
+                            ti = ev_t[e]
+                            if ti >= tj:
+                                break
+                            k = ev_k[e]
+                            gwc[co, k] += g * (tj - ti)
+                            gt_b[ev_p[e]] -= g * wf[co, k]
+    gw = np.zeros((Co, n), np.float64)
+    for ch in range(nchunks):
+        gw += gw_part[ch]
+    return gw.reshape(Co, C, KH, KW), gtin.reshape(B, C, H, W)
+
+
+def num_threads() -> int:
+    """Threads the Numba kernels use (set with NUMBA_NUM_THREADS or numba.set_num_threads)."""
+    return int(numba.get_num_threads())

@@ -1,0 +1,295 @@
+"""Convolutional TTFS network built from an architecture config (TOML).
+
+Layers: ``conv`` (spiking convolution), ``pool`` (min-time pooling), ``fc`` (spiking
+fully connected; the last one is the output layer, one neuron per class).
+Modes: ``real`` (real-valued weights) and ``binary`` (forward with alpha * sign(w), exact
+integers +-1 against integer thresholds ceil(theta / alpha); straight-through backward).
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from firstspike.errors import ConfigError
+from firstspike.train.functional import SpikeFire, decide, encode, input_table, min_pool, resolve_backend
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class LayerSpec:
+    kind: str  # conv | pool | fc
+    channels: int = 0  # conv: output channels; fc: units
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+
+
+@dataclass
+class NetConfig:
+    """Architecture and neuron parameters (the [train] table is separate: TrainConfig)."""
+
+    name: str
+    T: int = 64
+    mode: str = "binary"  # binary | real
+    input_shape: tuple[int, int, int] = (1, 28, 28)
+    layers: list[LayerSpec] = field(default_factory=list)
+    theta: float = 1.0  # threshold in units of T: theta_l = theta * T
+    per_channel_alpha: bool = True
+    calib_time: float = 0.5  # data-driven init: neurons should cross around this fraction of T
+    calib_fire: float = 0.5  # ... for this fraction of (image, neuron) pairs
+    out_calib_time: float = 0.75
+    clip: bool = True  # binary: clip the straight-through gradient to |w| <= 1
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "NetConfig":
+        d = dict(d)
+        d.pop("train", None)
+        try:
+            layers = [LayerSpec(**ly) for ly in d.pop("layers", [])]
+            cfg = NetConfig(layers=layers, **d)
+        except TypeError as e:
+            raise ConfigError(f"bad architecture config: {e}") from e
+        cfg.input_shape = tuple(cfg.input_shape)  # type: ignore[assignment]
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        return d
+
+    def validate(self) -> None:
+        if self.mode not in ("binary", "real"):
+            raise ConfigError(f"mode must be 'binary' or 'real', not {self.mode!r}")
+        if not (2 <= self.T <= 4096):
+            raise ConfigError(f"T={self.T} out of range 2..4096")
+        if not self.layers or self.layers[-1].kind != "fc":
+            raise ConfigError("the last layer must be 'fc' (the output layer, one neuron per class)")
+        c, h, w = self.input_shape
+        for i, ly in enumerate(self.layers):
+            if ly.kind == "conv":
+                h = (h + 2 * ly.padding - ly.kernel) // ly.stride + 1
+                w = (w + 2 * ly.padding - ly.kernel) // ly.stride + 1
+                c = ly.channels
+            elif ly.kind == "pool":
+                h, w = h // ly.kernel, w // ly.kernel
+            elif ly.kind == "fc":
+                h = w = 1
+                c = ly.channels
+            else:
+                raise ConfigError(f"layer {i}: unknown kind {ly.kind!r} (conv, pool, fc)")
+            if h < 1 or w < 1 or c < 1:
+                raise ConfigError(f"layer {i} ({ly.kind}) leaves an empty output {c}x{h}x{w}")
+
+
+def load_config(path_or_name: str | Path) -> tuple[NetConfig, dict[str, Any]]:
+    """Read a TOML config (a path, or a name in train/configs) -> (NetConfig, [train] table)."""
+    p = Path(path_or_name)
+    if not p.is_file():
+        cand = CONFIG_DIR / f"{path_or_name}.toml"
+        if not cand.is_file():
+            names = sorted(q.stem for q in CONFIG_DIR.glob("*.toml"))
+            raise ConfigError(f"config {path_or_name!r} not found: give a TOML file or one of {names}")
+        p = cand
+    try:
+        d = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from e
+    return NetConfig.from_dict(d), dict(d.get("train", {}))
+
+
+def integer_threshold(theta: float, alpha: torch.Tensor) -> torch.Tensor:
+    """Exported integer threshold of a binary layer: ceil(theta / alpha), in float64.
+
+    V_eff >= theta  <=>  sum sign(w) max(0, t - t_i) >= theta / alpha  <=>  integer sum >= this.
+    """
+    return torch.ceil(torch.as_tensor(theta, dtype=torch.float64) / alpha.detach().double()).clamp_min(1)
+
+
+class SpikingLayer(nn.Module):
+    """A spiking convolution or dense layer (dense = kernel covering the whole input)."""
+
+    def __init__(self, cin: int, cout: int, kh: int, kw: int, stride: int, padding: int, cfg: NetConfig):
+        super().__init__()
+        self.stride, self.padding = stride, padding
+        self.T = cfg.T
+        self.binary = cfg.mode == "binary"
+        self.clip = cfg.clip
+        self.weight = nn.Parameter(torch.empty(cout, cin, kh, kw).uniform_(-1.0, 1.0))
+        self.register_buffer("theta", torch.tensor(float(cfg.theta * cfg.T), dtype=torch.float64))
+        if self.binary:
+            self.log_alpha = nn.Parameter(torch.zeros(cout if cfg.per_channel_alpha else 1))
+
+    def per_channel(self) -> bool:
+        return (not self.binary) or self.log_alpha.numel() > 1
+
+    def alpha(self) -> torch.Tensor:
+        a = torch.exp(self.log_alpha)
+        return a.expand(self.weight.shape[0]) if a.numel() == 1 else a
+
+    def sign(self) -> torch.Tensor:
+        """+-1 weights of binary mode; sign(0) = +1."""
+        return torch.where(self.weight >= 0, 1.0, -1.0).to(self.weight.dtype)
+
+    def effective(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(w_eff for gradients, w_fwd and thr_fwd the forward pass computes with)."""
+        if self.binary:
+            s = self.sign()
+            w = self.weight
+            ste = w - w.detach()
+            if self.clip:
+                ste = ste * (w.detach().abs() <= 1.0)
+            w_eff = self.alpha().view(-1, 1, 1, 1) * (s + ste)
+            return w_eff, s.to(torch.int32), integer_threshold(self.theta, self.alpha()).long()
+        thr = self.theta.expand(self.weight.shape[0])
+        return self.weight, self.weight.double(), thr
+
+    def integer_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary mode: (+-1 int32 weights, int64 thresholds), exactly what the hardware runs."""
+        _, w, thr = self.effective()
+        return w.detach(), thr.detach()
+
+    def forward(self, t_in: torch.Tensor, backend: str = "auto", norm: bool = False) -> torch.Tensor:
+        w_eff, w_fwd, thr = self.effective()
+        be = resolve_backend(backend, t_in.device)
+        rho = float(self.theta) / self.T
+        return SpikeFire.apply(t_in, w_eff, w_fwd, thr, rho, self.T, self.stride, self.padding, be, norm)
+
+    def potential_at(self, t_in: torch.Tensor, t: float) -> torch.Tensor:
+        """V_j(t) with the forward weights (float64; exact integers in binary mode)."""
+        _, w_fwd, _ = self.effective()
+        x = torch.clamp(t - t_in.double(), min=0.0)
+        return F.conv2d(x, w_fwd.double().to(x.device), stride=self.stride, padding=self.padding)
+
+
+class CSNN(nn.Module):
+    """Convolutional spiking network; ``forward`` returns output spike times (B, classes)."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.T = cfg.T
+        self.register_buffer("table", torch.from_numpy(input_table(cfg.T)).long())
+        mods: list[nn.Module] = []
+        self.kinds: list[str] = []
+        self.pools: list[int] = []
+        c, h, w = cfg.input_shape
+        for ly in cfg.layers:
+            if ly.kind == "conv":
+                mods.append(SpikingLayer(c, ly.channels, ly.kernel, ly.kernel, ly.stride, ly.padding, cfg))
+                h = (h + 2 * ly.padding - ly.kernel) // ly.stride + 1
+                w = (w + 2 * ly.padding - ly.kernel) // ly.stride + 1
+                c = ly.channels
+            elif ly.kind == "pool":
+                mods.append(nn.Identity())
+                h, w = h // ly.kernel, w // ly.kernel
+            else:
+                mods.append(SpikingLayer(c, ly.channels, h, w, 1, 0, cfg))
+                c, h, w = ly.channels, 1, 1
+            self.kinds.append(ly.kind)
+            self.pools.append(ly.kernel if ly.kind == "pool" else 0)
+        self.layers = nn.ModuleList(mods)
+        self.backend = "auto"
+        self.norm_grad = False
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.layers[-1].channels
+
+    def spiking_layers(self) -> list[SpikingLayer]:
+        return [m for m in self.layers if isinstance(m, SpikingLayer)]
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return encode(images, self.table)
+
+    def forward_all(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Spike times after every layer (the input times first), each (B, C, H, W)."""
+        t = self.encode(images)
+        outs = [t]
+        for kind, k, mod in zip(self.kinds, self.pools, self.layers):
+            if kind == "pool":
+                t = min_pool(t, k)
+            else:
+                t = mod(t, self.backend, self.norm_grad)
+            outs.append(t)
+        return outs
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_all(images)[-1].flatten(1)
+
+    @torch.no_grad()
+    def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(classes, spike times of every layer) with the decision rule of the model."""
+        outs = self.forward_all(images)
+        v_last = self.layers[-1].potential_at(outs[-2], self.T - 1).flatten(1)
+        return decide(outs[-1].flatten(1), v_last, self.T), outs
+
+    @torch.no_grad()
+    def calibrate(self, images: torch.Tensor) -> None:
+        """Data-driven initialisation, layer by layer: scale each channel (alpha in binary
+        mode, the weights in real mode) so that about ``calib_fire`` of its neurons cross
+        threshold by ``calib_time * T`` on this batch."""
+        cfg = self.cfg
+        t = self.encode(images)
+        n_layers = len(self.layers)
+        for idx, (kind, k, mod) in enumerate(zip(self.kinds, self.pools, self.layers)):
+            if kind == "pool":
+                t = min_pool(t, k)
+                continue
+            last = idx == n_layers - 1
+            t_ref = (cfg.out_calib_time if last else cfg.calib_time) * self.T
+            x = torch.clamp(t_ref - t.double(), min=0.0)
+            unit = mod.sign().double() if mod.binary else mod.weight.double()
+            v = F.conv2d(x, unit, stride=mod.stride, padding=mod.padding)  # (B, Co, H, W)
+            # only neurons whose receptive field receives spikes by t_ref count
+            ones = torch.ones_like(unit[:1])
+            active = F.conv2d((x > 0).double(), ones, stride=mod.stride, padding=mod.padding) > 0
+            v = v.transpose(0, 1)[:, active.squeeze(1)]  # (Co, N active)
+            if v.shape[1] == 0:
+                v = torch.ones(v.shape[0], 1, dtype=torch.float64)
+            q = torch.quantile(v, 1.0 - cfg.calib_fire, dim=1)
+            if not mod.per_channel():
+                q = torch.quantile(v.flatten(), 1.0 - cfg.calib_fire).expand_as(q)
+            fallback = v.max(dim=1).values.clamp_min(1.0)
+            q = torch.where(q > 0, q, fallback)
+            theta = float(mod.theta)
+            if mod.binary:
+                a = theta / q
+                mod.log_alpha.copy_(torch.log(a if mod.log_alpha.numel() > 1 else a.mean().view(1)).float())
+            else:
+                mod.weight.mul_((theta / q).view(-1, 1, 1, 1).float())
+            t = mod(t, self.backend)
+            frac = (t < self.T).float().mean().item()
+            log.info("calibrated layer %d (%s): %.1f%% of neurons fire", idx, kind, 100 * frac)
+
+
+def build(cfg: NetConfig) -> CSNN:
+    return CSNN(cfg)
+
+
+def count_params(model: CSNN) -> int:
+    return sum(m.weight.numel() for m in model.spiking_layers())
+
+
+def describe(model: CSNN) -> str:
+    c, h, w = model.cfg.input_shape
+    lines = [f"{model.cfg.name}: mode={model.cfg.mode} T={model.T} input={c}x{h}x{w}"]
+    x = torch.zeros(1, *model.cfg.input_shape, dtype=torch.uint8)
+    with torch.no_grad():
+        outs = model.forward_all(x)
+    for kind, o in zip(model.kinds, outs[1:]):
+        lines.append(f"  {kind:5s} -> {tuple(o.shape[1:])}")
+    lines.append(f"  synapses (weights): {count_params(model):,}")
+    return "\n".join(lines)
+
