@@ -8,7 +8,9 @@ import json
 import logging
 
 import os
+import pickle
 import random
+import warnings
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -38,6 +40,7 @@ class TrainConfig:
     batch_size: int = 64
     optimizer: str = "adam"  # adam | sgd
     lr: float = 3e-3
+    alpha_lr_scale: float = 0.1  # learning rate of the binary scales relative to lr
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "cosine"  # cosine | step | none
@@ -116,7 +119,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt archives
-        raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}: {e}); retrain or restore it") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, pickle.UnpicklingError):
+            first = "corrupt, or not a torch checkpoint"
+        raise CheckpointError(f"{p}: not a readable checkpoint ({first}); retrain or restore it") from e
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p}: not a firstspike checkpoint")
     if ck.get("version", 0) > CHECKPOINT_VERSION:
@@ -152,11 +158,21 @@ def _tensors(split, subset: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(split.images[:n].copy()), torch.from_numpy(split.labels[:n].copy())
 
 
-def _make_optimizer(model: torch.nn.Module, tc: TrainConfig):
-    if tc.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+def _make_optimizer(model: torch.nn.Module, tc: TrainConfig, opt: torch.optim.Optimizer | None = None):
+    """Optimizer (weights; binary scales alpha at ``alpha_lr_scale`` x lr) and its schedule.
+    An existing (resumed) optimizer gets a fresh schedule for ``tc.epochs``."""
+    if opt is None:
+        weights = [p for n, p in model.named_parameters() if not n.endswith("log_alpha")]
+        alphas = [p for n, p in model.named_parameters() if n.endswith("log_alpha")]
+        groups = [{"params": weights, "lr_scale": 1.0}]
+        if alphas:
+            groups.append({"params": alphas, "lr_scale": tc.alpha_lr_scale})
+        for g in groups:
+            g["lr"] = tc.lr * g["lr_scale"]
+        if tc.optimizer == "adam":
+            opt = torch.optim.Adam(groups, lr=tc.lr, weight_decay=tc.weight_decay)
+        else:
+            opt = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     if tc.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, tc.epochs))
     elif tc.schedule == "step":
@@ -198,8 +214,15 @@ def train(
             raise CheckpointError(f"{ck_path} was trained with another architecture; use a new --out or --no-resume")
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
         start_epoch, history = ck["epoch"], ck["history"]
+        # rebuild the schedule for this run's epoch count (it may extend the finished run)
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] = tc.lr * group.get("lr_scale", 1.0)
+        opt, sched = _make_optimizer(model, tc, opt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(start_epoch):
+                sched.step()
         torch.set_rng_state(ck["rng"])
         log.info("resumed %s at epoch %d", ck_path, start_epoch)
     else:
