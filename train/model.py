@@ -251,7 +251,12 @@ class CSNN(nn.Module):
             t_ref = (cfg.out_calib_time if last else cfg.calib_time) * self.T
             x = torch.clamp(t_ref - t.double(), min=0.0)
             unit = mod.sign().double() if mod.binary else mod.weight.double()
-            v = F.conv2d(x, unit, stride=mod.stride, padding=mod.padding)  # (B, Co, H, W)
+            # peak of V over a few times up to t_ref: a neuron has fired by t_ref iff its peak >= thr
+            v = None
+            for frac in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0):
+                xf = torch.clamp(frac * t_ref - t.double(), min=0.0)
+                vf = F.conv2d(xf, unit, stride=mod.stride, padding=mod.padding)  # (B, Co, H, W)
+                v = vf if v is None else torch.maximum(v, vf)
             # only neurons whose receptive field receives spikes by t_ref count
             ones = torch.ones_like(unit[:1])
             active = F.conv2d((x > 0).double(), ones, stride=mod.stride, padding=mod.padding) > 0

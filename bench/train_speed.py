@@ -1,0 +1,120 @@
+"""Training speed: images/s of forward+backward of the default binary CSNN at T=64 on this
+machine, event-driven Numba kernels against the straightforward per-time-step PyTorch
+implementation of the same network, in the same run (ratio), plus peak memory.
+
+    python bench/train_speed.py [--config csnn] [--T 64] [--batch 64] [--repeats 5]
+
+Each variant runs in its own process so that its peak RSS is its own. Writes
+bench/results/train_speed.json and refreshes docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import setup_logging, write_result  # noqa: E402
+
+log = logging.getLogger("bench.train_speed")
+
+
+def _measure(backend: str, config: str, T: int, batch: int, repeats: int, q: mp.Queue) -> None:
+    import torch
+
+    from firstspike.data import load_split
+    from firstspike.train.functional import spike_loss
+    from firstspike.train.model import load_config, CSNN
+
+    torch.manual_seed(0)
+    cfg, _ = load_config(config)
+    cfg.T = T
+    model = CSNN(cfg)
+    split = load_split("mnist", "train")
+    x = torch.from_numpy(split.images[: max(512, batch * (repeats + 1))].copy())
+    y = torch.from_numpy(split.labels[: len(x)].copy())
+    model.calibrate(x[:512])
+    model.backend = backend
+
+    def step(i: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        xb, yb = x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch]
+        model.zero_grad()
+        out = model(xb)
+        spike_loss(out, yb, T, 2.0).backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    first = step(0)  # warm-up (JIT compile / caches); also the cross-check sample
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        step(1 + r)
+        times.append(time.perf_counter() - t0)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    q.put({"backend": backend, "seconds_per_batch": times, "batch": batch,
+           "first_out": first[0].tolist(), "first_grads": [g.flatten()[:2000].tolist() for g in first[1]],
+           "peak_rss_mb": rss_mb})  # fmt: skip
+
+
+def run(backend: str, args: argparse.Namespace) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_measure, args=(backend, args.config, args.T, args.batch, args.repeats, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
+def main() -> None:
+    setup_logging()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="csnn")
+    ap.add_argument("--T", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--baseline-repeats", type=int, default=1, help="repeats of the (slow) per-time-step version")
+    args = ap.parse_args()
+
+    log.info("event-driven (numba) ...")
+    fast = run("numba", args)
+    log.info("per-time-step (torch) ...")
+    base_args = argparse.Namespace(**{**vars(args), "repeats": args.baseline_repeats})
+    slow = run("torch", base_args)
+
+    same_out = fast["first_out"] == slow["first_out"]
+    import numpy as np
+
+    grad_err = max(float(np.max(np.abs(np.array(a) - np.array(b)))) if a else 0.0 for a, b in zip(fast["first_grads"], slow["first_grads"]))
+    f_ips = args.batch / float(np.median(fast["seconds_per_batch"]))
+    s_ips = args.batch / float(np.median(slow["seconds_per_batch"]))
+    res = {
+        "config": args.config,
+        "T": args.T,
+        "batch": args.batch,
+        "event_driven": {"images_per_s": f_ips, "peak_rss_mb": fast["peak_rss_mb"], "batches": len(fast["seconds_per_batch"])},
+        "per_time_step": {"images_per_s": s_ips, "peak_rss_mb": slow["peak_rss_mb"], "batches": len(slow["seconds_per_batch"])},
+        "speedup": f_ips / s_ips,
+        "mnist_epoch_minutes": 60000 / f_ips / 60,
+        "identical_spike_times": same_out,
+        "max_grad_difference": grad_err,
+        "goals": {"speedup": ">= 20", "mnist_epoch_minutes": "<= 10"},
+    }
+    log.info(
+        "event-driven %.1f img/s, per-time-step %.2f img/s: %.1fx; MNIST epoch %.1f min; identical=%s",
+        f_ips, s_ips, res["speedup"], res["mnist_epoch_minutes"], same_out,
+    )  # fmt: skip
+    write_result("train_speed", res)
+    from report import render_docs
+
+    render_docs()
+    print(json.dumps({k: res[k] for k in ("speedup", "mnist_epoch_minutes", "identical_spike_times")}))
+
+
+if __name__ == "__main__":
+    main()
