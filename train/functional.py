@@ -134,3 +134,19 @@ def spike_loss(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, 
     if kind == "tce":
         return F.cross_entropy(-t_out / T * 10.0, labels)
     raise ValueError(f"unknown loss {kind!r}; use 'relative' or 'tce'")
+
+
+def silence_penalty(hidden: list[torch.Tensor], T: int, fire_min: float) -> torch.Tensor:
+    """Keeps hidden channels alive: for every channel whose firing fraction in the batch is
+    below ``fire_min``, the mean of t/T over its silent neurons. Silent neurons count as
+    firing at T, so the STiDi-BP backward turns this into weight increases from the inputs
+    that did fire (neurons without any input get no gradient)."""
+    total = hidden[0].new_zeros(())
+    for t in hidden:
+        silent = t >= T
+        rate = (~silent).float().mean(dim=(0, 2, 3))  # per channel
+        low = (rate < fire_min).view(1, -1, 1, 1)
+        mask = (silent & low).float()
+        if mask.sum() > 0:
+            total = total + (t * mask).sum() / (T * mask.sum())
+    return total

@@ -225,8 +225,10 @@ class CSNN(nn.Module):
             outs.append(t)
         return outs
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_all(images)[-1].flatten(1)
+    def forward(self, images: torch.Tensor, all_layers: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        """Output spike times (B, classes), or with ``all_layers`` the list of forward_all."""
+        outs = self.forward_all(images)
+        return outs if all_layers else outs[-1].flatten(1)
 
     @torch.no_grad()
     def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from firstspike.data import load_split
 from firstspike.errors import CheckpointError, ConfigError
-from firstspike.train.functional import spike_loss
+from firstspike.train.functional import silence_penalty, spike_loss
 from firstspike.train.model import CSNN, NetConfig
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class TrainConfig:
     gamma: float = 3.0  # loss margin (time steps)
     loss: str = "relative"  # relative | tce
     norm_grad: bool = False  # L2-normalise each layer's dL/dV per sample (S4NN style)
+    fire_min: float = 0.05  # hidden channels firing less than this (per batch) are pushed to fire
+    fire_weight: float = 1.0  # weight of that silence penalty (0 = off)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     backend: str = "auto"  # auto | numba | torch
@@ -247,10 +249,16 @@ def train(
         for s in bar:
             bi = perm[s * tc.batch_size : (s + 1) * tc.batch_size]
             xb, yb = x_train[bi].to(device), y_train[bi].to(device)
-            t_out = ddp_model(xb)
+            outs = ddp_model(xb, all_layers=True)
+            t_out = outs[-1].flatten(1)
             loss = spike_loss(t_out, yb, T, tc.gamma, tc.loss)
+            total = loss
+            if tc.fire_weight > 0:
+                hidden = [o for k, o in zip(model.kinds[:-1], outs[1:-1]) if k != "pool"]
+                if hidden:
+                    total = loss + tc.fire_weight * silence_penalty(hidden, T, tc.fire_min)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             opt.step()
             with torch.no_grad():
                 pred = torch.argmin(t_out, dim=1)  # earliest spike; cheap running figure

@@ -1,0 +1,99 @@
+"""Accuracy: train and evaluate real and binary CSNNs on MNIST and Fashion-MNIST.
+
+    python bench/accuracy.py [--epochs N] [--runs mnist:binary,mnist:real,...] [--device cuda]
+
+Goals (the STiDi-BP paper): real 99.2% / 92.8%, binary 98.6% / 92.0% (MNIST / Fashion).
+Writes bench/results/accuracy.json, the curves bench/results/accuracy_curves.png, the
+trained checkpoints bench/results/<dataset>_<mode>.pt, and refreshes docs/benchmarks.md.
+Runs that already have a checkpoint resume (so the benchmark can be continued later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, setup_logging, write_result  # noqa: E402
+
+log = logging.getLogger("bench.accuracy")
+
+PAPER = {("mnist", "real"): 0.992, ("mnist", "binary"): 0.986, ("fashion-mnist", "real"): 0.928, ("fashion-mnist", "binary"): 0.920}
+
+
+def plot_curves(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r in runs:
+        ep = [h["epoch"] for h in r["history"]]
+        acc = [100 * h["test_acc"] for h in r["history"]]
+        line = ax.plot(ep, acc, marker="o", label=f"{r['dataset']} {r['mode']}")[0]
+        ax.axhline(100 * r["paper"], color=line.get_color(), ls=":", lw=1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("STiDi-BP CSNN: test accuracy per epoch (dotted: paper)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    setup_logging()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default="mnist:binary,mnist:real,fashion-mnist:binary,fashion-mnist:real",
+                    help="comma-separated dataset:mode[:epochs]")
+    ap.add_argument("--config", default="csnn")
+    ap.add_argument("--epochs", type=int, default=None, help="default: the config's [train] epochs")
+    ap.add_argument("--train-subset", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args()
+
+    from firstspike.train.model import load_config
+    from firstspike.train.trainer import TrainConfig, train
+
+    results = []
+    for spec in args.runs.split(","):
+        dataset, mode, *ep = spec.split(":")  # dataset:mode[:epochs]
+        cfg, table = load_config(args.config)
+        cfg.mode = mode
+        tc = TrainConfig.from_dict(table)
+        tc.dataset, tc.device, tc.train_subset = dataset, args.device, args.train_subset
+        tc.progress = not args.no_progress
+        if ep or args.epochs:
+            tc.epochs = int(ep[0]) if ep else args.epochs
+        out = ROOT / "runs" / "bench" / f"{dataset}_{mode}"
+        t0 = time.time()
+        ck = train(cfg, tc, out, resume=True)
+        wall = time.time() - t0
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(out / "checkpoint.pt", RESULTS / f"{dataset}_{mode}.pt")
+        hist = ck["history"]
+        results.append({
+            "dataset": dataset, "mode": mode, "config": args.config, "T": cfg.T, "epochs": ck["epoch"],
+            "train_images": tc.train_subset or 60000, "test_acc": ck["test_acc"],
+            "best_test_acc": max(h["test_acc"] for h in hist), "paper": PAPER[(dataset, mode)],
+            "wall_minutes": sum(h["seconds"] for h in hist) / 60, "this_call_minutes": wall / 60,
+            "history": hist, "train": ck["train"],
+        })  # fmt: skip
+        log.info("%s %s: %.2f%% (paper %.1f%%)", dataset, mode, 100 * ck["test_acc"], 100 * PAPER[(dataset, mode)])
+        plot_curves(results, RESULTS / "accuracy_curves.png")
+        reached = [f"{r['dataset']} {r['mode']} {100 * r['test_acc']:.2f}% vs {100 * r['paper']:.1f}%" for r in results]
+        write_result("accuracy", {"runs": results, "note": "Reached: " + "; ".join(reached) + "."})
+        from report import render_docs
+
+        render_docs()
+
+
+if __name__ == "__main__":
+    main()
