@@ -35,7 +35,7 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(PY) -m firstspike train --config csnn_tiny --epochs 1 --train-subset 20000 --out runs/demo --no-resume
+	$(PY) -m firstspike train --config csnn_tiny --epochs 2 --out runs/demo --no-resume
 	$(PY) -m firstspike eval runs/demo/checkpoint.pt --dataset mnist
 
 test: setup

@@ -62,6 +62,19 @@ def render_docs() -> Path:
         for r in at["runs"]:
             lines.append(f"| {r['T']} | {100 * r['test_acc']:.2f}% | {r['mean_latency']:.1f} |")
         lines += ["", "![accuracy against T](../bench/results/accuracy_vs_T.png)", ""]
+    ex = _load("exactness")
+    if ex:
+        lines += ["## Exactness: training forward pass vs integer golden model (bench/exactness.py)", "",
+                  f"Every spike time of every layer and the class, whole test sets; {_hw(ex)}; {ex['date']}, commit {ex['commit']}.",
+                  "", "| dataset | images | class mismatches | spike-time mismatches / compared | golden acc. | training acc. | golden time |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in ex["runs"]:
+            lines.append(
+                f"| {r['dataset']} | {r['images']} | **{r['class_mismatches']}** | **{r['spike_time_mismatches']}** / "
+                f"{r['spike_times_compared']:,} | {100 * r['golden_accuracy']:.2f}% | {100 * r['training_forward_accuracy']:.2f}% | "
+                f"{r['golden_seconds']:.1f} s |"
+            )
+        lines += ["", "Golden time: classifying the whole test set (goal <= 60 s for 10k MNIST images on 2 cores).", ""]
     DOCS.parent.mkdir(parents=True, exist_ok=True)
     DOCS.write_text("\n".join(lines) + "\n")
     return DOCS

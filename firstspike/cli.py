@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -43,9 +44,33 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="checkpoint -> versioned model file (spike-time tables)",
+        description="Write the integer network of a trained checkpoint as one self-describing model file: "
+        "binary networks exactly (+-1 weights, integer thresholds), real-valued ones as fixed-point.",
+    )
+    p.add_argument("checkpoint", help="checkpoint.pt written by `firstspike train`")
+    p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.fsm)")
+    p.add_argument("--weight-bits", type=int, default=None, help="real-valued networks: fixed-point width 2..16 (default 8)")
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="human-readable summary of a model file")
+    p.add_argument("model", help="model file written by `firstspike quantize`")
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="test accuracy of a trained checkpoint")
-    p.add_argument("model", help="checkpoint.pt written by `firstspike train`")
+    p = sub.add_parser(
+        "eval",
+        help="accuracy of a checkpoint (float forward pass) or a model file (integer golden model)",
+        description="A model file runs on the integer golden model (what the hardware runs); --dump writes "
+        "every layer's spike times for chosen images (the RTL test vectors).",
+    )
+    p.add_argument("model", help="checkpoint.pt (`firstspike train`) or model file (`firstspike quantize`)")
+    p.add_argument("--dump", default=None, help="model files: write images, labels, classes and every layer's spike times (.npz)")
+    p.add_argument("--dump-images", default="0:16", help="which test images to dump: START:STOP or comma-separated indices")
     p.add_argument("--dataset", default=None, help="mnist or fashion-mnist (default: the one it was trained on)")
     p.add_argument("--data-dir", default=None, help="folder of standard IDX files")
     p.add_argument("--split", default="test", choices=["train", "test"])
@@ -81,12 +106,80 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(a: argparse.Namespace) -> int:
+    from firstspike.quantize.export import quantize_checkpoint
+    from firstspike.quantize.modelfile import save, summary
+
+    tables, _ = quantize_checkpoint(a.checkpoint, a.weight_bits)
+    path = save(tables, a.output)
+    print(summary(tables, str(path)))
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from firstspike.quantize.modelfile import load, summary
+
+    print(summary(load(a.model), a.model))
+    return 0
+
+
+def _parse_indices(spec: str, n: int) -> list[int]:
+    try:
+        if ":" in spec:
+            lo, hi = spec.split(":")
+            idx = list(range(int(lo or 0), min(int(hi or n), n)))
+        else:
+            idx = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise FirstSpikeError(f"--dump-images {spec!r}: use START:STOP or comma-separated indices") from None
+    if not idx or min(idx) < 0 or max(idx) >= n:
+        raise FirstSpikeError(f"--dump-images {spec!r}: indices must lie in 0..{n - 1}")
+    return idx
+
+
+def _eval_model_file(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from firstspike.data import load_split
+    from firstspike.quantize.golden import GoldenModel
+    from firstspike.quantize.modelfile import sha256_of
+
+    g = GoldenModel(a.model)
+    dataset = a.dataset or g.tables.meta.get("dataset", "mnist")
+    split = load_split(dataset, a.split, a.data_dir)
+    n = len(split) if a.limit <= 0 else min(a.limit, len(split))
+    acc = g.accuracy(split.images[:n], split.labels[:n], progress=not a.no_progress)
+    print(f"{dataset} {a.split} accuracy (integer golden model): {100 * acc:.2f}% ({n} images, T={g.T})")
+    res = {"model": str(a.model), "engine": "golden", "dataset": dataset, "split": a.split, "images": n, "accuracy": acc, "T": g.T}
+    if a.dump:
+        idx = _parse_indices(a.dump_images, len(split))
+        imgs = split.images[idx]
+        r = g.run(imgs)
+        arrays = {f"layer{i}": t.astype(np.int16) for i, t in enumerate(r.layer_times)}  # type: ignore[union-attr]
+        tmp = Path(a.dump).with_name(f".{Path(a.dump).name}.tmp.npz")
+        np.savez_compressed(tmp, images=imgs, labels=split.labels[idx], indices=np.array(idx), classes=r.classes,
+                            v_last=r.v_last, model_sha256=np.array(sha256_of(a.model)), **arrays)  # fmt: skip
+        os.replace(tmp, a.dump)
+        print(f"wrote spike times of {len(idx)} images ({len(arrays)} arrays: input + every layer) to {a.dump}")
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(res, indent=1))
+    return 0
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     import torch
 
     from firstspike.data import load_split
+    from firstspike.quantize.modelfile import MAGIC
     from firstspike.train.trainer import evaluate, load_checkpoint, model_from_checkpoint
 
+    p = Path(a.model)
+    if p.is_file():
+        with open(p, "rb") as f:
+            if f.read(len(MAGIC)) == MAGIC:
+                return _eval_model_file(a)
+    if a.dump:
+        raise FirstSpikeError("--dump needs a model file (firstspike quantize CHECKPOINT -o model.fsm)")
     ck = load_checkpoint(a.model)
     model = model_from_checkpoint(ck)
     dataset = a.dataset or ck["train"].get("dataset", "mnist")
@@ -103,7 +196,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "quantize": cmd_quantize, "info": cmd_info}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_train(sub)
+    _add_quantize(sub)
+    _add_info(sub)
     _add_eval(sub)
     return p
 

@@ -1,0 +1,91 @@
+"""Checkpoint -> model tables.
+
+Binary networks export exactly: +-1 weights (sign(w), sign(0) = +1) and integer thresholds
+ceil(theta / alpha) (the same function the training forward pass uses), so the integer
+network equals training's forward pass spike for spike. Real-valued networks become
+fixed-point: per layer, w_q = round(w / s) with s = max|w| / (2^(bits-1) - 1) and integer
+thresholds ceil(theta / s); this is an approximation whose accuracy ``firstspike eval``
+reports.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from firstspike.errors import ConfigError
+from firstspike.quantize.modelfile import DECISION, Layer, ModelTables, accumulator_bounds, clip_thresholds, sha256_of
+from firstspike.train.model import CSNN, SpikingLayer
+from firstspike.train.trainer import load_checkpoint, model_from_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def _fixed_point(layer: SpikingLayer, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    w = layer.weight.detach().double().numpy()
+    qmax = (1 << (bits - 1)) - 1
+    m = float(np.abs(w).max())
+    s = m / qmax if m > 0 else 1.0
+    wq = np.clip(np.rint(w / s), -qmax, qmax).astype(np.int32)
+    thr = np.full(w.shape[0], int(np.ceil(float(layer.theta) / s)), dtype=np.int64)
+    return wq, thr
+
+
+def tables_from_model(model: CSNN, weight_bits: int | None = None, meta: dict | None = None) -> ModelTables:
+    """Integer tables of a trained network (binary: exact; real: ``weight_bits`` fixed-point)."""
+    cfg = model.cfg
+    binary = cfg.mode == "binary"
+    if binary and weight_bits not in (None, 1):
+        raise ConfigError("a binary network exports with 1-bit (+-1) weights; drop --weight-bits")
+    if not binary:
+        weight_bits = weight_bits or 8
+        if not 2 <= weight_bits <= 16:
+            raise ConfigError(f"--weight-bits {weight_bits} out of range 2..16")
+    T = cfg.T
+    layers: list[Layer] = []
+    shape = tuple(cfg.input_shape)
+    with torch.no_grad():
+        outs = model.forward_all(torch.zeros(1, *cfg.input_shape, dtype=torch.uint8))
+    for kind, k, mod, o in zip(model.kinds, model.pools, model.layers, outs[1:]):
+        out_shape = tuple(int(v) for v in o.shape[1:])
+        if kind == "pool":
+            layers.append(Layer("pool", shape, out_shape, (k, k), k, 0))  # type: ignore[arg-type]
+        else:
+            assert isinstance(mod, SpikingLayer)
+            if binary:
+                w_t, thr_t = mod.integer_weights()
+                w, thr, bits = w_t.numpy().astype(np.int32), thr_t.numpy().astype(np.int64), 1
+            else:
+                w, thr = _fixed_point(mod, weight_bits)  # type: ignore[arg-type]
+                bits = weight_bits
+            kh, kw = w.shape[2], w.shape[3]
+            sb, pb = accumulator_bounds(w, T)
+            layers.append(Layer(kind, shape, out_shape, (kh, kw), mod.stride, mod.padding, w,  # type: ignore[arg-type]
+                                clip_thresholds(thr, w, T), bits, sb, pb))  # fmt: skip
+        shape = out_shape
+    return ModelTables(name=cfg.name, T=T, input_shape=tuple(cfg.input_shape), input_table=model.table.numpy().astype(np.int32),  # type: ignore[arg-type]
+                       layers=layers, decision=dict(DECISION), meta=meta or {})  # fmt: skip
+
+
+def quantize_checkpoint(checkpoint: str | os.PathLike, weight_bits: int | None = None) -> tuple[ModelTables, CSNN]:
+    """Load a training checkpoint and build its tables; returns (tables, float model)."""
+    ck = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ck)
+    model.eval()
+    meta = {
+        "source_checkpoint_sha256": sha256_of(checkpoint),
+        "source_mode": model.cfg.mode,
+        "exact": model.cfg.mode == "binary",
+        "dataset": ck.get("train", {}).get("dataset", "?"),
+        "float_test_accuracy": round(float(ck.get("test_acc", float("nan"))), 6),
+        "epochs": ck.get("epoch"),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    tables = tables_from_model(model, weight_bits, meta)
+    log.info("quantized %s (%s, T=%d) from %s", model.cfg.name, model.cfg.mode, model.T, Path(checkpoint))
+    return tables, model
