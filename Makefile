@@ -37,6 +37,8 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m firstspike train --config csnn_tiny --epochs 2 --out runs/demo --no-resume
 	$(PY) -m firstspike eval runs/demo/checkpoint.pt --dataset mnist
+	$(PY) -m firstspike quantize runs/demo/checkpoint.pt -o runs/demo/model.fsm
+	$(PY) -m firstspike eval runs/demo/model.fsm --dump runs/demo/vectors.npz
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -44,6 +46,8 @@ test: setup
 bench: setup
 	$(PY) bench/train_speed.py
 	$(PY) bench/accuracy.py
+	$(PY) bench/accuracy_vs_T.py
+	$(PY) bench/exactness.py
 
 clean:
 	rm -rf runs build .pytest_cache

@@ -200,7 +200,7 @@ def decode(data: bytes, name: str = "<bytes>") -> ModelTables:
     """Parse and check a model file; any defect raises ModelFileError."""
     fix = "re-create it with `firstspike quantize CHECKPOINT -o FILE`"
     _need(len(data) >= _PRE.size + _DIGEST, f"{name}: truncated ({len(data)} bytes); {fix}")
-    magic, version, _, hlen = _PRE.unpack_from(data)
+    magic, version, reserved, hlen = _PRE.unpack_from(data)
     _need(magic == MAGIC, f"{name}: not a firstspike model file (bad magic); {fix}")
     _need(
         version <= FORMAT_VERSION,
@@ -210,11 +210,12 @@ def decode(data: bytes, name: str = "<bytes>") -> ModelTables:
     _need(version >= 1, f"{name}: invalid format version {version}; {fix}")
     body, digest = data[:-_DIGEST], data[-_DIGEST:]
     _need(hashlib.sha256(body).digest() == digest, f"{name}: checksum mismatch (file corrupt, truncated or edited); {fix}")
+    _need(reserved == 0, f"{name}: reserved header field is {reserved}, not 0; {fix}")
     _need(hlen <= MAX_HEADER and _PRE.size + hlen <= len(body), f"{name}: header length out of range; {fix}")
     try:
         h = json.loads(body[_PRE.size : _PRE.size + hlen].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{name}: header is not valid JSON ({e}); {fix}") from e
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise ModelFileError(f"{name}: header is not valid JSON ({type(e).__name__}); {fix}") from e
     payload = body[_PRE.size + hlen :]
     try:
         return _from_header(h, payload)
@@ -292,14 +293,34 @@ def _from_header(h: dict, payload: bytes) -> ModelTables:
 
 def load(path: str | os.PathLike) -> ModelTables:
     p = Path(path)
+    if p.is_dir():
+        raise ModelFileError(f"{p} is a folder, not a model file")
     if not p.is_file():
         raise ModelFileError(f"model file {p} not found; create it with `firstspike quantize CHECKPOINT -o {p}`")
-    return decode(p.read_bytes(), str(p))
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ModelFileError(f"cannot read model file {p}: {e.strerror}") from e
+    return decode(data, str(p))
 
 
 def validate(tables: ModelTables) -> None:
-    """Round-trip check before writing: what is written must load back identically."""
-    decode(encode(tables), tables.name)
+    """Round-trip check before writing: what is written must load back identically
+    (values that would wrap in their stored width are refused)."""
+    back = decode(encode(tables), tables.name)
+    same = (
+        back.T == tables.T
+        and back.input_shape == tuple(tables.input_shape)
+        and np.array_equal(back.input_table, tables.input_table)
+        and len(back.layers) == len(tables.layers)
+    )
+    for a, b in zip(back.layers, tables.layers):
+        same = same and (a.kind, a.in_shape, a.out_shape, a.kernel, a.stride, a.padding) == (
+            b.kind, tuple(b.in_shape), tuple(b.out_shape), tuple(b.kernel), b.stride, b.padding)  # fmt: skip
+        if a.kind != "pool":
+            same = same and np.array_equal(a.weights, b.weights) and np.array_equal(a.thresholds, b.thresholds)
+            same = same and (a.weight_bits, a.slope_bits, a.potential_bits) == (b.weight_bits, b.slope_bits, b.potential_bits)
+    _need(same, f"{tables.name}: the tables do not survive encoding (values outside their stored widths?); nothing written")
 
 
 def sha256_of(path: str | os.PathLike) -> str:
