@@ -70,9 +70,9 @@ class SpikeFire(torch.autograd.Function):
         t_in, w_eff, t_out = ctx.saved_tensors
         rho, T, stride, pad, backend, norm = ctx.cfg
         gv = -g_out.double() / rho
-        if norm:
+        if norm:  # unit-norm error per sample, averaged over the (local) batch like the loss
             nrm = gv.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-            gv = gv / nrm
+            gv = gv / (nrm * gv.shape[0])
         if backend == "numba":
             gw, gt = kernels.fire_backward(
                 t_in.detach().cpu().numpy().astype(np.int32),
@@ -144,9 +144,17 @@ def silence_penalty(hidden: list[torch.Tensor], T: int, fire_min: float) -> torc
     total = hidden[0].new_zeros(())
     for t in hidden:
         silent = t >= T
-        rate = (~silent).float().mean(dim=(0, 2, 3))  # per channel
-        low = (rate < fire_min).view(1, -1, 1, 1)
-        mask = (silent & low).float()
-        if mask.sum() > 0:
-            total = total + (t * mask).sum() / (T * mask.sum())
+        counts = torch.stack([(~silent).float().sum(dim=(0, 2, 3)), torch.full((t.shape[1],), float(silent[:, 0].numel()), device=t.device)])
+        world = 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)  # rates of the global batch, as in one process
+            world = torch.distributed.get_world_size()
+        low_now = (counts[0] / counts[1] < fire_min).view(1, -1, 1, 1)
+        mask = (silent & low_now).float()
+        n = mask.sum().reshape(1)
+        if world > 1:
+            torch.distributed.all_reduce(n)
+        if n.item() > 0:
+            # DDP averages the ranks' gradients: scale so the sum equals the global-batch mean
+            total = total + world * (t * mask).sum() / (T * n[0])
     return total
