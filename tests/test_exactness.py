@@ -312,7 +312,7 @@ def test_training_step_same_on_both_backends() -> None:
         out = net(x)
         loss = spike_loss(out, y, cfg.T, 3.0)
         loss.backward()
-        res[be] = (out.detach().clone(), float(loss), [p.grad.clone() for p in net.parameters()])
+        res[be] = (out.detach().clone(), float(loss.detach()), [p.grad.clone() for p in net.parameters()])
     assert torch.equal(res["numba"][0], res["torch"][0])
     assert res["numba"][1] == res["torch"][1]
     for a, b in zip(res["numba"][2], res["torch"][2]):

@@ -264,7 +264,7 @@ def train(
                 pred = torch.argmin(t_out, dim=1)  # earliest spike; cheap running figure
                 run_correct += float((pred == yb).sum())
                 run_n += len(yb)
-                run_loss += float(loss) * len(yb)
+                run_loss += float(loss.detach()) * len(yb)
             if s % 10 == 0 or s == steps - 1:
                 bar.set_postfix(loss=f"{run_loss / run_n:.4f}", acc=f"{100 * run_correct / run_n:.1f}%")
         sched.step()
