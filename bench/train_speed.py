@@ -30,7 +30,7 @@ def _measure(backend: str, config: str, T: int, batch: int, repeats: int, q: mp.
 
     from firstspike.data import load_split
     from firstspike.train.functional import spike_loss
-    from firstspike.train.model import load_config, CSNN
+    from firstspike.train.model import CSNN, load_config
 
     torch.manual_seed(0)
     cfg, _ = load_config(config)

@@ -84,9 +84,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     from firstspike.train.trainer import TrainConfig, train
 
     net_cfg, train_table = load_config(a.config)
-    if a.mode:
+    if a.mode is not None:
         net_cfg.mode = a.mode
-    if a.T:
+    if a.T is not None:
         net_cfg.T = a.T
     net_cfg.validate()
     tc = TrainConfig.from_dict(train_table)

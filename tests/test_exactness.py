@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from firstspike.train import kernels, stepwise
 from firstspike.train.functional import SpikeFire, decide, input_table, relative_targets
-from firstspike.train.model import CSNN, NetConfig, LayerSpec, integer_threshold
+from firstspike.train.model import CSNN, LayerSpec, NetConfig, integer_threshold
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-
 import os
 import pickle
 import random
-import warnings
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
