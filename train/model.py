@@ -69,6 +69,24 @@ class NetConfig:
         d["input_shape"] = list(self.input_shape)
         return d
 
+    def shapes(self) -> list[tuple[int, int, int]]:
+        """(C, H, W) after every layer (may hold non-positive sizes: ``validate`` rejects them)."""
+        c, h, w = self.input_shape
+        out = []
+        for i, ly in enumerate(self.layers):
+            if ly.kind == "conv":
+                h = (h + 2 * ly.padding - ly.kernel) // ly.stride + 1
+                w = (w + 2 * ly.padding - ly.kernel) // ly.stride + 1
+                c = ly.channels
+            elif ly.kind == "pool":
+                h, w = h // max(ly.kernel, 1), w // max(ly.kernel, 1)
+            elif ly.kind == "fc":
+                c, h, w = ly.channels, 1, 1
+            else:
+                raise ConfigError(f"layer {i}: unknown kind {ly.kind!r} (conv, pool, fc)")
+            out.append((c, h, w))
+        return out
+
     def validate(self) -> None:
         if self.mode not in ("binary", "real"):
             raise ConfigError(f"mode must be 'binary' or 'real', not {self.mode!r}")
@@ -76,19 +94,9 @@ class NetConfig:
             raise ConfigError(f"T={self.T} out of range 2..4096")
         if not self.layers or self.layers[-1].kind != "fc":
             raise ConfigError("the last layer must be 'fc' (the output layer, one neuron per class)")
-        c, h, w = self.input_shape
-        for i, ly in enumerate(self.layers):
-            if ly.kind == "conv":
-                h = (h + 2 * ly.padding - ly.kernel) // ly.stride + 1
-                w = (w + 2 * ly.padding - ly.kernel) // ly.stride + 1
-                c = ly.channels
-            elif ly.kind == "pool":
-                h, w = h // ly.kernel, w // ly.kernel
-            elif ly.kind == "fc":
-                h = w = 1
-                c = ly.channels
-            else:
-                raise ConfigError(f"layer {i}: unknown kind {ly.kind!r} (conv, pool, fc)")
+        for i, (ly, (c, h, w)) in enumerate(zip(self.layers, self.shapes())):
+            if ly.kernel < 1 or ly.stride < 1 or ly.padding < 0:
+                raise ConfigError(f"layer {i} ({ly.kind}): kernel and stride must be >= 1, padding >= 0")
             if h < 1 or w < 1 or c < 1:
                 raise ConfigError(f"layer {i} ({ly.kind}) leaves an empty output {c}x{h}x{w}")
 
@@ -184,19 +192,14 @@ class CSNN(nn.Module):
         mods: list[nn.Module] = []
         self.kinds: list[str] = []
         self.pools: list[int] = []
-        c, h, w = cfg.input_shape
-        for ly in cfg.layers:
+        ins = [tuple(cfg.input_shape), *cfg.shapes()[:-1]]
+        for ly, (c, h, w) in zip(cfg.layers, ins):
             if ly.kind == "conv":
                 mods.append(SpikingLayer(c, ly.channels, ly.kernel, ly.kernel, ly.stride, ly.padding, cfg))
-                h = (h + 2 * ly.padding - ly.kernel) // ly.stride + 1
-                w = (w + 2 * ly.padding - ly.kernel) // ly.stride + 1
-                c = ly.channels
             elif ly.kind == "pool":
                 mods.append(nn.Identity())
-                h, w = h // ly.kernel, w // ly.kernel
             else:
                 mods.append(SpikingLayer(c, ly.channels, h, w, 1, 0, cfg))
-                c, h, w = ly.channels, 1, 1
             self.kinds.append(ly.kind)
             self.pools.append(ly.kernel if ly.kind == "pool" else 0)
         self.layers = nn.ModuleList(mods)
