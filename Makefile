@@ -48,6 +48,7 @@ bench: setup
 	$(PY) bench/accuracy.py
 	$(PY) bench/accuracy_vs_T.py
 	$(PY) bench/exactness.py
+	$(PY) bench/fixed_point.py
 
 clean:
 	rm -rf runs build .pytest_cache

@@ -75,6 +75,14 @@ def render_docs() -> Path:
                 f"{r['golden_seconds']:.1f} s |"
             )
         lines += ["", "Golden time: classifying the whole test set (goal <= 60 s for 10k MNIST images on 2 cores).", ""]
+    fp = _load("fixed_point")
+    if fp:
+        lines += ["## Real-valued network as fixed-point (bench/fixed_point.py)", "",
+                  f"`{Path(fp['checkpoint']).name}` ({fp['dataset']}), float accuracy {100 * fp['float_accuracy']:.2f}%; "
+                  f"golden model on the whole test set; {fp['date']}.", "", "| weight bits | golden accuracy |", "|---|---|"]  # fmt: skip
+        for r in fp["runs"]:
+            lines.append(f"| {r['weight_bits']} | {100 * r['golden_accuracy']:.2f}% |")
+        lines.append("")
     DOCS.parent.mkdir(parents=True, exist_ok=True)
     DOCS.write_text("\n".join(lines) + "\n")
     return DOCS
