@@ -3,8 +3,8 @@
 Binary networks export exactly: +-1 weights (sign(w), sign(0) = +1) and integer thresholds
 ceil(theta / alpha) (the same function the training forward pass uses), so the integer
 network equals training's forward pass spike for spike. Real-valued networks become
-fixed-point: per layer, w_q = round(w / s) with s = max|w| / (2^(bits-1) - 1) and integer
-thresholds ceil(theta / s); this is an approximation whose accuracy ``firstspike eval``
+fixed-point: per output channel, w_q = round(w / s) with s = max|w| / (2^(bits-1) - 1) and
+integer thresholds ceil(theta / s) (the scale folds into the channel's threshold); this is an approximation whose accuracy ``firstspike eval``
 reports.
 """
 
@@ -29,10 +29,10 @@ log = logging.getLogger(__name__)
 def _fixed_point(layer: SpikingLayer, bits: int) -> tuple[np.ndarray, np.ndarray]:
     w = layer.weight.detach().double().numpy()
     qmax = (1 << (bits - 1)) - 1
-    m = float(np.abs(w).max())
-    s = m / qmax if m > 0 else 1.0
-    wq = np.clip(np.rint(w / s), -qmax, qmax).astype(np.int32)
-    thr = np.full(w.shape[0], int(np.ceil(float(layer.theta) / s)), dtype=np.int64)
+    m = np.abs(w).reshape(w.shape[0], -1).max(axis=1)  # one scale per output channel
+    s = np.where(m > 0, m / qmax, 1.0)
+    wq = np.clip(np.rint(w / s[:, None, None, None]), -qmax, qmax).astype(np.int32)
+    thr = np.ceil(float(layer.theta) / s).astype(np.int64)
     return wq, thr
 
 
