@@ -53,7 +53,7 @@ def render_docs() -> Path:
             )
         lines += ["", acc.get("note", ""), "",
                   "Wall time is the sum of the epochs' times as measured; runs that shared the 2 cores with other jobs "
-                  "took longer than the uncontended 4.3 min per MNIST epoch of the speed benchmark.", ""]  # fmt: skip
+                  "took longer than the uncontended MNIST epoch of the speed benchmark above.", ""]  # fmt: skip
         if (RESULTS / "accuracy_curves.png").is_file():
             lines += ["![accuracy against epoch](../bench/results/accuracy_curves.png)", ""]
     at = _load("accuracy_vs_T")
