@@ -50,9 +50,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             path = save(tables, Path(d) / "model.fsm")
             golden = GoldenModel(path)
-        test = load_split(dataset, "test")
-        n = len(test) if args.limit <= 0 else min(args.limit, len(test))
-        x, y = test.images[:n], test.labels[:n]
+        test = load_split(dataset, "test").head(args.limit)
+        n = len(test)
+        x, y = test.images, test.labels
         class_mism = 0
         time_mism = np.zeros(len(model.layers) + 1, dtype=np.int64)
         neurons = np.zeros_like(time_mism)

@@ -36,9 +36,8 @@ def main() -> None:
         tables, model = quantize_checkpoint(args.checkpoint, bits)
         dataset = tables.meta["dataset"]
         float_acc = tables.meta["float_test_accuracy"]
-        test = load_split(dataset, "test")
-        n = len(test) if args.limit <= 0 else args.limit
-        acc = GoldenModel(tables).accuracy(test.images[:n], test.labels[:n])
+        test = load_split(dataset, "test").head(args.limit)
+        acc = GoldenModel(tables).accuracy(test.images, test.labels)
         runs.append({"weight_bits": bits, "golden_accuracy": acc})
         log.info("%d-bit weights: golden %.2f%% (float %.2f%%)", bits, 100 * acc, 100 * float_acc)
     write_result("fixed_point", {"checkpoint": args.checkpoint, "dataset": dataset, "float_accuracy": float_acc, "runs": runs})

@@ -146,18 +146,19 @@ def _eval_model_file(a: argparse.Namespace) -> int:
 
     g = GoldenModel(a.model)
     dataset = a.dataset or g.tables.meta.get("dataset", "mnist")
-    split = load_split(dataset, a.split, a.data_dir)
-    n = len(split) if a.limit <= 0 else min(a.limit, len(split))
-    acc = g.accuracy(split.images[:n], split.labels[:n], progress=not a.no_progress)
+    full = load_split(dataset, a.split, a.data_dir)
+    split = full.head(a.limit)
+    n = len(split)
+    acc = g.accuracy(split.images, split.labels, progress=not a.no_progress)
     print(f"{dataset} {a.split} accuracy (integer golden model): {100 * acc:.2f}% ({n} images, T={g.T})")
     res = {"model": str(a.model), "engine": "golden", "dataset": dataset, "split": a.split, "images": n, "accuracy": acc, "T": g.T}
     if a.dump:
-        idx = _parse_indices(a.dump_images, len(split))
-        imgs = split.images[idx]
+        idx = _parse_indices(a.dump_images, len(full))
+        imgs = full.images[idx]
         r = g.run(imgs)
         arrays = {f"layer{i}": t.astype(np.int16) for i, t in enumerate(r.layer_times)}  # type: ignore[union-attr]
         tmp = Path(a.dump).with_name(f".{Path(a.dump).name}.tmp.npz")
-        np.savez_compressed(tmp, images=imgs, labels=split.labels[idx], indices=np.array(idx), classes=r.classes,
+        np.savez_compressed(tmp, images=imgs, labels=full.labels[idx], indices=np.array(idx), classes=r.classes,
                             v_last=r.v_last, model_sha256=np.array(sha256_of(a.model)), **arrays)  # fmt: skip
         os.replace(tmp, a.dump)
         print(f"wrote spike times of {len(idx)} images ({len(arrays)} arrays: input + every layer) to {a.dump}")
@@ -184,10 +185,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     model = model_from_checkpoint(ck)
     dataset = a.dataset or ck["train"].get("dataset", "mnist")
     data_dir = a.data_dir if a.data_dir is not None else (ck["train"].get("data_dir") if a.dataset is None else None)
-    split = load_split(dataset, a.split, data_dir)
-    n = len(split) if a.limit <= 0 else min(a.limit, len(split))
-    x = torch.from_numpy(split.images[:n].copy())
-    y = torch.from_numpy(split.labels[:n].copy())
+    split = load_split(dataset, a.split, data_dir).head(a.limit)
+    n = len(split)
+    x = torch.from_numpy(split.images.copy())
+    y = torch.from_numpy(split.labels.copy())
     acc = evaluate(model, x, y, progress=not a.no_progress)
     res = {"model": str(a.model), "dataset": dataset, "split": a.split, "images": n, "accuracy": acc, "mode": model.cfg.mode, "T": model.T}
     print(f"{dataset} {a.split} accuracy: {100 * acc:.2f}% ({n} images, {model.cfg.mode}, T={model.T})")

@@ -50,6 +50,12 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def head(self, limit: int = 0) -> "Split":
+        """The first ``limit`` images (all of them when ``limit`` <= 0)."""
+        if limit <= 0 or limit >= len(self):
+            return self
+        return Split(images=self.images[:limit], labels=self.labels[:limit], name=self.name)
+
 
 def _find_file(folder: Path, stem: str) -> Path:
     for cand in (folder / stem, folder / f"{stem}.gz", folder / stem.replace("-idx", ".idx")):

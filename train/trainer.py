@@ -155,8 +155,8 @@ def evaluate(model: CSNN, images: torch.Tensor, labels: torch.Tensor, batch: int
 
 
 def _tensors(split, subset: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n = len(split) if subset <= 0 else min(subset, len(split))
-    return torch.from_numpy(split.images[:n].copy()), torch.from_numpy(split.labels[:n].copy())
+    part = split.head(subset)
+    return torch.from_numpy(part.images.copy()), torch.from_numpy(part.labels.copy())
 
 
 def _make_optimizer(model: torch.nn.Module, tc: TrainConfig, opt: torch.optim.Optimizer | None = None):
