@@ -1,0 +1,1 @@
+"""Hardware generation: an Amaranth event-driven core sized from the model tables."""

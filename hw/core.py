@@ -1,0 +1,607 @@
+"""The event-driven time-to-first-spike core, in Amaranth, generated from a CorePlan.
+
+Architecture (one image at a time, all layers advance together one time step at a time):
+
+* Input: each pixel p becomes the spike time table[p] while it streams in; pixels that
+  spike are pushed on a per-time-step linked list (bucket heads + next pointers), so the
+  first layer later walks exactly the events of one step, in no particular order within it.
+* Spiking layer (conv or fc), per step t, like the golden model:
+  1. events: every input event of step t-1 adds its weight (+-1 or fixed-point) to the
+     slope of each neuron of its fan-out; one cycle updates ``L`` output channels (the
+     lanes) of one output position; only valid kernel offsets are visited;
+  2. integration: every neuron word (L lanes) is read once, V += slope, first crossing of
+     the threshold records t; words are visited pooling window by pooling window, so the
+     min-time pooling is "some lane of the window fires now and none fired before";
+     newly fired (pooled) lanes become one event entry (group, y, x, lane mask) for the
+     next layer, written to a two-bank buffer (bank t%2 written while bank (t-1)%2 is read).
+* Every layer runs its step concurrently; a step ends when all are done.
+* Decision: the earliest output spike (lowest class on ties); if none fires, the largest
+  V(T-1) (lowest class on ties). Optional early exit when the decision is known.
+* Debug port: after the result, every layer's spike times and the output potentials
+  stream out in GoldenModel.run order (CorePlan.readout_segments).
+
+Per layer state is one memory word per (group, y, x): L lanes of (slope, potential, spike
+time); the weights are a ROM of one word per (input channel, ky, kx, group).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
+from amaranth.lib.memory import Memory
+
+from firstspike.hw.plan import CorePlan, LayerPlan, fan_out, idx_bits, ubits
+
+
+def _lowest(m: Module, bits: Signal, n: int, name: str) -> Signal:
+    """Index of the lowest set bit of ``bits`` (0 when none)."""
+    out = Signal(idx_bits(n), name=name)
+    for j in reversed(range(n)):
+        with m.If(bits[j]):
+            m.d.comb += out.eq(j)
+    return out
+
+
+def _table(values: list[int], width: int) -> Array:
+    return Array(Const(int(v) & ((1 << width) - 1), width) for v in values)
+
+
+class _Src:
+    """How a layer reaches its input events: the input buckets or the previous layer's bank."""
+
+    def __init__(self, kind: str, **kw):
+        self.kind = kind
+        self.__dict__.update(kw)
+
+
+class Core(Elaboratable):
+    """The core. Ports (all synchronous to ``clk``; ``rst`` is synchronous):
+
+    * ``start`` (pulse while idle): begin an image; ``busy`` high until ``done`` (1-cycle pulse).
+    * pixel stream ``pix_valid``/``pix_ready``/``pix_data`` (uint8, (c, y, x) order).
+    * result stream ``res_valid``/``res_ready``: ``res_class``, ``res_fired`` (an output
+      spiked), ``res_time`` (its step; T if none), ``res_cycles`` (compute cycles).
+    * debug stream ``dbg_valid``/``dbg_ready``/``dbg_data`` (signed 32)/``dbg_last``
+      (only with ``plan.debug``), after the result.
+    """
+
+    def __init__(self, plan: CorePlan):
+        self.plan = plan
+        P = plan
+        self.start = Signal()
+        self.busy = Signal()
+        self.done = Signal()
+        self.pix_valid = Signal()
+        self.pix_ready = Signal()
+        self.pix_data = Signal(8)
+        self.res_valid = Signal()
+        self.res_ready = Signal()
+        self.res_class = Signal(idx_bits(P.num_classes))
+        self.res_fired = Signal()
+        self.res_time = Signal(P.time_bits)
+        self.res_cycles = Signal(32)
+        self.dbg_valid = Signal()
+        self.dbg_ready = Signal()
+        self.dbg_data = Signal(signed(32))
+        self.dbg_last = Signal()
+
+    def ports(self) -> list[Signal]:
+        p = [self.start, self.busy, self.done, self.pix_valid, self.pix_ready, self.pix_data, self.res_valid,
+             self.res_ready, self.res_class, self.res_fired, self.res_time, self.res_cycles]  # fmt: skip
+        if self.plan.debug:
+            p += [self.dbg_valid, self.dbg_ready, self.dbg_data, self.dbg_last]
+        return p
+
+    # ------------------------------------------------------------------------------------
+    def elaborate(self, platform) -> Module:  # noqa: C901 (one generator, read top to bottom)
+        P = self.plan
+        m = Module()
+        T, tb = P.T, P.time_bits
+        C, H, W = P.input_shape
+        N = P.n_inputs
+        nb = idx_bits(N)
+
+        t = Signal(tb)  # current step
+        first = Signal()
+        m.d.comb += first.eq(t == 0)
+        go = Signal()  # 1-cycle: every stage starts step t
+        loading = Signal()
+        readout = Signal()
+        ro_start = Signal()
+        ro_sel = Signal()  # the debug readout owns the layers' state read ports
+        m.d.comb += ro_sel.eq(readout | ro_start)
+
+        # ---- input: spike-time table and per-step buckets ------------------------------
+        heads = Memory(shape=unsigned(nb + 1), depth=T, init=[])
+        nodes = Memory(shape=unsigned(idx_bits(C) + idx_bits(H) + idx_bits(W) + nb + 1), depth=N, init=[])
+        m.submodules.in_heads = heads
+        m.submodules.in_nodes = nodes
+        heads_w = heads.write_port()
+        heads_r = heads.read_port(transparent_for=(heads_w,))
+        nodes_w = nodes.write_port()
+        nodes_r = nodes.read_port()
+        table = _table(P.input_table, tb)
+
+        ld_n = Signal(nb)
+        ld_c, ld_y, ld_x = Signal(idx_bits(C)), Signal(idx_bits(H)), Signal(idx_bits(W))
+        clr = Signal(idx_bits(T))
+        tt = Signal(tb)
+        accept = Signal()
+        m.d.comb += [tt.eq(table[self.pix_data]), accept.eq(self.pix_valid & self.pix_ready)]
+        s2_valid, s2_n, s2_t = Signal(), Signal(nb), Signal(tb)
+        s2_xyc = Signal(len(ld_x) + len(ld_y) + len(ld_c))
+        m.d.sync += [s2_valid.eq(accept & (tt != T)), s2_n.eq(ld_n), s2_t.eq(tt), s2_xyc.eq(Cat(ld_x, ld_y, ld_c))]
+        l0_head_addr = Signal(idx_bits(T))
+        m.d.comb += heads_r.addr.eq(Mux(loading, tt, l0_head_addr))
+        m.d.comb += [nodes_w.addr.eq(s2_n), nodes_w.data.eq(Cat(s2_xyc, heads_r.data)), nodes_w.en.eq(s2_valid)]
+        clearing = Signal()
+        with m.If(clearing):
+            m.d.comb += [heads_w.addr.eq(clr), heads_w.data.eq(0), heads_w.en.eq(1)]
+        with m.Else():
+            m.d.comb += [heads_w.addr.eq(s2_t), heads_w.data.eq(Cat(s2_n, Const(1, 1))), heads_w.en.eq(s2_valid)]
+        with m.If(accept):
+            m.d.sync += ld_n.eq(ld_n + 1)
+            with m.If(ld_x == W - 1):
+                m.d.sync += ld_x.eq(0)
+                with m.If(ld_y == H - 1):
+                    m.d.sync += [ld_y.eq(0), ld_c.eq(ld_c + 1)]
+                with m.Else():
+                    m.d.sync += ld_y.eq(ld_y + 1)
+            with m.Else():
+                m.d.sync += ld_x.eq(ld_x + 1)
+
+        ro_ports: dict[str, tuple] = {}  # segment name -> (read port, lanes, groups, Co, HW, lane width, offset, bits, signed)
+        if P.debug:
+            tmem = Memory(shape=unsigned(tb), depth=N, init=[])
+            m.submodules.in_times = tmem
+            tw = tmem.write_port()
+            tr = tmem.read_port()
+            m.d.comb += [tw.addr.eq(ld_n), tw.data.eq(tt), tw.en.eq(accept)]
+            ro_ports["input"] = (tr, 1, C, C, H * W, tb, 0, tb, False)
+
+        # ---- spiking layers ----------------------------------------------------------------
+        src = _Src("bucket", heads_r=heads_r, head_addr=l0_head_addr, nodes_r=nodes_r,
+                   xb=idx_bits(W), yb=idx_bits(H), cb=idx_bits(C), nb=nb)  # fmt: skip
+        busy_all = []
+        dec = None
+        for lp in P.layers:
+            busy, src, d = self._layer(m, lp, src, t, first, go, ro_sel, ro_ports)
+            busy_all.append(busy)
+            dec = d or dec
+        assert dec is not None
+        decided, cls, dtime, best_idx = dec
+
+        # ---- control -------------------------------------------------------------------
+        cycles = Signal(32)
+        any_busy = Signal()
+        m.d.comb += any_busy.eq(Cat(*busy_all).any())
+        m.d.comb += self.res_class.eq(Mux(decided, cls, best_idx))
+        m.d.comb += [self.res_fired.eq(decided), self.res_time.eq(Mux(decided, dtime, T)), self.res_cycles.eq(cycles)]
+        ro_done = Signal()
+        with m.FSM(name="ctrl"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [clr.eq(0), self.busy.eq(1), cycles.eq(0)]
+                    m.next = "CLEAR"
+            with m.State("CLEAR"):
+                m.d.comb += clearing.eq(1)
+                m.d.sync += clr.eq(clr + 1)
+                with m.If(clr == T - 1):
+                    m.d.sync += [ld_n.eq(0), ld_c.eq(0), ld_y.eq(0), ld_x.eq(0)]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.comb += [loading.eq(1), self.pix_ready.eq(1)]
+                with m.If(accept & (ld_n == N - 1)):
+                    m.d.sync += t.eq(0)
+                    m.next = "GO"
+            with m.State("GO"):  # also lets the last pixel's bucket write land
+                m.d.comb += go.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                m.next = "STEP"
+            with m.State("STEP"):
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If(~any_busy):
+                    stop = t == T - 1
+                    if P.early_exit:
+                        stop = stop | decided
+                    with m.If(stop):
+                        m.next = "RESULT"
+                    with m.Else():
+                        m.d.sync += t.eq(t + 1)
+                        m.next = "GO"
+            with m.State("RESULT"):
+                m.d.comb += self.res_valid.eq(1)
+                with m.If(self.res_ready):
+                    if P.debug:
+                        m.d.comb += ro_start.eq(1)
+                        m.next = "READOUT"
+                    else:
+                        m.next = "DONE"
+            with m.State("READOUT"):
+                m.d.comb += readout.eq(1)
+                with m.If(ro_done):
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += self.done.eq(1)
+                m.d.sync += self.busy.eq(0)
+                m.next = "IDLE"
+        if P.debug:
+            self._readout(m, P, ro_ports, ro_start, readout, ro_done)
+        return m
+
+    # ------------------------------------------------------------------------------------
+    def _layer(self, m: Module, lp: LayerPlan, src: _Src, t: Signal, first: Signal, go: Signal,
+               readout: Signal, ro_ports: dict) -> tuple:  # fmt: skip
+        P = self.plan
+        T, tb = P.T, P.time_bits
+        L, G = lp.lanes, lp.groups
+        sb, pb, wb = lp.slope_bits, lp.potential_bits, lp.weight_bits
+        LW = sb + pb + tb
+        HoWo = lp.Ho * lp.Wo
+        name = f"l{lp.index}"
+        st = Memory(shape=unsigned(L * LW), depth=lp.words, init=[])
+        wm = Memory(shape=unsigned(L * wb), depth=lp.Ci * lp.KH * lp.KW * G, init=lp.weight_words())
+        m.submodules[f"{name}_state"] = st
+        m.submodules[f"{name}_weights"] = wm
+        st_w = st.write_port()
+        st_r = st.read_port()
+        wm_r = wm.read_port()
+        eng_addr = Signal(idx_bits(lp.words), name=f"{name}_eng_addr")
+        ro_addr = Signal(idx_bits(lp.words), name=f"{name}_ro_addr")
+        ro_en = Signal(name=f"{name}_ro_en")
+        m.d.comb += [st_r.addr.eq(Mux(readout, ro_addr, eng_addr)), st_r.en.eq(Mux(readout, ro_en, 1))]
+        busy = Signal(name=f"{name}_busy")
+
+        # fan-out tables per input row / column: (count, weight-address offset, state-address offset)
+        fy = fan_out(lp.H, lp.Ho, lp.KH, lp.stride, lp.pad)
+        fx = fan_out(lp.W, lp.Wo, lp.KW, lp.stride, lp.pad)
+        wa_bits, sa_bits = idx_bits(lp.Ci * lp.KH * lp.KW * G) + 1, idx_bits(lp.words) + 1
+        ny_t = _table([f.n for f in fy], ubits(lp.KH))
+        nx_t = _table([f.n for f in fx], ubits(lp.KW))
+        wy_t = _table([f.k0 * lp.KW * G for f in fy], wa_bits)
+        wx_t = _table([f.k0 * G for f in fx], wa_bits)
+        sy_t = _table([f.o0 * lp.Wo for f in fy], sa_bits)
+        sx_t = _table([f.o0 for f in fx], sa_bits)
+        KKG = lp.KH * lp.KW * G
+        gin_t = _table([g * lp.in_lanes * KKG for g in range(lp.in_groups)], wa_bits)
+        li_t = _table([j * KKG for j in range(lp.in_lanes)], wa_bits)
+
+        # current event entry
+        Lin = lp.in_lanes
+        e_g = Signal(idx_bits(lp.in_groups), name=f"{name}_e_g")
+        e_y, e_x = Signal(idx_bits(lp.H), name=f"{name}_e_y"), Signal(idx_bits(lp.W), name=f"{name}_e_x")
+        e_mask = Signal(Lin, name=f"{name}_e_mask")
+        more = Signal(name=f"{name}_more")
+        ptr = Signal(src.nb if src.kind == "bucket" else 1, name=f"{name}_ptr")
+        idx = Signal(idx_bits(max(2, src.entries + 1)) if src.kind == "bank" else 1, name=f"{name}_idx")
+        li = _lowest(m, e_mask, Lin, f"{name}_li")
+        # synapse loop
+        ky_i, kx_i = Signal(ubits(lp.KH), name=f"{name}_kyi"), Signal(ubits(lp.KW), name=f"{name}_kxi")
+        n_y, n_x = Signal(ubits(lp.KH), name=f"{name}_ny"), Signal(ubits(lp.KW), name=f"{name}_nx")
+        g = Signal(idx_bits(G), name=f"{name}_g")
+        wa_row, wa_col = Signal(wa_bits, name=f"{name}_wa_row"), Signal(wa_bits, name=f"{name}_wa_col")
+        wa_x0 = Signal(wa_bits, name=f"{name}_wa_x0")
+        sa_row, sa_col, sa_g = (Signal(sa_bits, name=f"{name}_{n}") for n in ("sa_row", "sa_col", "sa_g"))
+        # integration loop over pooling windows
+        k = lp.pool
+        PY, PX = -(-lp.Ho // k), -(-lp.Wo // k)
+        ig = Signal(idx_bits(G), name=f"{name}_ig")
+        py, px = Signal(idx_bits(PY), name=f"{name}_py"), Signal(idx_bits(PX), name=f"{name}_px")
+        dy, dx = Signal(idx_bits(k), name=f"{name}_dy"), Signal(idx_bits(k), name=f"{name}_dx")
+        pyk, pxk = Signal(ubits(PY * k), name=f"{name}_pyk"), Signal(ubits(PX * k), name=f"{name}_pxk")
+        gbase, rowb = Signal(sa_bits, name=f"{name}_gbase"), Signal(sa_bits + ubits(k * lp.Wo), name=f"{name}_rowb")
+        dyw_t = _table([d * lp.Wo for d in range(k)], ubits(k * lp.Wo))
+        # writeback pipeline tags
+        wb_syn, wb_int = Signal(name=f"{name}_wb_syn"), Signal(name=f"{name}_wb_int")
+        wb_addr = Signal(idx_bits(lp.words), name=f"{name}_wb_addr")
+        wb_first, wb_last, wb_pv = Signal(name=f"{name}_wb_first"), Signal(name=f"{name}_wb_last"), Signal(name=f"{name}_wb_pv")
+        wb_g = Signal(idx_bits(G), name=f"{name}_wb_g")
+        wb_py, wb_px = Signal(idx_bits(PY), name=f"{name}_wb_py"), Signal(idx_bits(PX), name=f"{name}_wb_px")
+        m.d.sync += [wb_syn.eq(0), wb_int.eq(0)]
+
+        fsm_name = f"{name}_fsm"
+        with m.FSM(name=fsm_name):
+            with m.State("IDLE"):
+                with m.If(go):
+                    m.d.sync += busy.eq(1)
+                    m.next = "START"
+            with m.State("START"):
+                m.d.sync += [ig.eq(0), py.eq(0), px.eq(0), dy.eq(0), dx.eq(0), pyk.eq(0), pxk.eq(0), gbase.eq(0),
+                             rowb.eq(0)]  # fmt: skip
+                with m.If(first):
+                    m.next = "INTEG"
+                with m.Else():
+                    if src.kind == "bucket":
+                        m.d.comb += src.head_addr.eq(t - 1)
+                        m.next = "HEAD"
+                    else:
+                        m.d.sync += idx.eq(0)
+                        m.next = "FETCH"
+            if src.kind == "bucket":
+                with m.State("HEAD"):
+                    hd = src.heads_r.data
+                    m.d.sync += [more.eq(hd[src.nb]), ptr.eq(hd[: src.nb])]
+                    m.next = "FETCH"
+                with m.State("FETCH"):
+                    m.d.comb += src.nodes_r.addr.eq(ptr)
+                    with m.If(more):
+                        m.next = "LATCH"
+                    with m.Else():
+                        m.next = "INTEG"
+                with m.State("LATCH"):
+                    nd = src.nodes_r.data
+                    o = 0
+                    fields = []
+                    for wdt in (src.xb, src.yb, src.cb, src.nb, 1):
+                        fields.append(nd[o : o + wdt])
+                        o += wdt
+                    m.d.sync += [e_x.eq(fields[0]), e_y.eq(fields[1]), e_g.eq(fields[2]), e_mask.eq(1),
+                                 ptr.eq(fields[3]), more.eq(fields[4])]  # fmt: skip
+                    m.next = "LANE"
+            else:
+                with m.State("FETCH"):
+                    m.d.comb += src.bank_r.addr.eq(Mux(t[0], 0, src.entries) + idx)
+                    with m.If(idx == src.count):
+                        m.next = "INTEG"
+                    with m.Else():
+                        m.d.sync += idx.eq(idx + 1)
+                        m.next = "LATCH"
+                with m.State("LATCH"):
+                    d = src.bank_r.data
+                    o = 0
+                    fields = []
+                    for wdt in (src.xb, src.yb, src.gb, src.lanes):
+                        fields.append(d[o : o + wdt])
+                        o += wdt
+                    m.d.sync += [e_x.eq(fields[0]), e_y.eq(fields[1]), e_g.eq(fields[2]), e_mask.eq(fields[3])]
+                    m.next = "LANE"
+            with m.State("LANE"):
+                m.d.sync += e_mask.eq(e_mask & (e_mask - 1))
+                ny, nx = ny_t[e_y], nx_t[e_x]
+                with m.If(e_mask == 0):
+                    m.next = "FETCH"
+                with m.Elif((ny != 0) & (nx != 0)):
+                    base = gin_t[e_g] + li_t[li] + wy_t[e_y]
+                    srow = sy_t[e_y] + sx_t[e_x]
+                    m.d.sync += [wa_row.eq(base), wa_col.eq(base + wx_t[e_x]), wa_x0.eq(wx_t[e_x]), sa_row.eq(srow), sa_col.eq(srow),
+                                 sa_g.eq(srow), ky_i.eq(0), kx_i.eq(0), g.eq(0), n_y.eq(ny), n_x.eq(nx)]  # fmt: skip
+                    m.next = "SYN"
+            with m.State("SYN"):
+                m.d.comb += [wm_r.addr.eq(wa_col + g), eng_addr.eq(sa_g)]
+                m.d.sync += [wb_syn.eq(1), wb_addr.eq(sa_g)]
+                s = lp.stride
+                with m.If(g != G - 1):
+                    m.d.sync += [g.eq(g + 1), sa_g.eq(sa_g + HoWo)]
+                with m.Else():
+                    m.d.sync += g.eq(0)
+                    with m.If(kx_i != n_x - 1):
+                        m.d.sync += [kx_i.eq(kx_i + 1), wa_col.eq(wa_col + s * G), sa_col.eq(sa_col - 1), sa_g.eq(sa_col - 1)]
+                    with m.Else():
+                        m.d.sync += kx_i.eq(0)
+                        with m.If(ky_i != n_y - 1):
+                            wr = wa_row + s * lp.KW * G
+                            sr = sa_row - lp.Wo
+                            m.d.sync += [ky_i.eq(ky_i + 1), wa_row.eq(wr), wa_col.eq(wr + wa_x0),
+                                         sa_row.eq(sr), sa_col.eq(sr), sa_g.eq(sr)]  # fmt: skip
+                        with m.Else():
+                            m.next = "LANE"
+            with m.State("INTEG"):
+                oy, ox = pyk + dy, pxk + dx
+                addr = rowb + dyw_t[dy] + ox
+                valid = Const(1, 1)
+                if PY * k != lp.Ho:
+                    valid = valid & (oy < lp.Ho)
+                if PX * k != lp.Wo:
+                    valid = valid & (ox < lp.Wo)
+                m.d.comb += eng_addr.eq(addr)
+                m.d.sync += [wb_int.eq(valid), wb_addr.eq(addr), wb_first.eq((dy == 0) & (dx == 0)),
+                             wb_last.eq((dy == k - 1) & (dx == k - 1)), wb_pv.eq((py < lp.Hp) & (px < lp.Wp)),
+                             wb_g.eq(ig), wb_py.eq(py), wb_px.eq(px)]  # fmt: skip
+                with m.If(dx != k - 1):
+                    m.d.sync += dx.eq(dx + 1)
+                with m.Else():
+                    m.d.sync += dx.eq(0)
+                    with m.If(dy != k - 1):
+                        m.d.sync += dy.eq(dy + 1)
+                    with m.Else():
+                        m.d.sync += dy.eq(0)
+                        with m.If(px != PX - 1):
+                            m.d.sync += [px.eq(px + 1), pxk.eq(pxk + k)]
+                        with m.Else():
+                            m.d.sync += [px.eq(0), pxk.eq(0)]
+                            with m.If(py != PY - 1):
+                                m.d.sync += [py.eq(py + 1), pyk.eq(pyk + k), rowb.eq(rowb + k * lp.Wo)]
+                            with m.Else():
+                                m.d.sync += [py.eq(0), pyk.eq(0)]
+                                with m.If(ig != G - 1):
+                                    m.d.sync += [ig.eq(ig + 1), gbase.eq(gbase + HoWo), rowb.eq(gbase + HoWo)]
+                                with m.Else():
+                                    m.next = "DRAIN"
+            with m.State("DRAIN"):  # the last writeback lands this cycle
+                m.d.sync += busy.eq(0)
+                m.next = "IDLE"
+
+        # ---- writeback -----------------------------------------------------------------
+        word = st_r.data
+        wword = wm_r.data
+        valid_masks = _table([sum(1 << j for j in range(L) if gg * L + j < lp.Co) for gg in range(G)], L)
+        thr_words = []
+        for gg in range(G):
+            thr_words.append(sum((int(lp.thresholds[gg * L + j]) & ((1 << pb) - 1)) << (j * pb)
+                                 for j in range(L) if gg * L + j < lp.Co))  # fmt: skip
+        thr_t = _table(thr_words, L * pb)
+        thr_w = Signal(L * pb, name=f"{name}_thr")
+        m.d.comb += thr_w.eq(thr_t[wb_g])
+        vmask = Signal(L, name=f"{name}_vmask")
+        m.d.comb += vmask.eq(valid_masks[wb_g])
+        syn_word, int_word = [], []
+        fire = Signal(L, name=f"{name}_fire")
+        prev = Signal(L, name=f"{name}_prev")
+        vs = []
+        for j in range(L):
+            o = j * LW
+            s_j = Mux(first, 0, word[o : o + sb].as_signed())
+            p_j = Mux(first, 0, word[o + sb : o + sb + pb].as_signed())
+            tm_j = Mux(first, T, word[o + sb + pb : o + LW])
+            w_j = Mux(wword[j], 1, -1) if wb == 1 else wword[j * wb : (j + 1) * wb].as_signed()
+            ns = Signal(signed(sb), name=f"{name}_ns{j}")
+            m.d.comb += ns.eq(s_j + w_j)
+            syn_word.append(Cat(ns, word[o + sb : o + LW]))
+            v = Signal(signed(pb), name=f"{name}_v{j}")
+            m.d.comb += v.eq(p_j + s_j)
+            vs.append(v)
+            thr_j = thr_w[j * pb : (j + 1) * pb].as_signed()
+            m.d.comb += [fire[j].eq(vmask[j] & (v >= thr_j) & (tm_j == T)), prev[j].eq(tm_j != T)]
+        int_word = []
+        for j in range(L):
+            o = j * LW
+            s_keep = Mux(first, 0, word[o : o + sb])
+            tm_j = Mux(first, T, word[o + sb + pb : o + LW])
+            int_word.append(Cat(s_keep[:sb], vs[j], Mux(fire[j], t, tm_j)))
+        with m.If(wb_syn):
+            m.d.comb += [st_w.addr.eq(wb_addr), st_w.data.eq(Cat(*syn_word)), st_w.en.eq(1)]
+        with m.Elif(wb_int):
+            m.d.comb += [st_w.addr.eq(wb_addr), st_w.data.eq(Cat(*int_word)), st_w.en.eq(1)]
+
+        # pooling window: some lane fires now and none of the window fired before
+        win_f, win_p = Signal(L, name=f"{name}_win_f"), Signal(L, name=f"{name}_win_p")
+        cur_f, cur_p = Signal(L, name=f"{name}_cur_f"), Signal(L, name=f"{name}_cur_p")
+        m.d.comb += [cur_f.eq(Mux(wb_first, fire, win_f | fire)), cur_p.eq(Mux(wb_first, prev, win_p | prev))]
+        with m.If(wb_int):
+            m.d.sync += [win_f.eq(cur_f), win_p.eq(cur_p)]
+        newp = Signal(L, name=f"{name}_newp")
+        m.d.comb += newp.eq(Mux(wb_int & wb_last & wb_pv, cur_f & ~cur_p, 0))
+        emit = wb_int & wb_last & wb_pv
+
+        pidx = Signal(idx_bits(lp.groups * lp.Hp * lp.Wp) + 1, name=f"{name}_pidx")
+        with m.If(go):
+            m.d.sync += pidx.eq(0)
+        with m.Elif(emit):
+            m.d.sync += pidx.eq(pidx + 1)
+        if lp.pool_index is not None and P.debug:
+            pm = Memory(shape=unsigned(L * tb), depth=lp.groups * lp.Hp * lp.Wp, init=[])
+            m.submodules[f"{name}_pooled"] = pm
+            pw = pm.write_port(granularity=tb)
+            pr = pm.read_port()
+            m.d.comb += [pw.addr.eq(pidx), pw.data.eq(Cat(*[Mux(first & ~newp[j], T, t) for j in range(L)]))]
+            with m.If(emit):
+                m.d.comb += pw.en.eq(Mux(first, (1 << L) - 1, newp))
+            ro_ports[f"layer{lp.pool_index}"] = (pr, L, G, lp.Co, lp.Hp * lp.Wp, tb, 0, tb, False)
+        if P.debug:
+            ro_ports[f"layer{lp.index}"] = ((st_r, ro_addr, ro_en), L, G, lp.Co, HoWo, LW, sb + pb, tb, False)
+
+        # ---- outputs: next layer's event bank, or the decision ------------------------------
+        dec = None
+        nsrc = None
+        if not lp.last:
+            E = lp.entries_per_step
+            xb, yb, gb = idx_bits(lp.Wp), idx_bits(lp.Hp), idx_bits(G)
+            bank = Memory(shape=unsigned(xb + yb + gb + L), depth=2 * E, init=[])
+            m.submodules[f"{name}_events"] = bank
+            bw = bank.write_port()
+            br = bank.read_port()
+            cnt_cur = Signal(idx_bits(E + 1), name=f"{name}_cnt_cur")
+            cnt_prev = Signal(idx_bits(E + 1), name=f"{name}_cnt_prev")
+            with m.If(go):
+                m.d.sync += [cnt_prev.eq(Mux(first, 0, cnt_cur)), cnt_cur.eq(0)]
+            with m.Elif(emit & (newp != 0)):
+                m.d.sync += cnt_cur.eq(cnt_cur + 1)
+            m.d.comb += [bw.addr.eq(Mux(t[0], E, 0) + cnt_cur), bw.data.eq(Cat(wb_px[:xb], wb_py[:yb], wb_g[:gb], newp)),
+                         bw.en.eq(emit & (newp != 0))]  # fmt: skip
+            nsrc = _Src("bank", bank_r=br, count=cnt_prev, entries=E, xb=xb, yb=yb, gb=gb, lanes=L)
+        else:
+            decided = Signal(name="decided")
+            cls = Signal(idx_bits(P.num_classes), name="cls")
+            dtime = Signal(tb, name="dtime")
+            best_v = Signal(signed(pb), name="best_v")
+            best_idx = Signal(idx_bits(P.num_classes), name="best_idx")
+            gL = _table([gg * L for gg in range(G)], idx_bits(P.num_classes) + 1)
+            lowf = _lowest(m, fire, L, "out_lowest_fire")
+            with m.If(go & first):
+                m.d.sync += [decided.eq(0), cls.eq(0), dtime.eq(T)]
+            with m.Elif(wb_int & ~decided & (fire != 0)):
+                m.d.sync += [decided.eq(1), cls.eq(gL[wb_g] + lowf), dtime.eq(t)]
+            # argmax of V(T-1) over the valid lanes, lowest index on ties
+            bv, bi = vs[0], Const(0, idx_bits(L))
+            for j in range(1, L):
+                better = vmask[j] & (vs[j] > bv)
+                bv, bi = Mux(better, vs[j], bv), Mux(better, j, bi)
+            wbv, wbi = Signal(signed(pb), name="word_best_v"), Signal(idx_bits(L), name="word_best_i")
+            m.d.comb += [wbv.eq(bv), wbi.eq(bi)]
+            with m.If(wb_int & (t == T - 1) & ((wb_g == 0) | (wbv > best_v))):
+                m.d.sync += [best_v.eq(wbv), best_idx.eq(gL[wb_g] + wbi)]
+            dec = (decided, cls, dtime, best_idx)
+            if P.debug:
+                ro_ports["v_last"] = ((st_r, ro_addr, ro_en), L, G, lp.Co, 1, LW, sb, pb, True)
+        return busy, nsrc, dec
+
+    # ------------------------------------------------------------------------------------
+    def _readout(self, m: Module, P: CorePlan, ro_ports: dict, ro_start: Signal, active: Signal, ro_done: Signal) -> None:
+        """Stream every segment's values, one per cycle while ``dbg_ready`` is high."""
+        segs = [ro_ports[name] for name, _ in P.readout_segments()]
+        S = len(segs)
+        maxL = max(s[1] for s in segs)
+        maxG = max(s[2] for s in segs)
+        maxHW = max(s[4] for s in segs)
+        maxw = max(s[2] * s[4] for s in segs)
+        seg = Signal(idx_bits(S))
+        c = Signal(idx_bits(max(s[3] for s in segs)))
+        lane = Signal(idx_bits(maxL))
+        pos = Signal(idx_bits(maxHW))
+        addr_g = Signal(idx_bits(maxw) + 1)
+        n_seg, n_c, n_lane, n_pos, n_addr_g = (Signal.like(s, name=f"n_{s.name}") for s in (seg, c, lane, pos, addr_g))
+        last = Signal()
+        issue = Signal()
+        m.d.comb += [n_seg.eq(seg), n_c.eq(c), n_lane.eq(lane), n_pos.eq(pos + 1), n_addr_g.eq(addr_g)]
+        for si, (_, L, G, Co, HW, *_r) in enumerate(segs):
+            with m.If(seg == si):
+                with m.If(pos == HW - 1):
+                    m.d.comb += n_pos.eq(0)
+                    with m.If(c == Co - 1):
+                        if si == S - 1:
+                            m.d.comb += last.eq(1)
+                        else:
+                            m.d.comb += [n_seg.eq(si + 1), n_c.eq(0), n_lane.eq(0), n_addr_g.eq(0)]
+                    with m.Else():
+                        m.d.comb += n_c.eq(c + 1)
+                        with m.If(lane == L - 1):
+                            m.d.comb += [n_lane.eq(0), n_addr_g.eq(addr_g + HW)]
+                        with m.Else():
+                            m.d.comb += n_lane.eq(lane + 1)
+        # drive the read ports: issue the next item's address
+        ports: dict[int, list[int]] = {}
+        for si, s in enumerate(segs):
+            ports.setdefault(id(s[0][0] if isinstance(s[0], tuple) else s[0]), []).append(si)
+        addr = Signal.like(addr_g, name="ro_next_addr")
+        issue_seg = Signal.like(seg, name="ro_issue_seg")
+        with m.If(ro_start):
+            m.d.comb += [addr.eq(0), issue_seg.eq(0)]
+        with m.Else():
+            m.d.comb += [addr.eq(n_addr_g + n_pos), issue_seg.eq(n_seg)]
+        for sis in ports.values():
+            port = segs[sis[0]][0]
+            sel = Cat(*[issue_seg == si for si in sis]).any() & issue
+            if isinstance(port, tuple):  # a layer's state memory, shared with its engine
+                _, pa, pe = port
+                m.d.comb += [pa.eq(addr), pe.eq(sel)]
+            else:
+                m.d.comb += [port.addr.eq(addr), port.en.eq(sel)]
+        # the value of the current item (its read was issued last cycle, held while not ready)
+        val = Signal(signed(32))
+        for si, (port, L, G, Co, HW, LW, off, nbits, sgn) in enumerate(segs):
+            data = port[0].data if isinstance(port, tuple) else port.data
+            lanes = [data[j * LW + off : j * LW + off + nbits] for j in range(L)]
+            f = Array(lanes)[lane] if L > 1 else lanes[0]
+            with m.If(seg == si):
+                m.d.comb += val.eq(f.as_signed() if sgn else f)
+        valid = Signal()
+        m.d.comb += [self.dbg_valid.eq(valid & active), self.dbg_data.eq(val), self.dbg_last.eq(last)]
+        with m.If(ro_start):
+            m.d.comb += issue.eq(1)
+            m.d.sync += [seg.eq(0), c.eq(0), lane.eq(0), pos.eq(0), addr_g.eq(0), valid.eq(1)]
+        with m.Elif(active & valid & self.dbg_ready):
+            with m.If(last):
+                m.d.sync += valid.eq(0)
+                m.d.comb += ro_done.eq(1)
+            with m.Else():
+                m.d.comb += issue.eq(1)
+                m.d.sync += [seg.eq(n_seg), c.eq(n_c), lane.eq(n_lane), pos.eq(n_pos), addr_g.eq(n_addr_g)]

@@ -1,0 +1,238 @@
+"""Sizing of the core from the model tables: every width and depth, checked before any HDL.
+
+A model that the core cannot build with the chosen parameters raises ``HardwareError`` here,
+at generation time, with what to change; the Amaranth code in ``core.py`` only reads a plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from firstspike.errors import FirstSpikeError
+from firstspike.quantize.modelfile import ModelTables
+
+
+class HardwareError(FirstSpikeError):
+    """A model that cannot be built into a core with the chosen parameters."""
+
+
+def ubits(n: int) -> int:
+    """Unsigned width holding every value 0..n (at least 1)."""
+    return max(1, int(n).bit_length())
+
+
+def idx_bits(n: int) -> int:
+    """Unsigned width of an index 0..n-1 (at least 1)."""
+    return max(1, int(n - 1).bit_length())
+
+
+@dataclass
+class FanOut:
+    """For one input coordinate: the valid kernel offsets, as (first kernel index, count,
+    first output coordinate); output coordinate decreases by 1 per kernel step of ``stride``."""
+
+    k0: int
+    n: int
+    o0: int
+
+
+def fan_out(size_in: int, size_out: int, k: int, stride: int, pad: int) -> list[FanOut]:
+    rows = []
+    for y in range(size_in):
+        ks = [ky for ky in range(k) if (y + pad - ky) >= 0 and (y + pad - ky) % stride == 0 and (y + pad - ky) // stride < size_out]
+        rows.append(FanOut(ks[0], len(ks), (y + pad - ks[0]) // stride) if ks else FanOut(0, 0, 0))
+    return rows
+
+
+@dataclass
+class LayerPlan:
+    """One spiking layer (conv or fc) and the pooling that follows it, if any."""
+
+    index: int  # position in ModelTables.layers
+    kind: str
+    Ci: int
+    H: int
+    W: int
+    Co: int
+    Ho: int
+    Wo: int
+    KH: int
+    KW: int
+    stride: int
+    pad: int
+    weight_bits: int
+    slope_bits: int
+    potential_bits: int
+    lanes: int  # L: output channels updated per cycle
+    groups: int  # G = ceil(Co / L)
+    pool: int  # k of the min-pooling that follows (1: none)
+    Hp: int
+    Wp: int
+    pool_index: int | None  # position of that pool layer in ModelTables.layers
+    in_lanes: int  # lanes of the incoming event entries (1 for the input)
+    in_groups: int  # groups of the incoming entries (input channels for the input)
+    last: bool
+    weights: np.ndarray = field(repr=False)  # (Co, Ci, KH, KW) int
+    thresholds: np.ndarray = field(repr=False)  # (Co,) int
+
+    @property
+    def lane_bits(self) -> int:
+        return self.slope_bits + self.potential_bits
+
+    @property
+    def words(self) -> int:
+        return self.groups * self.Ho * self.Wo
+
+    @property
+    def entries_per_step(self) -> int:
+        """Most event entries this layer can emit in one step (one per pooled word)."""
+        return self.groups * self.Hp * self.Wp
+
+    def weight_words(self) -> list[int]:
+        """Weight memory: one word per (ci, ky, kx, group), lane j = output channel g*L + j;
+        binary: bit 1 = +1; fixed-point: two's complement ``weight_bits`` per lane."""
+        L, G, wb = self.lanes, self.groups, self.weight_bits
+        words = []
+        for ci in range(self.Ci):
+            for ky in range(self.KH):
+                for kx in range(self.KW):
+                    for g in range(G):
+                        word = 0
+                        for j in range(L):
+                            co = g * L + j
+                            if co >= self.Co:
+                                continue
+                            w = int(self.weights[co, ci, ky, kx])
+                            v = (1 if w > 0 else 0) if wb == 1 else (w & ((1 << wb) - 1))
+                            word |= v << (j * wb)
+                        words.append(word)
+        return words
+
+
+@dataclass
+class CorePlan:
+    name: str
+    T: int
+    input_shape: tuple[int, int, int]
+    input_table: list[int]
+    layers: list[LayerPlan]
+    lanes: int
+    debug: bool
+    early_exit: bool
+
+    @property
+    def time_bits(self) -> int:
+        return ubits(self.T)
+
+    @property
+    def num_classes(self) -> int:
+        return self.layers[-1].Co
+
+    @property
+    def n_inputs(self) -> int:
+        C, H, W = self.input_shape
+        return C * H * W
+
+    def readout_segments(self) -> list[tuple[str, tuple[int, int, int]]]:
+        """The debug stream's order: (name, shape) of each block of values, each in (c, y, x)
+        order: the input spike times, every layer's spike times (pooling included), then the
+        output layer's potentials V(T-1). This is GoldenModel.run's layer_times order."""
+        segs = [("input", tuple(self.input_shape))]
+        for lp in self.layers:
+            segs.append((f"layer{lp.index}", (lp.Co, lp.Ho, lp.Wo)))
+            if lp.pool_index is not None:
+                segs.append((f"layer{lp.pool_index}", (lp.Co, lp.Hp, lp.Wp)))
+        segs.append(("v_last", (self.num_classes, 1, 1)))
+        return segs
+
+    def summary(self) -> dict:
+        """Widths, memories and bits: what `firstspike hw` writes next to the Verilog."""
+        mems = []
+        tb = self.time_bits
+        C, H, W = self.input_shape
+        n = self.n_inputs
+        mems.append({"name": "input.heads", "depth": self.T, "width": idx_bits(n) + 1})
+        mems.append({"name": "input.nodes", "depth": n, "width": idx_bits(C) + idx_bits(H) + idx_bits(W) + idx_bits(n) + 1})
+        if self.debug:
+            mems.append({"name": "input.times", "depth": n, "width": tb})
+        for lp in self.layers:
+            p = f"layer{lp.index}"
+            mems.append({"name": f"{p}.weights", "depth": lp.Ci * lp.KH * lp.KW * lp.groups, "width": lp.lanes * lp.weight_bits})
+            mems.append({"name": f"{p}.state", "depth": lp.words, "width": lp.lanes * (lp.lane_bits + tb)})
+            if lp.pool_index is not None and self.debug:
+                mems.append({"name": f"{p}.pooled", "depth": lp.groups * lp.Hp * lp.Wp, "width": lp.lanes * tb})
+            if not lp.last:
+                w = idx_bits(lp.groups) + idx_bits(lp.Hp) + idx_bits(lp.Wp) + lp.lanes
+                mems.append({"name": f"{p}.events", "depth": 2 * lp.entries_per_step, "width": w})
+        for mm in mems:
+            mm["bits"] = mm["depth"] * mm["width"]
+        layers = []
+        for lp in self.layers:
+            d = {k: v for k, v in asdict(lp).items() if k not in ("weights", "thresholds")}
+            layers.append(d)
+        return {
+            "name": self.name,
+            "T": self.T,
+            "input_shape": list(self.input_shape),
+            "lanes": self.lanes,
+            "debug": self.debug,
+            "early_exit": self.early_exit,
+            "time_bits": tb,
+            "layers": layers,
+            "memories": mems,
+            "memory_bits": sum(mm["bits"] for mm in mems),
+            "readout": [{"name": s, "shape": list(sh)} for s, sh in self.readout_segments()],
+        }
+
+
+def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_exit: bool = False) -> CorePlan:
+    """Size a core for ``tables``; raise HardwareError naming the problem and the fix."""
+    if not isinstance(lanes, int) or not 1 <= lanes <= 256:
+        raise HardwareError(f"lanes={lanes!r}: choose 1..256 output channels per cycle")
+    if early_exit and debug:
+        raise HardwareError("early exit stops before every spike time is known: use it without the debug port (--no-debug)")
+    T = int(tables.T)
+    if T < 2:
+        raise HardwareError(f"T={T}: the core needs at least 2 time steps")
+    ls = tables.layers
+    if not ls or ls[0].kind == "pool":
+        raise HardwareError("the first layer must be conv or fc: pooling the input image is not supported by the core")
+    plans: list[LayerPlan] = []
+    prev_lanes, prev_groups = 1, int(tables.input_shape[0])
+    i = 0
+    while i < len(ls):
+        ly = ls[i]
+        if ly.kind == "pool":
+            raise HardwareError(f"layer {i}: two pooling layers in a row; merge them into one k x k pooling")
+        pool, pidx = 1, None
+        if i + 1 < len(ls) and ls[i + 1].kind == "pool":
+            pool, pidx = ls[i + 1].kernel[0], i + 1
+        Ci, H, W = ly.in_shape
+        Co, Ho, Wo = ly.out_shape
+        if ly.weight_bits < 1 or ly.slope_bits < 1 or ly.potential_bits < 2:
+            raise HardwareError(f"layer {i}: missing accumulator widths in the model file; re-run `firstspike quantize`")
+        L = min(lanes, Co)
+        G = -(-Co // L)
+        last = pidx is None and i == len(ls) - 1 or pidx == len(ls) - 1
+        lp = LayerPlan(
+            index=i, kind=ly.kind, Ci=Ci, H=H, W=W, Co=Co, Ho=Ho, Wo=Wo, KH=ly.kernel[0], KW=ly.kernel[1],
+            stride=ly.stride, pad=ly.padding, weight_bits=ly.weight_bits, slope_bits=ly.slope_bits,
+            potential_bits=ly.potential_bits, lanes=L, groups=G, pool=pool, Hp=Ho // pool, Wp=Wo // pool,
+            pool_index=pidx, in_lanes=prev_lanes, in_groups=prev_groups, last=last,
+            weights=np.asarray(ly.weights, dtype=np.int64), thresholds=np.asarray(ly.thresholds, dtype=np.int64),
+        )
+        if pool > 1 and (lp.Hp < 1 or lp.Wp < 1):
+            raise HardwareError(f"layer {pidx}: pooling {pool}x{pool} of a {Ho}x{Wo} map leaves nothing")
+        plans.append(lp)
+        prev_lanes, prev_groups = L, G
+        i += 2 if pidx is not None else 1
+    outl = plans[-1]
+    if (outl.Ho, outl.Wo) != (1, 1) or outl.pool_index is not None:
+        raise HardwareError("the output layer must be fc with a 1x1 output (one neuron per class)")
+    if outl.Co < 1:
+        raise HardwareError("the output layer has no neurons")
+    return CorePlan(name=tables.name, T=T, input_shape=tuple(int(v) for v in tables.input_shape),
+                    input_table=[int(v) for v in tables.input_table], layers=plans, lanes=lanes,
+                    debug=debug, early_exit=early_exit)  # fmt: skip
