@@ -79,6 +79,42 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_hw(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "hw",
+        help="model file -> Verilog of the event-driven core (Amaranth)",
+        description="Generate the core sized from the model file's tables: OUT/firstspike_core.v and OUT/core.json "
+        "(memories, widths, lanes, the debug stream's layout).",
+    )
+    p.add_argument("model", help="model file written by `firstspike quantize`")
+    p.add_argument("-o", "--out", default="build/hw", help="output folder")
+    p.add_argument("--lanes", type=int, default=16, help="output channels updated per cycle (area vs speed)")
+    p.add_argument("--no-debug", action="store_true", help="leave out the debug port (every layer's spike times)")
+    p.add_argument("--early-exit", action="store_true", help="stop once the class is known (needs --no-debug)")
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="RTL simulation (Verilator or Icarus, cocotb) compared bit for bit with the golden model",
+        description="Run test images through the generated core in parallel simulations and compare every "
+        "layer's spike times, the output potentials and the class with the integer golden model. Exit status 1 "
+        "on any mismatch.",
+    )
+    p.add_argument("model", help="model file written by `firstspike quantize`")
+    p.add_argument("--sim", default="verilator", choices=["verilator", "icarus", "both"])
+    p.add_argument("--images", type=int, default=100, help="first N test images (0 = all)")
+    p.add_argument("--all", action="store_true", help="the whole test set (same as --images 0)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel simulations")
+    p.add_argument("--lanes", type=int, default=16)
+    p.add_argument("--chunk", type=int, default=250, help="images per simulation run")
+    p.add_argument("--dataset", default=None, help="mnist or fashion-mnist (default: the model's)")
+    p.add_argument("--data-dir", default=None, help="folder of standard IDX files")
+    p.add_argument("--build-dir", default="build/sim", help="where compiled simulators are cached")
+    p.add_argument("--json", dest="json_out", default=None, help="also write the figures as JSON here")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from firstspike.train.model import load_config
     from firstspike.train.trainer import TrainConfig, train
@@ -197,7 +233,44 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "quantize": cmd_quantize, "info": cmd_info}
+def cmd_hw(a: argparse.Namespace) -> int:
+    from firstspike.hw.generate import generate
+
+    s = generate(a.model, a.out, lanes=a.lanes, debug=not a.no_debug, early_exit=a.early_exit)
+    print(f"wrote {Path(a.out) / s['verilog']} and {Path(a.out) / 'core.json'}: {len(s['layers'])} spiking layers, "
+          f"lanes={s['lanes']}, {s['memory_bits'] / 1000:.1f} kbit of memories")  # fmt: skip
+    return 0
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from firstspike.data import load_split
+    from firstspike.quantize.modelfile import load
+    from firstspike.sim.rtl import verify
+
+    tables = load(a.model)
+    dataset = a.dataset or tables.meta.get("dataset", "mnist")
+    split = load_split(dataset, "test", a.data_dir).head(0 if a.all else a.images)
+    sims = ["verilator", "icarus"] if a.sim == "both" else [a.sim]
+    out, bad = [], 0
+    for sim in sims:
+        r = verify(tables, split.images, split.labels, sim=sim, jobs=a.jobs, lanes=a.lanes, chunk=a.chunk,
+                   build_root=a.build_dir, progress=not a.no_progress)  # fmt: skip
+        d = r.as_dict()
+        d.update(model=str(a.model), dataset=dataset)
+        out.append(d)
+        bad += r.total_mismatches
+        per = ", ".join(f"{k} {v}" for k, v in r.spike_mismatches.items())
+        print(f"{sim}: {r.images} images, {r.total_mismatches} mismatches of {r.values_compared:,} values + "
+              f"{r.images} classes (class {r.class_mismatches}; {per}); RTL accuracy {100 * r.rtl_accuracy:.2f}% "
+              f"(golden {100 * r.golden_accuracy:.2f}%); cycles/image mean {d['cycles_mean']:.0f}, p99 {d['cycles_p99']:.0f}; "
+              f"{r.wall_seconds:.1f} s")  # fmt: skip
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(out if len(out) > 1 else out[0], indent=1))
+    return 1 if bad else 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "quantize": cmd_quantize, "info": cmd_info, "hw": cmd_hw,
+            "verify": cmd_verify}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantize(sub)
     _add_info(sub)
     _add_eval(sub)
+    _add_hw(sub)
+    _add_verify(sub)
     return p
 
 

@@ -60,8 +60,9 @@ class Core(Elaboratable):
     * pixel stream ``pix_valid``/``pix_ready``/``pix_data`` (uint8, (c, y, x) order).
     * result stream ``res_valid``/``res_ready``: ``res_class``, ``res_fired`` (an output
       spiked), ``res_time`` (its step; T if none), ``res_cycles`` (compute cycles).
-    * debug stream ``dbg_valid``/``dbg_ready``/``dbg_data`` (signed 32)/``dbg_last``
-      (only with ``plan.debug``), after the result.
+    * debug stream ``dbg_valid``/``dbg_ready``/``dbg_data``/``dbg_last`` (only with
+      ``plan.debug``), after the result: one memory word per beat, up to ``debug_lanes``
+      signed 32-bit values (see CorePlan.unpack_debug).
     """
 
     def __init__(self, plan: CorePlan):
@@ -81,7 +82,7 @@ class Core(Elaboratable):
         self.res_cycles = Signal(32)
         self.dbg_valid = Signal()
         self.dbg_ready = Signal()
-        self.dbg_data = Signal(signed(32))
+        self.dbg_data = Signal(32 * plan.debug_lanes)
         self.dbg_last = Signal()
 
     def ports(self) -> list[Signal]:
@@ -536,72 +537,61 @@ class Core(Elaboratable):
 
     # ------------------------------------------------------------------------------------
     def _readout(self, m: Module, P: CorePlan, ro_ports: dict, ro_start: Signal, active: Signal, ro_done: Signal) -> None:
-        """Stream every segment's values, one per cycle while ``dbg_ready`` is high."""
+        """Stream every segment word by word (memory order (group, y, x)), one word per cycle
+        while ``dbg_ready`` is high; a beat holds the word's L lanes as signed 32-bit values
+        (lane j in bits 32j..32j+31; CorePlan.unpack_debug restores (c, y, x) order)."""
         segs = [ro_ports[name] for name, _ in P.readout_segments()]
         S = len(segs)
-        maxL = max(s[1] for s in segs)
-        maxG = max(s[2] for s in segs)
-        maxHW = max(s[4] for s in segs)
-        maxw = max(s[2] * s[4] for s in segs)
         seg = Signal(idx_bits(S))
-        c = Signal(idx_bits(max(s[3] for s in segs)))
-        lane = Signal(idx_bits(maxL))
-        pos = Signal(idx_bits(maxHW))
-        addr_g = Signal(idx_bits(maxw) + 1)
-        n_seg, n_c, n_lane, n_pos, n_addr_g = (Signal.like(s, name=f"n_{s.name}") for s in (seg, c, lane, pos, addr_g))
+        addr = Signal(idx_bits(max(s[2] * s[4] for s in segs)) + 1)
         last = Signal()
         issue = Signal()
-        m.d.comb += [n_seg.eq(seg), n_c.eq(c), n_lane.eq(lane), n_pos.eq(pos + 1), n_addr_g.eq(addr_g)]
+        n_seg, n_addr = Signal.like(seg, name="ro_n_seg"), Signal.like(addr, name="ro_n_addr")
+        m.d.comb += [n_seg.eq(seg), n_addr.eq(addr + 1)]
         for si, (_, L, G, Co, HW, *_r) in enumerate(segs):
-            with m.If(seg == si):
-                with m.If(pos == HW - 1):
-                    m.d.comb += n_pos.eq(0)
-                    with m.If(c == Co - 1):
-                        if si == S - 1:
-                            m.d.comb += last.eq(1)
-                        else:
-                            m.d.comb += [n_seg.eq(si + 1), n_c.eq(0), n_lane.eq(0), n_addr_g.eq(0)]
-                    with m.Else():
-                        m.d.comb += n_c.eq(c + 1)
-                        with m.If(lane == L - 1):
-                            m.d.comb += [n_lane.eq(0), n_addr_g.eq(addr_g + HW)]
-                        with m.Else():
-                            m.d.comb += n_lane.eq(lane + 1)
-        # drive the read ports: issue the next item's address
+            with m.If((seg == si) & (addr == G * HW - 1)):
+                if si == S - 1:
+                    m.d.comb += last.eq(1)
+                else:
+                    m.d.comb += [n_seg.eq(si + 1), n_addr.eq(0)]
+        # drive the read ports: issue the next word's address
         ports: dict[int, list[int]] = {}
         for si, s in enumerate(segs):
             ports.setdefault(id(s[0][0] if isinstance(s[0], tuple) else s[0]), []).append(si)
-        addr = Signal.like(addr_g, name="ro_next_addr")
-        issue_seg = Signal.like(seg, name="ro_issue_seg")
+        iaddr = Signal.like(addr, name="ro_issue_addr")
+        iseg = Signal.like(seg, name="ro_issue_seg")
         with m.If(ro_start):
-            m.d.comb += [addr.eq(0), issue_seg.eq(0)]
+            m.d.comb += [iaddr.eq(0), iseg.eq(0)]
         with m.Else():
-            m.d.comb += [addr.eq(n_addr_g + n_pos), issue_seg.eq(n_seg)]
+            m.d.comb += [iaddr.eq(n_addr), iseg.eq(n_seg)]
         for sis in ports.values():
             port = segs[sis[0]][0]
-            sel = Cat(*[issue_seg == si for si in sis]).any() & issue
+            sel = Cat(*[iseg == si for si in sis]).any() & issue
             if isinstance(port, tuple):  # a layer's state memory, shared with its engine
                 _, pa, pe = port
-                m.d.comb += [pa.eq(addr), pe.eq(sel)]
+                m.d.comb += [pa.eq(iaddr), pe.eq(sel)]
             else:
-                m.d.comb += [port.addr.eq(addr), port.en.eq(sel)]
-        # the value of the current item (its read was issued last cycle, held while not ready)
-        val = Signal(signed(32))
+                m.d.comb += [port.addr.eq(iaddr), port.en.eq(sel)]
+        # the current word (its read was issued last cycle; held while not ready)
         for si, (port, L, G, Co, HW, LW, off, nbits, sgn) in enumerate(segs):
             data = port[0].data if isinstance(port, tuple) else port.data
-            lanes = [data[j * LW + off : j * LW + off + nbits] for j in range(L)]
-            f = Array(lanes)[lane] if L > 1 else lanes[0]
+            vals = []
+            for j in range(L):
+                f = data[j * LW + off : j * LW + off + nbits]
+                v = Signal(signed(32), name=f"ro_s{si}_v{j}")
+                m.d.comb += v.eq(f.as_signed() if sgn else f)
+                vals.append(v)
             with m.If(seg == si):
-                m.d.comb += val.eq(f.as_signed() if sgn else f)
+                m.d.comb += self.dbg_data.eq(Cat(*vals))
         valid = Signal()
-        m.d.comb += [self.dbg_valid.eq(valid & active), self.dbg_data.eq(val), self.dbg_last.eq(last)]
+        m.d.comb += [self.dbg_valid.eq(valid & active), self.dbg_last.eq(last)]
         with m.If(ro_start):
             m.d.comb += issue.eq(1)
-            m.d.sync += [seg.eq(0), c.eq(0), lane.eq(0), pos.eq(0), addr_g.eq(0), valid.eq(1)]
+            m.d.sync += [seg.eq(0), addr.eq(0), valid.eq(1)]
         with m.Elif(active & valid & self.dbg_ready):
             with m.If(last):
                 m.d.sync += valid.eq(0)
                 m.d.comb += ro_done.eq(1)
             with m.Else():
                 m.d.comb += issue.eq(1)
-                m.d.sync += [seg.eq(n_seg), c.eq(n_c), lane.eq(n_lane), pos.eq(n_pos), addr_g.eq(n_addr_g)]
+                m.d.sync += [seg.eq(n_seg), addr.eq(n_addr)]

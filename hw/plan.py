@@ -147,6 +147,47 @@ class CorePlan:
         segs.append(("v_last", (self.num_classes, 1, 1)))
         return segs
 
+    @property
+    def debug_lanes(self) -> int:
+        """Values per debug beat: the widest memory word's lanes."""
+        return max([1, *(lp.lanes for lp in self.layers)])
+
+    def debug_words(self) -> list[tuple[str, tuple[int, int, int], int, int]]:
+        """Per readout segment: (name, shape, lanes, beats); beats = groups x H x W."""
+        C = self.input_shape[0]
+        out = []
+        lanes = {"input": (1, C)}
+        for lp in self.layers:
+            lanes[f"layer{lp.index}"] = (lp.lanes, lp.groups)
+            if lp.pool_index is not None:
+                lanes[f"layer{lp.pool_index}"] = (lp.lanes, lp.groups)
+        lanes["v_last"] = (self.layers[-1].lanes, self.layers[-1].groups)
+        for name, shape in self.readout_segments():
+            L, G = lanes[name]
+            out.append((name, shape, L, G * shape[1] * shape[2]))
+        return out
+
+    def unpack_debug(self, beats: np.ndarray) -> np.ndarray:
+        """(N, beats, debug_lanes) int values of the debug stream -> (N, values) in
+        GoldenModel.run order: each segment's (c, y, x) order, c = group * lanes + lane."""
+        n = beats.shape[0]
+        parts, o = [], 0
+        for _name, (c, h, w), L, nb in self.debug_words():
+            G = nb // (h * w)
+            blk = beats[:, o : o + nb, :L].reshape(n, G, h, w, L).transpose(0, 1, 4, 2, 3).reshape(n, G * L, h, w)
+            parts.append(blk[:, :c].reshape(n, -1))
+            o += nb
+        return np.concatenate(parts, axis=1)
+
+    def debug_beats(self) -> int:
+        return sum(nb for *_r, nb in self.debug_words())
+
+    def beats_from_ints(self, words: list[int]) -> np.ndarray:
+        """Debug beats as integers -> (len, debug_lanes) signed values."""
+        DL = self.debug_lanes
+        buf = b"".join(int(w).to_bytes(4 * DL, "little") for w in words)
+        return np.frombuffer(buf, dtype="<i4").reshape(len(words), DL).astype(np.int64)
+
     def summary(self) -> dict:
         """Widths, memories and bits: what `firstspike hw` writes next to the Verilog."""
         mems = []

@@ -77,10 +77,10 @@ async def handshake(dut) -> None:
                 r = rng.random() > 0.3
                 dut.ext_dbg_ready.value = int(r)
                 valid, last = int(dut.ext_dbg_valid.value), int(dut.ext_dbg_last.value)
-                data = dut.ext_dbg_data.value.to_signed()
+                data = dut.ext_dbg_data.value.to_unsigned()
                 await FallingEdge(dut.clk)
                 if r and valid:
-                    lines.append(str(data))
+                    lines.append(f"{data:0{len(dut.ext_dbg_data) // 4}x}")
                     if last:
                         break
             dut.ext_dbg_ready.value = 0

@@ -6,7 +6,7 @@
 * mode 1 (external): the core's ports are driven from the ``ext_*`` ports, so a cocotb test
   can drive the valid/ready handshakes itself (stalls, backpressure).
 
-Output file, per image: ``R class fired time cycles`` then one debug value per line.
+Output file, per image: ``R class fired time cycles`` then one debug beat per line (hex).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ def harness_verilog(plan: CorePlan, core_name: str, max_images: int) -> str:
     cw = idx_bits(plan.num_classes)
     tw = plan.time_bits
     dbg = plan.debug
-    dbg_ports = """
-    output ext_dbg_valid, input ext_dbg_ready, output signed [31:0] ext_dbg_data, output ext_dbg_last,""" if dbg else ""
+    dbg_ports = f"""
+    output ext_dbg_valid, input ext_dbg_ready, output [{32 * plan.debug_lanes - 1}:0] ext_dbg_data, output ext_dbg_last,""" if dbg else ""
     dbg_inst = """
         .dbg_valid(dbg_valid), .dbg_ready(dbg_ready), .dbg_data(dbg_data), .dbg_last(dbg_last),""" if dbg else ""
     return f"""`timescale 1ns/1ps
@@ -54,7 +54,7 @@ module {HARNESS_TOP} (
     wire [{tw - 1}:0] res_time;
     wire [31:0] res_cycles;
     wire dbg_valid, dbg_ready, dbg_last;
-    wire signed [31:0] dbg_data;
+    wire [{32 * plan.debug_lanes - 1}:0] dbg_data;
 
     {core_name} core (
         .clk(clk), .rst(rst), .start(start), .busy(busy), .done(done),
@@ -93,7 +93,7 @@ module {HARNESS_TOP} (
                 state <= {"S_DBG" if dbg else "S_DONE"};
             end
             S_DBG: if (dbg_valid) begin
-                $fwrite(fd, "%0d\\n", dbg_data);
+                $fwrite(fd, "%h\\n", dbg_data);
                 if (dbg_last) state <= S_DONE;
             end
             S_DONE: if (done) begin

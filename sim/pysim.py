@@ -70,7 +70,7 @@ def run_pysim(plan: CorePlan, images: np.ndarray, stall_seed: int | None = None,
                     valid, data, last = ctx.get(core.dbg_valid), ctx.get(core.dbg_data), ctx.get(core.dbg_last)
                     await ctx.tick()
                     if r and valid:
-                        vals.append(data)
+                        vals.append(data & ((1 << (32 * plan.debug_lanes)) - 1))
                         if last:
                             break
                 ctx.set(core.dbg_ready, 0)
@@ -83,6 +83,8 @@ def run_pysim(plan: CorePlan, images: np.ndarray, stall_seed: int | None = None,
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    stream = np.asarray(out["stream"], dtype=np.int64) if plan.debug else None
+    stream = None
+    if plan.debug:
+        stream = plan.unpack_debug(np.stack([plan.beats_from_ints(v) for v in out["stream"]]))
     return SimResult(np.asarray(out["cls"]), np.asarray(out["fired"]), np.asarray(out["time"]),
                      np.asarray(out["cycles"]), stream)  # fmt: skip
