@@ -188,6 +188,27 @@ class CorePlan:
         buf = b"".join(int(w).to_bytes(4 * DL, "little") for w in words)
         return np.frombuffer(buf, dtype="<i4").reshape(len(words), DL).astype(np.int64)
 
+    def work(self, layer_times: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Per image, the work the core cannot avoid (GoldenModel.run layer_times in):
+        synaptic updates (input spikes x valid fan-out x output channels), neuron updates
+        (neurons x T), and the lower bound on cycles: sum over layers of
+        (synaptic updates + neuron updates) / lanes of that layer."""
+        n = layer_times[0].shape[0]
+        syn = np.zeros(n, np.int64)
+        neur = np.zeros(n, np.int64)
+        bound = np.zeros(n)
+        for lp in self.layers:
+            tin = layer_times[lp.index].reshape(n, lp.Ci, lp.H, lp.W)
+            fy = np.array([f.n for f in fan_out(lp.H, lp.Ho, lp.KH, lp.stride, lp.pad)])
+            fx = np.array([f.n for f in fan_out(lp.W, lp.Wo, lp.KW, lp.stride, lp.pad)])
+            fan = np.outer(fy, fx)  # valid kernel offsets per input position
+            s = ((tin < self.T) * fan[None, None]).sum(axis=(1, 2, 3)) * lp.Co
+            u = lp.Co * lp.Ho * lp.Wo * self.T
+            syn += s
+            neur += u
+            bound += (s + u) / lp.lanes
+        return {"synaptic_updates": syn, "neuron_updates": neur, "cycle_bound": bound}
+
     def summary(self) -> dict:
         """Widths, memories and bits: what `firstspike hw` writes next to the Verilog."""
         mems = []

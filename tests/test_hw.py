@@ -1,0 +1,150 @@
+"""Rung: the generated core in Amaranth's own simulator (fast to start). Random networks
+(hypothesis: geometry, pooling, lanes, ties, thresholds 0 / unreachable, fixed-point weights)
+must equal the integer golden model on every spike time of every layer, the output
+potentials and the class, with random stalls on all three streams. Plus the generator's
+errors and outputs (`firstspike hw`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from firstspike.cli import main
+from firstspike.hw.generate import generate
+from firstspike.hw.plan import HardwareError, fan_out, plan_core
+from firstspike.quantize.golden import GoldenModel
+from firstspike.quantize.modelfile import Layer, save
+from firstspike.sim.pysim import run_pysim
+from firstspike.sim.vectors import compare_streams, expected, random_images, random_tables
+
+
+def check_core(tables, images, lanes: int, stall_seed: int | None) -> None:
+    plan = plan_core(tables, lanes=lanes)
+    got = run_pysim(plan, images, stall_seed=stall_seed)
+    want = expected(tables, images)
+    assert compare_streams(tables, got.stream, want.stream) == {k: 0 for k in compare_streams(tables, want.stream, want.stream)}
+    np.testing.assert_array_equal(got.classes, want.classes)
+    np.testing.assert_array_equal(got.times, want.first_time)
+    np.testing.assert_array_equal(got.fired, want.first_time < tables.T)
+    assert (got.cycles > 0).all()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), lanes=st.integers(1, 8), stalls=st.booleans(), wbits=st.sampled_from([1, 1, 1, 4]))
+def test_core_equals_golden_random_networks(seed: int, lanes: int, stalls: bool, wbits: int) -> None:
+    rng = np.random.default_rng(seed)
+    tables = random_tables(rng, weight_bits=wbits, max_channels=5, in_channels=int(rng.integers(1, 3)))
+    images = random_images(rng, 2, tables.input_shape)
+    check_core(tables, images, lanes, seed if stalls else None)
+
+
+def test_random_networks_cover_pooling_padding_stride_and_silence() -> None:
+    """The generator behind the property test reaches the cases that matter."""
+    seen = {"pool2": 0, "pool3": 0, "pad": 0, "stride2": 0, "silent_out": 0, "fired_out": 0, "thr0": 0}
+    for seed in range(120):
+        rng = np.random.default_rng(seed)
+        t = random_tables(rng)
+        for ly in t.layers:
+            seen["pool2"] += ly.kind == "pool" and ly.kernel[0] == 2
+            seen["pool3"] += ly.kind == "pool" and ly.kernel[0] == 3
+            seen["pad"] += ly.kind == "conv" and ly.padding > 0
+            seen["stride2"] += ly.kind == "conv" and ly.stride == 2
+            seen["thr0"] += ly.kind != "pool" and bool((ly.thresholds == 0).any())
+        e = expected(t, random_images(rng, 2, t.input_shape))
+        seen["silent_out"] += int((e.first_time == t.T).sum())
+        seen["fired_out"] += int((e.first_time < t.T).sum())
+    assert all(v >= 3 for v in seen.values()), seen
+
+
+def test_fan_out_tables_match_brute_force() -> None:
+    for size in range(1, 9):
+        for k in range(1, 5):
+            for s in (1, 2, 3):
+                for p in range(k):
+                    out = (size + 2 * p - k) // s + 1
+                    if out < 1:
+                        continue
+                    for y, f in enumerate(fan_out(size, out, k, s, p)):
+                        pairs = [(ky, (y + p - ky) // s) for ky in range(k) if (y + p - ky) >= 0 and (y + p - ky) % s == 0 and (y + p - ky) // s < out]
+                        assert f.n == len(pairs)
+                        for i, (ky, oy) in enumerate(pairs):
+                            assert (f.k0 + i * s, f.o0 - i) == (ky, oy)
+
+
+def test_early_exit_same_class_fewer_cycles() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        tables = random_tables(rng, fire_bias=0.2)
+        images = random_images(rng, 3, tables.input_shape)
+        if (expected(tables, images).first_time < tables.T - 1).any():
+            break
+    full = run_pysim(plan_core(tables, lanes=4), images)
+    early = run_pysim(plan_core(tables, lanes=4, debug=False, early_exit=True), images)
+    want = GoldenModel(tables).classify(images)
+    np.testing.assert_array_equal(early.classes, want)
+    np.testing.assert_array_equal(full.classes, want)
+    assert (early.cycles <= full.cycles).all() and (early.cycles < full.cycles).any()
+
+
+# ---- generator errors and outputs ---------------------------------------------------------
+def _tables():
+    return random_tables(np.random.default_rng(11), T=8, side=8)
+
+
+@pytest.mark.parametrize("lanes", [0, -1, 1000])
+def test_bad_lanes(lanes: int) -> None:
+    with pytest.raises(HardwareError, match="lanes"):
+        plan_core(_tables(), lanes=lanes)
+
+
+def test_unbuildable_structures_are_refused() -> None:
+    t = _tables()
+    with pytest.raises(HardwareError, match="no-debug"):
+        plan_core(t, early_exit=True, debug=True)
+    t2 = _tables()
+    c, h, w = t2.input_shape
+    t2.layers.insert(0, Layer(kind="pool", in_shape=(c, h, w), out_shape=(c, h // 2, w // 2), kernel=(2, 2), stride=2))
+    with pytest.raises(HardwareError, match="first layer"):
+        plan_core(t2)
+    t3 = random_tables(np.random.default_rng(1))  # conv + pool + ...
+    i = next(i for i, ly in enumerate(t3.layers) if ly.kind == "pool")
+    ly = t3.layers[i]
+    c, h, w = ly.out_shape
+    t3.layers.insert(i + 1, Layer(kind="pool", in_shape=(c, h, w), out_shape=(c, h, w), kernel=(1, 1), stride=1))
+    with pytest.raises(HardwareError, match="two pooling"):
+        plan_core(t3)
+
+
+def test_generate_writes_verilog_and_summary(tmp_path: Path) -> None:
+    t = _tables()
+    model = save(t, tmp_path / "m.fsm")
+    s = generate(model, tmp_path / "hw", lanes=3)
+    v = (tmp_path / "hw" / "firstspike_core.v").read_text()
+    assert "module firstspike_core" in v and "pix_ready" in v and "dbg_data" in v
+    j = json.loads((tmp_path / "hw" / "core.json").read_text())
+    assert j == json.loads(json.dumps(s))
+    plan = plan_core(t, lanes=3)
+    assert j["memory_bits"] == sum(m["depth"] * m["width"] for m in j["memories"])
+    assert [r["name"] for r in j["readout"]] == [n for n, _ in plan.readout_segments()]
+    ws = [m for m in j["memories"] if m["name"].endswith(".weights")]
+    assert [m["width"] for m in ws] == [lp.lanes * lp.weight_bits for lp in plan.layers]
+
+
+def test_cli_hw_errors_leave_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = save(_tables(), tmp_path / "m.fsm")
+    out = tmp_path / "hw"
+    assert main(["hw", str(model), "-o", str(out), "--early-exit"]) == 2
+    assert main(["hw", str(model), "-o", str(out), "--lanes", "0"]) == 2
+    assert not out.exists()
+    bad = tmp_path / "bad.fsm"
+    bad.write_bytes(model.read_bytes()[:-5])
+    assert main(["hw", str(bad), "-o", str(out)]) == 2
+    assert not out.exists()
+    assert "checksum" in caplog.text or "truncated" in caplog.text
+    assert main(["hw", str(model), "-o", str(out), "--lanes", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["core.json", "firstspike_core.v"]
