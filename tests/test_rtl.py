@@ -1,0 +1,113 @@
+"""Rung: the generated Verilog on real simulators (Icarus 11 and Verilator 5.48) through
+cocotb 2.1's Python runner, bit for bit against the golden model: every layer's spike
+times, the output potentials V(T-1), the class and the first output spike step.
+
+* random small networks (property-style, fixed seeds so CI is reproducible), in batch mode
+  (simulator runs free) and handshake mode (Python drives valid/ready with stalls);
+* the trained default binary MNIST model on a sample of test images, on both simulators;
+* `firstspike verify` end to end, and the error for a missing simulator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from firstspike.cli import main
+from firstspike.data import load_split
+from firstspike.quantize.export import quantize_checkpoint
+from firstspike.quantize.modelfile import save
+from firstspike.sim import rtl
+from firstspike.sim.vectors import compare_streams, expected, random_images, random_tables
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAINED = ROOT / "bench" / "results" / "mnist_binary.pt"
+SIMS = ["icarus", "verilator"]
+
+
+@pytest.fixture(scope="module")
+def build_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sim-build")
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple:
+    tables, _ = quantize_checkpoint(TRAINED)
+    test = load_split("mnist", "test")
+    return tables, test
+
+
+def assert_exact(tables, res: rtl.SimResult, images: np.ndarray) -> None:
+    want = expected(tables, images)
+    mism = compare_streams(tables, res.stream, want.stream)
+    assert sum(mism.values()) == 0, mism
+    np.testing.assert_array_equal(res.classes, want.classes)
+    np.testing.assert_array_equal(res.times, want.first_time)
+
+
+@pytest.mark.parametrize("sim", SIMS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_networks_batch_and_handshake(sim: str, seed: int, build_root: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1000 + seed)
+    tables = random_tables(rng, weight_bits=4 if seed == 2 else 1, in_channels=1 + seed % 2)
+    images = random_images(rng, 4, tables.input_shape)
+    b = rtl.build(tables, sim=sim, lanes=int(rng.integers(1, 5)), build_root=build_root, max_images=16)
+    assert_exact(tables, rtl.run_images(b, images, tmp_path / "batch"), images)
+    assert_exact(tables, rtl.run_images(b, images, tmp_path / "hs", testcase="handshake", stall_seed=seed), images)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sim,n", [("verilator", 24), ("icarus", 2)])
+def test_trained_default_model_sample(sim: str, n: int, trained: tuple, build_root: Path) -> None:
+    """The trained default binary MNIST network, test images spread over the set."""
+    tables, test = trained
+    idx = np.linspace(0, len(test) - 1, n).astype(int)
+    images = test.images[idx][:, None]
+    b = rtl.build(tables, sim=sim, lanes=32, build_root=build_root, max_images=n)
+    res = rtl.run_images(b, images)
+    assert_exact(tables, res, images)
+    assert (res.cycles > 0).all()
+
+
+def test_verify_cli_both_simulators(tmp_path: Path, build_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`firstspike verify` on a small network over real MNIST images (28x28), 2 jobs."""
+    rng = np.random.default_rng(5)
+    tables = random_tables(rng, side=28, max_layers=1, max_channels=3)
+    model = save(tables, tmp_path / "m.fsm")
+    out = tmp_path / "v.json"
+    rc = main(["verify", str(model), "--sim", "both", "--images", "6", "--jobs", "2", "--chunk", "3", "--lanes", "2",
+               "--build-dir", str(build_root), "--json", str(out), "--no-progress"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "icarus: 6 images, 0 mismatches" in text and "verilator: 6 images, 0 mismatches" in text
+    import json
+
+    d = json.loads(out.read_text())
+    assert [r["sim"] for r in d] == ["verilator", "icarus"]
+    assert all(r["class_mismatches"] == 0 and r["rtl_accuracy"] == r["golden_accuracy"] for r in d)
+
+
+def test_missing_simulator_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(rtl.SimulatorError, match="apt-get install iverilog"):
+        rtl.check_simulator("icarus")
+    with pytest.raises(rtl.SimulatorError, match="unknown simulator"):
+        rtl.check_simulator("modelsim")
+
+
+def test_verify_reports_mismatches(tmp_path: Path, build_root: Path) -> None:
+    """A core built from other tables than the golden model's must be caught, as numbers."""
+    rng = np.random.default_rng(8)
+    tables = random_tables(rng, side=8, T=12, fire_bias=0.3)
+    images = random_images(rng, 4, tables.input_shape)
+    b = rtl.build(tables, sim="verilator", lanes=2, build_root=build_root, max_images=4)
+    res = rtl.run_images(b, images)
+    other = random_tables(np.random.default_rng(8), side=8, T=12, fire_bias=0.3)
+    for ly in other.layers:
+        if ly.kind != "pool":
+            ly.thresholds = np.maximum(ly.thresholds - 3, 0)
+    want = expected(other, images)
+    mism = compare_streams(other, res.stream, want.stream)
+    assert mism["input"] == 0 and sum(mism.values()) > 0
