@@ -39,6 +39,9 @@ demo: setup
 	$(PY) -m firstspike eval runs/demo/checkpoint.pt --dataset mnist
 	$(PY) -m firstspike quantize runs/demo/checkpoint.pt -o runs/demo/model.fsm
 	$(PY) -m firstspike eval runs/demo/model.fsm --dump runs/demo/vectors.npz
+	$(PY) -m firstspike hw runs/demo/model.fsm -o runs/demo/hw --lanes 16
+	$(PY) -m firstspike verify runs/demo/model.fsm --sim verilator --images 200 --jobs 2 --lanes 16
+	$(PY) -m firstspike verify runs/demo/model.fsm --sim icarus --images 4 --jobs 2 --lanes 16
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -49,6 +52,8 @@ bench: setup
 	$(PY) bench/accuracy_vs_T.py
 	$(PY) bench/exactness.py
 	$(PY) bench/fixed_point.py
+	$(PY) bench/rtl_regression.py
+	$(PY) bench/rtl_lanes.py
 
 clean:
 	rm -rf runs build .pytest_cache

@@ -85,6 +85,39 @@ def render_docs() -> Path:
         for r in fp["runs"]:
             lines.append(f"| {r['weight_bits']} | {100 * r['golden_accuracy']:.2f}% |")
         lines.append("")
+    rr = _load("rtl_regression")
+    if rr:
+        mism = ", ".join(f"{k} {v}" for k, v in rr["spike_mismatches"].items())
+        lines += ["## RTL regression: generated core on Verilator vs golden model (bench/rtl_regression.py)", "",
+                  f"`{rr['model']}` ({rr['dataset']}), the core generated with lanes={rr['lanes']}, simulated with "
+                  f"{rr['sim']} through cocotb in {rr['jobs']} parallel jobs; {_hw(rr)}; {rr['date']}, commit {rr['commit']}.", "",
+                  "| images | mismatches (all values + classes) | values compared | RTL accuracy | golden accuracy | wall time |",
+                  "|---|---|---|---|---|---|",
+                  f"| {rr['images']} | **{rr['total_mismatches']}** | {rr['values_compared']:,} | {100 * rr['rtl_accuracy']:.2f}% | "
+                  f"{100 * rr['golden_accuracy']:.2f}% | **{rr['wall_minutes']:.1f} min** (build {rr['build_seconds']:.0f} s) |",
+                  "", f"Per block: {mism}. Values compared: every layer's spike times (input, conv, pool, fc) and the "
+                  "output potentials V(T-1) of every image.", "",
+                  "Cycles per image (compute: from the first time step to the result; loading the 784 pixels and the debug "
+                  "readout are not included). Lower bound per image = sum over layers of (synaptic updates + neuron "
+                  "updates) / lanes; the core runs the layers concurrently, so it can beat that sum.", "",
+                  "| | mean | p99 | max |", "|---|---|---|---|",
+                  f"| measured cycles | {rr['cycles_mean']:.0f} | {rr['cycles_p99']:.0f} | {rr['cycles_max']} |",
+                  f"| lower bound | {rr['bound_mean']:.0f} | {rr['bound_p99']:.0f} | |",
+                  f"| measured / bound | **{rr['ratio_mean']:.2f}** | **{rr['ratio_p99']:.2f}** | {rr['ratio_max']:.2f} |",
+                  "", f"Simulation speed: {rr['compute_cycles_per_wall_second'] / 1e3:.0f}k compute cycles per wall second "
+                  f"over {rr['jobs']} jobs.", ""]  # fmt: skip
+        if rr.get("plot"):
+            lines += [f"![cycles per image](../bench/results/{rr['plot']})", ""]
+    rc = _load("rtl_lanes")
+    if rc:
+        lines += ["## Cycles against lanes (bench/rtl_lanes.py)", "",
+                  f"`{rc['model']}`, {rc['images']} test images on {rc['sim']}; {_hw(rc)}; {rc['date']}.", "",
+                  "| lanes | cycles mean | p99 | bound mean | measured / bound (mean, p99) | memory (kbit) | mismatches |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in rc["runs"]:
+            lines.append(f"| {r['lanes']} | {r['cycles_mean']:.0f} | {r['cycles_p99']:.0f} | {r['bound_mean']:.0f} | "
+                         f"{r['ratio_mean']:.2f}, {r['ratio_p99']:.2f} | {r['memory_kbit']:.0f} | {r['mismatches']} |")  # fmt: skip
+        lines.append("")
     DOCS.parent.mkdir(parents=True, exist_ok=True)
     DOCS.write_text("\n".join(lines) + "\n")
     return DOCS

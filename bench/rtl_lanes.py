@@ -1,0 +1,62 @@
+"""Area against speed: the trained default binary model's core at several ``lanes``,
+cycles per image (Verilator, bit-exact check included) against the lower bound.
+
+    python bench/rtl_lanes.py [--lanes 8,16,32,64] [--images 200] [--jobs 2]
+
+Writes bench/results/rtl_lanes.json and refreshes docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, RESULTS, setup_logging, write_result  # noqa: E402
+
+log = logging.getLogger("bench.rtl_lanes")
+
+
+def main() -> None:
+    setup_logging()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(RESULTS / "mnist_binary.pt"))
+    ap.add_argument("--lanes", default="8,16,32,64")
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--sim", default="verilator")
+    args = ap.parse_args()
+
+    import numpy as np
+
+    from firstspike.data import load_split
+    from firstspike.hw.plan import plan_core
+    from firstspike.quantize.export import quantize_checkpoint
+    from firstspike.quantize.golden import GoldenModel
+    from firstspike.sim.rtl import verify
+
+    tables, _ = quantize_checkpoint(args.model)
+    test = load_split("mnist", "test").head(args.images)
+    times = GoldenModel(tables).run(test.images[:, None]).layer_times
+    runs = []
+    for lanes in [int(v) for v in args.lanes.split(",")]:
+        rep = verify(tables, test.images, test.labels, sim=args.sim, jobs=args.jobs, lanes=lanes, build_root=ROOT / "build" / "sim")
+        plan = plan_core(tables, lanes=lanes)
+        bound = plan.work(times)["cycle_bound"]
+        ratio = rep.cycles / bound
+        r = {"lanes": lanes, "cycles_mean": float(rep.cycles.mean()), "cycles_p99": float(np.percentile(rep.cycles, 99)),
+             "bound_mean": float(bound.mean()), "ratio_mean": float(ratio.mean()), "ratio_p99": float(np.percentile(ratio, 99)),
+             "memory_kbit": plan.summary()["memory_bits"] / 1000, "mismatches": rep.total_mismatches,
+             "wall_seconds": round(rep.wall_seconds, 1)}  # fmt: skip
+        log.info("%s", r)
+        runs.append(r)
+    write_result("rtl_lanes", {"model": str(Path(args.model).relative_to(ROOT)), "images": args.images, "sim": args.sim, "runs": runs})
+    import report
+
+    report.render_docs()
+
+
+if __name__ == "__main__":
+    main()
