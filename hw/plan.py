@@ -249,7 +249,8 @@ class CorePlan:
         }
 
 
-def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_exit: bool = False) -> CorePlan:
+def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_exit: bool = False,
+              max_memory_bits: int = 64_000_000) -> CorePlan:  # fmt: skip
     """Size a core for ``tables``; raise HardwareError naming the problem and the fix."""
     if not isinstance(lanes, int) or not 1 <= lanes <= 256:
         raise HardwareError(f"lanes={lanes!r}: choose 1..256 output channels per cycle")
@@ -295,6 +296,11 @@ def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_ex
         raise HardwareError("the output layer must be fc with a 1x1 output (one neuron per class)")
     if outl.Co < 1:
         raise HardwareError("the output layer has no neurons")
-    return CorePlan(name=tables.name, T=T, input_shape=tuple(int(v) for v in tables.input_shape),
+    plan = CorePlan(name=tables.name, T=T, input_shape=tuple(int(v) for v in tables.input_shape),
                     input_table=[int(v) for v in tables.input_table], layers=plans, lanes=lanes,
                     debug=debug, early_exit=early_exit)  # fmt: skip
+    bits = plan.summary()["memory_bits"]
+    if bits > max_memory_bits:
+        raise HardwareError(f"the core needs {bits / 1e6:.1f} Mbit of memories (limit {max_memory_bits / 1e6:.0f} Mbit): "
+                            "use fewer channels, a smaller input or fewer lanes (wide words pad partial groups)")  # fmt: skip
+    return plan

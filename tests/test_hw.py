@@ -118,6 +118,8 @@ def test_unbuildable_structures_are_refused() -> None:
     t3.layers.insert(i + 1, Layer(kind="pool", in_shape=(c, h, w), out_shape=(c, h, w), kernel=(1, 1), stride=1))
     with pytest.raises(HardwareError, match="two pooling"):
         plan_core(t3)
+    with pytest.raises(HardwareError, match="Mbit of memories"):
+        plan_core(_tables(), max_memory_bits=100)
 
 
 def test_generate_writes_verilog_and_summary(tmp_path: Path) -> None:
@@ -148,3 +150,27 @@ def test_cli_hw_errors_leave_nothing(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert "checksum" in caplog.text or "truncated" in caplog.text
     assert main(["hw", str(model), "-o", str(out), "--lanes", "2"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["core.json", "firstspike_core.v"]
+
+
+def test_priority_encoder_sub_block_exhaustive() -> None:
+    """The lowest-set-lane encoder used by the event engines and the decision unit."""
+    from amaranth.hdl import Module, Signal
+    from amaranth.sim import Simulator
+
+    from firstspike.hw.core import _lowest
+
+    n = 6
+    m = Module()
+    bits = Signal(n)
+    out = _lowest(m, bits, n, "low")
+    seen = []
+
+    async def bench(ctx) -> None:
+        for v in range(1 << n):
+            ctx.set(bits, v)
+            seen.append((v, ctx.get(out)))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == [(v, (v & -v).bit_length() - 1 if v else 0) for v in range(1 << n)]
