@@ -49,7 +49,9 @@ def main() -> None:
         r = {"lanes": lanes, "cycles_mean": float(rep.cycles.mean()), "cycles_p99": float(np.percentile(rep.cycles, 99)),
              "bound_mean": float(bound.mean()), "ratio_mean": float(ratio.mean()), "ratio_p99": float(np.percentile(ratio, 99)),
              "memory_kbit": plan.summary()["memory_bits"] / 1000, "mismatches": rep.total_mismatches,
-             "wall_seconds": round(rep.wall_seconds, 1)}  # fmt: skip
+             "wall_seconds": round(rep.wall_seconds, 1), "build_seconds": round(rep.build_seconds, 1),
+             "golden_seconds": round(rep.golden_seconds, 2),
+             "rtl_vs_golden_time": round((rep.wall_seconds - rep.build_seconds - rep.golden_seconds) / rep.golden_seconds, 1)}  # fmt: skip
         log.info("%s", r)
         runs.append(r)
     write_result("rtl_lanes", {"model": str(Path(args.model).relative_to(ROOT)), "images": args.images, "sim": args.sim, "runs": runs})

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,6 +213,7 @@ class VerifyReport:
     cycles: np.ndarray = field(repr=False)
     wall_seconds: float = 0.0
     build_seconds: float = 0.0
+    golden_seconds: float = 0.0
 
     @property
     def total_mismatches(self) -> int:
@@ -228,6 +229,7 @@ class VerifyReport:
             "cycles_mean": float(c.mean()) if len(c) else None, "cycles_p99": float(np.percentile(c, 99)) if len(c) else None,
             "cycles_max": int(c.max()) if len(c) else None,
             "wall_seconds": round(self.wall_seconds, 1), "build_seconds": round(self.build_seconds, 1),
+            "golden_seconds": round(self.golden_seconds, 1),
         }  # fmt: skip
 
 
@@ -238,7 +240,9 @@ def verify(tables: ModelTables, images: np.ndarray, labels: np.ndarray | None = 
     layer's spike times, the output potentials and the class with the golden model."""
     t0 = time.perf_counter()
     b = build(tables, sim=sim, lanes=lanes, debug=True, build_root=build_root, max_images=chunk)
+    tg = time.perf_counter()
     want = expected(tables, images)
+    golden_seconds = time.perf_counter() - tg
     n = len(images)
     chunk = max(1, min(chunk, math.ceil(n / max(1, jobs))))
     parts = [(i, images[i : i + chunk]) for i in range(0, n, chunk)]
@@ -246,10 +250,6 @@ def verify(tables: ModelTables, images: np.ndarray, labels: np.ndarray | None = 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex, tqdm(total=n, desc=f"verify ({sim})", unit="img",
                                                                    disable=not progress) as bar:  # fmt: skip
         futs = {ex.submit(run_images, b, imgs): i for i, imgs in parts}
-        for f in futs:
-            pass
-        from concurrent.futures import as_completed
-
         for f in as_completed(futs):
             i = futs[f]
             results[i] = f.result()
@@ -262,6 +262,6 @@ def verify(tables: ModelTables, images: np.ndarray, labels: np.ndarray | None = 
         sim=sim, images=n, lanes=lanes, class_mismatches=int((got_cls != want.classes).sum()), spike_mismatches=mism,
         values_compared=int(want.stream.size), rtl_accuracy=float((got_cls == labels).mean()) if labels is not None else None,
         golden_accuracy=float((want.classes == labels).mean()) if labels is not None else None, cycles=cycles,
-        wall_seconds=time.perf_counter() - t0, build_seconds=b.build_seconds,
+        wall_seconds=time.perf_counter() - t0, build_seconds=b.build_seconds, golden_seconds=golden_seconds,
     )  # fmt: skip
     return rep
