@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 SIMULATORS = ("verilator", "icarus")
 TEST_MODULE = "firstspike.sim.cocotb_tb"
-BUILD_FORMAT = 4  # bump when the harness or the build flags change
+BUILD_FORMAT = 5  # bump when the harness or the build flags change
 
 
 class SimulatorError(FirstSpikeError):
@@ -98,7 +98,7 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
     t0 = time.perf_counter()
     try:
         if sim == "verilator":
-            _build_verilator(src, bdir)
+            build_verilator([src / f"{TOP}.v", src / f"{HARNESS_TOP}.v"], HARNESS_TOP, bdir)
         else:
             # Verilog-2005 semantics, so that Yosys's "reg x = 0" time-0 trigger runs every always @*
             get_runner(sim).build(sources=[src / f"{TOP}.v", src / f"{HARNESS_TOP}.v"], hdl_toplevel=HARNESS_TOP,
@@ -113,7 +113,7 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
     return res
 
 
-def _build_verilator(src: Path, bdir: Path) -> None:
+def build_verilator(sources: list[Path], top: str, bdir: Path) -> None:
     """The cocotb runner's Verilator build, except that only the harness's own signals are
     VPI-visible (the runner's --public-flat-rw makes every signal public, which keeps
     Verilator from optimising the core: about 10x slower), and the C++ is built with -O2."""
@@ -121,13 +121,13 @@ def _build_verilator(src: Path, bdir: Path) -> None:
 
     import cocotb_tools.config as cc
 
-    vlt = src / "public.vlt"
-    vlt.write_text(f'`verilator_config\npublic_flat_rw -module "{HARNESS_TOP}" -var "*"\n')
-    cmd = ["verilator", "-cc", "--exe", "-Mdir", str(bdir), "--top-module", HARNESS_TOP, "--vpi", "--prefix", "Vtop",
-           "-o", HARNESS_TOP, "-LDFLAGS", f"-Wl,-rpath,{cc.libs_dir} -L{cc.libs_dir} -lcocotbvpi_verilator",
+    vlt = bdir / "public.vlt"
+    vlt.write_text(f'`verilator_config\npublic_flat_rw -module "{top}" -var "*"\n')
+    cmd = ["verilator", "-cc", "--exe", "-Mdir", str(bdir), "--top-module", top, "--vpi", "--prefix", "Vtop",
+           "-o", top, "-LDFLAGS", f"-Wl,-rpath,{cc.libs_dir} -L{cc.libs_dir} -lcocotbvpi_verilator",
            "-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--x-assign", "fast", "--x-initial", "fast",
            "--timescale", "1ns/1ps", str(vlt), str(cc.share_dir / "lib" / "verilator" / "verilator.cpp"),
-           str(src / f"{TOP}.v"), str(src / f"{HARNESS_TOP}.v")]  # fmt: skip
+           *[str(s) for s in sources]]  # fmt: skip
     mk = ["make", "-j", str(min(4, os.cpu_count() or 1)), "-C", str(bdir), "-f", "Vtop.mk", "VM_TRACE=0", "OPT_FAST=-O2",
           "OPT_SLOW=-O1"]  # fmt: skip
     with open(bdir / "build.log", "w") as log_f:

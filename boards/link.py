@@ -1,0 +1,214 @@
+"""The board's side of the protocol (protocol.py): UART in, frames parsed with CRC, pixels
+streamed into the core, results (or errors) framed back out. Platform independent: the
+board tops (top.py) wire ``rx``/``tx``/``leds`` to pins; the virtual board simulates it."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal
+
+from firstspike.boards import protocol as P
+from firstspike.boards.uart import UARTRx, UARTTx
+from firstspike.hw.core import Core
+from firstspike.hw.plan import CorePlan, HardwareError
+
+
+def _crc_step(crc: int, byte: int) -> int:
+    c = crc ^ (byte << 8)
+    for _ in range(8):
+        c = ((c << 1) ^ 0x1021) & 0xFFFF if c & 0x8000 else (c << 1) & 0xFFFF
+    return c
+
+
+# the byte step of CRC-16/CCITT is linear over GF(2): output bit i = XOR of these input bits
+_TAPS = [([k for k in range(16) if _crc_step(1 << k, 0) >> i & 1], [k for k in range(8) if _crc_step(0, 1 << k) >> i & 1])
+         for i in range(16)]  # fmt: skip
+
+
+def crc16_byte(crc, byte):
+    """Next CRC-16/CCITT-FALSE after one byte (combinational, one XOR tree per bit)."""
+    bits = []
+    for ci, bi in _TAPS:
+        terms = [crc[k] for k in ci] + [byte[k] for k in bi]
+        x = terms[0]
+        for tm in terms[1:]:
+            x = x ^ tm
+        bits.append(x)
+    return Cat(*bits)
+
+
+class BoardLink(Elaboratable):
+    """Core + UART + frame logic. ``model_hash`` (8 bytes) is reported by INFO so the host
+    can check that the board runs the same model file."""
+
+    def __init__(self, plan: CorePlan, divisor: int, model_hash: bytes = bytes(8), timeout_cycles: int | None = None):
+        if plan.debug:
+            raise HardwareError("the board link carries classes and cycles only: plan the core with debug=False")
+        if 10 * divisor <= plan.T + 4:
+            raise HardwareError(f"UART divisor {divisor} too small for T={plan.T}: need 10*divisor > T+4 cycles")
+        self.plan = plan
+        self.divisor = divisor
+        self.model_hash = (bytes(model_hash) + bytes(8))[:8]
+        self.timeout = timeout_cycles or 40 * divisor * 10  # ~40 byte times of silence inside a frame
+        self.rx = Signal(init=1)
+        self.tx = Signal(init=1)
+        self.busy = Signal()
+        self.last_class = Signal(8)
+        self.errors = Signal(8)  # count of frames answered with ERROR (wraps)
+
+    def elaborate(self, platform) -> Module:
+        p = self.plan
+        m = Module()
+        m.submodules.core = core = Core(p)
+        m.submodules.urx = urx = UARTRx(self.divisor)
+        m.submodules.utx = utx = UARTTx(self.divisor)
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx), self.busy.eq(core.busy)]
+        N = p.n_inputs
+        typ, seq = Signal(8), Signal(8)
+        length, cnt = Signal(16), Signal(16)
+        crc, rcrc = Signal(16, init=0xFFFF), Signal(16)
+        byte = urx.data
+        got = urx.valid
+        timer = Signal(range(self.timeout + 1))
+        # pixel hand-over to the core (one byte of slack: the core clears its buckets first)
+        pend, pend_data = Signal(), Signal(8)
+        m.d.comb += [core.pix_valid.eq(pend), core.pix_data.eq(pend_data)]
+        with m.If(pend & core.pix_ready):
+            m.d.sync += pend.eq(0)
+        # result registers and response
+        r_cls, r_fired, r_time, r_cycles = Signal(8), Signal(8), Signal(16), Signal(32)
+        kind = Signal(2)  # 0 RESULT, 1 INFO, 2 ERROR
+        code = Signal(8)
+        good = Signal()  # CLASSIFY frame's CRC was right
+        i = Signal(range(64))
+        T_ = Const(p.T, 16)
+        info = [*b"FSPK", P.PROTOCOL_VERSION, T_[:8], T_[8:], *[Const(N >> (8 * k) & 0xFF, 8) for k in range(4)],
+                p.num_classes, *self.model_hash]  # fmt: skip
+        payloads = {
+            0: [r_cls, r_fired, r_time[:8], r_time[8:], r_cycles[:8], r_cycles[8:16], r_cycles[16:24], r_cycles[24:]],
+            1: info,
+            2: [code],
+        }
+        rtypes = {0: P.RESULT, 1: P.INFO_RSP, 2: P.ERROR}
+        out_byte = Signal(8)
+        out_len = Signal(8)
+        scrc = Signal(16)
+        for k, pl in payloads.items():
+            with m.If(kind == k):
+                seqs = [P.RSP_SOF, rtypes[k], seq, len(pl), 0, *pl]
+                arr = Array(Const(v, 8) if isinstance(v, int) else v for v in seqs)
+                m.d.comb += out_len.eq(len(pl))
+                with m.If(i < len(seqs)):
+                    m.d.comb += out_byte.eq(arr[i])
+                with m.Elif(i == len(seqs)):
+                    m.d.comb += out_byte.eq(scrc[:8])
+                with m.Else():
+                    m.d.comb += out_byte.eq(scrc[8:])
+        mid_frame = Signal()
+        with m.If(got | ~mid_frame):
+            m.d.sync += timer.eq(0)
+        with m.Else():
+            m.d.sync += timer.eq(timer + 1)
+        expired = timer == self.timeout
+
+        def respond(k: int, err: int = 0) -> None:
+            m.d.sync += [kind.eq(k), code.eq(err), i.eq(0), scrc.eq(0xFFFF)]
+            if k == 2:
+                m.d.sync += self.errors.eq(self.errors + 1)
+            m.next = "SEND"
+
+        with m.FSM():
+            with m.State("SYNC"):
+                with m.If(got & (byte == P.REQ_SOF)):
+                    m.d.sync += crc.eq(0xFFFF)
+                    m.next = "TYPE"
+            for st, reg, nxt in (("TYPE", typ, "SEQ"), ("SEQ", seq, "LEN0")):
+                with m.State(st):
+                    m.d.comb += mid_frame.eq(1)
+                    with m.If(got):
+                        m.d.sync += [reg.eq(byte), crc.eq(crc16_byte(crc, byte))]
+                        m.next = nxt
+                    with m.Elif(expired):
+                        respond(2, P.ERR_TIMEOUT)
+            with m.State("LEN0"):
+                m.d.comb += mid_frame.eq(1)
+                with m.If(got):
+                    m.d.sync += [length[:8].eq(byte), crc.eq(crc16_byte(crc, byte))]
+                    m.next = "LEN1"
+                with m.Elif(expired):
+                    respond(2, P.ERR_TIMEOUT)
+            with m.State("LEN1"):
+                m.d.comb += mid_frame.eq(1)
+                full = Cat(length[:8], byte)
+                with m.If(got):
+                    m.d.sync += [length[8:].eq(byte), crc.eq(crc16_byte(crc, byte)), cnt.eq(0)]
+                    with m.If((typ == P.CLASSIFY) & (full == N)):
+                        m.d.comb += core.start.eq(1)
+                        m.next = "PIX"
+                    with m.Elif((typ == P.INFO) & (full == 0)):
+                        m.next = "CRC0"
+                    with m.Else():
+                        respond(2, P.ERR_FRAME)
+                with m.Elif(expired):
+                    respond(2, P.ERR_TIMEOUT)
+            with m.State("PIX"):
+                m.d.comb += mid_frame.eq(1)
+                with m.If(got):
+                    m.d.sync += [pend.eq(1), pend_data.eq(byte), crc.eq(crc16_byte(crc, byte)), cnt.eq(cnt + 1)]
+                    with m.If(cnt == N - 1):
+                        m.next = "CRC0"
+                with m.Elif(expired):
+                    m.next = "FLUSH"
+            with m.State("FLUSH"):  # lost bytes: finish the image with zeros, drop its result
+                with m.If(~pend):
+                    m.d.sync += [pend.eq(1), pend_data.eq(0), cnt.eq(cnt + 1)]
+                    with m.If(cnt == N - 1):
+                        m.d.sync += [good.eq(0), code.eq(P.ERR_TIMEOUT)]
+                        m.next = "WAIT"
+            with m.State("CRC0"):
+                m.d.comb += mid_frame.eq(1)
+                with m.If(got):
+                    m.d.sync += rcrc[:8].eq(byte)
+                    m.next = "CRC1"
+                with m.Elif(expired):
+                    with m.If(typ == P.CLASSIFY):
+                        m.d.sync += [good.eq(0), code.eq(P.ERR_TIMEOUT)]
+                        m.next = "WAIT"
+                    with m.Else():
+                        respond(2, P.ERR_TIMEOUT)
+            with m.State("CRC1"):
+                m.d.comb += mid_frame.eq(1)
+                ok = Cat(rcrc[:8], byte) == crc
+                with m.If(got):
+                    with m.If(typ == P.CLASSIFY):
+                        m.d.sync += [good.eq(ok), code.eq(P.ERR_CRC)]
+                        m.next = "WAIT"
+                    with m.Elif(ok):
+                        respond(1)
+                    with m.Else():
+                        respond(2, P.ERR_CRC)
+                with m.Elif(expired):
+                    with m.If(typ == P.CLASSIFY):
+                        m.d.sync += [good.eq(0), code.eq(P.ERR_TIMEOUT)]
+                        m.next = "WAIT"
+                    with m.Else():
+                        respond(2, P.ERR_TIMEOUT)
+            with m.State("WAIT"):
+                m.d.comb += core.res_ready.eq(1)
+                with m.If(core.res_valid):
+                    m.d.sync += [r_cls.eq(core.res_class), r_fired.eq(core.res_fired), r_time.eq(core.res_time),
+                                 r_cycles.eq(core.res_cycles)]  # fmt: skip
+                    with m.If(good):
+                        m.d.sync += self.last_class.eq(core.res_class)
+                        respond(0)
+                    with m.Else():
+                        m.d.sync += [kind.eq(2), i.eq(0), scrc.eq(0xFFFF), self.errors.eq(self.errors + 1)]
+                        m.next = "SEND"
+            with m.State("SEND"):
+                m.d.comb += [utx.valid.eq(1), utx.data.eq(out_byte)]
+                with m.If(utx.ready):
+                    m.d.sync += i.eq(i + 1)
+                    with m.If((i >= 1) & (i < 5 + out_len)):
+                        m.d.sync += scrc.eq(crc16_byte(scrc, out_byte))
+                    with m.If(i == 5 + out_len + 1):
+                        m.next = "SYNC"
+        return m
