@@ -98,12 +98,17 @@ def render_docs() -> Path:
                   "", f"Per block: {mism}. Values compared: every layer's spike times (input, conv, pool, fc) and the "
                   "output potentials V(T-1) of every image.", "",
                   "Cycles per image (compute: from the first time step to the result; loading the 784 pixels and the debug "
-                  "readout are not included). Lower bound per image = sum over layers of (synaptic updates + neuron "
-                  "updates) / lanes; the core runs the layers concurrently, so it can beat that sum.", "",
+                  "readout are not included). Lower bounds per image: *sequential* = sum over layers of (synaptic "
+                  "updates + neuron updates) / lanes (the issue's definition); the core runs its layers side by side, so "
+                  "it beats that sum. *Concurrent* = sum over time steps of the slowest layer's (synaptic updates of that "
+                  "step + neuron updates) / lanes, the bound for this architecture (goal: measured <= 1.5x).", "",
                   "| | mean | p99 | max |", "|---|---|---|---|",
                   f"| measured cycles | {rr['cycles_mean']:.0f} | {rr['cycles_p99']:.0f} | {rr['cycles_max']} |",
-                  f"| lower bound | {rr['bound_mean']:.0f} | {rr['bound_p99']:.0f} | |",
-                  f"| measured / bound | **{rr['ratio_mean']:.2f}** | **{rr['ratio_p99']:.2f}** | {rr['ratio_max']:.2f} |",
+                  f"| sequential lower bound | {rr['bound_mean']:.0f} | {rr['bound_p99']:.0f} | |",
+                  f"| measured / sequential bound | {rr['ratio_mean']:.2f} | {rr['ratio_p99']:.2f} | {rr['ratio_max']:.2f} |",
+                  *([f"| concurrent lower bound | {rr['concurrent_bound_mean']:.0f} | {rr['concurrent_bound_p99']:.0f} | |",
+                     f"| measured / concurrent bound | **{rr['concurrent_ratio_mean']:.2f}** | **{rr['concurrent_ratio_p99']:.2f}** "
+                     f"| {rr['concurrent_ratio_max']:.2f} |"] if "concurrent_ratio_mean" in rr else []),
                   "", f"Simulation speed: {rr['compute_cycles_per_wall_second'] / 1e3:.0f}k compute cycles per wall second "
                   f"over {rr['jobs']} jobs.", ""]  # fmt: skip
         if rr.get("plot"):
@@ -112,12 +117,13 @@ def render_docs() -> Path:
     if rc:
         lines += ["## Cycles against lanes (bench/rtl_lanes.py)", "",
                   f"`{rc['model']}`, {rc['images']} test images on {rc['sim']}; {_hw(rc)}; {rc['date']}.", "",
-                  "| lanes | cycles mean | p99 | bound mean | measured / bound (mean, p99) | memory (kbit) | mismatches | "
-                  "RTL sim time / golden time |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| lanes | cycles mean | p99 | concurrent bound mean | measured / concurrent bound (mean, p99) | "
+                  "measured / sequential bound (mean) | memory (kbit) | mismatches | RTL sim time / golden time |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in rc["runs"]:
-            lines.append(f"| {r['lanes']} | {r['cycles_mean']:.0f} | {r['cycles_p99']:.0f} | {r['bound_mean']:.0f} | "
-                         f"{r['ratio_mean']:.2f}, {r['ratio_p99']:.2f} | {r['memory_kbit']:.0f} | {r['mismatches']} | "
+            lines.append(f"| {r['lanes']} | {r['cycles_mean']:.0f} | {r['cycles_p99']:.0f} | {r['concurrent_bound_mean']:.0f} | "
+                         f"{r['concurrent_ratio_mean']:.2f}, {r['concurrent_ratio_p99']:.2f} | {r['ratio_mean']:.2f} | "
+                         f"{r['memory_kbit']:.0f} | {r['mismatches']} | "
                          f"{r['rtl_vs_golden_time']:.0f}x |")  # fmt: skip
         lines += ["", "Time ratio: simulating the RTL (without the build) against the golden model on the same images "
                   "in the same run.", ""]  # fmt: skip

