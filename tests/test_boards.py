@@ -5,8 +5,10 @@ the golden model, and recovering from dropped and corrupted bytes."""
 
 from __future__ import annotations
 
+import json
 import random
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +158,35 @@ def test_runtime_without_board_is_a_clear_error() -> None:
 def test_result_payload_layout() -> None:
     p = struct.pack("<BBHI", 7, 1, 13, 123456)
     assert P.parse_result(p) == (7, 1, 13, 123456)
+
+
+# ---- bitstreams (real Yosys + nextpnr from PyPI/YoWASP) -------------------------------------
+def _ice40_tables():
+    import torch
+
+    from firstspike.quantize.export import tables_from_model
+    from firstspike.train.model import CSNN, load_config
+
+    cfg, _ = load_config("csnn_ice40")
+    torch.manual_seed(0)
+    return tables_from_model(CSNN(cfg))
+
+
+@pytest.mark.slow
+def test_icebreaker_build_of_the_small_model_fits(tmp_path) -> None:
+    from firstspike.boards.build import build
+
+    r = build(_ice40_tables(), "icebreaker", tmp_path, lanes=2)
+    res = r["resources"]
+    for k in ("luts", "bram"):
+        assert 0 < res[k]["used"] <= res[k]["available"], res
+    assert r["fmax_mhz"] >= 12.0
+    assert Path(r["bitstream"]).stat().st_size > 100_000
+    assert json.loads((tmp_path / "icebreaker" / "build.json").read_text())["model_sha256_prefix"] == r["model_sha256_prefix"]
+
+
+def test_build_refuses_unknown_board(tmp_path) -> None:
+    from firstspike.boards.build import BuildError, build
+
+    with pytest.raises(BuildError, match="unknown board"):
+        build(_ice40_tables(), "de10", tmp_path)
