@@ -111,8 +111,8 @@ def _tool_env(family: str) -> dict[str, str]:
 def _utilisation(report: dict, family: str) -> dict:
     u = report.get("utilization", {})
     cells = {k: {"used": v["used"], "available": v["available"]} for k, v in u.items() if v.get("available")}
-    names = {"ice40": {"luts": "ICESTORM_LC", "ffs": "ICESTORM_LC", "bram": "ICESTORM_RAM", "spram": "ICESTORM_SPRAM",
-                       "dsp": "ICESTORM_DSP"},
+    # iCE40: a logic cell is one LUT4 + one FF, and nextpnr reports cells, not FFs
+    names = {"ice40": {"luts": "ICESTORM_LC", "bram": "ICESTORM_RAM", "spram": "ICESTORM_SPRAM", "dsp": "ICESTORM_DSP"},
              "ecp5": {"luts": "TRELLIS_COMB", "ffs": "TRELLIS_FF", "bram": "DP16KD", "dsp": "MULT18X18D"}}[family]  # fmt: skip
     out = {k: cells.get(v) for k, v in names.items() if v in cells}
     fmax = {clk: {"achieved_mhz": round(v["achieved"], 2), "constraint_mhz": round(v["constraint"], 2)}
@@ -175,3 +175,42 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
         raise BuildError(f"{board}: Fmax {res['fmax_mhz']:.1f} MHz misses the board clock {b.clock_hz / 1e6:.0f} MHz; "
                          "fewer lanes shorten the datapath (--lanes)")  # fmt: skip
     return res
+
+
+def deploy(model: str | os.PathLike, board: str, port: str | None = None, out_dir: str | os.PathLike = "build/boards",
+           lanes: int = 2, baud: int = 115200, check_images: int = 0) -> dict:  # fmt: skip
+    """Build the bitstream, program the board with its open programmer, then (with ``port``)
+    check over UART that it runs this model file. Raises BuildError/BoardError with the fix
+    when the programmer or the board is missing."""
+    import subprocess
+
+    from firstspike.boards.runtime import BoardRuntime
+
+    r = build(model, board, out_dir, lanes=lanes, baud=baud)
+    b = BOARDS[board]
+    bit = Path(r["bitstream"])
+    if b.programmer == "dfu-util" and shutil.which("dfu-suffix"):
+        subprocess.run(["dfu-suffix", "-v", "1209", "-p", "5af0", "-a", str(bit)], check=False, capture_output=True)
+    prog = shutil.which(b.programmer)
+    if prog is None:
+        raise BuildError(f"bitstream ready ({bit}) but {b.programmer} is not installed: `apt-get install "
+                         f"{'fpga-icestorm' if b.programmer == 'iceprog' else b.programmer.lower()}`, then run it on {bit.name}")  # fmt: skip
+    cmd = {"iceprog": [prog, str(bit)], "openFPGALoader": [prog, "-b", "ulx3s", str(bit)],
+           "dfu-util": [prog, "-a", "0", "-D", str(bit)]}[b.programmer]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode:
+        raise BuildError(f"{b.programmer} could not program the {board} ({(p.stderr or p.stdout).strip()[-300:]}): "
+                         "is the board plugged in (USB) and not used by another program?")  # fmt: skip
+    r["programmed"] = True
+    if port:
+        with BoardRuntime(port, baud=baud) as rt:
+            rt.check_model(hashlib_sha256(model))
+            r["board_info"] = rt.info()
+    return r
+
+
+def hashlib_sha256(model: str | os.PathLike | ModelTables) -> str:
+    import hashlib
+
+    data = encode(model) if isinstance(model, ModelTables) else encode(load(model))
+    return hashlib.sha256(data).hexdigest()

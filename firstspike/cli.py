@@ -107,6 +107,21 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baud", type=int, default=115200)
 
 
+def _add_deploy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "deploy",
+        help="build, program the board (iceprog / openFPGALoader / dfu-util) and check it over UART",
+        description="Build the bitstream for BOARD, program it with the board's open programmer and, with --port, "
+        "check over UART that the board runs this model file.",
+    )
+    p.add_argument("model", help="model file written by `firstspike quantize`")
+    p.add_argument("--board", default="icebreaker", choices=["icebreaker", "ulx3s", "orangecrab"])
+    p.add_argument("--port", default=None, help="serial port of the board's UART (e.g. /dev/ttyUSB1)")
+    p.add_argument("-o", "--out", default="build/boards")
+    p.add_argument("--lanes", type=int, default=2)
+    p.add_argument("--baud", type=int, default=115200)
+
+
 def _add_verify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "verify",
@@ -266,6 +281,14 @@ def cmd_build(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(a: argparse.Namespace) -> int:
+    from firstspike.boards.build import deploy
+
+    r = deploy(a.model, a.board, a.port, a.out, lanes=a.lanes, baud=a.baud)
+    print(f"{a.board}: programmed {r['bitstream']}" + (f"; board reports {r['board_info']}" if "board_info" in r else ""))
+    return 0
+
+
 def cmd_verify(a: argparse.Namespace) -> int:
     from firstspike.data import load_split
     from firstspike.quantize.modelfile import load
@@ -294,7 +317,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "quantize": cmd_quantize, "info": cmd_info, "hw": cmd_hw,
-            "verify": cmd_verify, "build": cmd_build}  # fmt: skip
+            "verify": cmd_verify, "build": cmd_build, "deploy": cmd_deploy}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_hw(sub)
     _add_verify(sub)
     _add_build(sub)
+    _add_deploy(sub)
     return p
 
 
