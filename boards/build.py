@@ -15,6 +15,7 @@ from pathlib import Path
 
 from amaranth.build import Attrs
 from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.lib import io
 from amaranth_boards.resources import UARTResource
 
 from firstspike.boards.link import BoardLink
@@ -50,7 +51,7 @@ class Board:
 BOARDS = {
     "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "amaranth_boards.icebreaker.ICEBreakerPlatform", 12e6, 2, "iceprog"),
     "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader"),
-    "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85F_Platform", 48e6, 1,
+    "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85FPlatform", 48e6, 1,
                         "dfu-util"),
 }  # fmt: skip
 
@@ -74,17 +75,18 @@ class BoardTop(Elaboratable):
         m = Module()
         divisor = int(round(platform.default_clk_frequency / self.baud))
         m.submodules.link = link = BoardLink(self.plan, divisor, self.hash)
-        uart = platform.request("uart", 0)
-        m.d.comb += [link.rx.eq(uart.rx.i), uart.tx.o.eq(link.tx)]
-        leds = []
-        for i in range(self.board.leds):
-            try:
-                leds.append(platform.request("led", i))
-            except Exception:
-                break
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = rxb = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = txb = io.Buffer("o", uart.tx)
+        m.d.comb += [link.rx.eq(rxb.i), txb.o.eq(link.tx)]
         sigs = [link.busy, *[link.last_class[k] for k in range(8)]]
-        for led, s in zip(leds, sigs):
-            m.d.comb += led.o.eq(s)
+        for i in range(min(self.board.leds, len(sigs))):
+            try:
+                led = platform.request("led", i, dir="-")
+            except Exception:  # fewer LEDs than expected
+                break
+            m.submodules[f"led{i}"] = lb = io.Buffer("o", led)
+            m.d.comb += lb.o.eq(sigs[i])
         heartbeat = Signal(24)
         m.d.sync += heartbeat.eq(heartbeat + 1)
         return m

@@ -190,3 +190,14 @@ def test_build_refuses_unknown_board(tmp_path) -> None:
 
     with pytest.raises(BuildError, match="unknown board"):
         build(_ice40_tables(), "de10", tmp_path)
+
+
+@pytest.mark.parametrize("board", ["icebreaker", "ulx3s", "orangecrab"])
+def test_board_tops_elaborate(board: str) -> None:
+    """Each board's top (core + UART link + LEDs on its pins) prepares for its toolchain."""
+    from firstspike.boards.build import BOARDS, BoardTop
+
+    b = BOARDS[board]
+    plan = b.make_platform().prepare(BoardTop(_ice40_tables(), b, lanes=2), name="firstspike")
+    names = list(plan.files)
+    assert any(n.endswith(".il") or n.endswith(".ys") for n in names), names
