@@ -41,6 +41,8 @@ class BoardLink(Elaboratable):
     can check that the board runs the same model file."""
 
     def __init__(self, plan: CorePlan, divisor: int, model_hash: bytes = bytes(8), timeout_cycles: int | None = None):
+        if plan.debug or 10 * divisor <= plan.T + 4:
+            self._MustUse__silence = True  # refused: never elaborated, no "unused" warning
         if plan.debug:
             raise HardwareError("the board link carries classes and cycles only: plan the core with debug=False")
         if 10 * divisor <= plan.T + 4:
