@@ -127,6 +127,26 @@ def render_docs() -> Path:
                          f"{r['rtl_vs_golden_time']:.0f}x |")  # fmt: skip
         lines += ["", "Time ratio: simulating the RTL (without the build) against the golden model on the same images "
                   "in the same run.", ""]  # fmt: skip
+    bd = _load("boards")
+    if bd:
+        lines += ["## Boards (bench/boards.py)", "",
+                  f"Bitstreams built with Yosys + nextpnr from PyPI (YoWASP); {_hw(bd)}; {bd['date']}, commit {bd['commit']}. "
+                  "Accuracy: golden model on the 10k MNIST test set (the core equals it bit for bit: RTL mismatches on "
+                  "the cycles sample, virtual board classes). images/s: compute only at Fmax and at the board clock, and "
+                  "with the 784 pixels sent over the 115200-baud UART.", "",
+                  "| board | model | lanes | logic | block RAM | Fmax / clock (MHz) | accuracy | cycles/image | images/s at Fmax | at clock | over UART | RTL mismatches | virtual board (mismatches, retries) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r_ in bd["runs"]:
+            res = r_["resources"]
+            lines.append(
+                f"| {r_['board']} ({r_['device']}) | {r_['model']} (T={r_['T']}) | {r_['lanes']} | "
+                f"{res['luts']['used']}/{res['luts']['available']} | {res['bram']['used']}/{res['bram']['available']} | "
+                f"{r_['fmax_mhz']:.1f} / {r_['clock_mhz']:.0f} | {100 * r_['golden_accuracy']:.2f}% | {r_['cycles_mean']:.0f} | "
+                f"{r_['images_per_s_at_fmax']:.0f} | {r_['images_per_s_at_board_clock']:.0f} | {r_['images_per_s_over_uart']:.1f} | "
+                f"{r_['rtl_mismatches']} ({r_['rtl_images']} img) | {r_['virtual_class_mismatches']} of {r_['virtual_images']}, "
+                f"{r_['virtual_retries']} |"
+            )
+        lines.append("")
     DOCS.parent.mkdir(parents=True, exist_ok=True)
     DOCS.write_text("\n".join(lines) + "\n")
     return DOCS

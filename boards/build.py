@@ -39,6 +39,8 @@ class Board:
     clock_hz: float
     leds: int
     programmer: str  # what `deploy` runs
+    bram_bits: int  # block RAM of the device (EBR / DP16KD)
+    luts: int
 
     def make_platform(self):
         mod, cls = self.platform.rsplit(".", 1)
@@ -49,10 +51,12 @@ class Board:
 
 
 BOARDS = {
-    "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "amaranth_boards.icebreaker.ICEBreakerPlatform", 12e6, 2, "iceprog"),
-    "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader"),
+    "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "amaranth_boards.icebreaker.ICEBreakerPlatform", 12e6, 2, "iceprog",
+                        30 * 4096, 5280),
+    "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader",
+                   208 * 18432, 83640),
     "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85FPlatform", 48e6, 1,
-                        "dfu-util"),
+                        "dfu-util", 208 * 18432, 83640),
 }  # fmt: skip
 
 
@@ -132,6 +136,11 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     b = BOARDS[board]
     tables = model if isinstance(model, ModelTables) else load(model)
     top = BoardTop(tables, b, lanes=lanes, baud=baud)
+    need = top.plan.summary()["memory_bits"]
+    if need > b.bram_bits:  # cannot fit whatever the tools do: say so before minutes of synthesis
+        raise BuildError(f"{board}: the core needs {need / 1000:.0f} kbit of memories, the {b.device} has "
+                         f"{b.bram_bits / 1000:.0f} kbit of block RAM. Shrink the network (fewer channels, a strided "
+                         "first layer, smaller T: see train/configs/csnn_ice40.toml) or use ulx3s / orangecrab (ECP5-85F)")  # fmt: skip
     platform = b.make_platform()
     out = Path(out_dir) / board
     out.mkdir(parents=True, exist_ok=True)

@@ -185,11 +185,16 @@ def test_icebreaker_build_of_the_small_model_fits(tmp_path) -> None:
     assert json.loads((tmp_path / "icebreaker" / "build.json").read_text())["model_sha256_prefix"] == r["model_sha256_prefix"]
 
 
-def test_build_refuses_unknown_board(tmp_path) -> None:
+def test_build_refuses_unknown_board_and_designs_too_big(tmp_path) -> None:
     from firstspike.boards.build import BuildError, build
+    from firstspike.quantize.export import quantize_checkpoint
 
     with pytest.raises(BuildError, match="unknown board"):
         build(_ice40_tables(), "de10", tmp_path)
+    big, _ = quantize_checkpoint(Path(__file__).resolve().parent.parent / "bench" / "results" / "mnist_binary.pt")
+    with pytest.raises(BuildError, match="kbit of block RAM. Shrink"):
+        build(big, "icebreaker", tmp_path)
+    assert not (tmp_path / "icebreaker" / "work").exists()
 
 
 @pytest.mark.parametrize("board", ["icebreaker", "ulx3s", "orangecrab"])
