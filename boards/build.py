@@ -169,10 +169,16 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
         logtext += f.read_text(errors="replace")
     rep_path = work / "report.json"
     if not ok:
-        m = re.search(r"(Design needs \d+ .*?|ERROR: .*)", err + logtext)
+        text = err + logtext
+        t = re.search(r"Max frequency for clock '([^']*)': ([\d.]+) MHz \(FAIL at ([\d.]+) MHz\)", text)
+        if t:
+            raise BuildError(f"{board}: Fmax {t.group(2)} MHz misses the {t.group(3)} MHz board clock. Shorten the "
+                             "datapath: fewer lanes (--lanes), or a smaller network (fewer input channels per layer)")  # fmt: skip
+        m = re.search(r"(Design needs \d+ .*?|ERROR: .*)", text)
         hint = m.group(1) if m else err[-800:]
+        bigger = " or choose a larger board (ulx3s / orangecrab: ECP5-85F)" if b.family == "ice40" else ""
         raise BuildError(f"{board}: the design does not build ({hint.strip()}). Shrink it: fewer lanes (--lanes), fewer "
-                         f"channels or a smaller T, or choose a larger board (ulx3s / orangecrab: ECP5-85F)")  # fmt: skip
+                         f"channels or a smaller T{bigger}")  # fmt: skip
     report = json.loads(rep_path.read_text()) if rep_path.exists() else {}
     res = _utilisation(report, b.family)
     bit = work / ("firstspike.bin" if b.family == "ice40" else "firstspike.bit")

@@ -140,6 +140,8 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=None, help="mnist or fashion-mnist (default: the model's)")
     p.add_argument("--data-dir", default=None, help="folder of standard IDX files")
     p.add_argument("--build-dir", default="build/sim", help="where compiled simulators are cached")
+    p.add_argument("--gate-level", choices=["ice40", "ecp5"], default=None,
+                   help="simulate Yosys's post-synthesis netlist for this FPGA family (Verilator) instead of the RTL")
     p.add_argument("--json", dest="json_out", default=None, help="also write the figures as JSON here")
     p.add_argument("--no-progress", action="store_true")
 
@@ -298,16 +300,18 @@ def cmd_verify(a: argparse.Namespace) -> int:
     dataset = a.dataset or tables.meta.get("dataset", "mnist")
     split = load_split(dataset, "test", a.data_dir).head(0 if a.all else a.images)
     sims = ["verilator", "icarus"] if a.sim == "both" else [a.sim]
+    if a.gate_level and sims != ["verilator"]:
+        raise FirstSpikeError("--gate-level runs on Verilator: use --sim verilator")
     out, bad = [], 0
     for sim in sims:
         r = verify(tables, split.images, split.labels, sim=sim, jobs=a.jobs, lanes=a.lanes, chunk=a.chunk,
-                   build_root=a.build_dir, progress=not a.no_progress)  # fmt: skip
+                   build_root=a.build_dir, progress=not a.no_progress, gate_level=a.gate_level)  # fmt: skip
         d = r.as_dict()
         d.update(model=str(a.model), dataset=dataset)
         out.append(d)
         bad += r.total_mismatches
         per = ", ".join(f"{k} {v}" for k, v in r.spike_mismatches.items())
-        print(f"{sim}: {r.images} images, {r.total_mismatches} mismatches of {r.values_compared:,} values + "
+        print(f"{r.sim}: {r.images} images, {r.total_mismatches} mismatches of {r.values_compared:,} values + "
               f"{r.images} classes (class {r.class_mismatches}; {per}); RTL accuracy {100 * r.rtl_accuracy:.2f}% "
               f"(golden {100 * r.golden_accuracy:.2f}%); cycles/image mean {d['cycles_mean']:.0f}, p99 {d['cycles_p99']:.0f}; "
               f"{r.wall_seconds:.1f} s")  # fmt: skip

