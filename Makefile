@@ -54,6 +54,7 @@ bench: setup
 	$(PY) bench/fixed_point.py
 	$(PY) bench/rtl_regression.py
 	$(PY) bench/rtl_lanes.py
+	$(PY) bench/boards.py
 
 clean:
 	rm -rf runs build .pytest_cache

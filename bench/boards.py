@@ -35,7 +35,7 @@ def main() -> None:
 
     import numpy as np
 
-    from firstspike.boards.build import BOARDS, build
+    from firstspike.boards.build import BOARDS, BuildError, build
     from firstspike.boards.runtime import BoardRuntime
     from firstspike.boards.virtual import VirtualBoard
     from firstspike.data import load_split
@@ -51,7 +51,12 @@ def main() -> None:
         lanes = int(lanes)
         with open(model, "rb") as f:
             tables = load(model) if f.read(len(MAGIC)) == MAGIC else quantize_checkpoint(model)[0]
-        r = build(tables, board, ROOT / "build" / "boards-bench", lanes=lanes)
+        try:
+            r = build(tables, board, ROOT / "build" / "boards-bench", lanes=lanes)
+        except BuildError as e:  # a measured failure is a result too
+            log.warning("%s", e)
+            runs.append({"board": board, "model": tables.name, "lanes": lanes, "T": tables.T, "error": str(e)})
+            continue
         golden = GoldenModel(tables).accuracy(test.images, test.labels)
         sub = test.head(args.cycles_images)
         rep = verify(tables, sub.images, sub.labels, sim="verilator", jobs=2, lanes=lanes, build_root=ROOT / "build" / "sim",

@@ -137,6 +137,9 @@ def render_docs() -> Path:
                   "| board | model | lanes | logic | block RAM | Fmax / clock (MHz) | accuracy | cycles/image | images/s at Fmax | at clock | over UART | RTL mismatches | virtual board (mismatches, retries) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r_ in bd["runs"]:
+            if "error" in r_:
+                lines.append(f"| {r_['board']} | {r_['model']} (T={r_['T']}) | {r_['lanes']} | {r_['error']} |" + " |" * 9)
+                continue
             res = r_["resources"]
             lines.append(
                 f"| {r_['board']} ({r_['device']}) | {r_['model']} (T={r_['T']}) | {r_['lanes']} | "
