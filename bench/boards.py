@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, RESULTS, setup_logging, write_result  # noqa: E402
+from common import RESULTS, ROOT, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.boards")
 DEFAULT = f"icebreaker:{RESULTS / 'ice40_binary.pt'}:2,ulx3s:{RESULTS / 'mnist_binary.pt'}:8"

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, RESULTS, setup_logging, write_result  # noqa: E402
+from common import RESULTS, ROOT, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.rtl")
 

@@ -138,6 +138,7 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     top = BoardTop(tables, b, lanes=lanes, baud=baud)
     need = top.plan.summary()["memory_bits"]
     if need > b.bram_bits:  # cannot fit whatever the tools do: say so before minutes of synthesis
+        top._MustUse__silence = True  # refused, never elaborated
         raise BuildError(f"{board}: the core needs {need / 1000:.0f} kbit of memories, the {b.device} has "
                          f"{b.bram_bits / 1000:.0f} kbit of block RAM. Shrink the network (fewer channels, a strided "
                          "first layer, smaller T: see train/configs/csnn_ice40.toml) or use ulx3s / orangecrab (ECP5-85F)")  # fmt: skip

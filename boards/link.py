@@ -4,7 +4,7 @@ board tops (top.py) wire ``rx``/``tx``/``leds`` to pins; the virtual board simul
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Signal
 
 from firstspike.boards import protocol as P
 from firstspike.boards.uart import UARTRx, UARTTx
@@ -118,6 +118,14 @@ class BoardLink(Elaboratable):
                 m.d.sync += self.errors.eq(self.errors + 1)
             m.next = "SEND"
 
+        def crc_timeout() -> None:
+            """Silence inside the CRC: a CLASSIFY's image is in the core (drop its result)."""
+            with m.If(typ == P.CLASSIFY):
+                m.d.sync += [good.eq(0), code.eq(P.ERR_TIMEOUT)]
+                m.next = "WAIT"
+            with m.Else():
+                respond(2, P.ERR_TIMEOUT)
+
         with m.FSM():
             with m.State("SYNC"):
                 with m.If(got & (byte == P.REQ_SOF)):
@@ -172,11 +180,7 @@ class BoardLink(Elaboratable):
                     m.d.sync += rcrc[:8].eq(byte)
                     m.next = "CRC1"
                 with m.Elif(expired):
-                    with m.If(typ == P.CLASSIFY):
-                        m.d.sync += [good.eq(0), code.eq(P.ERR_TIMEOUT)]
-                        m.next = "WAIT"
-                    with m.Else():
-                        respond(2, P.ERR_TIMEOUT)
+                    crc_timeout()
             with m.State("CRC1"):
                 m.d.comb += mid_frame.eq(1)
                 ok = Cat(rcrc[:8], byte) == crc
@@ -189,11 +193,7 @@ class BoardLink(Elaboratable):
                     with m.Else():
                         respond(2, P.ERR_CRC)
                 with m.Elif(expired):
-                    with m.If(typ == P.CLASSIFY):
-                        m.d.sync += [good.eq(0), code.eq(P.ERR_TIMEOUT)]
-                        m.next = "WAIT"
-                    with m.Else():
-                        respond(2, P.ERR_TIMEOUT)
+                    crc_timeout()
             with m.State("WAIT"):
                 m.d.comb += core.res_ready.eq(1)
                 with m.If(core.res_valid):

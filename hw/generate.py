@@ -11,6 +11,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
+from firstspike.files import atomic_write
 from firstspike.hw.core import Core
 from firstspike.hw.plan import CorePlan, HardwareError, plan_core
 from firstspike.quantize.modelfile import ModelTables, load
@@ -18,16 +19,6 @@ from firstspike.quantize.modelfile import ModelTables, load
 log = logging.getLogger(__name__)
 
 TOP = "firstspike_core"
-
-
-def _atomic_write(path: Path, data: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def to_verilog(plan: CorePlan, name: str = TOP) -> str:
@@ -60,8 +51,8 @@ def generate(model: str | os.PathLike | ModelTables, out_dir: str | os.PathLike,
         summary["model_file"] = str(model)
         summary["model_sha256"] = hashlib.sha256(Path(model).read_bytes()).hexdigest()
     summary["generate_seconds"] = round(time.perf_counter() - t0, 3)
-    _atomic_write(out / f"{TOP}.v", text)
-    _atomic_write(out / "core.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write(out / f"{TOP}.v", text)
+    atomic_write(out / "core.json", json.dumps(summary, indent=2) + "\n")
     log.info("wrote %s (%d lines, %.1f kbit of memories, lanes=%d)", out / f"{TOP}.v", text.count("\n"),
              summary["memory_bits"] / 1000, plan.lanes)  # fmt: skip
     return summary

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from firstspike.errors import FirstSpikeError
+from firstspike.files import atomic_write
 
 MAGIC = b"FSPKMDL\0"
 FORMAT_VERSION = 1
@@ -177,17 +178,7 @@ def encode(tables: ModelTables) -> bytes:
 def save(tables: ModelTables, path: str | os.PathLike) -> Path:
     """Write atomically (temporary file + rename): a failure leaves nothing half-written."""
     validate(tables)
-    data = encode(tables)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
+    return atomic_write(path, encode(tables))
 
 
 # --- reading -----------------------------------------------------------------------------
