@@ -1,6 +1,6 @@
 """Boards: resources, Fmax, accuracy and images/s per board.
 
-    python bench/boards.py [--runs icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:8]
+    python bench/boards.py [--runs icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:2]
                            [--cycles-images 200] [--virtual-images 50]
 
 For each board: build the bitstream (YoWASP), read utilisation and Fmax; accuracy of the
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.boards")
-DEFAULT = f"icebreaker:{RESULTS / 'ice40_binary.pt'}:2,ulx3s:{RESULTS / 'mnist_binary.pt'}:8"
+DEFAULT = f"icebreaker:{RESULTS / 'ice40_binary.pt'}:2,ulx3s:{RESULTS / 'mnist_binary.pt'}:2"
 
 
 def main() -> None:
