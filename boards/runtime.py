@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from firstspike.boards import protocol as P
-from firstspike.errors import FirstSpikeError
+from firstspike.errors import FirstSpikeError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,11 @@ class BoardRuntime:
     def run(self, images: np.ndarray, progress: bool = False) -> BoardResult:
         x = np.asarray(images)
         if x.dtype != np.uint8:
-            raise ValueError(f"images must be uint8, got {x.dtype}")
+            raise InputError(f"images must be uint8 (0..255), got {x.dtype}")
         x = x.reshape(len(x), -1)
         n_in = self.info()["inputs"]
         if x.shape[1] != n_in:
-            raise ValueError(f"images have {x.shape[1]} pixels, the board's model takes {n_in}")
+            raise InputError(f"images have {x.shape[1]} pixels, the board's model takes {n_in}")
         out = np.zeros((len(x), 4), np.int64)
         retries = 0
         errors: dict[int, int] = {}

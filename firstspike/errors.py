@@ -15,3 +15,7 @@ class ConfigError(FirstSpikeError):
 
 class CheckpointError(FirstSpikeError):
     """A checkpoint that is missing, corrupt or from an incompatible version."""
+
+
+class InputError(FirstSpikeError, ValueError):
+    """Images that do not match the model (dtype or shape)."""

@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit, prange
 from tqdm import tqdm
 
+from firstspike.errors import InputError
 from firstspike.quantize.modelfile import ModelTables, load
 
 log = logging.getLogger(__name__)
@@ -124,11 +125,12 @@ class GoldenModel:
     def encode(self, images: np.ndarray) -> np.ndarray:
         x = np.asarray(images)
         if x.dtype != np.uint8:
-            raise ValueError(f"images must be uint8, got {x.dtype}")
+            raise InputError(f"images must be uint8 (0..255), got {x.dtype}")
         if x.ndim == 3:
             x = x[:, None]
         if tuple(x.shape[1:]) != tuple(self.tables.input_shape):
-            raise ValueError(f"images of shape {x.shape[1:]} do not match the model input {self.tables.input_shape}")
+            raise InputError(f"images of shape {tuple(x.shape[1:])} do not match the model input {tuple(self.tables.input_shape)}: "
+                             "use a dataset of that shape (--dataset / --data-dir)")  # fmt: skip
         return self.tables.input_table[x].astype(np.int32)
 
     def _run_batch(self, images: np.ndarray, keep: bool) -> GoldenResult:

@@ -280,10 +280,9 @@ def verify(tables: ModelTables, images: np.ndarray, labels: np.ndarray | None = 
     """Run ``images`` through the RTL in ``jobs`` parallel simulations and compare every
     layer's spike times, the output potentials and the class with the golden model."""
     t0 = time.perf_counter()
+    want = expected(tables, images)  # first: wrong images fail before minutes of compiling
+    golden_seconds = time.perf_counter() - t0
     b = build(tables, sim=sim, lanes=lanes, debug=True, build_root=build_root, max_images=chunk, gate_level=gate_level)
-    tg = time.perf_counter()
-    want = expected(tables, images)
-    golden_seconds = time.perf_counter() - tg
     n = len(images)
     chunk = max(1, min(chunk, math.ceil(n / max(1, jobs))))
     parts = [(i, images[i : i + chunk]) for i in range(0, n, chunk)]

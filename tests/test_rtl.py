@@ -123,3 +123,11 @@ def test_gate_level_ice40_netlist(build_root: Path) -> None:
     assert_exact(tables, rtl.run_images(b, images), images)
     with pytest.raises(rtl.SimulatorError, match="gate-level"):
         rtl.build(tables, sim="icarus", gate_level="ice40", build_root=build_root)
+
+
+def test_verify_images_of_the_wrong_shape(tmp_path: Path, build_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An 8x8 model against 28x28 MNIST: exit 2 naming both shapes, before any simulator build."""
+    model = save(random_tables(np.random.default_rng(3), side=8), tmp_path / "m8.fsm")
+    assert main(["verify", str(model), "--images", "2", "--build-dir", str(tmp_path / "b"), "--no-progress"]) == 2
+    assert "(1, 28, 28) do not match the model input (1, 8, 8)" in caplog.text
+    assert not (tmp_path / "b").exists()
