@@ -18,10 +18,10 @@ from amaranth.hdl import Elaboratable, Module, Signal
 from amaranth.lib import io
 from amaranth_boards.resources import UARTResource
 
-from firstspike.boards.link import BoardLink
+from firstspike.boards.link import BoardLink, model_hash
 from firstspike.errors import FirstSpikeError
 from firstspike.hw.plan import plan_core
-from firstspike.quantize.modelfile import ModelTables, encode, load
+from firstspike.quantize.modelfile import ModelTables, load, tables_sha256
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,6 @@ BOARDS = {
     "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85FPlatform", 48e6, 1,
                         "dfu-util", 208 * 18432, 83640),
 }  # fmt: skip
-
-
-def model_hash(tables: ModelTables) -> bytes:
-    import hashlib
-
-    return hashlib.sha256(encode(tables)).digest()[:8]
 
 
 class BoardTop(Elaboratable):
@@ -222,13 +216,7 @@ def deploy(model: str | os.PathLike, board: str, port: str | None = None, out_di
     r["programmed"] = True
     if port:
         with BoardRuntime(port, baud=baud) as rt:
-            rt.check_model(hashlib_sha256(model))
+            rt.check_model(tables_sha256(load(model)))
             r["board_info"] = rt.info()
     return r
 
-
-def hashlib_sha256(model: str | os.PathLike | ModelTables) -> str:
-    import hashlib
-
-    data = encode(model) if isinstance(model, ModelTables) else encode(load(model))
-    return hashlib.sha256(data).hexdigest()

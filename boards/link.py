@@ -10,6 +10,12 @@ from firstspike.boards import protocol as P
 from firstspike.boards.uart import UARTRx, UARTTx
 from firstspike.hw.core import Core
 from firstspike.hw.plan import CorePlan, HardwareError
+from firstspike.quantize.modelfile import ModelTables, tables_sha256
+
+
+def model_hash(tables: ModelTables) -> bytes:
+    """What INFO reports: the first 8 bytes of the model file's SHA-256."""
+    return bytes.fromhex(tables_sha256(tables))[:8]
 
 
 def _crc_step(crc: int, byte: int) -> int:

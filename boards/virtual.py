@@ -19,18 +19,14 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from firstspike.boards.link import BoardLink
+from firstspike.boards.link import BoardLink, model_hash
 from firstspike.hw.plan import plan_core
-from firstspike.quantize.modelfile import ModelTables, encode
+from firstspike.quantize.modelfile import ModelTables
 from firstspike.sim.rtl import SimulatorError, build_verilator, check_simulator
 
 log = logging.getLogger(__name__)
 TOP = "fs_board"
 VIRTUAL_DIVISOR = 8  # clock cycles per UART bit in the virtual board (a real board: clock / baud)
-
-
-def model_hash(tables: ModelTables) -> bytes:
-    return hashlib.sha256(encode(tables)).digest()[:8]
 
 
 class VirtualBoard:

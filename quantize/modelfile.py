@@ -318,6 +318,11 @@ def sha256_of(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def tables_sha256(tables: ModelTables) -> str:
+    """SHA-256 of the tables' encoding (equal to sha256_of their saved file)."""
+    return hashlib.sha256(encode(tables)).hexdigest()
+
+
 def summary(tables: ModelTables, path: str | None = None) -> str:
     """Human-readable description (``firstspike info``)."""
     lines = [f"model {tables.name!r}" + (f" ({path})" if path else ""), f"  format version {FORMAT_VERSION}, T={tables.T}, input {tables.input_shape}"]

@@ -119,7 +119,8 @@ def small() -> tuple:
 
 
 def test_virtual_board_round_trip(small: tuple, tmp_path_factory: pytest.TempPathFactory) -> None:
-    from firstspike.boards.virtual import VirtualBoard, model_hash
+    from firstspike.boards.link import model_hash
+    from firstspike.boards.virtual import VirtualBoard
 
     tables, images = small
     with VirtualBoard(tables, lanes=3, build_root=tmp_path_factory.mktemp("vb")) as vb:
