@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amaranth.build import Attrs
-from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.hdl import Elaboratable, Module
 from amaranth.lib import io
 from amaranth_boards.resources import UARTResource
 
@@ -85,8 +85,6 @@ class BoardTop(Elaboratable):
                 break
             m.submodules[f"led{i}"] = lb = io.Buffer("o", led)
             m.d.comb += lb.o.eq(sigs[i])
-        heartbeat = Signal(24)
-        m.d.sync += heartbeat.eq(heartbeat + 1)
         return m
 
 

@@ -438,26 +438,22 @@ class Core(Elaboratable):
         fire = Signal(L, name=f"{name}_fire")
         prev = Signal(L, name=f"{name}_prev")
         vs = []
-        for j in range(L):
+        for j in range(L):  # lane j of the word read last cycle (zeros and "silent" at step 0)
             o = j * LW
-            s_j = Mux(first, 0, word[o : o + sb].as_signed())
+            s_j = Signal(signed(sb), name=f"{name}_s{j}")
+            tm_j = Signal(tb, name=f"{name}_t{j}")
+            m.d.comb += [s_j.eq(Mux(first, 0, word[o : o + sb].as_signed())), tm_j.eq(Mux(first, T, word[o + sb + pb : o + LW]))]
             p_j = Mux(first, 0, word[o + sb : o + sb + pb].as_signed())
-            tm_j = Mux(first, T, word[o + sb + pb : o + LW])
             w_j = Mux(wword[j], 1, -1) if wb == 1 else wword[j * wb : (j + 1) * wb].as_signed()
             ns = Signal(signed(sb), name=f"{name}_ns{j}")
             m.d.comb += ns.eq(s_j + w_j)
-            syn_word.append(Cat(ns, word[o + sb : o + LW]))
+            syn_word.append(Cat(ns, word[o + sb : o + LW]))  # event: slope += weight
             v = Signal(signed(pb), name=f"{name}_v{j}")
             m.d.comb += v.eq(p_j + s_j)
             vs.append(v)
             thr_j = thr_w[j * pb : (j + 1) * pb].as_signed()
             m.d.comb += [fire[j].eq(vmask[j] & (v >= thr_j) & (tm_j == T)), prev[j].eq(tm_j != T)]
-        int_word = []
-        for j in range(L):
-            o = j * LW
-            s_keep = Mux(first, 0, word[o : o + sb])
-            tm_j = Mux(first, T, word[o + sb + pb : o + LW])
-            int_word.append(Cat(s_keep[:sb], vs[j], Mux(fire[j], t, tm_j)))
+            int_word.append(Cat(s_j, v, Mux(fire[j], t, tm_j)))  # integration: V += slope, first crossing
         with m.If(wb_syn):
             m.d.comb += [st_w.addr.eq(wb_addr), st_w.data.eq(Cat(*syn_word)), st_w.en.eq(1)]
         with m.Elif(wb_int):
