@@ -44,13 +44,15 @@ def crc16_byte(crc, byte):
 
 class BoardLink(Elaboratable):
     """Core + UART + frame logic. ``model_hash`` (8 bytes) is reported by INFO so the host
-    can check that the board runs the same model file."""
+    can check that the board runs the same model file. With a debug core (``plan.debug``)
+    a CLASSIFY_SPIKES request also gets every spike time, one SPIKES frame per debug beat;
+    after a plain CLASSIFY the beats are drained unsent."""
 
     def __init__(self, plan: CorePlan, divisor: int, model_hash: bytes = bytes(8), timeout_cycles: int | None = None):
-        if plan.debug or 10 * divisor <= plan.T + 4:
+        if plan.early_exit or 10 * divisor <= plan.T + 4:
             self._MustUse__silence = True  # refused: never elaborated, no "unused" warning
-        if plan.debug:
-            raise HardwareError("the board link carries classes and cycles only: plan the core with debug=False")
+        if plan.early_exit:
+            raise HardwareError("the board link needs every result in full: plan the core with early_exit=False")
         if 10 * divisor <= plan.T + 4:
             raise HardwareError(f"UART divisor {divisor} too small for T={plan.T}: need 10*divisor > T+4 cycles")
         self.plan = plan
@@ -84,25 +86,36 @@ class BoardLink(Elaboratable):
             m.d.sync += pend.eq(0)
         # result registers and response
         r_cls, r_fired, r_time, r_cycles = Signal(8), Signal(8), Signal(16), Signal(32)
-        kind = Signal(2)  # 0 RESULT, 1 INFO, 2 ERROR
         code = Signal(8)
         good = Signal()  # CLASSIFY frame's CRC was right
-        i = Signal(range(64))
-        T_ = Const(p.T, 16)
-        info = [*b"FSPK", P.PROTOCOL_VERSION, T_[:8], T_[8:], *[Const(N >> (8 * k) & 0xFF, 8) for k in range(4)],
-                p.num_classes, *self.model_hash]  # fmt: skip
+        DL = p.debug_lanes
+        beats = p.debug_beats() if p.debug else 0
+        kind = Signal(2)  # 0 RESULT, 1 INFO, 2 ERROR, 3 SPIKES
+        beat, bidx, blast = Signal(32 * DL), Signal(16), Signal()  # the debug beat being sent
+        spk = Signal()  # this image's spike times are to be sent
+        drain = Signal()  # debug beats of this image still to be read from the core
+
+        def le(v: int, n: int) -> list[int]:
+            return [v >> (8 * k) & 0xFF for k in range(n)]
+
+        info = [*b"FSPK", P.PROTOCOL_VERSION, *le(p.T, 2), *le(N, 4), p.num_classes, *self.model_hash,
+                P.FLAG_SPIKES if p.debug else 0, *le(p.lanes, 2), *le(DL, 2), *le(beats, 4)]  # fmt: skip
+        assert len(info) == P.INFO_LEN
         payloads = {
             0: [r_cls, r_fired, r_time[:8], r_time[8:], r_cycles[:8], r_cycles[8:16], r_cycles[16:24], r_cycles[24:]],
             1: info,
             2: [code],
         }
-        rtypes = {0: P.RESULT, 1: P.INFO_RSP, 2: P.ERROR}
+        if p.debug:
+            payloads[3] = [bidx[:8], bidx[8:], *[beat[8 * k : 8 * k + 8] for k in range(4 * DL)]]
+        i = Signal(range(max(len(pl) for pl in payloads.values()) + 8))
+        rtypes = {0: P.RESULT, 1: P.INFO_RSP, 2: P.ERROR, 3: P.SPIKES}
         out_byte = Signal(8)
-        out_len = Signal(8)
+        out_len = Signal(16)
         scrc = Signal(16)
         for k, pl in payloads.items():
             with m.If(kind == k):
-                seqs = [P.RSP_SOF, rtypes[k], seq, len(pl), 0, *pl]
+                seqs = [P.RSP_SOF, rtypes[k], seq, *le(len(pl), 2), *pl]
                 arr = Array(Const(v, 8) if isinstance(v, int) else v for v in seqs)
                 m.d.comb += out_len.eq(len(pl))
                 with m.If(i < len(seqs)):
@@ -124,9 +137,11 @@ class BoardLink(Elaboratable):
                 m.d.sync += self.errors.eq(self.errors + 1)
             m.next = "SEND"
 
+        is_cls = (typ == P.CLASSIFY) | (typ == P.CLASSIFY_SPIKES) if p.debug else typ == P.CLASSIFY
+
         def crc_timeout() -> None:
             """Silence inside the CRC: a CLASSIFY's image is in the core (drop its result)."""
-            with m.If(typ == P.CLASSIFY):
+            with m.If(is_cls):
                 m.d.sync += [good.eq(0), code.eq(P.ERR_TIMEOUT)]
                 m.next = "WAIT"
             with m.Else():
@@ -157,7 +172,7 @@ class BoardLink(Elaboratable):
                 full = Cat(length[:8], byte)
                 with m.If(got):
                     m.d.sync += [length[8:].eq(byte), crc.eq(crc16_byte(crc, byte)), cnt.eq(0)]
-                    with m.If((typ == P.CLASSIFY) & (full == N)):
+                    with m.If(is_cls & (full == N)):
                         m.d.comb += core.start.eq(1)
                         m.next = "PIX"
                     with m.Elif((typ == P.INFO) & (full == 0)):
@@ -191,7 +206,7 @@ class BoardLink(Elaboratable):
                 m.d.comb += mid_frame.eq(1)
                 ok = Cat(rcrc[:8], byte) == crc
                 with m.If(got):
-                    with m.If(typ == P.CLASSIFY):
+                    with m.If(is_cls):
                         m.d.sync += [good.eq(ok), code.eq(P.ERR_CRC)]
                         m.next = "WAIT"
                     with m.Elif(ok):
@@ -204,7 +219,8 @@ class BoardLink(Elaboratable):
                 m.d.comb += core.res_ready.eq(1)
                 with m.If(core.res_valid):
                     m.d.sync += [r_cls.eq(core.res_class), r_fired.eq(core.res_fired), r_time.eq(core.res_time),
-                                 r_cycles.eq(core.res_cycles)]  # fmt: skip
+                                 r_cycles.eq(core.res_cycles), drain.eq(p.debug), bidx.eq(0),
+                                 spk.eq(good & (typ == P.CLASSIFY_SPIKES))]  # fmt: skip
                     with m.If(good):
                         m.d.sync += self.last_class.eq(core.res_class)
                         respond(0)
@@ -218,5 +234,26 @@ class BoardLink(Elaboratable):
                     with m.If((i >= 1) & (i < 5 + out_len)):
                         m.d.sync += scrc.eq(crc16_byte(scrc, out_byte))
                     with m.If(i == 5 + out_len + 1):
-                        m.next = "SYNC"
+                        with m.If(kind == 3):
+                            m.d.sync += bidx.eq(bidx + 1)
+                            m.next = "SYNC" if not p.debug else "DBG"
+                            with m.If(blast):
+                                m.next = "SYNC"
+                        with m.Elif(drain):
+                            m.d.sync += drain.eq(0)
+                            m.next = "DBG"
+                        with m.Else():
+                            m.next = "SYNC"
+            with m.State("DBG"):  # the next debug beat: framed as SPIKES, or drained unsent
+                if p.debug:
+                    m.d.comb += core.dbg_ready.eq(1)
+                    with m.If(core.dbg_valid):
+                        with m.If(spk):
+                            m.d.sync += [beat.eq(core.dbg_data), blast.eq(core.dbg_last), kind.eq(3), i.eq(0),
+                                         scrc.eq(0xFFFF)]  # fmt: skip
+                            m.next = "SEND"
+                        with m.Elif(core.dbg_last):
+                            m.next = "SYNC"
+                else:
+                    m.next = "SYNC"
         return m

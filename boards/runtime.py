@@ -29,6 +29,9 @@ class BoardResult:
     cycles: np.ndarray
     retries: int = 0
     errors: dict[int, int] = field(default_factory=dict)  # ERROR codes the board answered, by code
+    stream: np.ndarray | None = None  # with spikes=True: (N, values) in GoldenModel.run order
+    layer_times: list[np.ndarray] | None = None  # with spikes=True: like GoldenResult.layer_times
+    v_last: np.ndarray | None = None  # with spikes=True: the output layer's V(T-1), (N, classes)
 
 
 class BoardRuntime:
@@ -60,13 +63,19 @@ class BoardRuntime:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _request(self, typ: int, payload: bytes, want: int) -> tuple[P.Frame, int, dict[int, int]]:
-        """Send one request and wait for its answer; resend on ERROR, bad CRC or timeout."""
+    def _request(self, typ: int, payload: bytes, want: int, beats: int = 0
+                 ) -> tuple[P.Frame, int, dict[int, int], list[np.ndarray]]:  # fmt: skip
+        """Send one request and wait for its answer (and ``beats`` SPIKES frames after it);
+        resend on ERROR, bad CRC, a missing beat or timeout. The board is deterministic, so
+        beats received on earlier attempts are kept and later attempts only fill the gaps."""
         errors: dict[int, int] = {}
+        answer: P.Frame | None = None
+        got: dict[int, np.ndarray] = {}
         for attempt in range(self.retries + 1):
             self.seq = (self.seq + 1) & 0xFF
             self.ser.reset_input_buffer()
-            self.reader = P.FrameReader()
+            # the longest answer this board sends: a corrupted length byte cannot stall the parser
+            self.reader = P.FrameReader(max_len=max(P.INFO_LEN, P.RESULT_LEN, 2 + 4 * (self._info or {}).get("debug_lanes", 0)))
             self.ser.write(P.frame(P.REQ_SOF, typ, self.seq, payload))
             self.ser.flush()
             deadline = time.monotonic() + self.timeout
@@ -83,14 +92,24 @@ class BoardRuntime:
                         deadline = 0.0  # resend now
                         break
                     if fr.typ == want:
-                        return fr, attempt, errors
-            log.debug("request %d: no valid answer (attempt %d)", self.seq, attempt + 1)
+                        answer = fr
+                    elif fr.typ == P.SPIKES and beats:
+                        k, vals = P.parse_spikes(fr.payload)
+                        got.setdefault(k, vals)
+                        deadline = time.monotonic() + self.timeout
+                        if k == beats - 1 and len(got) < beats:
+                            deadline = 0.0  # the last beat came, some were lost: ask again
+                            break
+                    if answer is not None and len(got) == beats:
+                        return answer, attempt, errors, [got[k] for k in range(beats)]
+            log.debug("request %d: no valid answer (attempt %d; answer %s, %d of %d beats)", self.seq, attempt + 1,
+                      answer is not None, len(got), beats)  # fmt: skip
         raise BoardError(f"no valid answer from the board after {self.retries + 1} attempts "
                          f"(errors reported: {errors or 'none'}); check the port, baud rate and bitstream")  # fmt: skip
 
     def info(self) -> dict:
         if self._info is None:
-            fr, _, _ = self._request(P.INFO, b"", P.INFO_RSP)
+            fr, _, _, _ = self._request(P.INFO, b"", P.INFO_RSP)
             self._info = P.parse_info(fr.payload)
         return self._info
 
@@ -101,7 +120,10 @@ class BoardRuntime:
             raise BoardError(f"the board runs model {got}..., not {sha256_hex[:16]}...: rebuild and reprogram it "
                              "(`firstspike deploy MODEL --board B`)")  # fmt: skip
 
-    def run(self, images: np.ndarray, progress: bool = False) -> BoardResult:
+    def run(self, images: np.ndarray, progress: bool = False, spikes: bool = False, tables=None) -> BoardResult:
+        """Classify ``images`` on the board. ``spikes=True`` also reads every layer's spike
+        times and V(T-1) back (the board must be built with its spike readout; ``tables``,
+        the model file the board runs, lays them out like GoldenModel.run)."""
         x = np.asarray(images)
         if x.dtype != np.uint8:
             raise InputError(f"images must be uint8 (0..255), got {x.dtype}")
@@ -109,16 +131,50 @@ class BoardRuntime:
         n_in = self.info()["inputs"]
         if x.shape[1] != n_in:
             raise InputError(f"images have {x.shape[1]} pixels, the board's model takes {n_in}")
+        plan = self._spike_plan(tables) if spikes else None
+        beats = plan.debug_beats() if plan else 0
         out = np.zeros((len(x), 4), np.int64)
+        raw = np.zeros((len(x), beats, plan.debug_lanes if plan else 0), np.int64)
         retries = 0
         errors: dict[int, int] = {}
         for k, img in enumerate(tqdm(x, desc="board", unit="img", disable=not progress, leave=False)):
-            fr, r, e = self._request(P.CLASSIFY, img.tobytes(), P.RESULT)
+            fr, r, e, got = self._request(P.CLASSIFY_SPIKES if spikes else P.CLASSIFY, img.tobytes(), P.RESULT, beats)
             retries += r
             for c, v in e.items():
                 errors[c] = errors.get(c, 0) + v
             out[k] = P.parse_result(fr.payload)
-        return BoardResult(out[:, 0], out[:, 1], out[:, 2], out[:, 3], retries, errors)
+            if beats:
+                raw[k] = np.stack(got)
+        res = BoardResult(out[:, 0], out[:, 1], out[:, 2], out[:, 3], retries, errors)
+        if plan is not None:
+            from firstspike.sim.vectors import stream_layout
+
+            res.stream = plan.unpack_debug(raw)
+            n = len(x)
+            shapes = [tuple(tables.input_shape)] + [tuple(ly.out_shape) for ly in tables.layers]
+            blocks = stream_layout(tables)
+            res.layer_times = [res.stream[:, a : a + ln].reshape(n, *sh) for (_nm, a, ln), sh in zip(blocks, shapes)]
+            _nm, a, ln = blocks[-1]
+            res.v_last = res.stream[:, a : a + ln]
+        return res
+
+    def _spike_plan(self, tables):
+        """The board's debug-stream layout, after checking the board can send it for ``tables``."""
+        from firstspike.hw.plan import plan_core
+        from firstspike.quantize.modelfile import tables_sha256
+
+        if tables is None:
+            raise InputError("spikes=True needs the model tables the board runs (tables=...) to lay the spike times out")
+        info = self.info()
+        if not info["spikes"]:
+            raise BoardError("this bitstream has no spike readout: rebuild it with spikes (`firstspike build` "
+                             "without --no-spikes)")  # fmt: skip
+        self.check_model(tables_sha256(tables))
+        plan = plan_core(tables, lanes=info["lanes"], debug=True)
+        if plan.debug_beats() != info["debug_beats"] or plan.debug_lanes != info["debug_lanes"]:
+            raise BoardError(f"the board sends {info['debug_beats']} beats of {info['debug_lanes']} values, this "
+                             f"firstspike expects {plan.debug_beats()} of {plan.debug_lanes}: rebuild the bitstream")  # fmt: skip
+        return plan
 
     def classify(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
         return self.run(images, progress=progress).classes

@@ -30,13 +30,15 @@ VIRTUAL_DIVISOR = 8  # clock cycles per UART bit in the virtual board (a real bo
 
 
 class VirtualBoard:
-    """Context manager: builds (cached) and starts the simulation; ``port`` is the pty path."""
+    """Context manager: builds (cached) and starts the simulation; ``port`` is the pty path.
+    ``spikes``: with the spike readout (CLASSIFY_SPIKES), like a default board build."""
 
     def __init__(self, tables: ModelTables, lanes: int = 8, build_root: str | os.PathLike = "build/virtual",
-                 p_drop: float = 0.0, p_flip: float = 0.0, seed: int = 1, start_timeout: float = 120.0):  # fmt: skip
+                 p_drop: float = 0.0, p_flip: float = 0.0, seed: int = 1, start_timeout: float = 120.0,
+                 spikes: bool = True):  # fmt: skip
         check_simulator("verilator")
         self.tables = tables
-        self.plan = plan_core(tables, lanes=lanes, debug=False)
+        self.plan = plan_core(tables, lanes=lanes, debug=spikes)
         self.link = BoardLink(self.plan, VIRTUAL_DIVISOR, model_hash(tables))
         self.build_root = Path(build_root).resolve()
         self.env = {"FS_DIVISOR": str(VIRTUAL_DIVISOR), "FS_P_DROP": str(p_drop), "FS_P_FLIP": str(p_flip),
