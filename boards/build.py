@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amaranth.build import Attrs
-from amaranth.hdl import Elaboratable, Module
+from amaranth.hdl import ClockDomain, Elaboratable, Module
 from amaranth.lib import io
 from amaranth_boards.resources import UARTResource
 
+from firstspike.boards.clocks import ECP5PLL, ClockError, PLLParams, ecp5_pll
 from firstspike.boards.link import BoardLink, model_hash
 from firstspike.errors import FirstSpikeError
 from firstspike.hw.plan import plan_core
@@ -36,11 +37,16 @@ class Board:
     family: str  # ice40 | ecp5
     device: str
     platform: str  # amaranth_boards class path
-    clock_hz: float
+    clock_hz: float  # the board's oscillator
     leds: int
     programmer: str  # what `deploy` runs
     bram_bits: int  # block RAM of the device (EBR / DP16KD)
     luts: int
+    core_clock_hz: float | None = None  # default core clock (ECP5: made by the PLL); None: the board clock
+
+    @property
+    def default_core_clock_hz(self) -> float:
+        return self.core_clock_hz or self.clock_hz
 
     def make_platform(self):
         mod, cls = self.platform.rsplit(".", 1)
@@ -55,24 +61,57 @@ BOARDS = {
                         30 * 4096, 5280),
     "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader",
                    208 * 18432, 83640),
+    # the core reaches ~40 MHz on ECP5: the OrangeCrab's 48 MHz oscillator feeds a PLL that makes 24 MHz
     "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85FPlatform", 48e6, 1,
-                        "dfu-util", 208 * 18432, 83640),
+                        "dfu-util", 208 * 18432, 83640, core_clock_hz=24e6),
 }  # fmt: skip
+
+
+def core_clock(board: Board, clock_mhz: float | None = None) -> tuple[float, PLLParams | None]:
+    """The core clock (Hz) for ``board`` and the PLL that makes it (None: the board clock
+    itself). ``clock_mhz`` None: the board's default. Raise BuildError when it cannot be made."""
+    want = board.default_core_clock_hz if clock_mhz is None else clock_mhz * 1e6
+    if abs(want - board.clock_hz) < 1.0:
+        return board.clock_hz, None
+    if board.family != "ecp5":
+        f = f"{board.clock_hz / 1e6:g}"
+        raise BuildError(f"{board.name}: a core clock of {want / 1e6:g} MHz needs a PLL, which is only generated for "
+                         f"ECP5 boards (ulx3s, orangecrab); on the {board.device} the core runs at the {f} MHz "
+                         f"board clock: leave out --clock-mhz (or pass {f})")  # fmt: skip
+    try:
+        pll = ecp5_pll(board.clock_hz, want)
+    except ClockError as e:
+        raise BuildError(f"{board.name}: --clock-mhz {want / 1e6:g}: {e}") from None
+    return pll.f_out_hz, pll
 
 
 class BoardTop(Elaboratable):
     """The core behind the UART link; LEDs: busy, then the last class's low bits."""
 
-    def __init__(self, tables: ModelTables, board: Board, lanes: int, baud: int = 115200):
+    def __init__(self, tables: ModelTables, board: Board, lanes: int, baud: int = 115200,
+                 clock_mhz: float | None = None):  # fmt: skip
+        self._MustUse__silence = True  # a top refused here is never elaborated: no "unused" warning
+        self.clock_hz, self.pll = core_clock(board, clock_mhz)  # the core clock: the board's, or a PLL's
+        self.divisor = round(self.clock_hz / baud)  # UART bit time in core clock cycles
+        if self.divisor < 1 or abs(self.clock_hz / self.divisor - baud) > 0.02 * baud:
+            raise BuildError(f"{board.name}: {baud} baud is more than 2% off any integer divisor of the "
+                             f"{self.clock_hz / 1e6:g} MHz core clock: choose a lower --baud or a higher "
+                             "--clock-mhz")  # fmt: skip
         self.plan = plan_core(tables, lanes=lanes, debug=False)
         self.board = board
         self.baud = baud
         self.hash = model_hash(tables)
+        self._MustUse__silence = False
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        divisor = int(round(platform.default_clk_frequency / self.baud))
-        m.submodules.link = link = BoardLink(self.plan, divisor, self.hash)
+        if self.pll is not None:  # the core's `sync` domain from the PLL; otherwise the platform's default clock
+            m.domains.sync = ClockDomain("sync")
+            m.submodules.pll = pll = ECP5PLL(self.pll, domain="sync")
+            clk = platform.request(platform.default_clk, dir="-")
+            m.submodules.clk_buf = clkb = io.Buffer("i", clk)
+            m.d.comb += pll.clk_in.eq(clkb.i)
+        m.submodules.link = link = BoardLink(self.plan, self.divisor, self.hash)
         uart = platform.request("uart", 0, dir="-")
         m.submodules.uart_rx = rxb = io.Buffer("i", uart.rx)
         m.submodules.uart_tx = txb = io.Buffer("o", uart.tx)
@@ -119,15 +158,21 @@ def _utilisation(report: dict, family: str) -> dict:
 
 
 def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out_dir: str | os.PathLike = "build/boards",
-          lanes: int = 2, baud: int = 115200) -> dict:  # fmt: skip
+          lanes: int = 2, baud: int = 115200, clock_mhz: float | None = None) -> dict:  # fmt: skip
     """Synthesise, place and route, pack; write OUT/BOARD/firstspike.bit(.bin) and
-    OUT/BOARD/build.json. Raise BuildError naming what to shrink if it does not fit or
-    misses the board clock."""
+    OUT/BOARD/build.json. ``clock_mhz``: the core clock (ECP5: made by a PLL from the board
+    clock; None: the board's default, ``Board.core_clock_hz``). Raise BuildError naming what to
+    shrink if it does not fit or misses the core clock."""
     if board not in BOARDS:
         raise BuildError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
     b = BOARDS[board]
+    core_clock(b, clock_mhz)  # refuse a clock the board cannot make before loading the model
     tables = model if isinstance(model, ModelTables) else load(model)
-    top = BoardTop(tables, b, lanes=lanes, baud=baud)
+    top = BoardTop(tables, b, lanes=lanes, baud=baud, clock_mhz=clock_mhz)
+    core_mhz = top.clock_hz / 1e6
+    if top.pll is not None:
+        log.info("%s: core clock %g MHz from a PLL on the %g MHz board clock (requested %g MHz; %s)", board, core_mhz,
+                 b.clock_hz / 1e6, top.pll.requested_hz / 1e6, top.pll.as_dict())  # fmt: skip
     need = top.plan.summary()["memory_bits"]
     if need > b.bram_bits:  # cannot fit whatever the tools do: say so before minutes of synthesis
         top._MustUse__silence = True  # refused, never elaborated
@@ -165,8 +210,8 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
         text = err + logtext
         t = re.search(r"Max frequency for clock '([^']*)': ([\d.]+) MHz \(FAIL at ([\d.]+) MHz\)", text)
         if t:
-            raise BuildError(f"{board}: Fmax {t.group(2)} MHz misses the {t.group(3)} MHz board clock. Shorten the "
-                             "datapath: fewer lanes (--lanes), or a smaller network (fewer input channels per layer)")  # fmt: skip
+            raise BuildError(f"{board}: Fmax {t.group(2)} MHz misses the {t.group(3)} MHz core clock. "
+                             + _fmax_fix(b, float(t.group(2))))  # fmt: skip
         m = re.search(r"(Design needs \d+ .*?|ERROR: .*)", text)
         hint = m.group(1) if m else err[-800:]
         bigger = " or choose a larger board (ulx3s / orangecrab: ECP5-85F)" if b.family == "ice40" else ""
@@ -175,20 +220,30 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     report = json.loads(rep_path.read_text()) if rep_path.exists() else {}
     res = _utilisation(report, b.family)
     bit = work / ("firstspike.bin" if b.family == "ice40" else "firstspike.bit")
-    res.update({"board": board, "device": b.device, "clock_mhz": b.clock_hz / 1e6, "lanes": lanes, "baud": baud,
+    res.update({"board": board, "device": b.device, "clock_mhz": core_mhz, "board_clock_mhz": b.clock_hz / 1e6,
+                "pll": top.pll.as_dict() if top.pll else None, "uart_divisor": top.divisor, "lanes": lanes, "baud": baud,
                 "model": tables.name, "model_sha256_prefix": top.hash.hex(), "bitstream": str(bit),
                 "build_seconds": round(time.perf_counter() - t0, 1), "memory_bits": top.plan.summary()["memory_bits"]})  # fmt: skip
     clk_fmax = [v["achieved_mhz"] for v in res["fmax"].values()]
     res["fmax_mhz"] = min(clk_fmax) if clk_fmax else None
     (out / "build.json").write_text(json.dumps(res, indent=1) + "\n")
-    if res["fmax_mhz"] is not None and res["fmax_mhz"] < b.clock_hz / 1e6:
-        raise BuildError(f"{board}: Fmax {res['fmax_mhz']:.1f} MHz misses the board clock {b.clock_hz / 1e6:.0f} MHz; "
-                         "fewer lanes shorten the datapath (--lanes)")  # fmt: skip
+    if res["fmax_mhz"] is not None and res["fmax_mhz"] < core_mhz:
+        raise BuildError(f"{board}: Fmax {res['fmax_mhz']:.1f} MHz misses the {core_mhz:g} MHz core clock. "
+                         + _fmax_fix(b, res["fmax_mhz"]))  # fmt: skip
     return res
 
 
+def _fmax_fix(b: Board, fmax_mhz: float) -> str:
+    """What to change when the design misses its core clock."""
+    shorten = "fewer lanes (--lanes), or a smaller network (fewer input channels per layer)"
+    if b.family == "ecp5":
+        return (f"Lower the core clock (--clock-mhz, e.g. {max(int(fmax_mhz * 0.9), 4)}: a PLL makes it from the "
+                f"{b.clock_hz / 1e6:g} MHz board clock) or shorten the datapath: {shorten}")
+    return f"Shorten the datapath: {shorten}"
+
+
 def deploy(model: str | os.PathLike, board: str, port: str | None = None, out_dir: str | os.PathLike = "build/boards",
-           lanes: int = 2, baud: int = 115200, check_images: int = 0) -> dict:  # fmt: skip
+           lanes: int = 2, baud: int = 115200, check_images: int = 0, clock_mhz: float | None = None) -> dict:  # fmt: skip
     """Build the bitstream, program the board with its open programmer, then (with ``port``)
     check over UART that it runs this model file. Raises BuildError/BoardError with the fix
     when the programmer or the board is missing."""
@@ -196,7 +251,7 @@ def deploy(model: str | os.PathLike, board: str, port: str | None = None, out_di
 
     from firstspike.boards.runtime import BoardRuntime
 
-    r = build(model, board, out_dir, lanes=lanes, baud=baud)
+    r = build(model, board, out_dir, lanes=lanes, baud=baud, clock_mhz=clock_mhz)
     b = BOARDS[board]
     bit = Path(r["bitstream"])
     if b.programmer == "dfu-util" and shutil.which("dfu-suffix"):

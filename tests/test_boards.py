@@ -207,3 +207,85 @@ def test_board_tops_elaborate(board: str) -> None:
     plan = b.make_platform().prepare(BoardTop(_ice40_tables(), b, lanes=2), name="firstspike")
     names = list(plan.files)
     assert any(n.endswith(".il") or n.endswith(".ys") for n in names), names
+
+
+# ---- clocking: the ECP5 PLL that makes the core clock --------------------------------------
+@pytest.mark.parametrize("f_in", [12e6, 25e6, 48e6])
+def test_ecp5_pll_parameters_stay_within_the_limits(f_in: float) -> None:
+    from firstspike.boards.clocks import F_PFD, F_VCO, ClockError, ecp5_pll
+
+    made = 0
+    for mhz in [4, 5.5, 8, 10, 12, 16, 20, 24, 25, 30, 33.3, 40, 48, 50, 66, 100, 133, 200, 250, 400]:
+        want = mhz * 1e6
+        # brute force over every CLKI_DIV / CLKFB_DIV / CLKOP_DIV within the limits
+        best = min(abs(f_in * fb / r - want) for r in range(1, 129) for fb in range(1, 81)
+                   if F_PFD[0] <= f_in / r / 1e6 <= F_PFD[1] and f_in * fb / r <= 400e6
+                   and any(F_VCO[0] <= f_in * fb / r * op / 1e6 <= F_VCO[1] for op in range(1, 129)))  # fmt: skip
+        if best > 0.1 * want:  # e.g. 10 MHz from 12 MHz: 8 or 12 MHz at best
+            with pytest.raises(ClockError, match="cannot make .*closest"):
+                ecp5_pll(f_in, want)
+            continue
+        p = ecp5_pll(f_in, want)
+        made += 1
+        assert F_VCO[0] <= p.f_vco_hz / 1e6 <= F_VCO[1] and F_PFD[0] <= p.f_pfd_hz / 1e6 <= F_PFD[1], p
+        assert 1 <= p.clki_div <= 128 and 1 <= p.clkfb_div <= 80 and 1 <= p.clkop_div <= 128, p
+        assert p.f_out_hz == pytest.approx(f_in * p.clkfb_div / p.clki_div)
+        assert p.f_vco_hz == pytest.approx(p.f_out_hz * p.clkop_div)
+        assert abs(p.f_out_hz - want) == pytest.approx(best, abs=1e-3), (p, best)  # the closest achievable
+    assert made >= 15
+
+
+def test_ecp5_pll_matches_ecppll_and_refuses_impossible_clocks() -> None:
+    from firstspike.boards.clocks import ClockError, ecp5_pll
+
+    # `ecppll -i 12 -o 16` (prjtrellis) writes CLKI_DIV 3, CLKFB_DIV 4, CLKOP_DIV 37, CLKOP_CPHASE 18
+    p = ecp5_pll(12e6, 16e6)
+    assert (p.clki_div, p.clkfb_div, p.clkop_div, p.clkop_cphase) == (3, 4, 37, 18)
+    p = ecp5_pll(48e6, 24e6)  # the OrangeCrab default: exact, VCO 600 MHz
+    assert p.f_out_hz == 24e6 and p.f_vco_hz == 600e6
+    assert ecp5_pll(25e6, 16e6).f_out_hz == 15.625e6  # ULX3S: 16 MHz is not a ratio of 25 MHz; the closest is
+    with pytest.raises(ClockError, match="3.125-400 MHz, not 1 MHz"):
+        ecp5_pll(48e6, 1e6)
+    with pytest.raises(ClockError, match="not 500 MHz"):
+        ecp5_pll(25e6, 500e6)
+    with pytest.raises(ClockError, match="takes 8-400 MHz in, not 5 MHz"):
+        ecp5_pll(5e6, 20e6)
+    with pytest.raises(ClockError, match=r"cannot make 5 MHz from 12 MHz \(closest: [46] MHz"):
+        ecp5_pll(12e6, 5e6)
+
+
+def test_board_core_clocks_and_their_refusals(tmp_path) -> None:
+    from firstspike.boards.build import BOARDS, BuildError, build, core_clock
+
+    assert core_clock(BOARDS["orangecrab"])[0] == 24e6 and core_clock(BOARDS["orangecrab"])[1] is not None
+    assert core_clock(BOARDS["ulx3s"]) == (25e6, None) and core_clock(BOARDS["icebreaker"]) == (12e6, None)
+    assert core_clock(BOARDS["orangecrab"], 48) == (48e6, None)  # the board clock itself: no PLL
+    assert core_clock(BOARDS["icebreaker"], 12) == (12e6, None)
+    with pytest.raises(BuildError, match=r"icebreaker: a core clock of 20 MHz needs a PLL, .* ECP5 .* leave out --clock"):
+        build(_ice40_tables(), "icebreaker", tmp_path, clock_mhz=20)
+    with pytest.raises(BuildError, match=r"ulx3s: --clock-mhz 1: the ECP5 PLL makes 3.125-400 MHz"):
+        build(_ice40_tables(), "ulx3s", tmp_path, clock_mhz=1)
+    with pytest.raises(BuildError, match="--baud"):
+        build(_ice40_tables(), "ulx3s", tmp_path, clock_mhz=4, baud=1_000_000)
+    assert not any(tmp_path.iterdir())  # refused before any tool ran
+
+
+def test_pll_board_tops_elaborate_with_the_core_clock() -> None:
+    """OrangeCrab: EHXPLLL 48 -> 24 MHz drives the core, the UART divisor follows the core
+    clock, and the PLL output carries the LPF clock constraint; ULX3S at --clock-mhz 16 too."""
+    from firstspike.boards.build import BOARDS, BoardTop
+    from firstspike.cli import build_parser
+
+    for board, mhz, want_hz, div in [("orangecrab", None, 24e6, 208), ("ulx3s", 16, 15.625e6, 136)]:
+        b = BOARDS[board]
+        top = BoardTop(_ice40_tables(), b, lanes=2, clock_mhz=mhz)
+        assert top.clock_hz == want_hz and top.divisor == div
+        plan = b.make_platform().prepare(top, name="firstspike")
+        il, lpf = plan.files["firstspike.il"], plan.files["firstspike.lpf"]
+        assert "cell \\EHXPLLL" in il and 'parameter \\FEEDBK_PATH "CLKOP"' in il and "connect \\CLKFB \\clk" in il
+        assert f'attribute \\FREQUENCY_PIN_CLKOP "{want_hz / 1e6:g}"' in il
+        assert f'FREQUENCY NET "pll.clkop" {want_hz}' in lpf and f'{b.clock_hz} HZ' in lpf
+    assert "EHXPLLL" not in BOARDS["ulx3s"].make_platform().prepare(
+        BoardTop(_ice40_tables(), BOARDS["ulx3s"], lanes=2), name="firstspike").files["firstspike.il"]  # fmt: skip
+    for cmd in ("build", "deploy"):
+        assert build_parser().parse_args([cmd, "m.fsm", "--board", "ulx3s", "--clock-mhz", "16"]).clock_mhz == 16.0

@@ -1,0 +1,140 @@
+"""Clocking for the board tops: the ECP5 PLL (EHXPLLL) that makes the core clock from the
+board's oscillator, with its parameters found the way prjtrellis' `ecppll` finds them."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from amaranth.hdl import ClockSignal, Const, Elaboratable, Instance, Module, Signal
+from amaranth.lib.cdc import ResetSynchronizer
+
+from firstspike.errors import FirstSpikeError
+
+log = logging.getLogger(__name__)
+
+# ECP5 sysCLOCK PLL limits (Lattice DS1044; the same as ecppll and LiteX's ECP5PLL), in MHz
+F_IN = (8.0, 400.0)
+F_OUT = (3.125, 400.0)
+F_PFD = (3.125, 400.0)
+F_VCO = (400.0, 800.0)
+CLKI_DIV = (1, 128)
+CLKFB_DIV = (1, 80)  # ecppll's search range (the register allows 128)
+CLKOP_DIV = (1, 128)
+
+
+class ClockError(FirstSpikeError):
+    """A core clock the board's PLL cannot make."""
+
+
+@dataclass(frozen=True)
+class PLLParams:
+    """One EHXPLLL configuration with FEEDBK_PATH=CLKOP: f_out = f_in * CLKFB_DIV / CLKI_DIV,
+    f_vco = f_out * CLKOP_DIV."""
+
+    f_in_hz: float
+    requested_hz: float
+    clki_div: int
+    clkfb_div: int
+    clkop_div: int
+    clkop_cphase: int
+    clkop_fphase: int = 0
+
+    @property
+    def f_pfd_hz(self) -> float:
+        return self.f_in_hz / self.clki_div
+
+    @property
+    def f_out_hz(self) -> float:
+        """The frequency the PLL actually makes (closest to the request)."""
+        return self.f_in_hz * self.clkfb_div / self.clki_div
+
+    @property
+    def f_vco_hz(self) -> float:
+        return self.f_out_hz * self.clkop_div
+
+    def as_dict(self) -> dict:
+        return {"CLKI_DIV": self.clki_div, "CLKFB_DIV": self.clkfb_div, "CLKOP_DIV": self.clkop_div,
+                "CLKOP_CPHASE": self.clkop_cphase, "CLKOP_FPHASE": self.clkop_fphase,
+                "f_in_mhz": self.f_in_hz / 1e6, "f_out_mhz": round(self.f_out_hz / 1e6, 6),
+                "f_pfd_mhz": round(self.f_pfd_hz / 1e6, 6), "f_vco_mhz": round(self.f_vco_hz / 1e6, 6)}  # fmt: skip
+
+
+def ecp5_pll(f_in_hz: float, f_out_hz: float, tolerance: float = 0.1) -> PLLParams:
+    """EHXPLLL dividers for ``f_in_hz`` -> the closest achievable output to ``f_out_hz``
+    (ties: VCO closest to 600 MHz, as ecppll). Raise ClockError when the input or output is
+    outside the PLL's range or the closest output is more than ``tolerance`` (relative) off."""
+    fin, want = f_in_hz / 1e6, f_out_hz / 1e6
+    if not F_IN[0] <= fin <= F_IN[1]:
+        raise ClockError(f"the ECP5 PLL takes {F_IN[0]:g}-{F_IN[1]:g} MHz in, not {fin:g} MHz")
+    if not F_OUT[0] <= want <= F_OUT[1]:
+        raise ClockError(f"the ECP5 PLL makes {F_OUT[0]:g}-{F_OUT[1]:g} MHz, not {want:g} MHz: "
+                         f"choose a core clock in that range")  # fmt: skip
+    best: tuple | None = None
+    for ref in range(CLKI_DIV[0], CLKI_DIV[1] + 1):
+        pfd = fin / ref
+        if not F_PFD[0] <= pfd <= F_PFD[1]:
+            continue
+        for fb in range(CLKFB_DIV[0], CLKFB_DIV[1] + 1):
+            out = pfd * fb
+            if out > F_OUT[1]:
+                break
+            # output dividers that keep the VCO in range; ecppll's tie-break: VCO closest to 600 MHz
+            lo = max(CLKOP_DIV[0], math.ceil(F_VCO[0] / out - 1e-9))
+            hi = min(CLKOP_DIV[1], math.floor(F_VCO[1] / out + 1e-9))
+            if lo > hi:
+                continue
+            op = min(range(lo, hi + 1), key=lambda d: abs(out * d - 600.0))
+            key = (round(abs(out - want), 9), round(abs(out * op - 600.0), 9))
+            if best is None or key < best[0]:
+                best = (key, ref, fb, op)
+    if best is None:  # not reachable for inputs within F_IN, kept for safety
+        raise ClockError(f"no ECP5 PLL configuration makes {want:g} MHz from {fin:g} MHz")
+    _, ref, fb, op = best
+    p = PLLParams(f_in_hz, f_out_hz, ref, fb, op, clkop_cphase=op // 2)  # ecppll: CLKOP shifted by 180 degrees
+    err = abs(p.f_out_hz - f_out_hz) / f_out_hz
+    if err > tolerance:
+        got = f"{p.f_out_hz / 1e6:.4g}"
+        raise ClockError(f"the ECP5 PLL cannot make {want:g} MHz from {fin:g} MHz (closest: {got} MHz, "
+                         f"{100 * err:.1f}% off): ask for {got} MHz")  # fmt: skip
+    return p
+
+
+class ECP5PLL(Elaboratable):
+    """EHXPLLL from ``clk_in`` (the board's oscillator after its input buffer) driving the clock
+    of ``domain`` from CLKOP (fed back through CLKFB); the domain's reset is held until the PLL
+    locks. The parent defines the domain (``m.domains.sync = ClockDomain()``). With a platform,
+    CLKOP gets a clock constraint at the achieved frequency (nextpnr derives the same from the
+    input pin's constraint and the dividers)."""
+
+    def __init__(self, params: PLLParams, domain: str = "sync"):
+        self.params = params
+        self.domain = domain
+        self.clk_in = Signal()
+        self.locked = Signal()
+
+    def elaborate(self, platform) -> Module:
+        p = self.params
+        m = Module()
+        clkop = Signal(attrs={"keep": 1})  # keeps its name through synthesis for the LPF clock constraint
+        m.submodules.pll = Instance(
+            "EHXPLLL",
+            a_FREQUENCY_PIN_CLKI=f"{p.f_in_hz / 1e6:.6g}",
+            a_FREQUENCY_PIN_CLKOP=f"{p.f_out_hz / 1e6:.6g}",
+            a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+            p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED", p_DPHASE_SOURCE="DISABLED",
+            p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB", p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD",
+            p_CLKI_DIV=p.clki_div, p_CLKFB_DIV=p.clkfb_div, p_FEEDBK_PATH="CLKOP",
+            p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=p.clkop_div,
+            p_CLKOP_CPHASE=p.clkop_cphase, p_CLKOP_FPHASE=p.clkop_fphase,
+            i_CLKI=self.clk_in, i_CLKFB=clkop, o_CLKOP=clkop, o_LOCK=self.locked,
+            i_RST=Const(0), i_STDBY=Const(0), i_PHASESEL0=Const(0), i_PHASESEL1=Const(0), i_PHASEDIR=Const(1),
+            i_PHASESTEP=Const(1), i_PHASELOADREG=Const(1), i_PLLWAKESYNC=Const(0), i_ENCLKOP=Const(0),
+        )  # fmt: skip
+        m.d.comb += ClockSignal(self.domain).eq(clkop)
+        m.submodules.rst_sync = ResetSynchronizer(~self.locked, domain=self.domain)
+        if platform is not None:
+            platform.add_clock_constraint(clkop, p.f_out_hz)
+        log.debug("EHXPLLL %s", p.as_dict())
+        return m
