@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge
+from cocotb.triggers import ClockCycles, FallingEdge, Timer
 
 
 class Faults:
@@ -46,6 +46,7 @@ async def uart_bridge(dut) -> None:
     tty.setraw(slave)
     os.set_blocking(master, False)
     Clock(dut.clk, 10, unit="ns").start()
+    bit_ns = 10 * div  # one Timer per bit: a ClockCycles wait costs a Python callback per cycle
     dut.rx.value = 1
     dut.rst.value = 1
     await ClockCycles(dut.clk, 4)
@@ -56,11 +57,11 @@ async def uart_bridge(dut) -> None:
     async def monitor_tx() -> None:
         while not done:
             await FallingEdge(dut.tx)  # start bit
-            await ClockCycles(dut.clk, div + div // 2)
+            await Timer(bit_ns + bit_ns // 2, unit="ns")  # the middle of data bit 0
             b = 0
             for k in range(8):
                 b |= int(dut.tx.value) << k
-                await ClockCycles(dut.clk, div)
+                await Timer(bit_ns, unit="ns")
             data = faults.apply(bytes([b]))
             if data:
                 os.write(master, data)
@@ -76,12 +77,12 @@ async def uart_bridge(dut) -> None:
             polls += 1
             if polls % 64 == 0 and stop.exists():
                 break
-            await ClockCycles(dut.clk, 10 * div)
+            await Timer(10 * bit_ns, unit="ns")
             continue
         for b in faults.apply(data):
             for bit in [0, *[(b >> k) & 1 for k in range(8)], 1]:
                 dut.rx.value = bit
-                await ClockCycles(dut.clk, div)
+                await Timer(bit_ns, unit="ns")
     done = True
     Path(os.environ["FS_STATS_FILE"]).write_text(f"{faults.dropped} {faults.flipped}\n")
     os.close(slave)

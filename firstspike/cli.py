@@ -152,6 +152,74 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_flow(sub: argparse._SubParsersAction) -> None:
+    import dataclasses
+
+    from firstspike.flow import STEP_NAMES, FlowConfig
+
+    p = sub.add_parser(
+        "flow",
+        help="the whole pipeline, train -> board, as cached steps; ends with the report",
+        description="Train, quantize, run the golden model, generate the core, verify it on Verilator, Icarus and at "
+        "gate level, build the bitstreams, run the virtual board (and a real one with --port), then write "
+        "OUT/report/report.html and report.md. Steps are cached by content hash: rerunning only redoes what changed. "
+        f"Steps: {', '.join(STEP_NAMES)}.",
+    )
+    helps = {"out": "run folder", "config": "architecture (built-in name or TOML)", "epochs": "binary training epochs",
+             "real_epochs": "epochs of the float real-valued rung (0: skip it)", "lr": "learning rate (default: config's)",
+             "train_subset": "first N training images (0: all)", "test_subset": "first N test images (0: all)",
+             "lanes": "core lanes (RTL and bitstreams)", "boards": "comma-separated boards to build (empty: none)",
+             "port": "serial port of a real board running this model", "jobs": "parallel simulations"}  # fmt: skip
+    for f in dataclasses.fields(FlowConfig):
+        if f.name == "progress":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "boards":
+            p.add_argument(flag, default=",".join(f.default), help=helps[f.name])
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
+            p.add_argument(flag, type=typ, default=f.default, help=helps.get(f.name, f.name.replace("_", " ")))
+    p.add_argument("--skip", default="", help="comma-separated steps not to run")
+    p.add_argument("--rerun", default="", help="comma-separated steps to run even if cached")
+    p.add_argument("--only", default="", help="run only these steps (their inputs must exist)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="report.md + report.html of a flow run (accuracy ladder, boards, plots)")
+    p.add_argument("run", nargs="?", default="runs/flow", help="flow run folder")
+    p.add_argument("-o", "--out", default=None, help="output folder (default RUN/report)")
+
+
+def _csv(v: str) -> tuple[str, ...]:
+    return tuple(x for x in v.split(",") if x)
+
+
+def cmd_flow(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    from firstspike.flow import FlowConfig, run_flow, summary_lines, total_mismatches
+
+    kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(FlowConfig) if f.name != "progress"}
+    kw["boards"] = _csv(a.boards)
+    cfg = FlowConfig(**kw, progress=not a.no_progress)
+    state = run_flow(cfg, skip=_csv(a.skip), rerun=_csv(a.rerun), only=_csv(a.only))
+    print("\n".join(summary_lines(state)))
+    print(f"report: {Path(cfg.out) / 'report' / 'report.html'}")
+    bad = total_mismatches(state)
+    if bad:
+        log.error("%d mismatches against the golden model: see the report", bad)
+    return 1 if bad else 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from firstspike.report import write_report
+
+    paths = write_report(a.run, a.out)
+    print("\n".join(str(p) for p in paths[:2]))
+    return 0
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from firstspike.train.model import load_config
     from firstspike.train.trainer import TrainConfig, train
@@ -327,7 +395,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "quantize": cmd_quantize, "info": cmd_info, "hw": cmd_hw,
-            "verify": cmd_verify, "build": cmd_build, "deploy": cmd_deploy}  # fmt: skip
+            "verify": cmd_verify, "build": cmd_build, "deploy": cmd_deploy, "flow": cmd_flow, "report": cmd_report}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(sub)
     _add_build(sub)
     _add_deploy(sub)
+    _add_flow(sub)
+    _add_report(sub)
     return p
 
 

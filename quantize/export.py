@@ -10,7 +10,6 @@ reports.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 from pathlib import Path
@@ -73,7 +72,8 @@ def tables_from_model(model: CSNN, weight_bits: int | None = None, meta: dict | 
 
 
 def quantize_checkpoint(checkpoint: str | os.PathLike, weight_bits: int | None = None) -> tuple[ModelTables, CSNN]:
-    """Load a training checkpoint and build its tables; returns (tables, float model)."""
+    """Load a training checkpoint and build its tables; returns (tables, float model).
+    Deterministic: quantizing a checkpoint twice gives byte-identical model files."""
     ck = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ck)
     model.eval()
@@ -84,8 +84,7 @@ def quantize_checkpoint(checkpoint: str | os.PathLike, weight_bits: int | None =
         "dataset": ck.get("train", {}).get("dataset", "?"),
         "float_test_accuracy": round(float(ck.get("test_acc", float("nan"))), 6),
         "epochs": ck.get("epoch"),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    }  # no timestamp: the same checkpoint always gives the same bytes (the flow caches by content)
     tables = tables_from_model(model, weight_bits, meta)
     log.info("quantized %s (%s, T=%d) from %s", model.cfg.name, model.cfg.mode, model.T, Path(checkpoint))
     return tables, model

@@ -21,7 +21,7 @@ from firstspike.boards.runtime import BoardError, BoardRuntime
 from firstspike.boards.uart import UARTRx, UARTTx
 from firstspike.hw.plan import HardwareError, plan_core
 from firstspike.quantize.golden import GoldenModel
-from firstspike.sim.vectors import random_images, random_tables
+from firstspike.sim.vectors import compare_streams, expected, random_images, random_tables, stream_layout
 
 
 def test_crc16_known_value() -> None:
@@ -105,8 +105,8 @@ def test_uart_loopback() -> None:
 
 def test_link_refuses_bad_parameters() -> None:
     t = random_tables(np.random.default_rng(2), T=60, side=8)
-    with pytest.raises(HardwareError, match="debug=False"):
-        BoardLink(plan_core(t), 104)
+    with pytest.raises(HardwareError, match="early_exit=False"):
+        BoardLink(plan_core(t, debug=False, early_exit=True), 104)
     with pytest.raises(HardwareError, match="divisor"):
         BoardLink(plan_core(t, debug=False), 5)
 
@@ -129,14 +129,24 @@ def test_virtual_board_round_trip(small: tuple, tmp_path_factory: pytest.TempPat
             assert info["magic"] == b"FSPK" and info["T"] == tables.T and info["inputs"] == images[0].size
             assert info["model_sha256_prefix"] == model_hash(tables).hex()
             res = rt.run(images)
+            spk = rt.run(images[:4], spikes=True, tables=tables)
             with pytest.raises(BoardError, match="runs model"):
                 rt.check_model("00" * 32)
+            with pytest.raises(BoardError, match="runs model"):
+                rt.run(images[:1], spikes=True, tables=random_tables(np.random.default_rng(9), side=8, T=12))
     want = GoldenModel(tables).run(images)
     np.testing.assert_array_equal(res.classes, want.classes)
     assert res.retries == 0 and res.errors == {}
     first = want.layer_times[-1].reshape(len(images), -1).min(axis=1)
     np.testing.assert_array_equal(res.times, first)
     assert (res.cycles > 0).all()
+    # spike times read back over the UART: every layer's, bit for bit
+    exp = expected(tables, images[:4])
+    assert compare_streams(tables, spk.stream, exp.stream) == {nm: 0 for nm, _a, _n in stream_layout(tables)}
+    for got, ref in zip(spk.layer_times, want.layer_times):
+        np.testing.assert_array_equal(got, ref[:4])
+    np.testing.assert_array_equal(spk.v_last, want.v_last[:4])
+    np.testing.assert_array_equal(spk.classes, want.classes[:4])
 
 
 def test_virtual_board_recovers_from_dropped_and_corrupted_bytes(small: tuple, tmp_path_factory) -> None:
@@ -146,7 +156,9 @@ def test_virtual_board_recovers_from_dropped_and_corrupted_bytes(small: tuple, t
     with VirtualBoard(tables, lanes=3, build_root=tmp_path_factory.mktemp("vb2"), p_drop=0.004, p_flip=0.004, seed=3) as vb:
         with BoardRuntime(vb.port, timeout=2.0, retries=10) as rt:
             res = rt.run(images)
+            spk = rt.run(images[:1], spikes=True, tables=tables)
     np.testing.assert_array_equal(res.classes, GoldenModel(tables).classify(images))
+    assert (spk.stream == expected(tables, images[:1]).stream).all()
     dropped, flipped = vb.faults
     assert dropped + flipped > 0 and res.retries > 0, (vb.faults, res.retries, res.errors)
 

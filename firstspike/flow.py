@@ -1,0 +1,456 @@
+"""`firstspike flow`: the whole pipeline as small cached steps over one run folder.
+
+Each step is a function that reads what earlier steps wrote in the run folder and writes
+its own sub-folder plus a dict of figures. A step's cache key is the SHA-256 of its name,
+its parameters and the content hashes of what the steps it reads wrote (the training step also hashes the
+config file and the dataset files), so a step runs again exactly when something it depends
+on changed, like a build system. Steps run in a scratch folder that is renamed into place
+only when they succeed: a failed or interrupted step leaves nothing half-written.
+
+    train_real   float real-valued network (the top rung of the report)
+    train        binary network (STiDi-BP)
+    quantize     model.fsm: the contract between software and hardware
+    golden       integer golden model on the test set, checked against the float forward pass
+    hw           Verilog of the core (Amaranth)
+    verilator    RTL against the golden model, every layer's spike times (Verilator)
+    icarus       the same on Icarus
+    gate_level   Yosys netlist of the board's FPGA family, simulated
+    build        bitstream for each board (YoWASP), utilisation and Fmax
+    virtual      the virtual board (UART included) driven by the host runtime
+    board        a real board on --port, when one is attached
+    report       report.md and report.html (firstspike.report)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from firstspike.errors import FirstSpikeError
+
+log = logging.getLogger(__name__)
+FLOW_VERSION = 1
+STATE = "flow.json"
+
+
+class FlowError(FirstSpikeError):
+    """A flow that cannot run as asked (unknown step, missing input of a skipped step)."""
+
+
+@dataclass
+class FlowConfig:
+    """Everything that decides what the flow computes (each step hashes the fields it reads)."""
+
+    out: str = "runs/flow"
+    config: str = "csnn_ice40"  # architecture (built-in name or TOML path)
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    epochs: int = 4
+    lr: float | None = None  # None: the config's
+    real_epochs: int = 1  # float real-valued rung (0: skip the step)
+    train_subset: int = 0  # 0: all training images
+    test_subset: int = 0  # 0: all test images (golden model, float accuracy)
+    seed: int = 0
+    lanes: int = 2  # core lanes: RTL simulation and bitstreams
+    verilator_images: int = 200
+    icarus_images: int = 2
+    gate_images: int = 1
+    gate_family: str = "ice40"
+    boards: tuple[str, ...] = ("icebreaker",)
+    virtual_images: int = 20
+    port: str | None = None  # a real board's serial port
+    port_images: int = 100
+    jobs: int = 2
+    progress: bool = True
+
+
+@dataclass
+class Step:
+    name: str
+    deps: tuple[str, ...]
+    params: Callable[[FlowConfig], dict[str, Any]]
+    run: Callable[["Context"], dict[str, Any]]
+    doc: str = ""
+    enabled: Callable[[FlowConfig], bool] = lambda c: True
+
+
+@dataclass
+class Context:
+    cfg: FlowConfig
+    root: Path
+    work: Path  # this step's scratch folder (becomes root/<step>)
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, step: str, name: str) -> Path:
+        """A file written by an earlier step."""
+        p = self.root / step / name
+        if not p.exists():
+            raise FlowError(f"{p} is missing: run the step {step!r} (without --skip {step})")
+        return p
+
+    def metrics(self, step: str) -> dict[str, Any]:
+        s = self.state.get("steps", {}).get(step)
+        if not s:
+            raise FlowError(f"step {step!r} has not run: run it (without --skip {step})")
+        return s["metrics"]
+
+    def tables(self):
+        from firstspike.quantize.modelfile import load
+
+        return load(self.path("quantize", "model.fsm"))
+
+    def test_split(self):
+        from firstspike.data import load_split
+
+        return load_split(self.cfg.dataset, "test", self.cfg.data_dir).head(self.cfg.test_subset)
+
+
+# --- the steps -------------------------------------------------------------------------------
+def _train(ctx: Context, mode: str, epochs: int) -> dict[str, Any]:
+    from firstspike.train.model import load_config
+    from firstspike.train.trainer import TrainConfig, train
+
+    c = ctx.cfg
+    net, ttab = load_config(c.config)
+    net.mode = mode
+    net.validate()
+    tc = TrainConfig.from_dict(ttab)
+    tc.dataset, tc.data_dir, tc.epochs, tc.seed = c.dataset, c.data_dir, epochs, c.seed
+    tc.train_subset, tc.test_subset, tc.progress = c.train_subset, c.test_subset, c.progress
+    if c.lr is not None:
+        tc.lr = c.lr
+    ck = train(net, tc, ctx.work, resume=False)
+    return {"float_accuracy": float(ck["test_acc"]), "epochs": int(ck["epoch"]), "mode": mode,
+            "history": [{k: h[k] for k in ("epoch", "train_acc", "test_acc", "seconds") if k in h} for h in ck.get("history", [])]}  # fmt: skip
+
+
+def _train_params(c: FlowConfig, epochs: int) -> dict[str, Any]:
+    from firstspike.data import resolve_dir
+
+    cfg_path = Path(c.config)
+    if not cfg_path.exists():
+        cfg_path = Path(__file__).resolve().parent.parent / "train" / "configs" / f"{c.config}.toml"
+    folder = resolve_dir(c.dataset, c.data_dir)
+    data = sorted((p.name, _file_hash(p)) for p in folder.iterdir() if p.is_file() and "ubyte" in p.name)
+    return {"config": c.config, "config_sha": _file_hash(cfg_path) if cfg_path.exists() else None, "data": data,
+            "epochs": epochs, "lr": c.lr, "train_subset": c.train_subset, "test_subset": c.test_subset, "seed": c.seed}  # fmt: skip
+
+
+def step_train_real(ctx: Context) -> dict[str, Any]:
+    return _train(ctx, "real", ctx.cfg.real_epochs)
+
+
+def step_train(ctx: Context) -> dict[str, Any]:
+    return _train(ctx, "binary", ctx.cfg.epochs)
+
+
+def step_quantize(ctx: Context) -> dict[str, Any]:
+    from firstspike.quantize.export import quantize_checkpoint
+    from firstspike.quantize.modelfile import save, tables_sha256
+
+    tables, _ = quantize_checkpoint(ctx.path("train", "checkpoint.pt"))
+    save(tables, ctx.work / "model.fsm")
+    return {"model_sha256": tables_sha256(tables), "T": tables.T, "layers": [ly.kind for ly in tables.layers]}
+
+
+def step_golden(ctx: Context) -> dict[str, Any]:
+    """Golden model on the test set; every layer's spike times against the float forward
+    pass of the checkpoint; work per image (synaptic events) from the core's plan."""
+    import torch
+
+    from firstspike.hw.plan import plan_core
+    from firstspike.quantize.golden import GoldenModel
+    from firstspike.train.trainer import load_checkpoint, model_from_checkpoint
+
+    tables = ctx.tables()
+    test = ctx.test_split()
+    t0 = time.perf_counter()
+    g = GoldenModel(tables).run(test.images, progress=ctx.cfg.progress)
+    golden_s = time.perf_counter() - t0
+    model = model_from_checkpoint(load_checkpoint(ctx.path("train", "checkpoint.pt")))
+    model.eval()
+    spike_mm, cls_mm, compared = 0, 0, 0
+    x = torch.from_numpy(test.images.copy())
+    for i in range(0, len(x), 500):
+        cls, outs = model.classify(x[i : i + 500])
+        cls_mm += int((cls.numpy() != g.classes[i : i + 500]).sum())
+        for o, want in zip(outs, g.layer_times):
+            w = want[i : i + 500]
+            spike_mm += int((o.numpy().astype(np.int64) != w).sum())
+            compared += w.size
+    work = plan_core(tables, lanes=ctx.cfg.lanes, debug=False).work(g.layer_times)
+    out_t = g.layer_times[-1].reshape(len(test), -1)
+    np.savez_compressed(ctx.work / "golden.npz", classes=g.classes, labels=test.labels, out_times=out_t, v_last=g.v_last,
+                        synaptic_updates=work["synaptic_updates"], neuron_updates=work["neuron_updates"],
+                        cycle_bound=work["cycle_bound_concurrent"])  # fmt: skip
+    # one image's spike times of every layer, for the raster plot
+    np.savez_compressed(ctx.work / "raster.npz", label=test.labels[0], **{f"t{k}": t[0] for k, t in enumerate(g.layer_times)})
+    return {"accuracy": float((g.classes == test.labels).mean()), "images": len(test), "seconds": round(golden_s, 2),
+            "float_class_mismatches": cls_mm, "float_spike_mismatches": spike_mm, "float_values_compared": compared,
+            "synaptic_updates_mean": float(work["synaptic_updates"].mean()),
+            "neuron_updates_mean": float(work["neuron_updates"].mean())}  # fmt: skip
+
+
+def step_hw(ctx: Context) -> dict[str, Any]:
+    from firstspike.hw.generate import generate
+
+    summary = generate(ctx.path("quantize", "model.fsm"), ctx.work, lanes=ctx.cfg.lanes)
+    return {"memory_bits": summary["memory_bits"], "lanes": ctx.cfg.lanes}
+
+
+def _verify(ctx: Context, sim: str, n: int, gate_level: str | None = None) -> dict[str, Any]:
+    from firstspike.sim.rtl import verify
+
+    test = ctx.test_split().head(n)
+    rep = verify(ctx.tables(), test.images, test.labels, sim=sim, jobs=ctx.cfg.jobs, lanes=ctx.cfg.lanes,
+                 build_root=ctx.root / ".cache" / "sim", progress=ctx.cfg.progress, gate_level=gate_level)  # fmt: skip
+    np.save(ctx.work / "cycles.npy", rep.cycles)
+    d = rep.as_dict()
+    d["total_mismatches"] = rep.total_mismatches
+    if rep.total_mismatches:
+        log.error("%s: %d mismatches against the golden model", sim, rep.total_mismatches)
+    return d
+
+
+def step_verilator(ctx: Context) -> dict[str, Any]:
+    return _verify(ctx, "verilator", ctx.cfg.verilator_images)
+
+
+def step_icarus(ctx: Context) -> dict[str, Any]:
+    return _verify(ctx, "icarus", ctx.cfg.icarus_images)
+
+
+def step_gate_level(ctx: Context) -> dict[str, Any]:
+    return _verify(ctx, "verilator", ctx.cfg.gate_images, gate_level=ctx.cfg.gate_family)
+
+
+def step_build(ctx: Context) -> dict[str, Any]:
+    from firstspike.boards.build import BuildError, build
+
+    out = {}
+    for b in ctx.cfg.boards:
+        try:
+            r = build(ctx.tables(), b, ctx.work, lanes=ctx.cfg.lanes)
+        except BuildError as e:  # one board that does not fit is a result, not the end of the flow
+            log.error("%s", e)
+            r = {"board": b, "error": str(e)}
+        out[b] = r
+    return {"boards": out}
+
+
+def _board_run(ctx: Context, port: str, n: int) -> dict[str, Any]:
+    from firstspike.boards.runtime import BoardRuntime
+    from firstspike.quantize.golden import GoldenModel
+    from firstspike.quantize.modelfile import tables_sha256
+    from firstspike.sim.vectors import compare_streams, expected
+
+    tables = ctx.tables()
+    test = ctx.test_split().head(n)
+    with BoardRuntime(port, timeout=30.0) as rt:
+        rt.check_model(tables_sha256(tables))
+        res = rt.run(test.images, progress=ctx.cfg.progress)
+        spikes = None
+        if rt.info()["spikes"]:
+            spk = rt.run(test.images[:1], spikes=True, tables=tables)
+            spikes = compare_streams(tables, spk.stream, expected(tables, test.images[:1]).stream)
+    gold = GoldenModel(tables).classify(test.images)
+    return {"images": n, "accuracy": float((res.classes == test.labels).mean()),
+            "golden_accuracy": float((gold == test.labels).mean()), "class_mismatches": int((res.classes != gold).sum()),
+            "spike_mismatches_one_image": spikes, "retries": res.retries, "errors": res.errors,
+            "cycles_mean": float(res.cycles.mean())}  # fmt: skip
+
+
+def step_virtual(ctx: Context) -> dict[str, Any]:
+    from firstspike.boards.virtual import VirtualBoard
+
+    with VirtualBoard(ctx.tables(), lanes=ctx.cfg.lanes, build_root=ctx.root / ".cache" / "virtual") as vb:
+        return _board_run(ctx, vb.port, ctx.cfg.virtual_images)
+
+
+def step_board(ctx: Context) -> dict[str, Any]:
+    assert ctx.cfg.port
+    return {"port": ctx.cfg.port, **_board_run(ctx, ctx.cfg.port, ctx.cfg.port_images)}
+
+
+def step_report(ctx: Context) -> dict[str, Any]:
+    from firstspike.report import write_report
+
+    paths = write_report(ctx.root, ctx.work, state=ctx.state)
+    return {"files": [str(p.relative_to(ctx.work)) for p in paths]}
+
+
+def _p(*names: str) -> Callable[[FlowConfig], dict[str, Any]]:
+    return lambda c: {n: getattr(c, n) for n in names}
+
+
+STEPS: list[Step] = [
+    Step("train_real", (), lambda c: _train_params(c, c.real_epochs), step_train_real, "float real-valued network",
+         lambda c: c.real_epochs > 0),
+    Step("train", (), lambda c: _train_params(c, c.epochs), step_train, "binary network, STiDi-BP"),
+    Step("quantize", ("train",), _p(), step_quantize, "model file"),
+    Step("golden", ("quantize",), _p("test_subset", "lanes"), step_golden, "integer golden model"),
+    Step("hw", ("quantize",), _p("lanes"), step_hw, "Verilog of the core"),
+    Step("verilator", ("quantize",), _p("verilator_images", "lanes", "test_subset"), step_verilator, "RTL on Verilator",
+         lambda c: c.verilator_images > 0),
+    Step("icarus", ("quantize",), _p("icarus_images", "lanes", "test_subset"), step_icarus, "RTL on Icarus",
+         lambda c: c.icarus_images > 0),
+    Step("gate_level", ("quantize",), _p("gate_images", "gate_family", "lanes", "test_subset"), step_gate_level,
+         "Yosys netlist on Verilator", lambda c: c.gate_images > 0),
+    Step("build", ("quantize",), _p("boards", "lanes"), step_build, "bitstreams", lambda c: bool(c.boards)),
+    Step("virtual", ("quantize",), _p("virtual_images", "lanes", "test_subset"), step_virtual, "virtual board",
+         lambda c: c.virtual_images > 0),
+    Step("board", ("quantize",), _p("port", "port_images", "test_subset"), step_board, "real board", lambda c: bool(c.port)),
+]  # fmt: skip
+REPORT = Step("report", (), _p(), step_report, "report.md + report.html")
+STEP_NAMES = [s.name for s in STEPS] + [REPORT.name]
+
+
+def _file_hash(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _folder_hash(folder: Path) -> str:
+    """Content hash of what a step wrote (what the steps after it depend on)."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(f"{p.relative_to(folder)}\0{_file_hash(p)}\0".encode())
+    return h.hexdigest()
+
+
+def _key(step: Step, cfg: FlowConfig, content: dict[str, str | None]) -> str:
+    """The step's parameters and the content of the steps it reads."""
+    blob = json.dumps({"flow": FLOW_VERSION, "step": step.name, "params": step.params(cfg),
+                       "deps": {d: content.get(d) for d in step.deps}}, sort_keys=True, default=str)  # fmt: skip
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def load_state(root: Path) -> dict[str, Any]:
+    p = root / STATE
+    if p.exists():
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            log.warning("%s is corrupt: every step runs again", p)
+    return {"steps": {}}
+
+
+def _save_state(root: Path, state: dict[str, Any]) -> None:
+    from firstspike.files import atomic_write
+
+    atomic_write(root / STATE, json.dumps(state, indent=1, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def run_flow(cfg: FlowConfig, skip: tuple[str, ...] = (), rerun: tuple[str, ...] = (), only: tuple[str, ...] = ()
+             ) -> dict[str, Any]:  # fmt: skip
+    """Run (or reuse) every enabled step in order; returns the state (per step: status,
+    key, seconds, metrics). ``skip``: steps not to run; ``rerun``: steps to run even if
+    cached; ``only``: run just these (their inputs must exist)."""
+    for n in (*skip, *rerun, *only):
+        if n not in STEP_NAMES:
+            raise FlowError(f"unknown step {n!r}: the steps are {', '.join(STEP_NAMES)}")
+    root = Path(cfg.out)
+    root.mkdir(parents=True, exist_ok=True)
+    state = load_state(root)
+    state["config"] = dataclasses.asdict(cfg)
+    content = {n: s.get("content") for n, s in state["steps"].items()}
+    for step in [*STEPS, REPORT]:
+        rec = state["steps"].get(step.name, {})
+        if not step.enabled(cfg):
+            state["steps"].pop(step.name, None)
+            continue
+        if step.name in skip or (only and step.name not in only):
+            if rec:
+                rec["status"] = "skipped" if step.name in skip else "kept"
+            continue
+        key = _key(step, cfg, content)
+        if step is not REPORT and step.name not in rerun and rec.get("key") == key and (root / step.name).is_dir():
+            rec["status"] = "cached"
+            log.info("%-10s cached (%s)", step.name, key[:12])
+            continue
+        work = root / f".{step.name}.partial"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        log.info("%-10s running: %s", step.name, step.doc)
+        t0 = time.perf_counter()
+        try:
+            metrics = step.run(Context(cfg, root, work, state))
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        dest = root / step.name
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(work, dest)
+        content[step.name] = _folder_hash(dest)
+        state["steps"][step.name] = {"status": "ran", "key": key, "content": content[step.name],
+                                     "seconds": round(time.perf_counter() - t0, 1),
+                                     "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "metrics": metrics}  # fmt: skip
+        _save_state(root, state)
+    _save_state(root, state)
+    return state
+
+
+def total_mismatches(state: dict[str, Any]) -> int:
+    """Every disagreement with the golden model found by any step (0: all rungs exact)."""
+    n = 0
+    for name, s in state.get("steps", {}).items():
+        m = s.get("metrics", {})
+        n += int(m.get("total_mismatches", 0))
+        n += int(m.get("float_class_mismatches", 0)) + int(m.get("float_spike_mismatches", 0))
+        if name in ("virtual", "board"):
+            n += int(m.get("class_mismatches", 0)) + sum((m.get("spike_mismatches_one_image") or {}).values())
+    return n
+
+
+def summary_lines(state: dict[str, Any]) -> list[str]:
+    """One line per step: status, seconds, headline figure."""
+    out = []
+    for name in STEP_NAMES:
+        s = state["steps"].get(name)
+        if not s:
+            continue
+        m = s.get("metrics", {})
+        head = ""
+        if "float_accuracy" in m:
+            head = f"float accuracy {100 * m['float_accuracy']:.2f}%"
+        elif name == "golden":
+            head = (f"accuracy {100 * m['accuracy']:.2f}% on {m['images']} images; float vs golden: "
+                    f"{m['float_spike_mismatches']} spike-time mismatches of {m['float_values_compared']:,}")  # fmt: skip
+        elif "total_mismatches" in m:
+            head = f"{m['total_mismatches']} mismatches of {m['values_compared']:,} values on {m['images']} images"
+        elif name == "build":
+            head = "; ".join(f"{b}: " + (f"Fmax {r['fmax_mhz']} MHz" if "fmax_mhz" in r else "FAILED")
+                             for b, r in m["boards"].items())  # fmt: skip
+        elif "class_mismatches" in m:
+            head = f"{m['class_mismatches']} class mismatches on {m['images']} images, {m['retries']} retries"
+        elif name == "report":
+            head = ", ".join(m["files"][:2])
+        out.append(f"{name:<11} {s['status']:<8} {s.get('seconds', 0):>7.1f} s  {head}")
+    return out

@@ -1,0 +1,154 @@
+"""The flow (`firstspike flow`): every step on a small real run (MNIST subset, real Verilator,
+Icarus and virtual board), exact at every rung; the content-hash cache (a rerun redoes only
+what changed, a failed step leaves nothing behind); the report, rendered in headless
+Chromium and checked on the screenshot."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from firstspike import flow as F
+from firstspike.cli import main
+from firstspike.flow import FlowConfig, FlowError, run_flow, total_mismatches
+from firstspike.report import ReportError, write_report
+
+
+def small_config(out: Path, **kw) -> FlowConfig:
+    base = dict(out=str(out), epochs=1, real_epochs=1, train_subset=600, test_subset=200, verilator_images=3,
+                icarus_images=1, gate_images=0, boards=(), virtual_images=3, progress=False)  # fmt: skip
+    base.update(kw)
+    return FlowConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[FlowConfig, dict]:
+    cfg = small_config(tmp_path_factory.mktemp("flow") / "run")
+    return cfg, run_flow(cfg)
+
+
+def test_every_step_runs_and_every_rung_is_exact(run: tuple[FlowConfig, dict]) -> None:
+    cfg, state = run
+    steps = state["steps"]
+    assert [n for n in F.STEP_NAMES if n in steps] == ["train_real", "train", "quantize", "golden", "hw", "verilator",
+                                                        "icarus", "virtual", "report"]  # fmt: skip
+    assert all(s["status"] == "ran" for s in steps.values())
+    g = steps["golden"]["metrics"]
+    assert g["images"] == 200 and g["float_values_compared"] > 200 * 784
+    assert g["float_spike_mismatches"] == 0 and g["float_class_mismatches"] == 0
+    for sim in ("verilator", "icarus"):
+        m = steps[sim]["metrics"]
+        assert m["total_mismatches"] == 0 and m["values_compared"] > 0 and m["rtl_accuracy"] == m["golden_accuracy"]
+    v = steps["virtual"]["metrics"]
+    assert v["class_mismatches"] == 0 and v["spike_mismatches_one_image"] and sum(v["spike_mismatches_one_image"].values()) == 0
+    assert total_mismatches(state) == 0
+    root = Path(cfg.out)
+    for f in ("quantize/model.fsm", "hw/firstspike_core.v", "report/report.html", "report/report.md", "flow.json"):
+        assert (root / f).is_file(), f
+    assert not list(root.glob(".*.partial"))
+
+
+def test_rerun_is_cached_and_redoes_only_what_changed(run: tuple[FlowConfig, dict]) -> None:
+    cfg, _ = run
+    t0 = time.perf_counter()
+    st = run_flow(cfg)
+    assert time.perf_counter() - t0 < 30
+    assert {n: s["status"] for n, s in st["steps"].items() if n != "report"} == {
+        n: "cached" for n in st["steps"] if n != "report"}  # fmt: skip
+    st = run_flow(dataclasses.replace(cfg, verilator_images=2))
+    status = {n: s["status"] for n, s in st["steps"].items()}
+    assert status["verilator"] == "ran" and st["steps"]["verilator"]["metrics"]["images"] == 2
+    assert all(status[n] == "cached" for n in ("train", "quantize", "golden", "icarus", "virtual"))
+    # quantizing the same checkpoint again gives the same bytes: nothing after it reruns
+    st = run_flow(dataclasses.replace(cfg, verilator_images=2), rerun=("quantize",))
+    status = {n: s["status"] for n, s in st["steps"].items()}
+    assert status["quantize"] == "ran" and status["golden"] == "cached" and status["verilator"] == "cached"
+
+
+def test_failed_step_leaves_nothing_half_written(run: tuple[FlowConfig, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, _ = run
+    before = json.loads((Path(cfg.out) / "flow.json").read_text())["steps"]["icarus"]
+    step = next(s for s in F.STEPS if s.name == "icarus")
+
+    def boom(ctx):
+        (ctx.work / "partial.txt").write_text("half")
+        raise RuntimeError("simulator crashed")
+
+    monkeypatch.setattr(step, "run", boom)
+    with pytest.raises(RuntimeError, match="crashed"):
+        run_flow(dataclasses.replace(cfg, icarus_images=2, verilator_images=2))
+    root = Path(cfg.out)
+    assert not list(root.glob(".*.partial"))
+    assert json.loads((root / "flow.json").read_text())["steps"]["icarus"]["key"] == before["key"]
+    assert (root / "icarus" / "cycles.npy").is_file() and not (root / "icarus" / "partial.txt").exists()
+
+
+def test_unknown_step_and_missing_inputs_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(FlowError, match="unknown step 'trian'"):
+        run_flow(small_config(tmp_path), skip=("trian",))
+    with pytest.raises(FlowError, match="run the step 'train'"):
+        run_flow(small_config(tmp_path), only=("quantize",))
+    assert not list(tmp_path.glob(".*.partial"))
+    with pytest.raises(ReportError, match="not a flow run folder"):
+        write_report(tmp_path / "nothing")
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_report_content(run: tuple[FlowConfig, dict]) -> None:
+    cfg, state = run
+    md = (Path(cfg.out) / "report" / "report.md").read_text()
+    g = state["steps"]["golden"]["metrics"]
+    assert f"{100 * g['accuracy']:.2f}%" in md
+    for rung in ("float, real weights", "float, binary weights", "golden model", "RTL, Verilator", "RTL, Icarus",
+                 "virtual board", "no board attached"):  # fmt: skip
+        assert rung in md, rung
+    figs = sorted(p.name for p in (Path(cfg.out) / "report" / "figures").glob("*.png"))
+    assert figs == ["accuracy_vs_t.png", "confusion.png", "cycles.png", "latency.png", "raster.png", "synaptic_events.png"]
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("chromium is not installed: `make setup` installs it (apt package chromium)")
+    return exe
+
+
+def test_report_renders_in_headless_chromium(run: tuple[FlowConfig, dict], tmp_path: Path) -> None:
+    """Screenshot of the HTML report: the page is drawn and its embedded plots are decoded
+    (the plots are the only strongly coloured pixels on the page)."""
+    from PIL import Image
+
+    cfg, _ = run
+    page = (Path(cfg.out) / "report" / "report.html").resolve()
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+             "--disable-background-networking", "--disable-component-update", f"--user-data-dir={tmp_path / 'profile'}",
+             "--hide-scrollbars", "--window-size=1200,4000"]  # fmt: skip
+    subprocess.run([_chromium(), *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True)
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert img.shape[:2] == (4000, 1200)
+    dark = (img.sum(axis=2) < 200).mean()  # text and table lines
+    coloured = ((img.max(axis=2) - img.min(axis=2)) > 80).mean()  # plot colours (bars, matrix)
+    assert dark > 0.002, dark
+    assert coloured > 0.01, coloured
+    dom = subprocess.run([_chromium(), *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert "Accuracy at every rung" in dom and dom.count("<img") == 6
+
+
+def test_cli_flow_and_report(run: tuple[FlowConfig, dict], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg, _ = run
+    args = ["flow", "--out", cfg.out, "--epochs", "1", "--real-epochs", "1", "--train-subset", "600", "--test-subset", "200",
+            "--verilator-images", "2", "--icarus-images", "1", "--gate-images", "0", "--boards", "", "--virtual-images", "3",
+            "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "train       cached" in out and "report.html" in out
+    assert main(["report", cfg.out, "-o", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "report.html").is_file()
