@@ -4,7 +4,7 @@ board tops (top.py) wire ``rx``/``tx``/``leds`` to pins; the virtual board simul
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Signal
+from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal
 
 from firstspike.boards import protocol as P
 from firstspike.boards.uart import UARTRx, UARTTx
@@ -93,7 +93,6 @@ class BoardLink(Elaboratable):
         kind = Signal(2)  # 0 RESULT, 1 INFO, 2 ERROR, 3 SPIKES
         beat, bidx, blast = Signal(32 * DL), Signal(16), Signal()  # the debug beat being sent
         spk = Signal()  # this image's spike times are to be sent
-        drain = Signal()  # debug beats of this image still to be read from the core
 
         def le(v: int, n: int) -> list[int]:
             return [v >> (8 * k) & 0xFF for k in range(n)]
@@ -218,15 +217,20 @@ class BoardLink(Elaboratable):
             with m.State("WAIT"):
                 m.d.comb += core.res_ready.eq(1)
                 with m.If(core.res_valid):
+                    want_spikes = good & (typ == P.CLASSIFY_SPIKES) if p.debug else 0
                     m.d.sync += [r_cls.eq(core.res_class), r_fired.eq(core.res_fired), r_time.eq(core.res_time),
-                                 r_cycles.eq(core.res_cycles), drain.eq(p.debug), bidx.eq(0),
-                                 spk.eq(good & (typ == P.CLASSIFY_SPIKES))]  # fmt: skip
+                                 r_cycles.eq(core.res_cycles), bidx.eq(0), spk.eq(want_spikes),
+                                 kind.eq(Mux(good, 0, 2)), i.eq(0), scrc.eq(0xFFFF)]  # fmt: skip
                     with m.If(good):
                         m.d.sync += self.last_class.eq(core.res_class)
-                        respond(0)
                     with m.Else():
-                        m.d.sync += [kind.eq(2), i.eq(0), scrc.eq(0xFFFF), self.errors.eq(self.errors + 1)]
-                        m.next = "SEND"
+                        m.d.sync += self.errors.eq(self.errors + 1)
+                    # unrequested spike times are drained *before* answering: once the host has
+                    # its answer it may send the next request at once, and must not be ignored
+                    m.next = "SEND" if not p.debug else "DRAIN"
+                    if p.debug:
+                        with m.If(want_spikes):
+                            m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += [utx.valid.eq(1), utx.data.eq(out_byte)]
                 with m.If(utx.ready):
@@ -234,26 +238,23 @@ class BoardLink(Elaboratable):
                     with m.If((i >= 1) & (i < 5 + out_len)):
                         m.d.sync += scrc.eq(crc16_byte(scrc, out_byte))
                     with m.If(i == 5 + out_len + 1):
-                        with m.If(kind == 3):
-                            m.d.sync += bidx.eq(bidx + 1)
-                            m.next = "SYNC" if not p.debug else "DBG"
-                            with m.If(blast):
-                                m.next = "SYNC"
-                        with m.Elif(drain):
-                            m.d.sync += drain.eq(0)
-                            m.next = "DBG"
-                        with m.Else():
-                            m.next = "SYNC"
-            with m.State("DBG"):  # the next debug beat: framed as SPIKES, or drained unsent
-                if p.debug:
+                        m.next = "SYNC"
+                        if p.debug:
+                            with m.If(kind == 3):
+                                m.d.sync += bidx.eq(bidx + 1)
+                                with m.If(blast):
+                                    m.d.sync += spk.eq(0)
+                            with m.If(spk & ~((kind == 3) & blast)):
+                                m.next = "DBG"
+            if p.debug:
+                with m.State("DRAIN"):  # spike times nobody asked for: read and drop them
+                    m.d.comb += core.dbg_ready.eq(1)
+                    with m.If(core.dbg_valid & core.dbg_last):
+                        m.next = "SEND"
+                with m.State("DBG"):  # the next debug beat, framed as SPIKES
                     m.d.comb += core.dbg_ready.eq(1)
                     with m.If(core.dbg_valid):
-                        with m.If(spk):
-                            m.d.sync += [beat.eq(core.dbg_data), blast.eq(core.dbg_last), kind.eq(3), i.eq(0),
-                                         scrc.eq(0xFFFF)]  # fmt: skip
-                            m.next = "SEND"
-                        with m.Elif(core.dbg_last):
-                            m.next = "SYNC"
-                else:
-                    m.next = "SYNC"
+                        m.d.sync += [beat.eq(core.dbg_data), blast.eq(core.dbg_last), kind.eq(3), i.eq(0),
+                                     scrc.eq(0xFFFF)]  # fmt: skip
+                        m.next = "SEND"
         return m
