@@ -4,13 +4,15 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.firstspike-setup
-APT_PACKAGES := iverilog dataset-fashion-mnist
+APT_PACKAGES := iverilog dataset-fashion-mnist chromium
 export PYTHONHASHSEED := 0
 
 .PHONY: setup apt demo test test-fast bench clean help
 
 help:
-	@echo "make demo   - set up (apt packages, venv, pinned pip packages) and run the demo"
+	@echo "make demo   - set up (apt packages, venv, pinned pip packages) and run the whole flow (firstspike flow):"
+	@echo "              train -> model file -> Verilog -> Verilator/Icarus/gate level -> iCEBreaker bitstream ->"
+	@echo "              virtual board -> runs/demo/report/report.html"
 	@echo "make test   - set up the same way and run the test suite"
 	@echo "make bench  - run the benchmarks (writes bench/results/*.json and docs/benchmarks.md)"
 
@@ -32,16 +34,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: apt $(STAMP)
 
 demo: setup
-	$(PY) -m firstspike train --config csnn_tiny --epochs 2 --out runs/demo --no-resume
-	$(PY) -m firstspike eval runs/demo/checkpoint.pt --dataset mnist
-	$(PY) -m firstspike quantize runs/demo/checkpoint.pt -o runs/demo/model.fsm
-	$(PY) -m firstspike eval runs/demo/model.fsm --dump runs/demo/vectors.npz
-	$(PY) -m firstspike hw runs/demo/model.fsm -o runs/demo/hw --lanes 16
-	$(PY) -m firstspike verify runs/demo/model.fsm --sim verilator --images 200 --jobs 2 --lanes 16
-	$(PY) -m firstspike verify runs/demo/model.fsm --sim icarus --images 4 --jobs 2 --lanes 16
+	$(PY) -m firstspike flow --out runs/demo
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests

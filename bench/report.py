@@ -127,18 +127,23 @@ def render_docs() -> Path:
                          f"{r['rtl_vs_golden_time']:.0f}x |")  # fmt: skip
         lines += ["", "Time ratio: simulating the RTL (without the build) against the golden model on the same images "
                   "in the same run.", ""]  # fmt: skip
+    def _spk(r_: dict) -> str:
+        if "virtual_spike_mismatches_one_image" not in r_:
+            return "not measured"
+        return f"{r_['virtual_spike_mismatches_one_image']} of {r_['virtual_spike_values_one_image']:,}"
+
     bd = _load("boards")
     if bd:
         lines += ["## Boards (bench/boards.py)", "",
                   f"Bitstreams built with Yosys + nextpnr from PyPI (YoWASP); {_hw(bd)}; {bd['date']}, commit {bd['commit']}. "
                   "Accuracy: golden model on the 10k MNIST test set (the core equals it bit for bit: RTL mismatches on "
-                  "the cycles sample, virtual board classes). images/s: compute only at Fmax and at the board clock, and "
+                  "the cycles sample, virtual board classes). images/s: compute only at Fmax and at the core clock, and "
                   "with the 784 pixels sent over the 115200-baud UART.", "",
-                  "| board | model | lanes | logic | block RAM | Fmax / clock (MHz) | accuracy | cycles/image | images/s at Fmax | at clock | over UART | RTL mismatches | virtual board (mismatches, retries) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| board | model | lanes | logic | block RAM | Fmax / core clock (MHz) | accuracy | cycles/image | images/s at Fmax | at clock | over UART | RTL mismatches | virtual board (mismatches, retries) | spike times over UART, 1 image (mismatches) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r_ in bd["runs"]:
             if "error" in r_:
-                lines.append(f"| {r_['board']} | {r_['model']} (T={r_['T']}) | {r_['lanes']} | {r_['error']} |" + " |" * 9)
+                lines.append(f"| {r_['board']} | {r_['model']} (T={r_['T']}) | {r_['lanes']} | {r_['error']} |" + " |" * 10)
                 continue
             res = r_["resources"]
             lines.append(
@@ -147,7 +152,7 @@ def render_docs() -> Path:
                 f"{r_['fmax_mhz']:.1f} / {r_['clock_mhz']:.0f} | {100 * r_['golden_accuracy']:.2f}% | {r_['cycles_mean']:.0f} | "
                 f"{r_['images_per_s_at_fmax']:.0f} | {r_['images_per_s_at_board_clock']:.0f} | {r_['images_per_s_over_uart']:.1f} | "
                 f"{r_['rtl_mismatches']} ({r_['rtl_images']} img) | {r_['virtual_class_mismatches']} of {r_['virtual_images']}, "
-                f"{r_['virtual_retries']} |"
+                f"{r_['virtual_retries']} | {_spk(r_)} |"
             )
         lines.append("")
     DOCS.parent.mkdir(parents=True, exist_ok=True)

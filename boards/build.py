@@ -43,6 +43,7 @@ class Board:
     bram_bits: int  # block RAM of the device (EBR / DP16KD)
     luts: int
     core_clock_hz: float | None = None  # default core clock (ECP5: made by the PLL); None: the board clock
+    spikes: bool = True  # spike readout built in by default (the UP5K's 30 EBR leave no room for its memories)
 
     @property
     def default_core_clock_hz(self) -> float:
@@ -58,12 +59,13 @@ class Board:
 
 BOARDS = {
     "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "amaranth_boards.icebreaker.ICEBreakerPlatform", 12e6, 2, "iceprog",
-                        30 * 4096, 5280),
+                        30 * 4096, 5280, spikes=False),
     "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader",
                    208 * 18432, 83640),
-    # the core reaches ~40 MHz on ECP5: the OrangeCrab's 48 MHz oscillator feeds a PLL that makes 24 MHz
+    # the OrangeCrab's faster speed grade runs the default model at lanes=2 on its own 48 MHz
+    # (Fmax 57 MHz); --clock-mhz makes a slower core clock with the PLL for larger cores
     "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85FPlatform", 48e6, 1,
-                        "dfu-util", 208 * 18432, 83640, core_clock_hz=24e6),
+                        "dfu-util", 208 * 18432, 83640),
 }  # fmt: skip
 
 
@@ -89,7 +91,7 @@ class BoardTop(Elaboratable):
     """The core behind the UART link; LEDs: busy, then the last class's low bits."""
 
     def __init__(self, tables: ModelTables, board: Board, lanes: int, baud: int = 115200,
-                 clock_mhz: float | None = None):  # fmt: skip
+                 clock_mhz: float | None = None, spikes: bool = True):  # fmt: skip
         self._MustUse__silence = True  # a top refused here is never elaborated: no "unused" warning
         self.clock_hz, self.pll = core_clock(board, clock_mhz)  # the core clock: the board's, or a PLL's
         self.divisor = round(self.clock_hz / baud)  # UART bit time in core clock cycles
@@ -97,7 +99,7 @@ class BoardTop(Elaboratable):
             raise BuildError(f"{board.name}: {baud} baud is more than 2% off any integer divisor of the "
                              f"{self.clock_hz / 1e6:g} MHz core clock: choose a lower --baud or a higher "
                              "--clock-mhz")  # fmt: skip
-        self.plan = plan_core(tables, lanes=lanes, debug=False)
+        self.plan = plan_core(tables, lanes=lanes, debug=spikes)  # debug port: spike times over the UART
         self.board = board
         self.baud = baud
         self.hash = model_hash(tables)
@@ -158,17 +160,20 @@ def _utilisation(report: dict, family: str) -> dict:
 
 
 def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out_dir: str | os.PathLike = "build/boards",
-          lanes: int = 2, baud: int = 115200, clock_mhz: float | None = None) -> dict:  # fmt: skip
+          lanes: int = 2, baud: int = 115200, clock_mhz: float | None = None, spikes: bool | None = None) -> dict:  # fmt: skip
     """Synthesise, place and route, pack; write OUT/BOARD/firstspike.bit(.bin) and
     OUT/BOARD/build.json. ``clock_mhz``: the core clock (ECP5: made by a PLL from the board
-    clock; None: the board's default, ``Board.core_clock_hz``). Raise BuildError naming what to
+    clock; None: the board's default, ``Board.core_clock_hz``). ``spikes``: build in the spike
+    readout (every layer's spike times over the UART; None: the board's default, on for ECP5,
+    off for the iCE40UP5K whose block RAM it would overfill). Raise BuildError naming what to
     shrink if it does not fit or misses the core clock."""
     if board not in BOARDS:
         raise BuildError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
     b = BOARDS[board]
     core_clock(b, clock_mhz)  # refuse a clock the board cannot make before loading the model
+    spikes = b.spikes if spikes is None else spikes
     tables = model if isinstance(model, ModelTables) else load(model)
-    top = BoardTop(tables, b, lanes=lanes, baud=baud, clock_mhz=clock_mhz)
+    top = BoardTop(tables, b, lanes=lanes, baud=baud, clock_mhz=clock_mhz, spikes=spikes)
     core_mhz = top.clock_hz / 1e6
     if top.pll is not None:
         log.info("%s: core clock %g MHz from a PLL on the %g MHz board clock (requested %g MHz; %s)", board, core_mhz,
@@ -221,7 +226,7 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     res = _utilisation(report, b.family)
     bit = work / ("firstspike.bin" if b.family == "ice40" else "firstspike.bit")
     res.update({"board": board, "device": b.device, "clock_mhz": core_mhz, "board_clock_mhz": b.clock_hz / 1e6,
-                "pll": top.pll.as_dict() if top.pll else None, "uart_divisor": top.divisor, "lanes": lanes, "baud": baud,
+                "pll": top.pll.as_dict() if top.pll else None, "uart_divisor": top.divisor, "lanes": lanes, "baud": baud, "spikes": spikes,
                 "model": tables.name, "model_sha256_prefix": top.hash.hex(), "bitstream": str(bit),
                 "build_seconds": round(time.perf_counter() - t0, 1), "memory_bits": top.plan.summary()["memory_bits"]})  # fmt: skip
     clk_fmax = [v["achieved_mhz"] for v in res["fmax"].values()]
@@ -243,7 +248,8 @@ def _fmax_fix(b: Board, fmax_mhz: float) -> str:
 
 
 def deploy(model: str | os.PathLike, board: str, port: str | None = None, out_dir: str | os.PathLike = "build/boards",
-           lanes: int = 2, baud: int = 115200, check_images: int = 0, clock_mhz: float | None = None) -> dict:  # fmt: skip
+           lanes: int = 2, baud: int = 115200, check_images: int = 0, clock_mhz: float | None = None,
+           spikes: bool | None = None) -> dict:  # fmt: skip
     """Build the bitstream, program the board with its open programmer, then (with ``port``)
     check over UART that it runs this model file. Raises BuildError/BoardError with the fix
     when the programmer or the board is missing."""
@@ -251,7 +257,7 @@ def deploy(model: str | os.PathLike, board: str, port: str | None = None, out_di
 
     from firstspike.boards.runtime import BoardRuntime
 
-    r = build(model, board, out_dir, lanes=lanes, baud=baud, clock_mhz=clock_mhz)
+    r = build(model, board, out_dir, lanes=lanes, baud=baud, clock_mhz=clock_mhz, spikes=spikes)
     b = BOARDS[board]
     bit = Path(r["bitstream"])
     if b.programmer == "dfu-util" and shutil.which("dfu-suffix"):

@@ -106,8 +106,11 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lanes", type=int, default=2)
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--clock-mhz", type=float, default=None,
-                   help="core clock in MHz, made by a PLL from the board clock (ECP5 boards only; default: "
-                   "orangecrab 24, ulx3s 25 = its board clock, icebreaker 12 = its board clock)")
+                   help="core clock in MHz, made by a PLL from the board clock (ECP5 boards only; default: the "
+                   "board clock: icebreaker 12, ulx3s 25, orangecrab 48)")
+    p.add_argument("--spikes", action=argparse.BooleanOptionalAction, default=None,
+                   help="build in the spike readout: every layer's spike times over the UART (default: on for the "
+                   "ECP5 boards, off for the icebreaker, whose block RAM is too small for it)")
 
 
 def _add_deploy(sub: argparse._SubParsersAction) -> None:
@@ -124,8 +127,11 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lanes", type=int, default=2)
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--clock-mhz", type=float, default=None,
-                   help="core clock in MHz, made by a PLL from the board clock (ECP5 boards only; default: "
-                   "orangecrab 24, ulx3s 25 = its board clock, icebreaker 12 = its board clock)")
+                   help="core clock in MHz, made by a PLL from the board clock (ECP5 boards only; default: the "
+                   "board clock: icebreaker 12, ulx3s 25, orangecrab 48)")
+    p.add_argument("--spikes", action=argparse.BooleanOptionalAction, default=None,
+                   help="build in the spike readout: every layer's spike times over the UART (default: on for the "
+                   "ECP5 boards, off for the icebreaker, whose block RAM is too small for it)")
 
 
 def _add_verify(sub: argparse._SubParsersAction) -> None:
@@ -350,7 +356,7 @@ def cmd_hw(a: argparse.Namespace) -> int:
 def cmd_build(a: argparse.Namespace) -> int:
     from firstspike.boards.build import build
 
-    r = build(a.model, a.board, a.out, lanes=a.lanes, baud=a.baud, clock_mhz=a.clock_mhz)
+    r = build(a.model, a.board, a.out, lanes=a.lanes, baud=a.baud, spikes=a.spikes, clock_mhz=a.clock_mhz)
     res = ", ".join(f"{k} {v['used']}/{v['available']}" for k, v in r["resources"].items() if v)
     clk = f"core clock {r['clock_mhz']:g} MHz" + (f" (PLL from {r['board_clock_mhz']:g} MHz)" if r["pll"] else "")
     print(f"{a.board}: {r['bitstream']} ({res}; Fmax {r['fmax_mhz']} MHz, {clk}; {r['build_seconds']:.0f} s)")
@@ -360,7 +366,7 @@ def cmd_build(a: argparse.Namespace) -> int:
 def cmd_deploy(a: argparse.Namespace) -> int:
     from firstspike.boards.build import deploy
 
-    r = deploy(a.model, a.board, a.port, a.out, lanes=a.lanes, baud=a.baud, clock_mhz=a.clock_mhz)
+    r = deploy(a.model, a.board, a.port, a.out, lanes=a.lanes, baud=a.baud, spikes=a.spikes, clock_mhz=a.clock_mhz)
     print(f"{a.board}: programmed {r['bitstream']}" + (f"; board reports {r['board_info']}" if "board_info" in r else ""))
     return 0
 

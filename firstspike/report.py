@@ -164,7 +164,7 @@ def _figures(root: Path, figdir: Path, state: dict[str, Any], tables) -> dict[st
             flat = t.reshape(-1)
             idx = np.nonzero(flat < T)[0]
             ax.scatter(flat[idx], idx, s=1.5, c="k")
-            ax.set(title=f"{nm}\n{len(idx)}/{flat.size} spike", xlabel="step", xlim=(-1, T))
+            ax.set(title=f"{nm}\n{len(idx)}/{flat.size} fired", xlabel="step", xlim=(-1, T))
         np.atleast_1d(axes)[0].set_ylabel("neuron (c, y, x order)")
         fig.suptitle(f"Spike raster of test image 0 (label {int(r['label'])}), golden model", fontsize=10)
         save(fig, "raster", "Spike raster of one test image: every layer's spike times (one spike per neuron at most).")

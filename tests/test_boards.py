@@ -269,7 +269,8 @@ def test_ecp5_pll_matches_ecppll_and_refuses_impossible_clocks() -> None:
 def test_board_core_clocks_and_their_refusals(tmp_path) -> None:
     from firstspike.boards.build import BOARDS, BuildError, build, core_clock
 
-    assert core_clock(BOARDS["orangecrab"])[0] == 24e6 and core_clock(BOARDS["orangecrab"])[1] is not None
+    assert core_clock(BOARDS["orangecrab"]) == (48e6, None)  # fast enough at its board clock
+    assert core_clock(BOARDS["orangecrab"], 24)[0] == 24e6 and core_clock(BOARDS["orangecrab"], 24)[1] is not None
     assert core_clock(BOARDS["ulx3s"]) == (25e6, None) and core_clock(BOARDS["icebreaker"]) == (12e6, None)
     assert core_clock(BOARDS["orangecrab"], 48) == (48e6, None)  # the board clock itself: no PLL
     assert core_clock(BOARDS["icebreaker"], 12) == (12e6, None)
@@ -283,12 +284,13 @@ def test_board_core_clocks_and_their_refusals(tmp_path) -> None:
 
 
 def test_pll_board_tops_elaborate_with_the_core_clock() -> None:
-    """OrangeCrab: EHXPLLL 48 -> 24 MHz drives the core, the UART divisor follows the core
-    clock, and the PLL output carries the LPF clock constraint; ULX3S at --clock-mhz 16 too."""
+    """OrangeCrab at --clock-mhz 24: EHXPLLL 48 -> 24 MHz drives the core, the UART divisor
+    follows the core clock, and the PLL output carries the LPF clock constraint; ULX3S at
+    --clock-mhz 16 too."""
     from firstspike.boards.build import BOARDS, BoardTop
     from firstspike.cli import build_parser
 
-    for board, mhz, want_hz, div in [("orangecrab", None, 24e6, 208), ("ulx3s", 16, 15.625e6, 136)]:
+    for board, mhz, want_hz, div in [("orangecrab", 24, 24e6, 208), ("ulx3s", 16, 15.625e6, 136)]:
         b = BOARDS[board]
         top = BoardTop(_ice40_tables(), b, lanes=2, clock_mhz=mhz)
         assert top.clock_hz == want_hz and top.divisor == div
