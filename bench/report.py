@@ -85,10 +85,12 @@ def render_docs() -> Path:
         for r in fp["runs"]:
             lines.append(f"| {r['weight_bits']} | {100 * r['golden_accuracy']:.2f}% |")
         lines.append("")
-    rr = _load("rtl_regression")
-    if rr:
+    for name in ("rtl_regression", "rtl_regression_ice40"):  # the default model; the iCEBreaker model
+        rr = _load(name)
+        if not rr:
+            continue
         mism = ", ".join(f"{k} {v}" for k, v in rr["spike_mismatches"].items())
-        lines += ["## RTL regression: generated core on Verilator vs golden model (bench/rtl_regression.py)", "",
+        lines += [f"## RTL regression: {rr['model']} on the generated core vs golden model (bench/rtl_regression.py --name {name})", "",
                   f"`{rr['model']}` ({rr['dataset']}), the core generated with lanes={rr['lanes']}, simulated with "
                   f"{rr['sim']} through cocotb in {rr['jobs']} parallel jobs; {_hw(rr)}; {rr['date']}, commit {rr['commit']}.", "",
                   "| images | mismatches (all values + classes) | values compared | RTL accuracy | golden accuracy | wall time |",
