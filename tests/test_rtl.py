@@ -114,15 +114,17 @@ def test_verify_reports_mismatches(tmp_path: Path, build_root: Path) -> None:
 
 
 @pytest.mark.slow
-def test_gate_level_ice40_netlist(build_root: Path) -> None:
-    """Yosys's post-synthesis iCE40 netlist (with the iCE40 cell models) on Verilator equals the golden model."""
+@pytest.mark.parametrize("family", ["ice40", "ecp5"])
+def test_gate_level_netlist(build_root: Path, family: str) -> None:
+    """Yosys's post-synthesis netlist of each FPGA family (with its cell models) on Verilator
+    equals the golden model."""
     rng = np.random.default_rng(1000)
     tables = random_tables(rng, max_channels=3)
     images = random_images(rng, 3, tables.input_shape)
-    b = rtl.build(tables, sim="verilator", lanes=2, build_root=build_root, max_images=4, gate_level="ice40")
+    b = rtl.build(tables, sim="verilator", lanes=2, build_root=build_root, max_images=4, gate_level=family)
     assert_exact(tables, rtl.run_images(b, images), images)
     with pytest.raises(rtl.SimulatorError, match="gate-level"):
-        rtl.build(tables, sim="icarus", gate_level="ice40", build_root=build_root)
+        rtl.build(tables, sim="icarus", gate_level=family, build_root=build_root)
 
 
 def test_verify_images_of_the_wrong_shape(tmp_path: Path, build_root: Path, caplog: pytest.LogCaptureFixture) -> None:
