@@ -47,7 +47,7 @@ class BoardRuntime:
                 self.ser = serial.serial_for_url(port, baudrate=baud, timeout=0.02)
             except (serial.SerialException, OSError) as e:
                 raise BoardError(f"cannot open serial port {port}: {e}. Is the board plugged in? "
-                                 "(`firstspike deploy` lists what it found; use --port)") from None  # fmt: skip
+                                 "(Linux: `ls /dev/ttyUSB* /dev/ttyACM*`; pass it as --port)") from None  # fmt: skip
         else:
             self.ser = port
         self.reader = P.FrameReader()

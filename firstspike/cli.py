@@ -22,7 +22,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "OUT/history.json after every epoch. Rerunning with the same --out resumes. Multi-process: "
         "`torchrun --nproc-per-node N -m firstspike train ...`.",
     )
-    p.add_argument("--config", default="csnn", help="architecture TOML file or built-in name (csnn, csnn_tiny)")
+    p.add_argument("--config", default="csnn", help="architecture TOML file or built-in name (csnn, csnn_tiny, csnn_ice40)")
     p.add_argument("--dataset", default=None, help="mnist or fashion-mnist (default: from config, else mnist)")
     p.add_argument("--data-dir", default=None, help="folder of standard IDX files (overrides --dataset's folder)")
     p.add_argument("--out", default="runs/train", help="output folder (checkpoint, history)")
@@ -184,7 +184,8 @@ def _add_flow(sub: argparse._SubParsersAction) -> None:
             p.add_argument(flag, default=",".join(f.default), help=helps[f.name])
         else:
             typ = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
-            p.add_argument(flag, type=typ, default=f.default, help=helps.get(f.name, f.name.replace("_", " ")))
+            p.add_argument(flag, type=typ, default=f.default, help=helps.get(f.name, f.name.replace("_", " ")),
+                           choices={"gate_family": ["ice40", "ecp5"], "dataset": ["mnist", "fashion-mnist"]}.get(f.name))
     p.add_argument("--skip", default="", help="comma-separated steps not to run")
     p.add_argument("--rerun", default="", help="comma-separated steps to run even if cached")
     p.add_argument("--only", default="", help="run only these steps (their inputs must exist)")

@@ -323,6 +323,17 @@ def _file_hash(p: Path) -> str:
     return h.hexdigest()
 
 
+def _moved(metrics: dict[str, Any], work: Path, dest: Path) -> dict[str, Any]:
+    """Paths a step recorded inside its scratch folder, and its JSON files, point to where
+    the folder now is."""
+    old, new = str(work), str(dest)
+    for p in dest.rglob("*.json"):
+        text = p.read_text()
+        if old in text:
+            p.write_text(text.replace(old, new))
+    return json.loads(json.dumps(metrics, default=_json_default).replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1]))
+
+
 def _folder_hash(folder: Path) -> str:
     """Content hash of what a step wrote (what the steps after it depend on)."""
     h = hashlib.sha256()
@@ -408,6 +419,7 @@ def run_flow(cfg: FlowConfig, skip: tuple[str, ...] = (), rerun: tuple[str, ...]
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(work, dest)
+        metrics = _moved(metrics, work, dest)
         content[step.name] = _folder_hash(dest)
         state["steps"][step.name] = {"status": "ran", "key": key, "content": content[step.name],
                                      "seconds": round(time.perf_counter() - t0, 1),

@@ -152,3 +152,14 @@ def test_cli_flow_and_report(run: tuple[FlowConfig, dict], tmp_path: Path, capsy
     assert "train       cached" in out and "report.html" in out
     assert main(["report", cfg.out, "-o", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "report.html").is_file()
+
+
+def test_paths_recorded_in_the_scratch_folder_follow_the_rename(tmp_path: Path) -> None:
+    """A step (build) records its bitstream's path while it runs in its scratch folder: after
+    the rename, its figures and its JSON files point to the final folder."""
+    work, dest = tmp_path / ".build.partial", tmp_path / "build"
+    (dest / "icebreaker").mkdir(parents=True)
+    (dest / "icebreaker" / "build.json").write_text(json.dumps({"bitstream": str(work / "icebreaker" / "x.bin")}))
+    m = F._moved({"boards": {"icebreaker": {"bitstream": str(work / "icebreaker" / "x.bin"), "n": np.int64(3)}}}, work, dest)
+    assert m["boards"]["icebreaker"] == {"bitstream": str(dest / "icebreaker" / "x.bin"), "n": 3}
+    assert json.loads((dest / "icebreaker" / "build.json").read_text())["bitstream"] == str(dest / "icebreaker" / "x.bin")
