@@ -55,7 +55,7 @@ class FlowConfig:
     config: str = "csnn_ice40"  # architecture (built-in name or TOML path)
     dataset: str = "mnist"
     data_dir: str | None = None
-    epochs: int = 4
+    epochs: int = 6
     lr: float | None = None  # None: the config's
     real_epochs: int = 1  # float real-valued rung (0: skip the step)
     train_subset: int = 0  # 0: all training images
