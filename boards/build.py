@@ -44,6 +44,7 @@ class Board:
     luts: int
     core_clock_hz: float | None = None  # default core clock (ECP5: made by the PLL); None: the board clock
     spikes: bool = True  # spike readout built in by default (the UP5K's 30 EBR leave no room for its memories)
+    program_args: tuple[str, ...] = ()  # programmer arguments before the bitstream (`deploy`)
 
     @property
     def default_core_clock_hz(self) -> float:
@@ -61,11 +62,11 @@ BOARDS = {
     "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "amaranth_boards.icebreaker.ICEBreakerPlatform", 12e6, 2, "iceprog",
                         30 * 4096, 5280, spikes=False),
     "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader",
-                   208 * 18432, 83640),
+                   208 * 18432, 83640, program_args=("-b", "ulx3s")),
     # the OrangeCrab's faster speed grade runs the default model at lanes=2 on its own 48 MHz
     # (Fmax 57 MHz); --clock-mhz makes a slower core clock with the PLL for larger cores
     "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85FPlatform", 48e6, 1,
-                        "dfu-util", 208 * 18432, 83640),
+                        "dfu-util", 208 * 18432, 83640, program_args=("-a", "0", "-D")),
 }  # fmt: skip
 
 
@@ -266,8 +267,7 @@ def deploy(model: str | os.PathLike, board: str, port: str | None = None, out_di
     if prog is None:
         raise BuildError(f"bitstream ready ({bit}) but {b.programmer} is not installed: `apt-get install "
                          f"{'fpga-icestorm' if b.programmer == 'iceprog' else b.programmer.lower()}`, then run it on {bit.name}")  # fmt: skip
-    cmd = {"iceprog": [prog, str(bit)], "openFPGALoader": [prog, "-b", "ulx3s", str(bit)],
-           "dfu-util": [prog, "-a", "0", "-D", str(bit)]}[b.programmer]  # fmt: skip
+    cmd = [prog, *b.program_args, str(bit)]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode:
         raise BuildError(f"{b.programmer} could not program the {board} ({(p.stderr or p.stdout).strip()[-300:]}): "

@@ -101,7 +101,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
         "OUT/BOARD/build.json (LUTs, FFs, block RAM, DSP, Fmax from nextpnr's report).",
     )
     p.add_argument("model", help="model file written by `firstspike quantize`")
-    p.add_argument("--board", default="icebreaker", choices=["icebreaker", "ulx3s", "orangecrab"])
+    p.add_argument("--board", default="icebreaker", help="icebreaker, ulx3s or orangecrab (boards.build.BOARDS)")
     p.add_argument("-o", "--out", default="build/boards")
     p.add_argument("--lanes", type=int, default=2)
     p.add_argument("--baud", type=int, default=115200)
@@ -121,7 +121,7 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
         "check over UART that the board runs this model file.",
     )
     p.add_argument("model", help="model file written by `firstspike quantize`")
-    p.add_argument("--board", default="icebreaker", choices=["icebreaker", "ulx3s", "orangecrab"])
+    p.add_argument("--board", default="icebreaker", help="icebreaker, ulx3s or orangecrab (boards.build.BOARDS)")
     p.add_argument("--port", default=None, help="serial port of the board's UART (e.g. /dev/ttyUSB1)")
     p.add_argument("-o", "--out", default="build/boards")
     p.add_argument("--lanes", type=int, default=2)

@@ -202,8 +202,14 @@ def test_build_refuses_unknown_board_and_designs_too_big(tmp_path) -> None:
     from firstspike.boards.build import BuildError, build
     from firstspike.quantize.export import quantize_checkpoint
 
-    with pytest.raises(BuildError, match="unknown board"):
+    with pytest.raises(BuildError, match="unknown board 'de10': choose one of icebreaker, ulx3s, orangecrab"):
         build(_ice40_tables(), "de10", tmp_path)
+    from firstspike.cli import main
+    from firstspike.quantize.modelfile import save
+
+    model = save(_ice40_tables(), tmp_path / "m.fsm")
+    assert main(["build", str(model), "--board", "de10", "-o", str(tmp_path / "b")]) == 2
+    assert not (tmp_path / "b").exists()
     big, _ = quantize_checkpoint(Path(__file__).resolve().parent.parent / "bench" / "results" / "mnist_binary.pt")
     with pytest.raises(BuildError, match="kbit of block RAM. Shrink"):
         build(big, "icebreaker", tmp_path)
