@@ -44,6 +44,9 @@ def ladder(state: dict[str, Any]) -> list[dict[str, Any]]:
     if m("train_real"):
         rows.append({"rung": "float, real weights", "accuracy": m("train_real")["float_accuracy"],
                      "images": g["images"] if g else None, "mismatches": "not comparable (other weights)"})  # fmt: skip
+    else:
+        rows.append({"rung": "float, real weights", "accuracy": None, "images": 0,
+                     "mismatches": "not run (firstspike flow --real-epochs N)"})  # fmt: skip
     if m("train"):
         mm = f"{g['float_class_mismatches']} classes, {g['float_spike_mismatches']} of {g['float_values_compared']:,} spike times" if g else "n/a"
         rows.append({"rung": "float, binary weights (training forward pass)", "accuracy": m("train")["float_accuracy"],
