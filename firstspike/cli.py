@@ -171,7 +171,7 @@ def _add_flow(sub: argparse._SubParsersAction) -> None:
         "OUT/report/report.html and report.md. Steps are cached by content hash: rerunning only redoes what changed. "
         f"Steps: {', '.join(STEP_NAMES)}.",
     )
-    helps = {"out": "run folder", "config": "architecture (built-in name or TOML)", "epochs": "binary training epochs",
+    helps = {"out": "run folder", "config": "architecture (built-in name or TOML)", "epochs": "binary training epochs (default: the config's)",
              "real_epochs": "epochs of the float real-valued rung (0: skip it)", "lr": "learning rate (default: config's)",
              "train_subset": "first N training images (0: all)", "test_subset": "first N test images (0: all)",
              "lanes": "core lanes (RTL and bitstreams)", "boards": "comma-separated boards to build (empty: none)",

@@ -55,7 +55,7 @@ class FlowConfig:
     config: str = "csnn_ice40"  # architecture (built-in name or TOML path)
     dataset: str = "mnist"
     data_dir: str | None = None
-    epochs: int = 12
+    epochs: int | None = None  # binary training epochs (None: the config's, 15 for csnn_ice40)
     lr: float | None = None  # None: the config's
     # float real-valued rung (0: skip the step). Off by default: real-valued training of the
     # default csnn_ice40 does not converge yet (chance level after an epoch); csnn_tiny's does
@@ -118,7 +118,7 @@ class Context:
 
 
 # --- the steps -------------------------------------------------------------------------------
-def _train(ctx: Context, mode: str, epochs: int) -> dict[str, Any]:
+def _train(ctx: Context, mode: str, epochs: int | None) -> dict[str, Any]:
     from firstspike.train.model import load_config
     from firstspike.train.trainer import TrainConfig, train
 
@@ -127,7 +127,9 @@ def _train(ctx: Context, mode: str, epochs: int) -> dict[str, Any]:
     net.mode = mode
     net.validate()
     tc = TrainConfig.from_dict(ttab)
-    tc.dataset, tc.data_dir, tc.epochs, tc.seed = c.dataset, c.data_dir, epochs, c.seed
+    tc.dataset, tc.data_dir, tc.seed = c.dataset, c.data_dir, c.seed
+    if epochs is not None:
+        tc.epochs = epochs
     tc.train_subset, tc.test_subset, tc.progress = c.train_subset, c.test_subset, c.progress
     if c.lr is not None:
         tc.lr = c.lr
@@ -136,7 +138,7 @@ def _train(ctx: Context, mode: str, epochs: int) -> dict[str, Any]:
             "history": [{k: h[k] for k in ("epoch", "train_acc", "test_acc", "seconds") if k in h} for h in ck.get("history", [])]}  # fmt: skip
 
 
-def _train_params(c: FlowConfig, epochs: int) -> dict[str, Any]:
+def _train_params(c: FlowConfig, epochs: int | None) -> dict[str, Any]:
     from firstspike.data import resolve_dir
 
     cfg_path = Path(c.config)
