@@ -45,7 +45,7 @@ def ladder(state: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"rung": "float, real weights", "accuracy": m("train_real")["float_accuracy"],
                      "images": g["images"] if g else None, "mismatches": "not comparable (other weights)"})  # fmt: skip
     else:
-        rows.append({"rung": "float, real weights", "accuracy": None, "images": 0,
+        rows.append({"rung": "float, real weights", "accuracy": None, "images": None,
                      "mismatches": "not run (firstspike flow --real-epochs N)"})  # fmt: skip
     if m("train"):
         mm = f"{g['float_class_mismatches']} classes, {g['float_spike_mismatches']} of {g['float_values_compared']:,} spike times" if g else "n/a"
@@ -67,7 +67,7 @@ def ladder(state: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append({"rung": label, "accuracy": v["accuracy"], "images": v["images"], "golden_same_images": v["golden_accuracy"],
                          "mismatches": f"{v['class_mismatches']} classes{extra}; {v['retries']} retries"})  # fmt: skip
     if not m("board"):
-        rows.append({"rung": "real board", "accuracy": None, "images": 0, "mismatches": "no board attached (flow --port)"})
+        rows.append({"rung": "real board", "accuracy": None, "images": None, "mismatches": "no board attached (flow --port)"})
     return rows
 
 
