@@ -93,15 +93,8 @@ def _add_hw(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--early-exit", action="store_true", help="stop once the class is known (needs --no-debug)")
 
 
-def _add_build(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "build",
-        help="model file -> bitstream for an open board (Yosys + nextpnr from PyPI/YoWASP)",
-        description="Synthesise the core behind a UART link for BOARD; writes OUT/BOARD/work/firstspike.bin|.bit and "
-        "OUT/BOARD/build.json (LUTs, FFs, block RAM, DSP, Fmax from nextpnr's report).",
-    )
-    p.add_argument("model", help="model file written by `firstspike quantize`")
-    p.add_argument("--board", default="icebreaker", help="icebreaker, ulx3s or orangecrab (boards.build.BOARDS)")
+def _add_bitstream_options(p: argparse.ArgumentParser) -> None:
+    """What `build` and `deploy` share: the bitstream's parameters."""
     p.add_argument("-o", "--out", default="build/boards")
     p.add_argument("--lanes", type=int, default=2)
     p.add_argument("--baud", type=int, default=115200)
@@ -111,6 +104,18 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spikes", action=argparse.BooleanOptionalAction, default=None,
                    help="build in the spike readout: every layer's spike times over the UART (default: on for the "
                    "ECP5 boards, off for the icebreaker, whose block RAM is too small for it)")
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "build",
+        help="model file -> bitstream for an open board (Yosys + nextpnr from PyPI/YoWASP)",
+        description="Synthesise the core behind a UART link for BOARD; writes OUT/BOARD/work/firstspike.bin|.bit and "
+        "OUT/BOARD/build.json (LUTs, FFs, block RAM, DSP, Fmax from nextpnr's report).",
+    )
+    p.add_argument("model", help="model file written by `firstspike quantize`")
+    p.add_argument("--board", default="icebreaker", help="icebreaker, ulx3s or orangecrab (boards.build.BOARDS)")
+    _add_bitstream_options(p)
 
 
 def _add_deploy(sub: argparse._SubParsersAction) -> None:
@@ -123,15 +128,7 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="model file written by `firstspike quantize`")
     p.add_argument("--board", default="icebreaker", help="icebreaker, ulx3s or orangecrab (boards.build.BOARDS)")
     p.add_argument("--port", default=None, help="serial port of the board's UART (e.g. /dev/ttyUSB1)")
-    p.add_argument("-o", "--out", default="build/boards")
-    p.add_argument("--lanes", type=int, default=2)
-    p.add_argument("--baud", type=int, default=115200)
-    p.add_argument("--clock-mhz", type=float, default=None,
-                   help="core clock in MHz, made by a PLL from the board clock (ECP5 boards only; default: the "
-                   "board clock: icebreaker 12, ulx3s 25, orangecrab 48)")
-    p.add_argument("--spikes", action=argparse.BooleanOptionalAction, default=None,
-                   help="build in the spike readout: every layer's spike times over the UART (default: on for the "
-                   "ECP5 boards, off for the icebreaker, whose block RAM is too small for it)")
+    _add_bitstream_options(p)
 
 
 def _add_verify(sub: argparse._SubParsersAction) -> None:
