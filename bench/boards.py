@@ -48,7 +48,7 @@ def main() -> None:
     from firstspike.quantize.modelfile import MAGIC, load
     from firstspike.sim.rtl import verify
 
-    from firstspike.hw.plan import plan_core
+    from firstspike.hw.plan import image_cycles, plan_core
     from firstspike.sim.vectors import compare_streams, expected
 
     test = load_split("mnist", "test")
@@ -95,7 +95,7 @@ def main() -> None:
             }  # fmt: skip
         sh = shared[sk]
         cyc = sh["cycles_mean"]
-        load_cycles = tables.T + int(np.prod(tables.input_shape))
+        per_image = image_cycles(tables, cyc)
         clk = r["clock_mhz"] * 1e6  # the core clock (the board's, or a PLL's)
         fmax = (r["fmax_mhz"] or 0) * 1e6
         uart_s = int(np.prod(tables.input_shape)) * 10 / 115200 + 15 * 10 / 115200
@@ -103,9 +103,9 @@ def main() -> None:
             "board": board, "device": r["device"], "model": tables.name, "lanes": lanes, "T": tables.T,
             "resources": r["resources"], "fmax_mhz": r["fmax_mhz"], "clock_mhz": clk / 1e6,
             "board_clock_mhz": r.get("board_clock_mhz"), "spikes": r.get("spikes"), **sh,
-            "images_per_s_at_fmax": fmax / (cyc + load_cycles) if fmax else None,
-            "images_per_s_at_board_clock": clk / (cyc + load_cycles),
-            "images_per_s_over_uart": 1 / (uart_s + (cyc + load_cycles) / clk),
+            "images_per_s_at_fmax": fmax / per_image if fmax else None,
+            "images_per_s_at_board_clock": clk / per_image,
+            "images_per_s_over_uart": 1 / (uart_s + per_image / clk),
             "build_seconds": r["build_seconds"], "memory_bits": r["memory_bits"],
         })  # fmt: skip
         log.info("%s", runs[-1])

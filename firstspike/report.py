@@ -85,7 +85,9 @@ def board_rows(state: dict[str, Any], tables=None) -> list[dict[str, Any]]:
                **{k: f"{v['used']:,} / {v['available']:,}" for k, v in res.items() if v},
                "fmax_mhz": r.get("fmax_mhz"), "clock_mhz": r.get("clock_mhz")}  # fmt: skip
         if ver and ver.get("cycles_mean") and tables is not None and ver.get("lanes") == r.get("lanes"):
-            per = ver["cycles_mean"] + tables.T + int(np.prod(tables.input_shape))  # compute + pixel load
+            from firstspike.hw.plan import image_cycles
+
+            per = image_cycles(tables, ver["cycles_mean"])
             row["images_per_s_at_fmax"] = round(r["fmax_mhz"] * 1e6 / per, 1) if r.get("fmax_mhz") else None
             row["images_per_s_at_clock"] = round(r["clock_mhz"] * 1e6 / per, 1)
         rows.append(row)

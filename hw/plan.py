@@ -263,6 +263,12 @@ class CorePlan:
         }
 
 
+def image_cycles(tables: ModelTables, compute_cycles: float) -> float:
+    """Cycles per image on a board: the core's compute cycles plus streaming the pixels in
+    (one per cycle) and clearing the T input buckets."""
+    return compute_cycles + tables.T + int(np.prod(tables.input_shape))
+
+
 def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_exit: bool = False,
               max_memory_bits: int = 64_000_000) -> CorePlan:  # fmt: skip
     """Size a core for ``tables``; raise HardwareError naming the problem and the fix."""
