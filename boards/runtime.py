@@ -167,8 +167,8 @@ class BoardRuntime:
             raise InputError("spikes=True needs the model tables the board runs (tables=...) to lay the spike times out")
         info = self.info()
         if not info["spikes"]:
-            raise BoardError("this bitstream has no spike readout: rebuild it with spikes (`firstspike build` "
-                             "without --no-spikes)")  # fmt: skip
+            raise BoardError("this bitstream has no spike readout: rebuild it with `firstspike build MODEL --board B "
+                             "--spikes` (off by default on the icebreaker, whose block RAM is too small for it)")  # fmt: skip
         self.check_model(tables_sha256(tables))
         plan = plan_core(tables, lanes=info["lanes"], debug=True)
         if plan.debug_beats() != info["debug_beats"] or plan.debug_lanes != info["debug_lanes"]:
