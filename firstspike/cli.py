@@ -172,7 +172,8 @@ def _add_flow(sub: argparse._SubParsersAction) -> None:
              "real_epochs": "epochs of the float real-valued rung (0: skip it)", "lr": "learning rate (default: config's)",
              "train_subset": "first N training images (0: all)", "test_subset": "first N test images (0: all)",
              "lanes": "core lanes (RTL and bitstreams)", "boards": "comma-separated boards to build (empty: none)",
-             "port": "serial port of a real board running this model", "jobs": "parallel simulations"}  # fmt: skip
+             "port": "serial port of a real board running this model", "jobs": "parallel simulations",
+             "gate_family": "FPGA families simulated at gate level (auto: those of --boards)"}  # fmt: skip
     for f in dataclasses.fields(FlowConfig):
         if f.name == "progress":
             continue
@@ -182,7 +183,7 @@ def _add_flow(sub: argparse._SubParsersAction) -> None:
         else:
             typ = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
             p.add_argument(flag, type=typ, default=f.default, help=helps.get(f.name, f.name.replace("_", " ")),
-                           choices={"gate_family": ["ice40", "ecp5"], "dataset": ["mnist", "fashion-mnist"]}.get(f.name))
+                           choices={"gate_family": ["auto", "ice40", "ecp5", "all"], "dataset": ["mnist", "fashion-mnist"]}.get(f.name))
     p.add_argument("--skip", default="", help="comma-separated steps not to run")
     p.add_argument("--rerun", default="", help="comma-separated steps to run even if cached")
     p.add_argument("--only", default="", help="run only these steps (their inputs must exist)")

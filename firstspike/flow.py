@@ -14,7 +14,7 @@ only when they succeed: a failed or interrupted step leaves nothing half-written
     hw           Verilog of the core (Amaranth)
     verilator    RTL against the golden model, every layer's spike times (Verilator)
     icarus       the same on Icarus
-    gate_level   Yosys netlist of the board's FPGA family, simulated
+    gate_level   Yosys netlist of each built board's FPGA family (block RAM models included), simulated
     build        bitstream for each board (YoWASP), utilisation and Fmax
     virtual      the virtual board (UART included) driven by the host runtime
     board        a real board on --port, when one is attached
@@ -67,7 +67,7 @@ class FlowConfig:
     verilator_images: int = 200
     icarus_images: int = 2
     gate_images: int = 1
-    gate_family: str = "ice40"
+    gate_family: str = "auto"  # auto: the FPGA families of the boards built (ice40 when none); ice40, ecp5 or all
     boards: tuple[str, ...] = ("icebreaker",)
     virtual_images: int = 20
     port: str | None = None  # a real board's serial port
@@ -234,8 +234,26 @@ def step_icarus(ctx: Context) -> dict[str, Any]:
     return _verify(ctx, "icarus", ctx.cfg.icarus_images)
 
 
+def gate_families(cfg: FlowConfig) -> list[str]:
+    """The FPGA families whose Yosys netlists the gate-level step simulates."""
+    from firstspike.boards.build import BOARDS
+    from firstspike.sim.rtl import GATE_LEVEL
+
+    if cfg.gate_family == "all":
+        return list(GATE_LEVEL)
+    if cfg.gate_family != "auto":
+        if cfg.gate_family not in GATE_LEVEL:
+            raise FlowError(f"unknown --gate-family {cfg.gate_family!r}: choose auto, all or {', '.join(GATE_LEVEL)}")
+        return [cfg.gate_family]
+    fams = [BOARDS[b].family for b in cfg.boards if b in BOARDS]
+    return sorted(set(fams), key=list(GATE_LEVEL).index) or ["ice40"]
+
+
 def step_gate_level(ctx: Context) -> dict[str, Any]:
-    return _verify(ctx, "verilator", ctx.cfg.gate_images, gate_level=ctx.cfg.gate_family)
+    """Each family's netlist against the golden model (the families of the boards built)."""
+    fams = {f: _verify(ctx, "verilator", ctx.cfg.gate_images, gate_level=f) for f in gate_families(ctx.cfg)}
+    return {"families": fams, "total_mismatches": sum(v["total_mismatches"] for v in fams.values()),
+            "values_compared": sum(v["values_compared"] for v in fams.values()), "images": ctx.cfg.gate_images}
 
 
 def step_build(ctx: Context) -> dict[str, Any]:
@@ -308,7 +326,8 @@ STEPS: list[Step] = [
          lambda c: c.verilator_images > 0),
     Step("icarus", ("quantize",), _p("icarus_images", "lanes", "test_subset"), step_icarus, "RTL on Icarus",
          lambda c: c.icarus_images > 0),
-    Step("gate_level", ("quantize",), _p("gate_images", "gate_family", "lanes", "test_subset"), step_gate_level,
+    Step("gate_level", ("quantize",), lambda c: {**_p("gate_images", "lanes", "test_subset")(c), "families": gate_families(c)},
+         step_gate_level,
          "Yosys netlist on Verilator", lambda c: c.gate_images > 0),
     Step("build", ("quantize",), _p("boards", "lanes"), step_build, "bitstreams", lambda c: bool(c.boards)),
     Step("virtual", ("quantize",), _p("virtual_images", "lanes", "test_subset"), step_virtual, "virtual board",
@@ -461,6 +480,8 @@ def summary_lines(state: dict[str, Any]) -> list[str]:
                     f"{m['float_spike_mismatches']} spike-time mismatches of {m['float_values_compared']:,}")  # fmt: skip
         elif "total_mismatches" in m:
             head = f"{m['total_mismatches']} mismatches of {m['values_compared']:,} values on {m['images']} images"
+            if "families" in m:
+                head += f" ({', '.join(m['families'])})"
         elif name == "build":
             head = "; ".join(f"{b}: " + (f"Fmax {r['fmax_mhz']} MHz" if "fmax_mhz" in r else "FAILED")
                              for b, r in m["boards"].items())  # fmt: skip

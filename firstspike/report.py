@@ -53,8 +53,11 @@ def ladder(state: dict[str, Any]) -> list[dict[str, Any]]:
                      "images": g["images"] if g else None, "mismatches": mm})  # fmt: skip
     if g:
         rows.append({"rung": "golden model (integer)", "accuracy": g["accuracy"], "images": g["images"], "mismatches": "reference"})
-    for name, label in (("verilator", "RTL, Verilator"), ("icarus", "RTL, Icarus"), ("gate_level", "gate level (Yosys netlist, Verilator)")):
-        v = m(name)
+    sims = [("RTL, Verilator", m("verilator")), ("RTL, Icarus", m("icarus"))]
+    gl = m("gate_level") or {}
+    for fam, v in (gl.get("families") or ({gl.get("sim", "")[-6:].strip(" ()"): gl} if "rtl_accuracy" in gl else {})).items():
+        sims.append((f"gate level, {fam} (Yosys netlist, Verilator)", v))
+    for label, v in sims:
         if v:
             rows.append({"rung": label, "accuracy": v["rtl_accuracy"], "images": v["images"], "golden_same_images": v["golden_accuracy"],
                          "mismatches": f"{v['class_mismatches']} classes, {sum(v['spike_mismatches'].values())} of "

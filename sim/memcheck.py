@@ -155,7 +155,7 @@ def _run_verilator(sources: list[Path], work: Path, extra: list[str], name: str)
     odir = work / f"obj_{name}"
     (work / "main.cpp").write_text(MAIN_CPP)
     cmd = ["verilator", "--cc", "--exe", "--build", "-j", "2", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign",
-           "fast", "--x-initial", "fast", "-O2", "-Mdir", str(odir), "--prefix", "Vtb", "--top-module", f"{TOP}_tb",
+           "fast", "--x-initial", "fast", "-O0", "-CFLAGS", "-O0", "-Mdir", str(odir), "--prefix", "Vtb", "--top-module", f"{TOP}_tb",
            "-o", "sim", *extra, str(work / "main.cpp"), *map(str, sources)]  # fmt: skip
     r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     if r.returncode:
@@ -177,9 +177,11 @@ class MemCheckReport:
     notes: list[str]
 
 
-def memory_check(family: str, work: str | Path, cycles: int = 4000, cases: tuple[MemCase, ...] = CASES) -> MemCheckReport:
+def memory_check(family: str, work: str | Path, cycles: int = 4000, cases: tuple[MemCase, ...] = CASES,
+                 replace_blackboxes: bool = True) -> MemCheckReport:  # fmt: skip
     """Simulate the memory-check design as RTL and as ``family``'s netlist (Verilator) and
-    compare every read port on every cycle."""
+    compare every read port on every cycle (``replace_blackboxes=False``: Yosys's own cell
+    models, blackboxes included)."""
     import re
 
     check_simulator("verilator")
@@ -204,7 +206,8 @@ def memory_check(family: str, work: str | Path, cycles: int = 4000, cases: tuple
     if widths:
         cells["DP16KD data widths " + "/".join(map(str, widths))] = 0
     rtl = _run_verilator([work / f"{TOP}.v", work / "tb.v"], work, [], "rtl")
-    gl = _run_verilator([netlist, *gate_level_models(work, family, netlist), work / "tb.v"], work,
+    models = gate_level_models(work, family, netlist, replace_blackboxes)
+    gl = _run_verilator([netlist, *models, work / "tb.v"], work,
                         gate_level_args(family), family)  # fmt: skip
     notes = [ln for ln in gl if not re.match(r"^\d+ ", ln)]
     rows_r = [ln for ln in rtl if re.match(r"^\d+ ", ln)]

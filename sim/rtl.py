@@ -112,10 +112,11 @@ def netlist_cells(text: str) -> set[str]:
     return {m.group(1) for m in _INSTANCE.finditer(text)} - kw
 
 
-def gate_level_models(src: Path, family: str, netlist: Path) -> list[Path]:
+def gate_level_models(src: Path, family: str, netlist: Path, replace_blackboxes: bool = True) -> list[Path]:
     """The cell models a simulation of ``netlist`` compiles: Yosys's, with each blackbox that
     the netlist uses replaced by firstspike's model; a used blackbox without a model is an
-    error (its outputs would be undriven and the simulation meaningless)."""
+    error (its outputs would be undriven and the simulation meaningless).
+    ``replace_blackboxes=False`` keeps Yosys's models as they are (only to show what that does)."""
     from importlib import resources
 
     _, cells, _ = GATE_LEVEL[family]
@@ -127,6 +128,9 @@ def gate_level_models(src: Path, family: str, netlist: Path) -> list[Path]:
         path = Path(str(share / c))
         text = path.read_text()
         bb = blackboxes(text) & used
+        if not replace_blackboxes:
+            out.append(path)
+            continue
         missing = sorted(bb - set(ours))
         if missing:
             raise SimulatorError(f"the {family} netlist uses {', '.join(missing)}, which Yosys models only as a blackbox "

@@ -163,3 +163,17 @@ def test_paths_recorded_in_the_scratch_folder_follow_the_rename(tmp_path: Path) 
     m = F._moved({"boards": {"icebreaker": {"bitstream": str(work / "icebreaker" / "x.bin"), "n": np.int64(3)}}}, work, dest)
     assert m["boards"]["icebreaker"] == {"bitstream": str(dest / "icebreaker" / "x.bin"), "n": 3}
     assert json.loads((dest / "icebreaker" / "build.json").read_text())["bitstream"] == str(dest / "icebreaker" / "x.bin")
+
+
+def test_gate_level_covers_the_boards_families() -> None:
+    """The flow's gate-level step simulates the FPGA family of every board it builds."""
+    from firstspike.flow import FlowConfig, FlowError, gate_families
+
+    assert gate_families(FlowConfig(boards=("icebreaker",))) == ["ice40"]
+    assert gate_families(FlowConfig(boards=("ulx3s",))) == ["ecp5"]
+    assert gate_families(FlowConfig(boards=("ulx3s", "icebreaker", "orangecrab"))) == ["ice40", "ecp5"]
+    assert gate_families(FlowConfig(boards=())) == ["ice40"]
+    assert gate_families(FlowConfig(gate_family="all")) == ["ice40", "ecp5"]
+    assert gate_families(FlowConfig(boards=("ulx3s",), gate_family="ice40")) == ["ice40"]
+    with pytest.raises(FlowError, match="unknown --gate-family"):
+        gate_families(FlowConfig(gate_family="xc7"))

@@ -113,20 +113,6 @@ def test_verify_reports_mismatches(tmp_path: Path, build_root: Path) -> None:
     assert mism["input"] == 0 and sum(mism.values()) > 0
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", ["ice40", "ecp5"])
-def test_gate_level_netlist(build_root: Path, family: str) -> None:
-    """Yosys's post-synthesis netlist of each FPGA family (with its cell models) on Verilator
-    equals the golden model."""
-    rng = np.random.default_rng(1000)
-    tables = random_tables(rng, max_channels=3)
-    images = random_images(rng, 3, tables.input_shape)
-    b = rtl.build(tables, sim="verilator", lanes=2, build_root=build_root, max_images=4, gate_level=family)
-    assert_exact(tables, rtl.run_images(b, images), images)
-    with pytest.raises(rtl.SimulatorError, match="gate-level"):
-        rtl.build(tables, sim="icarus", gate_level=family, build_root=build_root)
-
-
 def test_verify_images_of_the_wrong_shape(tmp_path: Path, build_root: Path, caplog: pytest.LogCaptureFixture) -> None:
     """An 8x8 model against 28x28 MNIST: exit 2 naming both shapes, before any simulator build."""
     model = save(random_tables(np.random.default_rng(3), side=8), tmp_path / "m8.fsm")

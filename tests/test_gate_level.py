@@ -1,0 +1,103 @@
+"""Rung: Yosys's post-synthesis netlists of both FPGA families, with their cell models, on
+Verilator, against the golden model and the RTL, at the sizes users run.
+
+* the block-RAM check (firstspike.sim.memcheck): Amaranth memories of the core's shapes and
+  more, RTL against netlist on every cycle, per family; and the same check with Yosys's own
+  ECP5 models must fail, because Yosys's DP16KD is a blackbox (issue 11: every block-RAM
+  read of the ECP5 netlist was undriven);
+* the gate-level core of the trained iCEBreaker model (28x28 input, memories in block RAM
+  on both families), every layer's spike times, the class and the cycle count against the
+  RTL;
+* a netlist that uses a blackbox without a model is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from firstspike.data import load_split
+from firstspike.quantize.export import quantize_checkpoint
+from firstspike.sim import rtl
+from firstspike.sim.memcheck import memory_check
+from firstspike.sim.vectors import compare_streams, expected, random_images, random_tables
+
+ROOT = Path(__file__).resolve().parent.parent
+ICE40_MODEL = ROOT / "bench" / "results" / "ice40_binary.pt"
+BRAM = {"ice40": "SB_RAM40_4K", "ecp5": "DP16KD"}
+
+
+@pytest.fixture(scope="module")
+def build_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gl-build")
+
+
+def test_blackbox_helpers(tmp_path: Path) -> None:
+    text = "(* blackbox *)\nmodule A(input x);\nendmodule\nmodule B(output y);\nassign y = 1;\nendmodule\n"
+    assert rtl.blackboxes(text) == {"A"}
+    assert "module A" not in rtl.drop_modules(text, {"A"}) and "module B" in rtl.drop_modules(text, {"A"})
+    net = "module top(input clk);\n  LUT4 #(\n    .INIT(16'h1)\n  ) \\u0  (\n    .A(clk)\n  );\n  SB_HFOSC u1 (.CLKHF(x));\nendmodule\n"
+    assert rtl.netlist_cells(net) == {"LUT4", "SB_HFOSC"}
+    # SB_HFOSC is a blackbox in Yosys's iCE40 models and firstspike has no model for it
+    (tmp_path / "gl.v").write_text(net)
+    with pytest.raises(rtl.SimulatorError, match="SB_HFOSC, which Yosys models only as a blackbox"):
+        rtl.gate_level_models(tmp_path, "ice40", tmp_path / "gl.v")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ice40", "ecp5"])
+def test_block_ram_check(family: str, tmp_path: Path) -> None:
+    """Every read port of every memory shape agrees, RTL and netlist, on 3,000 cycles."""
+    rep = memory_check(family, tmp_path, cycles=3000)
+    assert rep.cells.get(BRAM[family], 0) >= 10, rep.cells  # the shapes really map to block RAM
+    if family == "ecp5":  # x1, x2, x9, x18 and x36 (PDPW16KD) ports all in use
+        assert "DP16KD data widths 1/2/9/18/36" in rep.cells, rep.cells
+    assert rep.mismatched_cycles == 0, (rep.first_mismatch, rep.per_case)
+
+
+@pytest.mark.slow
+def test_block_ram_check_fails_on_yosys_blackbox(tmp_path: Path) -> None:
+    """Without firstspike's DP16KD model the check must fail (it did, silently, before)."""
+    rep = memory_check("ecp5", tmp_path, cycles=200, replace_blackboxes=False)
+    assert rep.mismatched_cycles > 100, rep
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ice40", "ecp5"])
+def test_gate_level_trained_ice40_model(family: str, build_root: Path) -> None:
+    """The trained iCEBreaker network (issue 11's failing case) at the board's 2 lanes:
+    netlist = golden model on every value, and = RTL on cycles."""
+    tables, _ = quantize_checkpoint(ICE40_MODEL)
+    test = load_split("mnist", "test")
+    idx = np.linspace(0, len(test) - 1, 4).astype(int)
+    images = test.images[idx][:, None]
+    gl = rtl.build(tables, sim="verilator", lanes=2, build_root=build_root, max_images=4, gate_level=family)
+    netlist = (gl.build_dir / "src" / f"gl_{family}.v").read_text()
+    assert len(re.findall(rf"^\s+{BRAM[family]}\b", netlist, re.M)) >= 8  # its memories are block RAM
+    res = rtl.run_images(gl, images)
+    want = expected(tables, images)
+    mism = compare_streams(tables, res.stream, want.stream)
+    assert sum(mism.values()) == 0, mism
+    np.testing.assert_array_equal(res.classes, want.classes)
+    ref = rtl.run_images(rtl.build(tables, sim="verilator", lanes=2, build_root=build_root, max_images=4), images)
+    np.testing.assert_array_equal(res.cycles, ref.cycles)
+
+
+@pytest.mark.slow
+def test_gate_level_random_28x28_both_families(build_root: Path) -> None:
+    """A random 28x28 network (other widths than the trained one) on both netlists."""
+    rng = np.random.default_rng(5)
+    tables = random_tables(rng, side=28, max_layers=1, max_channels=3)
+    images = random_images(rng, 3, tables.input_shape)
+    want = expected(tables, images)
+    for family in ("ice40", "ecp5"):
+        b = rtl.build(tables, sim="verilator", lanes=2, build_root=build_root, max_images=3, gate_level=family)
+        res = rtl.run_images(b, images)
+        mism = compare_streams(tables, res.stream, want.stream)
+        assert sum(mism.values()) == 0, (family, mism)
+        np.testing.assert_array_equal(res.classes, want.classes)
+    with pytest.raises(rtl.SimulatorError, match="gate-level"):
+        rtl.build(tables, sim="icarus", gate_level="ecp5", build_root=build_root)
