@@ -50,6 +50,8 @@ bench: setup
 	$(PY) bench/fixed_point.py
 	$(PY) bench/rtl_regression.py
 	$(PY) bench/rtl_lanes.py
+	$(PY) bench/gate_level.py --model bench/results/ice40_binary.pt --images 300
+	$(PY) bench/gate_level.py --model bench/results/mnist_binary.pt --images 12
 	$(PY) bench/boards.py
 
 clean:

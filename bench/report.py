@@ -115,6 +115,22 @@ def render_docs() -> Path:
                   f"over {rr['jobs']} jobs.", ""]  # fmt: skip
         if rr.get("plot"):
             lines += [f"![cycles per image](../bench/results/{rr['plot']})", ""]
+    gl = _load("gate_level")
+    if gl:
+        lines += ["## Gate-level regression (bench/gate_level.py)", "",
+                  "Yosys's post-synthesis netlist of each FPGA family (`synth_ice40` / `synth_ecp5`) with the family's "
+                  "cell models on Verilator; the ECP5 block RAM (DP16KD, a blackbox in Yosys) runs on firstspike's model "
+                  "`sim/cells/ecp5_dp16kd.v`. Every layer's spike times, V(T-1) and the class against the golden model; "
+                  f"cycles per image against the RTL on the same images. Test images spread over the test set; {_hw(gl)}.", "",
+                  "| model | family | lanes | block RAM cells | images | mismatches (values + classes) | values compared | "
+                  "cycle counts differing from RTL | accuracy (= golden) | cycles/image | wall time | date, commit |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in gl["runs"]:
+            lines.append(f"| `{r['model']}` (T={r['T']}) | {r['family']} | {r['lanes']} | {r['bram_cells']} | {r['images']} | "
+                         f"**{r['total_mismatches']}** | {r['values_compared']:,} | {r['cycle_mismatches_vs_rtl']} | "
+                         f"{100 * r['rtl_accuracy']:.2f}% ({100 * r['golden_accuracy']:.2f}%) | {r['cycles_mean']:,.0f} | "
+                         f"{r['wall_minutes']:.1f} min | {r['date']}, {r['commit']} |")  # fmt: skip
+        lines.append("")
     rc = _load("rtl_lanes")
     if rc:
         lines += ["## Cycles against lanes (bench/rtl_lanes.py)", "",
