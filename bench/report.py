@@ -173,6 +173,8 @@ def render_docs() -> Path:
                 f"{r_['virtual_retries']} | {_spk(r_)} |"
             )
         lines.append("")
+    lines += ["## What moved accuracy", "", "Ablations, the non-spiking ceiling and the causes of underfitting (issue 12) are "
+              "written by hand in [accuracy.md](accuracy.md) (bench/accuracy_ablations.py, bench/accuracy_ceiling.py).", ""]
     DOCS.parent.mkdir(parents=True, exist_ok=True)
     DOCS.write_text("\n".join(lines) + "\n")
     return DOCS

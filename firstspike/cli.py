@@ -33,7 +33,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", choices=["adam", "sgd"])
     p.add_argument("--schedule", choices=["cosine", "step", "none"])
-    p.add_argument("--loss", choices=["relative", "tce"])
+    p.add_argument("--loss", choices=["relative", "tce", "ce", "potential"], help="output loss (default: the config's)")
     p.add_argument("--gamma", type=float, help="loss margin in time steps")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])

@@ -42,3 +42,56 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
         states.append(load_checkpoint(tmp_path / run / "checkpoint.pt")["state_dict"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0] if k.endswith("weight"))
+
+
+def test_real_valued_network_learns(tmp_path: Path) -> None:
+    """Real-valued csnn_ice40 used to stay at chance (11-15%): Adam's absolute step (lr 5e-3)
+    is tiny against calibrated real weights (mean |w| 3-10), and the original calibration
+    scaled some layers by thousands. With each layer's rate scaled by its weights and the
+    "positive" calibration it learns; with the old settings it must not (so this can fail)."""
+    cfg, table = load_config("csnn_ice40")
+    cfg.mode = "real"
+    accs = {}
+    for name, lr_rel, calib in (("fixed", True, "auto"), ("old", False, "median")):
+        tc = TrainConfig.from_dict(table)
+        tc.epochs, tc.train_subset, tc.test_subset, tc.progress = 2, 20000, 1000, False
+        tc.real_lr_relative, tc.calib, tc.diagnostics = lr_rel, calib, False
+        # the recipe of the issue's measurement, so only the real-mode fix differs
+        tc.batch_size, tc.loss, tc.t_goal, tc.ema = 64, "relative", 1.0, 0.0
+        accs[name] = train(cfg, tc, tmp_path / name, resume=False)["test_acc"]
+    assert accs["fixed"] >= 0.35, accs  # 46.7% measured (2 x 20,000 images); chance is 10%
+    assert accs["old"] < 0.3, accs
+
+
+def test_clamped_latent_weights_and_decision_rule_history(tmp_path: Path) -> None:
+    """clamp_weights keeps binary latent weights in [-1, 1] (none frozen by the clipped
+    straight-through estimator); the history reports the decision rule's train accuracy and
+    the learning diagnostics."""
+    cfg, table = load_config("csnn_tiny")
+    tc = TrainConfig.from_dict(table)
+    tc.epochs, tc.train_subset, tc.test_subset, tc.progress, tc.batch_size = 1, 512, 200, False, 16
+    tc.clamp_weights = True
+    ck = train(cfg, tc, tmp_path, resume=False)
+    model = model_from_checkpoint(ck)
+    assert all(float(m.weight.detach().abs().max()) <= 1.0 for m in model.spiking_layers())
+    d = ck["history"][-1]["diag"]
+    assert d["frozen_weights"] == [0.0] * len(model.spiking_layers())
+    for key in ("grad_norm", "zero_error_frac", "latency_correct", "no_output_spike", "dead_channels", "alpha_range"):
+        assert key in d
+    assert 0.0 <= ck["history"][-1]["train_acc"] <= 1.0
+
+
+def test_weight_average_is_saved_and_resumed(tmp_path: Path) -> None:
+    """ema > 0: the checkpoint's model is the parameter average, the raw weights are kept for
+    resuming, and a resumed run continues from them."""
+    cfg, table = load_config("csnn_tiny")
+    tc = TrainConfig.from_dict(table)
+    tc.epochs, tc.train_subset, tc.test_subset, tc.progress, tc.ema = 1, 256, 100, False, 0.9
+    ck = train(cfg, tc, tmp_path, resume=False)
+    avg, raw = ck["state_dict"], ck["train_state_dict"]
+    assert any(not torch.equal(avg[k], raw[k]) for k in avg if k.endswith("weight"))
+    model = model_from_checkpoint(ck)  # the average is what gets exported
+    assert torch.equal(model.layers[0].weight, avg["layers.0.weight"])
+    tc.epochs = 2
+    ck2 = train(cfg, tc, tmp_path, resume=True)
+    assert ck2["epoch"] == 2 and "train_state_dict" in ck2

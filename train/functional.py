@@ -48,7 +48,8 @@ class SpikeFire(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, t_in, w_eff, w_fwd, thr_fwd, rho: float, T: int, stride: int, pad: int, backend: str, norm: bool):
+    def forward(ctx, t_in, w_eff, w_fwd, thr_fwd, rho: float, T: int, stride: int, pad: int, backend: str, norm: bool,
+                latency: str = "rho"):
         Ho = (t_in.shape[2] + 2 * pad - w_fwd.shape[2]) // stride + 1
         Wo = (t_in.shape[3] + 2 * pad - w_fwd.shape[3]) // stride + 1
         if backend == "numba":
@@ -62,15 +63,18 @@ class SpikeFire(torch.autograd.Function):
             out = stepwise.fire_forward(t_in.detach(), w_fwd.detach().double(), thr_fwd.detach().double(), T, stride, pad)
             out = out.to(t_in.dtype)
         ctx.save_for_backward(t_in, w_eff, out)
-        ctx.cfg = (rho, T, stride, pad, backend, norm)
+        ctx.cfg = (rho, T, stride, pad, backend, norm, latency)
         return out
 
     @staticmethod
     def backward(ctx, g_out):
         t_in, w_eff, t_out = ctx.saved_tensors
-        rho, T, stride, pad, backend, norm = ctx.cfg
-        gv = -g_out.double() / rho
-        if norm:  # unit-norm error per sample, averaged over the (local) batch like the loss
+        rho, T, stride, pad, backend, norm, latency = ctx.cfg
+        gv = -g_out.double() / latency_slope(latency, rho, t_in, w_eff, t_out, T, stride, pad)
+        if norm == "batch":  # unit RMS per-sample norm over the batch: samples keep their relative sizes
+            nrm = gv.flatten(1).norm(dim=1).pow(2).mean().sqrt().clamp_min(1e-12)
+            gv = gv / (nrm * gv.shape[0])
+        elif norm:  # unit-norm error per sample, averaged over the (local) batch like the loss
             nrm = gv.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
             gv = gv / (nrm * gv.shape[0])
         if backend == "numba":
@@ -90,7 +94,40 @@ class SpikeFire(torch.autograd.Function):
             gw, gt = stepwise.fire_backward(t_in.detach(), w_eff.detach().double(), t_out, gv, T, stride, pad)
         gw = gw.to(device=w_eff.device, dtype=w_eff.dtype)
         gt = gt.to(device=t_in.device, dtype=t_in.dtype) if ctx.needs_input_grad[0] else None
-        return gt, gw, None, None, None, None, None, None, None, None
+        return gt, gw, None, None, None, None, None, None, None, None, None
+
+
+LATENCY = ("rho", "channel", "true")
+
+
+def latency_slope(kind: str, rho: float, t_in, w_eff, t_out, T: int, stride: int, pad: int):
+    """The slope that linearises dt_j/dV_j = -1/slope in the backward.
+
+    "rho": STiDi-BP, one constant per layer (theta_l / T). "true": each neuron's own slope
+    at its crossing, I_j(t_j) = sum_{i: t_i < t_j} w_ji (exact derivative of the linearly
+    interpolated crossing; a diagnostic, not STiDi-BP); silent neurons and slopes below rho
+    use rho. "channel": a constant per output channel, the batch median of the crossing
+    slopes of its firing neurons (rho where none fires), floored at rho: still a linear
+    approximation with no per-neuron dependence, but in binary mode it cancels the
+    per-channel scale alpha, which "rho" lets weigh every channel's error by alpha."""
+    if kind == "rho":
+        return rho
+    slope = torch.from_numpy(
+        kernels.crossing_slope(
+            t_in.detach().cpu().numpy().astype(np.int32),
+            w_eff.detach().cpu().numpy().astype(np.float64),
+            t_out.detach().cpu().numpy().astype(np.int32),
+            T, stride, pad,
+        )  # fmt: skip
+    ).to(t_out.device)
+    fired = t_out < T
+    if kind == "true":
+        return torch.where(fired, slope.clamp_min(rho), torch.full_like(slope, rho))
+    if kind == "channel":
+        s = torch.where(fired, slope, torch.full_like(slope, float("nan"))).transpose(0, 1).flatten(1)
+        med = torch.nan_to_num(torch.nanmedian(s, dim=1).values, nan=rho).clamp_min(rho)
+        return med.view(1, -1, 1, 1)
+    raise ValueError(f"unknown latency linearisation {kind!r}; use one of {LATENCY}")
 
 
 def min_pool(t: torch.Tensor, k: int) -> torch.Tensor:
@@ -107,12 +144,18 @@ def decide(t_out: torch.Tensor, v_last: torch.Tensor, T: int) -> torch.Tensor:
     return torch.where(fired, by_time, by_v)
 
 
-def relative_targets(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float) -> torch.Tensor:
+def relative_targets(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, t_goal: float | None = None) -> torch.Tensor:
     """S4NN/BS4NN relative targets: the correct class aims at the earliest output time tau,
     others firing before tau + gamma are pushed to min(tau + gamma, T); if nothing fired the
-    correct class aims at T - gamma and the others stay at T."""
+    correct class aims at T - gamma and the others stay at T.
+
+    ``t_goal`` (time steps, optional): a deadline; tau is replaced by min(tau, t_goal), so a
+    correct class that fires first but after the deadline is still pulled earlier (and the
+    others by the same margin), which moves the decisions away from the end of the window."""
     t = t_out.detach()
     tau = t.min(dim=1, keepdim=True).values
+    if t_goal is not None:
+        tau = torch.clamp(tau, max=float(t_goal))
     push = torch.clamp(tau + gamma, max=float(T))
     target = torch.where(t < tau + gamma, push.expand_as(t), t)
     onehot = F.one_hot(labels, t.shape[1]).bool()
@@ -125,15 +168,60 @@ def relative_targets(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: f
     return target
 
 
-def spike_loss(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, kind: str = "relative") -> torch.Tensor:
+def spike_loss(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, kind: str = "relative",
+               t_goal: float | None = None) -> torch.Tensor:
     """Mean over the batch of 0.5 * sum_k e_k^2, e_k = (t_k - target_k) / T ("relative"),
     or a temporal cross-entropy on -t_k / T * 10 ("tce")."""
     if kind == "relative":
-        e = (t_out - relative_targets(t_out, labels, T, gamma)) / T
+        e = (t_out - relative_targets(t_out, labels, T, gamma, t_goal)) / T
         return 0.5 * (e**2).sum(dim=1).mean()
     if kind == "tce":
         return F.cross_entropy(-t_out / T * 10.0, labels)
-    raise ValueError(f"unknown loss {kind!r}; use 'relative' or 'tce'")
+    if kind == "ce":
+        # cross-entropy on -t / gamma (gamma steps = one logit unit); a silent output other
+        # than the correct class cannot fire later, so it gets no gradient (its weights would
+        # otherwise shrink without bound)
+        silent_other = (t_out.detach() >= T) & ~F.one_hot(labels, t_out.shape[1]).bool()
+        t = torch.where(silent_other, t_out.detach(), t_out)
+        return F.cross_entropy(-t / gamma, labels)
+    raise ValueError(f"unknown loss {kind!r}; use 'relative', 'ce' or 'tce'")
+
+
+def potential_loss(
+    t_out: torch.Tensor,
+    t_in: torch.Tensor,
+    w_eff: torch.Tensor,
+    theta: float,
+    labels: torch.Tensor,
+    T: int,
+    margin: float,
+    t_star: float | None = None,
+    stride: int = 1,
+    pad: int = 0,
+) -> torch.Tensor:
+    """Output loss on the potentials at a decision time t* (the forward pass is unchanged).
+
+    t* = ``t_star`` (a fixed step), or if None the earliest output spike (T - 1 if none
+    fires). The fixed time is the one to use: with t* = the earliest spike, the loss rewards
+    hidden neurons for firing before whatever output fired first, outputs then fire earlier
+    still, and training spirals into decisions taken on the first few hidden spikes.
+    The decision is right with a margin iff at t* the correct output is at or above its
+    threshold and every other output is below its own: with z_k = (V_k(t*) - theta) / theta,
+    the loss is the hinge relu(margin - z_c) + sum_{k != c} relu(margin + z_k), averaged
+    over the batch. V_k(t*) = sum_i w_ki max(0, t* - t_i) is linear in the weights, so its
+    gradients are exact: dV/dw_ki = max(0, t* - t_i), dV/dt_i = -w_ki [t_i < t*] (the
+    STiDi-BP formulas with every output evaluated at the common time t* instead of its own
+    spike time); the hidden layers below keep the STiDi-BP backward."""
+    if t_star is None:
+        tau = t_out.detach().flatten(1).min(dim=1).values.clamp(max=float(T - 1))
+    else:
+        tau = torch.full((t_out.shape[0],), float(t_star), dtype=t_in.dtype, device=t_in.device)
+    x = F.relu(tau.view(-1, 1, 1, 1).to(t_in.dtype) - t_in)  # relu: no gradient for t_i = t* (as [t_i < t*])
+    v = F.conv2d(x.to(w_eff.dtype), w_eff, stride=stride, padding=pad).flatten(1)
+    z = (v - theta) / theta
+    onehot = F.one_hot(labels, z.shape[1]).to(z.dtype)
+    h = onehot * F.relu(margin - z) + (1 - onehot) * F.relu(margin + z)
+    return h.sum(dim=1).mean()
 
 
 def silence_penalty(hidden: list[torch.Tensor], T: int, fire_min: float) -> torch.Tensor:

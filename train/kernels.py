@@ -159,6 +159,37 @@ def fire_backward(tin, w, tout, gv, T, stride, pad, nchunks):
     return gw.reshape(Co, C, KH, KW), gtin.reshape(B, C, H, W)
 
 
+@njit(cache=True, parallel=True)
+def crossing_slope(tin, w, tout, T, stride, pad):
+    """Slope I_j(t_j) = sum_{i: t_i < t_j} w_ji of every neuron at its crossing step (the
+    true sensitivity of its spike time is dt_j/dV_j = -1 / I_j(t_j)); silent neurons get the
+    slope at T. w float64 (B, Co, Ho, Wo) result."""
+    B, C, H, W = tin.shape
+    Co, _, KH, KW = w.shape
+    _, _, Ho, Wo = tout.shape
+    n = C * KH * KW
+    wf = w.reshape(Co, n)
+    out = np.zeros((B, Co, Ho, Wo), np.float64)
+    for b in prange(B):
+        cnt = np.empty(T + 1, np.int64)
+        ev_t = np.empty(n, np.int32)
+        ev_k = np.empty(n, np.int64)
+        ev_p = np.empty(n, np.int64)
+        tin_b = tin[b]
+        for oy in range(Ho):
+            for ox in range(Wo):
+                ne = _gather(tin_b, oy, ox, stride, pad, KH, KW, T, cnt, ev_t, ev_k, ev_p)
+                for co in range(Co):
+                    tj = tout[b, co, oy, ox]
+                    acc = 0.0
+                    for e in range(ne):
+                        if ev_t[e] >= tj:
+                            break
+                        acc += wf[co, ev_k[e]]
+                    out[b, co, oy, ox] = acc
+    return out
+
+
 def num_threads() -> int:
     """Threads the Numba kernels use (set with NUMBA_NUM_THREADS or numba.set_num_threads)."""
     return int(numba.get_num_threads())

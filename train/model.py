@@ -168,11 +168,11 @@ class SpikingLayer(nn.Module):
         _, w, thr = self.effective()
         return w.detach(), thr.detach()
 
-    def forward(self, t_in: torch.Tensor, backend: str = "auto", norm: bool = False) -> torch.Tensor:
+    def forward(self, t_in: torch.Tensor, backend: str = "auto", norm: bool = False, latency: str = "rho") -> torch.Tensor:
         w_eff, w_fwd, thr = self.effective()
         be = resolve_backend(backend, t_in.device)
         rho = float(self.theta) / self.T
-        return SpikeFire.apply(t_in, w_eff, w_fwd, thr, rho, self.T, self.stride, self.padding, be, norm)
+        return SpikeFire.apply(t_in, w_eff, w_fwd, thr, rho, self.T, self.stride, self.padding, be, norm, latency)
 
     def potential_at(self, t_in: torch.Tensor, t: float) -> torch.Tensor:
         """V_j(t) with the forward weights (float64; exact integers in binary mode)."""
@@ -205,6 +205,7 @@ class CSNN(nn.Module):
         self.layers = nn.ModuleList(mods)
         self.backend = "auto"
         self.norm_grad = False
+        self.latency = "rho"  # linearisation of dt/dV in the backward (functional.latency_slope)
 
     @property
     def num_classes(self) -> int:
@@ -224,7 +225,7 @@ class CSNN(nn.Module):
             if kind == "pool":
                 t = min_pool(t, k)
             else:
-                t = mod(t, self.backend, self.norm_grad)
+                t = mod(t, self.backend, self.norm_grad, self.latency)
             outs.append(t)
         return outs
 
@@ -241,10 +242,19 @@ class CSNN(nn.Module):
         return decide(outs[-1].flatten(1), v_last, self.T), outs
 
     @torch.no_grad()
-    def calibrate(self, images: torch.Tensor) -> None:
+    def calibrate(self, images: torch.Tensor, method: str = "median") -> None:
         """Data-driven initialisation, layer by layer: scale each channel (alpha in binary
         mode, the weights in real mode) so that about ``calib_fire`` of its neurons cross
-        threshold by ``calib_time * T`` on this batch."""
+        threshold by ``calib_time * T`` on this batch.
+
+        ``method``: "positive" takes the quantile over the neurons whose peak potential is
+        positive (the only ones that can fire); "median" (the original) over all neurons with
+        input, falling back to the channel's maximum when that quantile is <= 0. With random
+        +-1 kernels on MNIST about half of the channels have a quantile <= 0 there, so
+        "median" leaves them firing on ~0% of the images (threshold = the maximum), and
+        channels with a quantile of 1 get threshold 1 (alpha = theta)."""
+        if method not in ("positive", "median"):
+            raise ValueError(f"unknown calibration {method!r}; use 'positive' or 'median'")
         cfg = self.cfg
         t = self.encode(images)
         n_layers = len(self.layers)
@@ -268,9 +278,17 @@ class CSNN(nn.Module):
             v = v.transpose(0, 1)[:, active.squeeze(1)]  # (Co, N active)
             if v.shape[1] == 0:
                 v = torch.ones(v.shape[0], 1, dtype=torch.float64)
-            q = torch.quantile(v, 1.0 - cfg.calib_fire, dim=1)
-            if not mod.per_channel():
-                q = torch.quantile(v.flatten(), 1.0 - cfg.calib_fire).expand_as(q)
+            if method == "positive":
+                # quantile over positive peaks only (NaN marks the others; nanquantile skips them)
+                vp = torch.where(v > 0, v, torch.full_like(v, float("nan")))
+                q = torch.nanquantile(vp, 1.0 - cfg.calib_fire, dim=1)
+                if not mod.per_channel():
+                    q = torch.nanquantile(vp.flatten(), 1.0 - cfg.calib_fire).expand_as(q)
+                q = torch.nan_to_num(q, nan=1.0)
+            else:
+                q = torch.quantile(v, 1.0 - cfg.calib_fire, dim=1)
+                if not mod.per_channel():
+                    q = torch.quantile(v.flatten(), 1.0 - cfg.calib_fire).expand_as(q)
             fallback = v.max(dim=1).values.clamp_min(1.0)
             q = torch.where(q > 0, q, fallback)
             theta = float(mod.theta)

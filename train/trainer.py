@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from firstspike.data import load_split
 from firstspike.errors import CheckpointError, ConfigError
-from firstspike.train.functional import silence_penalty, spike_loss
+from firstspike.train.functional import decide, latency_slope, potential_loss, relative_targets, silence_penalty, spike_loss
 from firstspike.train.model import CSNN, NetConfig
 
 log = logging.getLogger(__name__)
@@ -45,16 +45,29 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | step | none
     step_size: int = 10
     gamma: float = 3.0  # loss margin (time steps)
-    loss: str = "relative"  # relative | tce
+    loss: str = "relative"  # relative | ce | tce (functional.spike_loss) | potential (functional.potential_loss)
+    margin: float = 0.1  # potential loss: hinge margin, a fraction of the threshold
+    t_goal: float = 1.0  # relative loss: deadline for the earliest output; potential loss: the decision time t*; fractions of T (1 = none / the earliest output spike)
     norm_grad: bool = False  # L2-normalise each layer's dL/dV per sample (S4NN style)
+    norm_mode: str = "sample"  # with norm_grad: "sample" (each sample unit norm) | "batch" (unit RMS over the batch)
     fire_min: float = 0.05  # hidden channels firing less than this (per batch) are pushed to fire
     fire_weight: float = 1.0  # weight of that silence penalty (0 = off)
+    real_lr_relative: bool = True  # real mode: each layer's lr x its mean |w| / 0.5 after calibration
+    homeostasis: float = 0.0  # > 0: instead of the penalty's gradient, raise the scale of hidden channels
+    #   firing less than fire_min in the batch by this factor (log alpha += it; real mode: w *= exp(it))
+    ema: float = 0.0  # > 0: keep an exponential moving average of the parameters (decay per step);
+    #   it is what is evaluated and saved as the model (the raw weights go to train_state_dict for resuming)
+    clamp_weights: bool = False  # binary: clamp the real weights to [-1, 1] after every step (BinaryConnect)
+    diagnostics: bool = True  # per-epoch learning diagnostics in the history (gradient norms, latency, ...)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     backend: str = "auto"  # auto | numba | torch
     train_subset: int = 0  # 0 = all training images
     test_subset: int = 0
     calib_images: int = 512
+    freeze: str = ""  # diagnostics: comma-separated spiking-layer indices (0 = first) not to train
+    latency: str = "rho"  # linearisation of dt/dV: rho (STiDi-BP) | channel | true (see functional.latency_slope)
+    calib: str = "auto"  # data-driven init: "positive" | "median" (see CSNN.calibrate) | "auto": median for binary, positive for real
     eval_batch: int = 500
     progress: bool = True
 
@@ -163,9 +176,15 @@ def _make_optimizer(model: torch.nn.Module, tc: TrainConfig, opt: torch.optim.Op
     """Optimizer (weights; binary scales alpha at ``alpha_lr_scale`` x lr) and its schedule.
     An existing (resumed) optimizer gets a fresh schedule for ``tc.epochs``."""
     if opt is None:
-        weights = [p for n, p in model.named_parameters() if not n.endswith("log_alpha")]
-        alphas = [p for n, p in model.named_parameters() if n.endswith("log_alpha")]
+        weights = [p for n, p in model.named_parameters() if not n.endswith("log_alpha") and p.requires_grad]
+        alphas = [p for n, p in model.named_parameters() if n.endswith("log_alpha") and p.requires_grad]
         groups = [{"params": weights, "lr_scale": 1.0}]
+        if tc.real_lr_relative and isinstance(model, CSNN) and model.cfg.mode == "real":
+            # Adam's step is absolute: lr is meant for weights of size ~0.5 (binary latent
+            # weights in [-1, 1]); calibrated real weights are ~3-10x larger, so each layer's
+            # rate is scaled by its mean |w| / 0.5 (at the start of training)
+            groups = [{"params": [m.weight], "lr_scale": max(float(m.weight.detach().abs().mean()) / 0.5, 1e-6)}
+                      for m in model.spiking_layers() if m.weight.requires_grad]  # fmt: skip
         if alphas:
             groups.append({"params": alphas, "lr_scale": tc.alpha_lr_scale})
         for g in groups:
@@ -205,16 +224,33 @@ def train(
 
     model = CSNN(net_cfg).to(device)
     model.backend = tc.backend
-    model.norm_grad = tc.norm_grad
+    model.norm_grad = ("batch" if tc.norm_mode == "batch" else True) if tc.norm_grad else False
+    model.latency = tc.latency
+    for i in (int(v) for v in tc.freeze.split(",") if v.strip()):
+        for p in model.spiking_layers()[i].parameters():
+            p.requires_grad_(False)
+    resuming = resume and ck_path.is_file()
+    if not resuming:
+        # data-driven initialisation first: real mode sizes its learning rates by the weights
+        g = torch.Generator().manual_seed(tc.seed)
+        idx = torch.randperm(len(y_train), generator=g)[: tc.calib_images]
+        calib = tc.calib if tc.calib != "auto" else ("median" if net_cfg.mode == "binary" else "positive")
+        model.calibrate(x_train[idx].to(device), calib)
     opt, sched = _make_optimizer(model, tc)
     start_epoch, history = 0, []
 
-    if resume and ck_path.is_file():
+    if resuming:
         ck = load_checkpoint(ck_path)
         if ck["net"] != net_cfg.to_dict():
             raise CheckpointError(f"{ck_path} was trained with another architecture; use a new --out or --no-resume")
         model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
+        ema_init = {n: p.detach().clone() for n, p in model.named_parameters()}
+        if "train_state_dict" in ck:  # the saved model is the average; training continues from the raw weights
+            model.load_state_dict(ck["train_state_dict"])
+        try:
+            opt.load_state_dict(ck["optimizer"])
+        except ValueError as e:
+            raise CheckpointError(f"{ck_path}: its optimizer state does not fit this trainer ({e}); use --no-resume") from e
         start_epoch, history = ck["epoch"], ck["history"]
         # rebuild the schedule for this run's epoch count (it may extend the finished run)
         for group in opt.param_groups:
@@ -226,10 +262,10 @@ def train(
                 sched.step()
         torch.set_rng_state(ck["rng"])
         log.info("resumed %s at epoch %d", ck_path, start_epoch)
-    else:
-        g = torch.Generator().manual_seed(tc.seed)
-        idx = torch.randperm(len(y_train), generator=g)[: tc.calib_images]
-        model.calibrate(x_train[idx].to(device))
+
+    ema, ema_steps = None, start_epoch * max(1, len(y_train) // max(1, world) // tc.batch_size)
+    if tc.ema > 0:
+        ema = ema_init if resuming else {n: p.detach().clone() for n, p in model.named_parameters()}
 
     ddp_model: torch.nn.Module = model
     if world > 1:
@@ -245,28 +281,57 @@ def train(
         steps = len(perm) // tc.batch_size
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not (tc.progress and rank == 0))
         run_loss = run_correct = run_n = 0.0
+        diag = _Diag(model) if tc.diagnostics else None
         for s in bar:
             bi = perm[s * tc.batch_size : (s + 1) * tc.batch_size]
             xb, yb = x_train[bi].to(device), y_train[bi].to(device)
             outs = ddp_model(xb, all_layers=True)
             t_out = outs[-1].flatten(1)
-            loss = spike_loss(t_out, yb, T, tc.gamma, tc.loss)
+            t_goal = tc.t_goal * T if tc.t_goal < 1 else None
+            if tc.loss == "potential":
+                out_layer = model.layers[-1]
+                loss = potential_loss(t_out, outs[-2], out_layer.effective()[0], float(out_layer.theta), yb, T,
+                                      tc.margin, t_goal, out_layer.stride, out_layer.padding)  # fmt: skip
+            else:
+                loss = spike_loss(t_out, yb, T, tc.gamma, tc.loss, t_goal)
             total = loss
-            if tc.fire_weight > 0:
+            if tc.fire_weight > 0 and tc.homeostasis <= 0:
                 hidden = [o for k, o in zip(model.kinds[:-1], outs[1:-1]) if k != "pool"]
                 if hidden:
                     total = loss + tc.fire_weight * silence_penalty(hidden, T, tc.fire_min)
             opt.zero_grad(set_to_none=True)
             total.backward()
+            if diag is not None:
+                diag.step(model, t_out, yb, T, tc.gamma, t_goal)
             opt.step()
+            if tc.homeostasis > 0:
+                _homeostasis(model, outs, T, tc.fire_min, tc.homeostasis)
+            if tc.clamp_weights and net_cfg.mode == "binary":
+                with torch.no_grad():
+                    for m in model.spiking_layers():
+                        m.weight.clamp_(-1.0, 1.0)
+            if ema is not None:
+                ema_steps += 1  # warm-up: short runs average over their own steps, not the initialisation
+                d = min(tc.ema, ema_steps / (ema_steps + 9.0))
+                with torch.no_grad():
+                    for n, p in model.named_parameters():
+                        ema[n].mul_(d).add_(p.detach(), alpha=1.0 - d)
             with torch.no_grad():
-                pred = torch.argmin(t_out, dim=1)  # earliest spike; cheap running figure
+                # the model's decision rule (earliest spike; if none fires, largest V(T-1))
+                v_last = model.layers[-1].potential_at(outs[-2].detach(), T - 1).flatten(1)
+                pred = decide(t_out.detach(), v_last, T)
                 run_correct += float((pred == yb).sum())
                 run_n += len(yb)
                 run_loss += float(loss.detach()) * len(yb)
             if s % 10 == 0 or s == steps - 1:
                 bar.set_postfix(loss=f"{run_loss / run_n:.4f}", acc=f"{100 * run_correct / run_n:.1f}%")
         sched.step()
+        raw_state = None
+        if ema is not None:  # evaluate and save the averaged model
+            raw_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    p.copy_(ema[n])
         test_acc = evaluate(model, x_test, y_test, tc.eval_batch, progress=tc.progress and rank == 0)
         fire = _fire_rates(model, x_test[:200].to(device))
         rec = {
@@ -278,18 +343,22 @@ def train(
             "lr": opt.param_groups[0]["lr"],
             "fire_rates": fire,
         }
+        if diag is not None:
+            rec["diag"] = diag.summary(model, x_test[:1000].to(device), y_test[:1000])
         history.append(rec)
         log.info(
             "epoch %d/%d: loss %.4f train %.2f%% test %.2f%% (%.0f s) fire %s",
             epoch + 1, tc.epochs, rec["train_loss"], 100 * rec["train_acc"], 100 * test_acc, rec["seconds"],
             ", ".join(f"{100 * f:.0f}%" for f in fire),
         )  # fmt: skip
+        if diag is not None:
+            log.info("epoch %d diagnostics: %s", epoch + 1, json.dumps(rec["diag"]))
         payload = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "net": net_cfg.to_dict(),
             "train": asdict(tc),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "epoch": epoch + 1,
@@ -297,6 +366,9 @@ def train(
             "rng": torch.get_rng_state(),
             "test_acc": test_acc,
         }
+        if raw_state is not None:
+            payload["train_state_dict"] = raw_state
+            model.load_state_dict(raw_state)
         if rank == 0:
             save_checkpoint(ck_path, payload)
             (out / "history.json").write_text(json.dumps(history, indent=1))
@@ -308,6 +380,28 @@ def train(
 
 
 @torch.no_grad()
+def _homeostasis(model: CSNN, outs: list[torch.Tensor], T: int, fire_min: float, step: float) -> None:
+    """Hidden channels that fired on less than ``fire_min`` of their positions in this batch
+    get a larger scale (a lower integer threshold): a rule outside the gradient, so it does
+    not pass through the per-sample error normalisation."""
+    for kind, mod, o in zip(model.kinds[:-1], model.layers[:-1], outs[1:-1]):
+        if kind == "pool":
+            continue
+        rate = (o.detach() < T).float().mean(dim=(0, 2, 3))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(rate)
+            rate /= torch.distributed.get_world_size()
+        low = (rate < fire_min).to(mod.weight.dtype)
+        if mod.binary:
+            if mod.log_alpha.numel() > 1:
+                mod.log_alpha.add_(step * low)
+            elif bool(low.any()):
+                mod.log_alpha.add_(step)
+        else:
+            mod.weight.mul_(torch.exp(step * low).view(-1, 1, 1, 1))
+
+
+@torch.no_grad()
 def _fire_rates(model: CSNN, images: torch.Tensor) -> list[float]:
     """Fraction of neurons that fire, per spiking layer (a health figure of training)."""
     outs = model.forward_all(images)
@@ -315,3 +409,65 @@ def _fire_rates(model: CSNN, images: torch.Tensor) -> list[float]:
 
 
 
+
+
+class _Diag:
+    """Learning diagnostics of one epoch: per-layer gradient norms (of the weights, before
+    the optimizer step), the fraction of samples whose output error is exactly zero, and at
+    the end of the epoch (on held-out images) output latency, silent outputs, dead channels,
+    weights outside [-1, 1] (frozen by the clipped straight-through estimator) and the scales."""
+
+    def __init__(self, model: CSNN):
+        self.gnorm = [0.0] * len(model.spiking_layers())
+        self.steps = 0
+        self.zero_err = 0.0
+        self.n = 0
+
+    def step(self, model: CSNN, t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, t_goal: float | None) -> None:
+        for i, m in enumerate(model.spiking_layers()):
+            if m.weight.grad is not None:
+                self.gnorm[i] += float(m.weight.grad.norm())
+        self.steps += 1
+        with torch.no_grad():
+            tgt = relative_targets(t_out.detach(), labels, T, gamma, t_goal)
+            self.zero_err += float(((t_out.detach() - tgt).abs().sum(dim=1) == 0).sum())
+            self.n += len(labels)
+
+    @torch.no_grad()
+    def summary(self, model: CSNN, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        T = model.T
+        cls, outs = model.classify(images)
+        t_out = outs[-1].flatten(1).cpu()
+        first = t_out.min(dim=1).values
+        ok = cls.cpu() == labels
+        fired = first < T
+        layers = [o.cpu() for k, o in zip(model.kinds, outs[1:]) if k != "pool"]
+        dead = [int(((o < T).float().mean(dim=(0, 2, 3)) < 0.001).sum()) for o in layers[:-1]]
+        frozen, alphas = [], []
+        for m in model.spiking_layers():
+            frozen.append(round(float((m.weight.detach().abs() > 1).float().mean()), 4))
+            if m.binary:
+                a = m.alpha().detach()
+                alphas.append([round(float(a.min()), 3), round(float(a.max()), 3)])
+        hit = ok & fired
+        # how far the constant linearisation rho is from each neuron's true slope at its crossing
+        slopes = []
+        spk = [(mod, o_in, o_out) for kind, mod, o_in, o_out in zip(model.kinds, model.layers, outs[:-1], outs[1:]) if kind != "pool"]
+        for mod, o_in, o_out in spk:
+            rho = float(mod.theta) / T
+            sl = latency_slope("true", rho, o_in, mod.effective()[0].detach(), o_out, T, mod.stride, mod.padding)
+            r = (sl[o_out < T] / rho).flatten().double()
+            q = torch.quantile(r, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)) if r.numel() else torch.zeros(3)
+            slopes.append([round(float(v), 2) for v in q])
+        return {
+            "grad_norm": [float(f"{g / max(1, self.steps):.3g}") for g in self.gnorm],
+            "zero_error_frac": round(self.zero_err / max(1, self.n), 4),
+            "latency_correct": round(float(first[hit].float().mean()), 2) if hit.any() else float(T),
+            "no_output_spike": round(float((~fired).float().mean()), 4),
+            "output_fire": round(float((t_out < T).float().mean()), 4),
+            "dead_channels": dead,
+            "frozen_weights": frozen,
+            "alpha_range": alphas,
+            "slope_over_rho_p5_p50_p95": slopes,
+            "eval_acc": round(float(ok.float().mean()), 4),
+        }

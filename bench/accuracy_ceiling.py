@@ -1,0 +1,131 @@
+"""Ceiling of an architecture: the same layers as a non-spiking network, same data and budget.
+
+    python bench/accuracy_ceiling.py [--config csnn_ice40] [--epochs 4] [--weights binary|real]
+
+The spiking layers become ordinary convolutions / dense layers with ReLU, min-time pooling
+becomes max pooling, the output is 10 logits trained with cross-entropy (Adam, cosine
+schedule, the config's batch size). ``--weights binary`` uses alpha * sign(w) per output
+channel with a clipped straight-through estimator, as the spiking network does. Inputs are
+the TTFS code read back as intensities, (T - t) / T, so the network sees what the spiking
+one sees. Appends a record to bench/results/accuracy_ceiling.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, setup_logging  # noqa: E402
+
+log = logging.getLogger("bench.accuracy_ceiling")
+
+
+def main() -> None:
+    setup_logging()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="csnn_ice40")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--weights", default="binary", choices=["binary", "real"])
+    ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from firstspike.data import load_split
+    from firstspike.train.functional import input_table
+    from firstspike.train.model import load_config
+
+    torch.manual_seed(args.seed)
+    cfg, tab = load_config(args.config)
+    T = cfg.T
+    table = torch.from_numpy(input_table(T)).float()
+
+    class BinConv(nn.Module):
+        def __init__(self, cin, cout, k, stride, pad, binary):
+            super().__init__()
+            fan_in = cin * k * k
+            # binary: latent weights in [-1, 1], scale 1/sqrt(fan-in); real: the same scale on the weights
+            self.w = nn.Parameter(torch.empty(cout, cin, k, k).uniform_(-1, 1) * (1.0 if binary else fan_in**-0.5))
+            self.la = nn.Parameter(torch.full((cout,), -0.5 * math.log(fan_in)))
+            self.b = nn.Parameter(torch.zeros(cout))
+            self.stride, self.pad, self.binary = stride, pad, binary
+
+        def forward(self, x):
+            w = self.w
+            if self.binary:
+                s = torch.where(w >= 0, 1.0, -1.0)
+                ste = (w - w.detach()) * (w.detach().abs() <= 1)
+                w = torch.exp(self.la).view(-1, 1, 1, 1) * (s + ste)
+            return F.conv2d(x, w, self.b, stride=self.stride, padding=self.pad)
+
+    mods, kinds = nn.ModuleList(), []
+    c, h, w_ = cfg.input_shape
+    for ly, shp in zip(cfg.layers, cfg.shapes()):
+        if ly.kind == "conv":
+            mods.append(BinConv(c, ly.channels, ly.kernel, ly.stride, ly.padding, args.weights == "binary"))
+        elif ly.kind == "pool":
+            mods.append(nn.MaxPool2d(ly.kernel))
+        else:
+            assert h == w_, "square inputs of the dense layer"
+            mods.append(BinConv(c, ly.channels, h, 1, 0, args.weights == "binary"))
+        kinds.append(ly.kind)
+        c, h, w_ = shp
+
+    def net(x):
+        for i, (k, m) in enumerate(zip(kinds, mods)):
+            x = m(x)
+            if k != "pool" and i < len(mods) - 1:
+                x = F.relu(x)
+        return x.flatten(1)
+
+    tr, te = load_split("mnist", "train"), load_split("mnist", "test")
+
+    def prep(imgs):
+        t = table[torch.from_numpy(imgs.copy()).long()].unsqueeze(1)
+        return (T - t) / T
+
+    xtr, ytr = prep(tr.images), torch.from_numpy(tr.labels.copy()).long()
+    xte, yte = prep(te.images), torch.from_numpy(te.labels.copy()).long()
+    opt = torch.optim.Adam(mods.parameters(), lr=args.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
+    bs = int(tab.get("batch_size", 64))
+    t0 = time.time()
+
+    def acc(x, y):
+        with torch.no_grad():
+            return float(torch.cat([net(x[i : i + 1000]).argmax(1) for i in range(0, len(y), 1000)]).eq(y).float().mean())
+
+    curve = []
+    for ep in range(args.epochs):
+        perm = torch.randperm(len(ytr))
+        for s in range(len(perm) // bs):
+            bi = perm[s * bs : (s + 1) * bs]
+            loss = F.cross_entropy(net(xtr[bi]), ytr[bi])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+        curve.append(acc(xte, yte))
+        log.info("epoch %d: test %.2f%%", ep + 1, 100 * curve[-1])
+    rec = {"config": args.config, "weights": args.weights, "epochs": args.epochs, "lr": args.lr, "test_acc": curve[-1],
+           "train_acc": acc(xtr[:10000], ytr[:10000]), "test_curve": curve, "wall_s": time.time() - t0}  # fmt: skip
+    out = RESULTS / "accuracy_ceiling.json"
+    recs = json.loads(out.read_text()) if out.is_file() else []
+    key = (args.config, args.weights, args.epochs, args.lr)
+    recs = [r for r in recs if (r["config"], r["weights"], r["epochs"], r.get("lr")) != key] + [rec]
+    out.write_text(json.dumps(recs, indent=1))
+    log.info("ceiling %s %s %d epochs: test %.2f%% train %.2f%%", args.config, args.weights, args.epochs,
+             100 * rec["test_acc"], 100 * rec["train_acc"])  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
