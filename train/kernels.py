@@ -68,6 +68,12 @@ def _gather(tin_b, oy, ox, stride, pad, KH, KW, T, cnt, ev_t, ev_k, ev_p):
     return ne
 
 
+@njit(cache=True)
+def _scratch(T, n):
+    """Per-image work arrays of _gather: step counts and the (time, kernel index, input position) of n events."""
+    return np.empty(T + 1, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int64)
+
+
 @njit(cache=True, parallel=True)
 def fire_forward(tin, w, thr, T, stride, pad, Ho, Wo):
     """Output spike times (B, Co, Ho, Wo) int32 of one layer; see module docstring.
@@ -80,10 +86,7 @@ def fire_forward(tin, w, thr, T, stride, pad, Ho, Wo):
     wf = w.reshape(Co, n)
     out = np.empty((B, Co, Ho, Wo), np.int32)
     for b in prange(B):
-        cnt = np.empty(T + 1, np.int64)
-        ev_t = np.empty(n, np.int32)
-        ev_k = np.empty(n, np.int64)
-        ev_p = np.empty(n, np.int64)
+        cnt, ev_t, ev_k, ev_p = _scratch(T, n)
         tin_b = tin[b]
         for oy in range(Ho):
             for ox in range(Wo):
@@ -123,10 +126,7 @@ def fire_backward(tin, w, tout, gv, T, stride, pad, nchunks):
     gw_part = np.zeros((nchunks, Co, n), np.float64)
     gtin = np.zeros((B, C * H * W), np.float64)
     for ch in prange(nchunks):
-        cnt = np.empty(T + 1, np.int64)
-        ev_t = np.empty(n, np.int32)
-        ev_k = np.empty(n, np.int64)
-        ev_p = np.empty(n, np.int64)
+        cnt, ev_t, ev_k, ev_p = _scratch(T, n)
         gwc = gw_part[ch]
         for b in range(ch * B // nchunks, (ch + 1) * B // nchunks):
             tin_b = tin[b]
@@ -171,10 +171,7 @@ def crossing_slope(tin, w, tout, T, stride, pad):
     wf = w.reshape(Co, n)
     out = np.zeros((B, Co, Ho, Wo), np.float64)
     for b in prange(B):
-        cnt = np.empty(T + 1, np.int64)
-        ev_t = np.empty(n, np.int32)
-        ev_k = np.empty(n, np.int64)
-        ev_p = np.empty(n, np.int64)
+        cnt, ev_t, ev_k, ev_p = _scratch(T, n)
         tin_b = tin[b]
         for oy in range(Ho):
             for ox in range(Wo):
