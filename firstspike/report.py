@@ -55,8 +55,8 @@ def ladder(state: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"rung": "golden model (integer)", "accuracy": g["accuracy"], "images": g["images"], "mismatches": "reference"})
     sims = [("RTL, Verilator", m("verilator")), ("RTL, Icarus", m("icarus"))]
     gl = m("gate_level") or {}
-    for fam, v in (gl.get("families") or ({gl.get("sim", "")[-6:].strip(" ()"): gl} if "rtl_accuracy" in gl else {})).items():
-        sims.append((f"gate level, {fam} (Yosys netlist, Verilator)", v))
+    for fam, v in (gl.get("families") or {"": gl}).items():  # "": a run folder of the one-family format
+        sims.append((f"gate level{', ' + fam if fam else ''} (Yosys netlist, Verilator)", v))
     for label, v in sims:
         if v:
             rows.append({"rung": label, "accuracy": v["rtl_accuracy"], "images": v["images"], "golden_same_images": v["golden_accuracy"],

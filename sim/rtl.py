@@ -319,6 +319,7 @@ class VerifyReport:
     wall_seconds: float = 0.0
     build_seconds: float = 0.0
     golden_seconds: float = 0.0
+    build_dir: Path | None = None  # the compiled simulator (src/ holds the Verilog, or the netlist at gate level)
 
     @property
     def total_mismatches(self) -> int:
@@ -377,5 +378,6 @@ def verify(tables: ModelTables, images: np.ndarray, labels: np.ndarray | None = 
         values_compared=int(want.stream.size), rtl_accuracy=float((got_cls == labels).mean()) if labels is not None else None,
         golden_accuracy=float((want.classes == labels).mean()) if labels is not None else None, cycles=cycles,
         wall_seconds=time.perf_counter() - t0, build_seconds=b.build_seconds, golden_seconds=golden_seconds,
+        build_dir=b.build_dir,
     )  # fmt: skip
     return rep
