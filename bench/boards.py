@@ -16,12 +16,13 @@ Writes bench/results/boards.json and refreshes docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, setup_logging, write_result  # noqa: E402
+from common import RESULTS, ROOT, repo_path, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.boards")
 DEFAULT = (f"icebreaker:{RESULTS / 'ice40_binary.pt'}:2,ulx3s:{RESULTS / 'mnist_binary.pt'}:2,"
@@ -63,7 +64,7 @@ def main() -> None:
             r = build(tables, board, ROOT / "build" / "boards-bench", lanes=lanes)
         except BuildError as e:  # a measured failure is a result too
             log.warning("%s", e)
-            runs.append({"board": board, "model": tables.name, "lanes": lanes, "T": tables.T, "error": str(e)})
+            runs.append({"board": board, "model": tables.name, "checkpoint": repo_path(model), "lanes": lanes, "T": tables.T, "error": str(e)})
             continue
         from firstspike.quantize.modelfile import tables_sha256
 
@@ -100,7 +101,7 @@ def main() -> None:
         fmax = (r["fmax_mhz"] or 0) * 1e6
         uart_s = int(np.prod(tables.input_shape)) * 10 / 115200 + 15 * 10 / 115200
         runs.append({
-            "board": board, "device": r["device"], "model": tables.name, "lanes": lanes, "T": tables.T,
+            "board": board, "device": r["device"], "model": tables.name, "checkpoint": repo_path(model), "lanes": lanes, "T": tables.T,
             "resources": r["resources"], "fmax_mhz": r["fmax_mhz"], "clock_mhz": clk / 1e6,
             "board_clock_mhz": r.get("board_clock_mhz"), "spikes": r.get("spikes"), **sh,
             "images_per_s_at_fmax": fmax / per_image if fmax else None,
@@ -109,7 +110,11 @@ def main() -> None:
             "build_seconds": r["build_seconds"], "memory_bits": r["memory_bits"],
         })  # fmt: skip
         log.info("%s", runs[-1])
-    write_result("boards", {"runs": runs})
+    stored = RESULTS / "boards.json"
+    old = json.loads(stored.read_text()).get("runs", []) if stored.is_file() else []
+    mine = {r["board"] for r in runs}
+    # the other boards' stored runs stay (one board can be rebuilt without the others)
+    write_result("boards", {"runs": [r for r in old if r["board"] not in mine] + runs})
     import report
 
     report.render_docs()

@@ -45,6 +45,13 @@ def git_rev() -> str:
         return "unknown"
 
 
+def repo_path(path: str | os.PathLike) -> str:
+    """A file's path as results record it: relative to the repository root when inside it
+    (so results do not name one machine's folders), else as given."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
+
+
 def write_result(name: str, data: dict[str, Any]) -> Path:
     """bench/results/NAME.json with the date, commit and hardware added."""
     RESULTS.mkdir(parents=True, exist_ok=True)

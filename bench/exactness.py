@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, setup_logging, write_result  # noqa: E402
+from common import RESULTS, repo_path, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.exactness")
 
@@ -78,7 +78,7 @@ def main() -> None:
         golden.classify(x, batch=args.batch)
         classify_s = time.perf_counter() - t0
         rec = {
-            "dataset": dataset, "checkpoint": str(ck), "images": n, "T": tables.T,
+            "dataset": dataset, "checkpoint": repo_path(ck), "images": n, "T": tables.T,
             "class_mismatches": class_mism, "spike_time_mismatches": int(time_mism.sum()),
             "spike_time_mismatches_per_layer": time_mism.tolist(), "spike_times_compared": int(neurons.sum()),
             "golden_accuracy": correct_g / n, "training_forward_accuracy": correct_t / n,

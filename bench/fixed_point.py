@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, setup_logging, write_result  # noqa: E402
+from common import RESULTS, repo_path, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.fixed_point")
 
@@ -40,7 +40,7 @@ def main() -> None:
         acc = GoldenModel(tables).accuracy(test.images, test.labels)
         runs.append({"weight_bits": bits, "golden_accuracy": acc})
         log.info("%d-bit weights: golden %.2f%% (float %.2f%%)", bits, 100 * acc, 100 * float_acc)
-    write_result("fixed_point", {"checkpoint": args.checkpoint, "dataset": dataset, "float_accuracy": float_acc, "runs": runs})
+    write_result("fixed_point", {"checkpoint": repo_path(args.checkpoint), "dataset": dataset, "float_accuracy": float_acc, "runs": runs})
     from report import render_docs
 
     render_docs()

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, git_rev, setup_logging, write_result  # noqa: E402
+from common import RESULTS, ROOT, git_rev, setup_logging, repo_path, write_result  # noqa: E402
 
 log = logging.getLogger("bench.gate_level")
 BRAM = {"ice40": "SB_RAM40_4K", "ecp5": "DP16KD"}
@@ -48,7 +48,7 @@ def main() -> None:
     with open(args.model, "rb") as f:
         is_fsm = f.read(len(MAGIC)) == MAGIC
     tables = load(args.model) if is_fsm else quantize_checkpoint(args.model)[0]
-    model = str(Path(args.model).resolve().relative_to(ROOT)) if Path(args.model).resolve().is_relative_to(ROOT) else args.model
+    model = repo_path(args.model)
     test = load_split(args.dataset, "test")
     idx = np.linspace(0, len(test) - 1, args.images).astype(int)
     images, labels = test.images[idx][:, None], test.labels[idx]

@@ -44,13 +44,19 @@ def render_docs() -> Path:
     acc = _load("accuracy")
     if acc:
         lines += ["## Accuracy (bench/accuracy.py)", "", f"{_hw(acc)}; {acc['date']}, commit {acc['commit']}.", "",
-                  "| dataset | mode | config | T | epochs | train images | test accuracy | paper | wall time |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| dataset | mode | config | T | epochs | train images | test accuracy | paper | output latency | recipe | wall time |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in acc["runs"]:
+            diag = (r["history"][-1].get("diag") or {}) if r.get("history") else {}
+            lat = f"{diag['latency_correct']:.1f} / {r['T']}" if "latency_correct" in diag else "-"
+            tr = r.get("train", {})
+            recipe = f"batch {tr.get('batch_size', '?')}, {tr.get('loss', '?')} loss" + (", ema" if tr.get("ema") else "")
             lines.append(
                 f"| {r['dataset']} | {r['mode']} | {r['config']} | {r['T']} | {r['epochs']} | {r['train_images']} | "
-                f"**{100 * r['test_acc']:.2f}%** | {100 * r['paper']:.1f}% | {r['wall_minutes']:.1f} min |"
+                f"**{100 * r['test_acc']:.2f}%** | {100 * r['paper']:.1f}% | {lat} | {recipe} | {r['wall_minutes']:.1f} min |"
             )
+        lines += ["", "Output latency: mean first-output-spike step of the correctly classified images among the first "
+                  "1,000 test images, after the last epoch.", ""]
         lines += ["", acc.get("note", ""), "",
                   "Wall time is the sum of the epochs' times as measured; runs that shared the 2 cores with other jobs "
                   "took longer than the uncontended MNIST epoch of the speed benchmark above.", ""]  # fmt: skip

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, setup_logging, write_result  # noqa: E402
+from common import RESULTS, ROOT, setup_logging, repo_path, write_result  # noqa: E402
 
 log = logging.getLogger("bench.rtl_lanes")
 
@@ -57,7 +57,7 @@ def main() -> None:
              "rtl_vs_golden_time": round((rep.wall_seconds - rep.build_seconds - rep.golden_seconds) / rep.golden_seconds, 1)}  # fmt: skip
         log.info("%s", r)
         runs.append(r)
-    write_result("rtl_lanes", {"model": str(Path(args.model).relative_to(ROOT)), "images": args.images, "sim": args.sim, "runs": runs})
+    write_result("rtl_lanes", {"model": repo_path(args.model), "images": args.images, "sim": args.sim, "runs": runs})
     import report
 
     report.render_docs()

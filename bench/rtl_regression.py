@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, setup_logging, write_result  # noqa: E402
+from common import RESULTS, ROOT, setup_logging, repo_path, write_result  # noqa: E402
 
 log = logging.getLogger("bench.rtl")
 
@@ -66,7 +66,7 @@ def main() -> None:
     cratio = rep.cycles / cb
     sim_cycles = float(rep.cycles.sum())
     d.update({
-        "model": str(Path(args.model).relative_to(ROOT)) if Path(args.model).is_relative_to(ROOT) else args.model,
+        "model": repo_path(args.model),
         "dataset": args.dataset, "jobs": args.jobs,
         "total_mismatches": rep.total_mismatches,
         "bound_mean": float(bound.mean()), "bound_p99": float(np.percentile(bound, 99)),
