@@ -22,7 +22,7 @@ from amaranth.back import verilog
 from firstspike.boards.link import BoardLink, model_hash
 from firstspike.hw.plan import plan_core
 from firstspike.quantize.modelfile import ModelTables
-from firstspike.sim.rtl import SimulatorError, build_verilator, check_simulator
+from firstspike.sim.rtl import SimulatorError, build_verilator, check_simulator, quiet_runner
 
 log = logging.getLogger(__name__)
 TOP = "fs_board"
@@ -79,7 +79,7 @@ class VirtualBoard:
 
         def run() -> None:
             try:
-                get_runner("verilator").test(test_module="firstspike.boards.virtual_tb", hdl_toplevel=TOP,
+                quiet_runner(get_runner("verilator")).test(test_module="firstspike.boards.virtual_tb", hdl_toplevel=TOP,
                                              hdl_toplevel_lang="verilog", testcase="uart_bridge", build_dir=bdir,
                                              test_dir=self.work, extra_env=env, log_file=self.work / "sim.log")  # fmt: skip
             except BaseException as e:  # reported by __enter__/__exit__

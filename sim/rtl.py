@@ -206,7 +206,7 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
             build_verilator([src / f"{TOP}.v", src / f"{HARNESS_TOP}.v"], HARNESS_TOP, bdir)
         else:
             # Verilog-2005 semantics, so that Yosys's "reg x = 0" time-0 trigger runs every always @*
-            get_runner(sim).build(sources=[src / f"{TOP}.v", src / f"{HARNESS_TOP}.v"], hdl_toplevel=HARNESS_TOP,
+            quiet_runner(get_runner(sim)).build(sources=[src / f"{TOP}.v", src / f"{HARNESS_TOP}.v"], hdl_toplevel=HARNESS_TOP,
                                   build_dir=bdir, build_args=["-g2005"], timescale=("1ns", "1ps"),
                                   log_file=bdir / "build.log")  # fmt: skip
     except (SystemExit, Exception) as e:
@@ -216,6 +216,13 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
     (bdir / ".built").write_text(f"{res.build_seconds:.1f}\n")
     log.info("built %s model in %.1f s (%s)", sim, res.build_seconds, bdir)
     return res
+
+
+def quiet_runner(runner):
+    """A cocotb runner that logs its per-run INFO lines (commands, temporary paths, results
+    files) only when firstspike's own logging is at DEBUG; warnings and errors always."""
+    runner.log.setLevel(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
+    return runner
 
 
 def build_verilator(sources: list[Path], top: str, bdir: Path, extra: list[str] | None = None) -> None:
@@ -287,7 +294,7 @@ def run_images(b: RtlBuild, images: np.ndarray, work_dir: str | os.PathLike | No
         np.save(npy, images)
         if out.exists():
             out.unlink()
-        runner = get_runner(b.sim)
+        runner = quiet_runner(get_runner(b.sim))
         xml = runner.test(test_module=TEST_MODULE, hdl_toplevel=HARNESS_TOP, hdl_toplevel_lang="verilog", testcase=testcase, build_dir=b.build_dir,
                           test_dir=wd, plusargs=[f"+fs_n={n}", f"+fs_images={hexf}", f"+fs_out={out}"],
                           extra_env={"FS_N": str(n), "FS_IMAGES_NPY": str(npy), "FS_OUT": str(out),
