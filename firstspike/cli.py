@@ -12,6 +12,7 @@ from pathlib import Path
 from firstspike.errors import FirstSpikeError
 
 log = logging.getLogger("firstspike")
+DUMP_FORMAT = 2  # eval --dump: 2 = "input" + "layerK" for model layer K (1 named the input "layer0")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -302,10 +303,12 @@ def _eval_model_file(a: argparse.Namespace) -> int:
         idx = _parse_indices(a.dump_images, len(full))
         imgs = full.images[idx]
         r = g.run(imgs)
-        arrays = {f"layer{i}": t.astype(np.int16) for i, t in enumerate(r.layer_times)}  # type: ignore[union-attr]
+        # the names of verify and the report: "input", then "layerK" = the output of model layer K
+        names = ["input", *(f"layer{k}" for k in range(len(r.layer_times) - 1))]  # type: ignore[union-attr]
+        arrays = {nm: t.astype(np.int16) for nm, t in zip(names, r.layer_times)}  # type: ignore[union-attr]
         tmp = Path(a.dump).with_name(f".{Path(a.dump).name}.tmp.npz")
         np.savez_compressed(tmp, images=imgs, labels=full.labels[idx], indices=np.array(idx), classes=r.classes,
-                            v_last=r.v_last, model_sha256=np.array(sha256_of(a.model)), **arrays)  # fmt: skip
+                            v_last=r.v_last, model_sha256=np.array(sha256_of(a.model)), dump_format=np.array(DUMP_FORMAT), **arrays)  # fmt: skip
         os.replace(tmp, a.dump)
         print(f"wrote spike times of {len(idx)} images ({len(arrays)} arrays: input + every layer) to {a.dump}")
     if a.json_out:

@@ -753,10 +753,12 @@ def test_cli_eval_dump(cli_model: dict[str, Any]) -> None:
     assert arrays["classes"].shape == (4,) and set(arrays["classes"].tolist()) <= set(range(10))
     np.testing.assert_array_equal(arrays["indices"], [0, 1, 2, 3])
     shapes = [(4, 1, 28, 28), (4, 8, 28, 28), (4, 8, 14, 14), (4, 16, 14, 14), (4, 16, 7, 7), (4, 10, 1, 1)]
-    assert sorted(k for k in arrays if k.startswith("layer")) == [f"layer{i}" for i in range(len(shapes))]
-    for i, s in enumerate(shapes):
-        assert arrays[f"layer{i}"].shape == s
-        assert 0 <= int(arrays[f"layer{i}"].min()) and int(arrays[f"layer{i}"].max()) <= 32
+    # the names of verify and the report: "input", then layerK = the output of model layer K
+    names = ["input", *(f"layer{k}" for k in range(len(shapes) - 1))]
+    assert sorted(k for k in arrays if k.startswith("layer")) == names[1:] and int(arrays["dump_format"]) == 2
+    for nm, s in zip(names, shapes):
+        assert arrays[nm].shape == s
+        assert 0 <= int(arrays[nm].min()) and int(arrays[nm].max()) <= 32
     from firstspike.data import load_split
 
     imgs = load_split("mnist", "test").images[:4]
@@ -764,5 +766,5 @@ def test_cli_eval_dump(cli_model: dict[str, Any]) -> None:
     model: CSNN = cli_model["model"]
     cls, outs = model.classify(torch.from_numpy(imgs.copy()))
     np.testing.assert_array_equal(arrays["classes"], cls.numpy())
-    for i, o in enumerate(outs):
-        np.testing.assert_array_equal(arrays[f"layer{i}"], o.numpy().astype(np.int16))
+    for nm, o in zip(names, outs):
+        np.testing.assert_array_equal(arrays[nm], o.numpy().astype(np.int16))
