@@ -58,7 +58,7 @@ def tables_from_model(model: CSNN, weight_bits: int | None = None, meta: dict | 
             assert isinstance(mod, SpikingLayer)
             if binary:
                 w_t, thr_t = mod.integer_weights()
-                w, thr, bits = w_t.numpy().astype(np.int32), thr_t.numpy().astype(np.int64), 1
+                w, thr, bits = w_t.numpy().astype(np.int32), thr_t.numpy().astype(np.int64), mod.weight_bits
             else:
                 w, thr = _fixed_point(mod, weight_bits)  # type: ignore[arg-type]
                 bits = weight_bits

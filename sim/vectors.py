@@ -16,16 +16,19 @@ def _conv_out(h: int, k: int, s: int, p: int) -> int:
 
 
 def random_tables(rng: np.random.Generator, *, T: int | None = None, side: int | None = None, max_channels: int = 6,
-                  max_layers: int = 2, weight_bits: int = 1, in_channels: int = 1, fire_bias: float | None = None) -> ModelTables:  # fmt: skip
+                  max_layers: int = 2, weight_bits: int = 1, in_channels: int = 1, fire_bias: float | None = None,
+                  out_weight_bits: int | None = None) -> ModelTables:  # fmt: skip
     """A random valid network: conv layers (random kernel, stride, padding, optional 2x2 or
     3x3 pooling), then fc. Thresholds are drawn around the typical potential so that some
-    neurons fire early, some late and some never (plus the edge values 0 and 'unreachable')."""
+    neurons fire early, some late and some never (plus the edge values 0 and 'unreachable').
+    ``out_weight_bits``: another weight width for the output layer (as binary networks with a
+    k-bit classifier, ``NetConfig.out_weight_bits``)."""
     T = int(T or rng.integers(2, 24))
     side = int(side or rng.integers(5, 11))
     shape = (in_channels, side, side)
     layers: list[Layer] = []
 
-    def spiking(kind: str, ins: tuple[int, int, int], co: int, k: int, s: int, p: int) -> Layer:
+    def spiking(kind: str, ins: tuple[int, int, int], co: int, k: int, s: int, p: int, weight_bits: int = weight_bits) -> Layer:
         ho, wo = (1, 1) if kind == "fc" else (_conv_out(ins[1], k, s, p), _conv_out(ins[2], k, s, p))
         kh, kw = (ins[1], ins[2]) if kind == "fc" else (k, k)
         if weight_bits == 1:
@@ -61,7 +64,7 @@ def random_tables(rng: np.random.Generator, *, T: int | None = None, side: int |
             po = (cur[0], cur[1] // pk, cur[2] // pk)
             layers.append(Layer(kind="pool", in_shape=cur, out_shape=po, kernel=(pk, pk), stride=pk))
             cur = po
-    layers.append(spiking("fc", cur, int(rng.integers(1, 11)), 0, 1, 0))
+    layers.append(spiking("fc", cur, int(rng.integers(1, 11)), 0, 1, 0, out_weight_bits or weight_bits))
     table = np.floor((255 - np.arange(256)) * T / 256).astype(np.int32)
     table[0] = T
     return ModelTables(name="random", T=T, input_shape=shape, input_table=table, layers=layers)

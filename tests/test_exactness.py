@@ -152,11 +152,12 @@ def test_reference_is_not_trivial() -> None:
 
 
 # --- whole network: binary forward pass is exactly the integer network -------------------
-def small_net(T: int, mode: str) -> CSNN:
+def small_net(T: int, mode: str, out_weight_bits: int = 1) -> CSNN:
     cfg = NetConfig(
         name="t",
         T=T,
         mode=mode,
+        out_weight_bits=out_weight_bits,
         input_shape=(1, 10, 10),
         layers=[
             LayerSpec("conv", channels=3, kernel=3, padding=1),
@@ -169,10 +170,12 @@ def small_net(T: int, mode: str) -> CSNN:
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31 - 1), T=st.integers(4, 40), style=st.sampled_from(["random", "zeros", "full"]))
-def test_binary_network_is_integer_network(seed: int, T: int, style: str) -> None:
+@given(seed=st.integers(0, 2**31 - 1), T=st.integers(4, 40), style=st.sampled_from(["random", "zeros", "full"]),
+       out_bits=st.sampled_from([1, 2, 4]))  # fmt: skip
+def test_binary_network_is_integer_network(seed: int, T: int, style: str, out_bits: int) -> None:
+    """Binary hidden layers (and a 1/2/4-bit output layer) compute exactly the integer network."""
     torch.manual_seed(seed)
-    net = small_net(T, "binary")
+    net = small_net(T, "binary", out_bits)
     with torch.no_grad():
         for m in net.spiking_layers():
             m.log_alpha.uniform_(-1.0, 4.0)
@@ -192,7 +195,12 @@ def test_binary_network_is_integer_network(seed: int, T: int, style: str) -> Non
             B, C, H, W = t.shape
             t = t[:, :, : H // k * k, : W // k * k].reshape(B, C, H // k, k, W // k, k).min(axis=(3, 5))
         else:
-            w = np.where(mod.weight.detach().numpy() >= 0, 1, -1).astype(np.int32)
+            lw = mod.weight.detach().numpy().astype(np.float64)
+            if mod.weight_bits == 1:
+                w = np.where(lw >= 0, 1, -1).astype(np.int32)
+            else:  # round half to even, as torch.round
+                q = 2 ** (mod.weight_bits - 1) - 1
+                w = np.clip(np.rint(lw.astype(np.float32) * np.float32(q)), -q, q).astype(np.int32)
             alpha = torch.exp(mod.log_alpha.detach()).numpy().astype(np.float64)  # alpha is a float32 value
             thr = np.ceil(float(mod.theta) / alpha)
             thr = np.maximum(thr, 1).astype(np.int64)

@@ -54,7 +54,7 @@ def random_net(draw) -> tuple[CSNN, np.ndarray]:
             h //= 2
     layers.append(LayerSpec("fc", channels=draw(st.integers(1, 10))))
     cfg = NetConfig(name="rand", T=T, mode="binary", input_shape=(1, side, side), layers=layers,
-                    per_channel_alpha=draw(st.booleans()))  # fmt: skip
+                    per_channel_alpha=draw(st.booleans()), out_weight_bits=draw(st.sampled_from([1, 1, 2, 3, 8])))  # fmt: skip
     torch.manual_seed(draw(st.integers(0, 2**31 - 1)))
     net = CSNN(cfg)
     # alpha spans tiny (huge thresholds: silent) to large (threshold 1: fires at the first event)
@@ -64,6 +64,8 @@ def random_net(draw) -> tuple[CSNN, np.ndarray]:
             m.log_alpha.uniform_(lo, hi + 1e-3)
             if draw(st.booleans()):  # many equal weights -> many ties
                 m.weight.copy_(torch.where(torch.rand_like(m.weight) < 0.8, 1.0, -1.0))
+            elif m.weight_bits > 1 and draw(st.booleans()):  # k-bit output layer: the extreme integers
+                m.weight.copy_(torch.where(torch.rand_like(m.weight) < 0.5, 1.0, -1.0) * draw(st.floats(0.0, 1.0)))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     n = draw(st.integers(1, 6))
     style = draw(st.sampled_from(["random", "zeros", "full", "sparse", "few-levels"]))

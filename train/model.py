@@ -50,6 +50,8 @@ class NetConfig:
     calib_fire: float = 0.5  # ... for this fraction of (image, neuron) pairs
     out_calib_time: float = 0.75
     clip: bool = True  # binary: clip the straight-through gradient to |w| <= 1
+    out_weight_bits: int = 1  # binary mode: weight width of the output layer (1: +-1 like the
+    #   hidden layers; k >= 2: integers -(2^(k-1)-1)..2^(k-1)-1 times a per-class scale, exact)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "NetConfig":
@@ -88,6 +90,8 @@ class NetConfig:
         return out
 
     def validate(self) -> None:
+        if not 1 <= self.out_weight_bits <= 8:
+            raise ConfigError(f"out_weight_bits={self.out_weight_bits}: choose 1 (binary) .. 8")
         if self.mode not in ("binary", "real"):
             raise ConfigError(f"mode must be 'binary' or 'real', not {self.mode!r}")
         if not (2 <= self.T <= 4096):
@@ -128,14 +132,17 @@ def integer_threshold(theta: float, alpha: torch.Tensor) -> torch.Tensor:
 class SpikingLayer(nn.Module):
     """A spiking convolution or dense layer (dense = kernel covering the whole input)."""
 
-    def __init__(self, cin: int, cout: int, kh: int, kw: int, stride: int, padding: int, cfg: NetConfig):
+    def __init__(self, cin: int, cout: int, kh: int, kw: int, stride: int, padding: int, cfg: NetConfig,
+                 weight_bits: int = 1):  # fmt: skip
         super().__init__()
+        self.qmax = (1 << (weight_bits - 1)) - 1 if weight_bits > 1 else 1  # binary: sign, else round(w * qmax)
         self.stride, self.padding = stride, padding
         self.T = cfg.T
         self.binary = cfg.mode == "binary"
         self.clip = cfg.clip
         self.weight = nn.Parameter(torch.empty(cout, cin, kh, kw).uniform_(-1.0, 1.0))
         self.register_buffer("theta", torch.tensor(float(cfg.theta * cfg.T), dtype=torch.float64))
+        self.wbits, self._multibit = weight_bits, weight_bits > 1
         if self.binary:
             self.log_alpha = nn.Parameter(torch.zeros(cout if cfg.per_channel_alpha else 1))
 
@@ -146,8 +153,16 @@ class SpikingLayer(nn.Module):
         a = torch.exp(self.log_alpha)
         return a.expand(self.weight.shape[0]) if a.numel() == 1 else a
 
+    @property
+    def weight_bits(self) -> int:
+        """Exported width of the integer weights (binary mode)."""
+        return self.wbits
+
     def sign(self) -> torch.Tensor:
-        """+-1 weights of binary mode; sign(0) = +1."""
+        """Integer weights of binary mode: +-1 (sign(0) = +1), or for a k-bit layer
+        round(w * qmax) clamped to -qmax..qmax."""
+        if self._multibit:
+            return torch.clamp(torch.round(self.weight * self.qmax), -self.qmax, self.qmax)
         return torch.where(self.weight >= 0, 1.0, -1.0).to(self.weight.dtype)
 
     def effective(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -155,7 +170,7 @@ class SpikingLayer(nn.Module):
         if self.binary:
             s = self.sign()
             w = self.weight
-            ste = w - w.detach()
+            ste = (w - w.detach()) * self.qmax  # d(integer weight)/dw: 1 for sign, qmax for rounding
             if self.clip:
                 ste = ste * (w.detach().abs() <= 1.0)
             w_eff = self.alpha().view(-1, 1, 1, 1) * (s + ste)
@@ -199,7 +214,9 @@ class CSNN(nn.Module):
             elif ly.kind == "pool":
                 mods.append(nn.Identity())
             else:
-                mods.append(SpikingLayer(c, ly.channels, h, w, 1, 0, cfg))
+                last = len(mods) == len(cfg.layers) - 1
+                bits = cfg.out_weight_bits if last and cfg.mode == "binary" else 1
+                mods.append(SpikingLayer(c, ly.channels, h, w, 1, 0, cfg, bits))
             self.kinds.append(ly.kind)
             self.pools.append(ly.kernel if ly.kind == "pool" else 0)
         self.layers = nn.ModuleList(mods)
