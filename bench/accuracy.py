@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
 
-    from firstspike.train.model import load_config
+    from firstspike.train.model import NetConfig, load_config
     from firstspike.train.trainer import TrainConfig, load_checkpoint, train
 
     results = []
@@ -86,7 +86,7 @@ def main() -> None:
         out = ROOT / "runs" / "bench" / f"{dataset}_{mode}"
         t0 = time.time()
         done = load_checkpoint(out / "checkpoint.pt") if (out / "checkpoint.pt").is_file() else None
-        if done is not None and done["net"] == cfg.to_dict() and done["epoch"] >= tc.epochs:
+        if done is not None and NetConfig.from_dict(done["net"]).to_dict() == cfg.to_dict() and done["epoch"] >= tc.epochs:
             log.info("%s: already trained for %d epochs, evaluating it as it is", out, done["epoch"])
             ck = done  # a finished run (e.g. continued in the background): nothing to train
         else:

@@ -241,7 +241,7 @@ def train(
 
     if resuming:
         ck = load_checkpoint(ck_path)
-        if ck["net"] != net_cfg.to_dict():
+        if NetConfig.from_dict(ck["net"]).to_dict() != net_cfg.to_dict():  # settings added later take their defaults
             raise CheckpointError(f"{ck_path} was trained with another architecture; use a new --out or --no-resume")
         model.load_state_dict(ck["state_dict"])
         ema_init = {n: p.detach().clone() for n, p in model.named_parameters()}
