@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -201,6 +202,32 @@ def _csv(v: str) -> tuple[str, ...]:
     return tuple(x for x in v.split(",") if x)
 
 
+def _flow_only(r: logging.LogRecord) -> bool:
+    return r.levelno >= logging.WARNING or r.name in ("firstspike", "firstspike.flow")
+
+
+@contextlib.contextmanager
+def _flow_log(out: Path, verbose: bool):
+    """The flow's console shows its own step lines, warnings and errors (and progress bars);
+    every log line of every stage goes to OUT/flow.log. ``verbose``: everything on the console too."""
+    out.mkdir(parents=True, exist_ok=True)
+    detail = logging.FileHandler(out / "flow.log")
+    detail.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    console = [] if verbose else list(root.handlers)
+    for h in console:
+        h.addFilter(_flow_only)
+    root.addHandler(detail)
+    log.info("details of every step: %s", out / "flow.log")
+    try:
+        yield
+    finally:
+        root.removeHandler(detail)
+        detail.close()
+        for h in console:
+            h.removeFilter(_flow_only)
+
+
 def cmd_flow(a: argparse.Namespace) -> int:
     import dataclasses
 
@@ -209,7 +236,8 @@ def cmd_flow(a: argparse.Namespace) -> int:
     kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(FlowConfig) if f.name != "progress"}
     kw["boards"] = _csv(a.boards)
     cfg = FlowConfig(**kw, progress=not a.no_progress)
-    state = run_flow(cfg, skip=_csv(a.skip), rerun=_csv(a.rerun), only=_csv(a.only))
+    with _flow_log(Path(cfg.out), verbose=a.verbose):
+        state = run_flow(cfg, skip=_csv(a.skip), rerun=_csv(a.rerun), only=_csv(a.only))
     print("\n".join(summary_lines(state)))
     print(f"report: {Path(cfg.out) / 'report' / 'report.html'}")
     bad = total_mismatches(state)
