@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, setup_logging, write_result  # noqa: E402
+from common import RESULTS, ROOT, merge_runs, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.accuracy")
 
@@ -45,17 +45,6 @@ def plot_curves(runs: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _merge(results: list[dict]) -> list[dict]:
-    """This call's runs, with the stored runs of the other (dataset, mode) pairs kept."""
-    import json
-
-    path = RESULTS / "accuracy.json"
-    old = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
-    key = lambda r: (r["dataset"], r["mode"], r.get("config", "csnn"))  # noqa: E731
-    mine = {key(r) for r in results}
-    return [r for r in old if key(r) not in mine] + results
 
 
 def main() -> None:
@@ -103,7 +92,7 @@ def main() -> None:
             "history": hist, "train": ck["train"],
         })  # fmt: skip
         log.info("%s %s: %.2f%% (paper %.1f%%)", dataset, mode, 100 * ck["test_acc"], 100 * PAPER[(dataset, mode)])
-        merged = _merge(results)
+        merged = merge_runs("accuracy", results, lambda r: (r["dataset"], r["mode"], r.get("config", "csnn")))
         plot_curves(merged, RESULTS / "accuracy_curves.png")
         reached = [f"{r['dataset']} {r['mode']} {100 * r['test_acc']:.2f}% vs {100 * r['paper']:.1f}%" for r in merged]
         write_result("accuracy", {"runs": merged, "note": "Reached: " + "; ".join(reached) + "."})

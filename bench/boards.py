@@ -16,13 +16,12 @@ Writes bench/results/boards.json and refreshes docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, repo_path, setup_logging, write_result  # noqa: E402
+from common import RESULTS, ROOT, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.boards")
 DEFAULT = (f"icebreaker:{RESULTS / 'ice40_binary.pt'}:2,ulx3s:{RESULTS / 'mnist_binary.pt'}:2,"
@@ -110,11 +109,7 @@ def main() -> None:
             "build_seconds": r["build_seconds"], "memory_bits": r["memory_bits"],
         })  # fmt: skip
         log.info("%s", runs[-1])
-    stored = RESULTS / "boards.json"
-    old = json.loads(stored.read_text()).get("runs", []) if stored.is_file() else []
-    mine = {r["board"] for r in runs}
-    # the other boards' stored runs stay (one board can be rebuilt without the others)
-    write_result("boards", {"runs": [r for r in old if r["board"] not in mine] + runs})
+    write_result("boards", {"runs": merge_runs("boards", runs, lambda r: r["board"])})
     import report
 
     report.render_docs()

@@ -52,6 +52,15 @@ def repo_path(path: str | os.PathLike) -> str:
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
 
 
+def merge_runs(name: str, runs: list[dict[str, Any]], key) -> list[dict[str, Any]]:
+    """``runs`` with the runs stored in bench/results/NAME.json whose ``key(run)`` none of
+    them has (re-running part of a benchmark keeps the rest of its results)."""
+    path = RESULTS / f"{name}.json"
+    old = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
+    mine = {key(r) for r in runs}
+    return [r for r in old if key(r) not in mine] + runs
+
+
 def write_result(name: str, data: dict[str, Any]) -> Path:
     """bench/results/NAME.json with the date, commit and hardware added."""
     RESULTS.mkdir(parents=True, exist_ok=True)

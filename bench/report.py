@@ -56,8 +56,7 @@ def render_docs() -> Path:
                 f"**{100 * r['test_acc']:.2f}%** | {100 * r['paper']:.1f}% | {lat} | {recipe} | {r['wall_minutes']:.1f} min |"
             )
         lines += ["", "Output latency: mean first-output-spike step of the correctly classified images among the first "
-                  "1,000 test images, after the last epoch.", ""]
-        lines += ["", acc.get("note", ""), "",
+                  "1,000 test images, after the last epoch.", "", acc.get("note", ""), "",
                   "Wall time is the sum of the epochs' times as measured; runs that shared the 2 cores with other jobs "
                   "took longer than the uncontended MNIST epoch of the speed benchmark above.", ""]  # fmt: skip
         if (RESULTS / "accuracy_curves.png").is_file():

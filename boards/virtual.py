@@ -70,8 +70,6 @@ class VirtualBoard:
         return bdir
 
     def __enter__(self) -> VirtualBoard:
-        from cocotb_tools.runner import get_runner
-
         bdir = self.build()
         self.work = Path(tempfile.mkdtemp(prefix="fs-vboard-"))
         pty_file, stop, stats = self.work / "pty", self.work / "stop", self.work / "stats"
@@ -79,7 +77,7 @@ class VirtualBoard:
 
         def run() -> None:
             try:
-                quiet_runner(get_runner("verilator")).test(test_module="firstspike.boards.virtual_tb", hdl_toplevel=TOP,
+                quiet_runner("verilator").test(test_module="firstspike.boards.virtual_tb", hdl_toplevel=TOP,
                                              hdl_toplevel_lang="verilog", testcase="uart_bridge", build_dir=bdir,
                                              test_dir=self.work, extra_env=env, log_file=self.work / "sim.log")  # fmt: skip
             except BaseException as e:  # reported by __enter__/__exit__

@@ -195,8 +195,6 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
     src.mkdir(parents=True)
     (src / f"{TOP}.v").write_text(core_v)
     (src / f"{HARNESS_TOP}.v").write_text(harness_v)
-    from cocotb_tools.runner import get_runner
-
     t0 = time.perf_counter()
     try:
         if sim == "verilator" and gate_level:
@@ -206,7 +204,7 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
             build_verilator([src / f"{TOP}.v", src / f"{HARNESS_TOP}.v"], HARNESS_TOP, bdir)
         else:
             # Verilog-2005 semantics, so that Yosys's "reg x = 0" time-0 trigger runs every always @*
-            quiet_runner(get_runner(sim)).build(sources=[src / f"{TOP}.v", src / f"{HARNESS_TOP}.v"], hdl_toplevel=HARNESS_TOP,
+            quiet_runner(sim).build(sources=[src / f"{TOP}.v", src / f"{HARNESS_TOP}.v"], hdl_toplevel=HARNESS_TOP,
                                   build_dir=bdir, build_args=["-g2005"], timescale=("1ns", "1ps"),
                                   log_file=bdir / "build.log")  # fmt: skip
     except (SystemExit, Exception) as e:
@@ -218,9 +216,12 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
     return res
 
 
-def quiet_runner(runner):
-    """A cocotb runner that logs its per-run INFO lines (commands, temporary paths, results
-    files) only when firstspike's own logging is at DEBUG; warnings and errors always."""
+def quiet_runner(sim: str):
+    """cocotb's runner for ``sim``, logging its per-run INFO lines (commands, temporary paths,
+    results files) only when firstspike's own logging is at DEBUG; warnings and errors always."""
+    from cocotb_tools.runner import get_runner
+
+    runner = get_runner(sim)
     runner.log.setLevel(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
     return runner
 
@@ -279,7 +280,7 @@ def run_images(b: RtlBuild, images: np.ndarray, work_dir: str | os.PathLike | No
                stall_seed: int = 1) -> SimResult:  # fmt: skip
     """Run ``images`` (N, C, H, W) or (N, H, W) uint8 through the compiled core; ``testcase``
     'batch' (the harness drives, the simulator runs free) or 'handshake' (Python drives)."""
-    from cocotb_tools.runner import get_results, get_runner
+    from cocotb_tools.runner import get_results
 
     images = np.asarray(images, dtype=np.uint8).reshape(len(images), -1)
     n = len(images)
@@ -294,7 +295,7 @@ def run_images(b: RtlBuild, images: np.ndarray, work_dir: str | os.PathLike | No
         np.save(npy, images)
         if out.exists():
             out.unlink()
-        runner = quiet_runner(get_runner(b.sim))
+        runner = quiet_runner(b.sim)
         xml = runner.test(test_module=TEST_MODULE, hdl_toplevel=HARNESS_TOP, hdl_toplevel_lang="verilog", testcase=testcase, build_dir=b.build_dir,
                           test_dir=wd, plusargs=[f"+fs_n={n}", f"+fs_images={hexf}", f"+fs_out={out}"],
                           extra_env={"FS_N": str(n), "FS_IMAGES_NPY": str(npy), "FS_OUT": str(out),

@@ -142,7 +142,7 @@ class SpikingLayer(nn.Module):
         self.clip = cfg.clip
         self.weight = nn.Parameter(torch.empty(cout, cin, kh, kw).uniform_(-1.0, 1.0))
         self.register_buffer("theta", torch.tensor(float(cfg.theta * cfg.T), dtype=torch.float64))
-        self.wbits, self._multibit = weight_bits, weight_bits > 1
+        self.weight_bits = weight_bits  # exported width of the integer weights (binary mode)
         if self.binary:
             self.log_alpha = nn.Parameter(torch.zeros(cout if cfg.per_channel_alpha else 1))
 
@@ -153,15 +153,10 @@ class SpikingLayer(nn.Module):
         a = torch.exp(self.log_alpha)
         return a.expand(self.weight.shape[0]) if a.numel() == 1 else a
 
-    @property
-    def weight_bits(self) -> int:
-        """Exported width of the integer weights (binary mode)."""
-        return self.wbits
-
     def sign(self) -> torch.Tensor:
         """Integer weights of binary mode: +-1 (sign(0) = +1), or for a k-bit layer
         round(w * qmax) clamped to -qmax..qmax."""
-        if self._multibit:
+        if self.weight_bits > 1:
             return torch.clamp(torch.round(self.weight * self.qmax), -self.qmax, self.qmax)
         return torch.where(self.weight >= 0, 1.0, -1.0).to(self.weight.dtype)
 
