@@ -6,7 +6,8 @@
 For each board: build the bitstream (YoWASP), read utilisation and Fmax; accuracy of the
 golden model on the whole test set; compute cycles per image from a Verilator run of the
 same core (bit-exact check included) -> images/s at Fmax and at the core clock (compute
-only, and with the pixels sent over UART at 115200 baud); the virtual board (core + UART
+only, and with the pixels sent over the UART at the build's baud rate, default 1 Mbaud, in
+frames of protocol 3, COBS-stuffed, measured on the test images); the virtual board (core + UART
 + protocol in Verilator, host runtime over a pty) on a few images, classes compared, and
 one image's spike times read back over the UART and compared. Boards that share a model
 and lane count share the RTL and virtual-board runs.
@@ -39,6 +40,7 @@ def main() -> None:
 
     import numpy as np
 
+    from firstspike.boards import protocol as P
     from firstspike.boards.build import BuildError, build
     from firstspike.boards.runtime import BoardRuntime
     from firstspike.boards.virtual import VirtualBoard
@@ -98,14 +100,18 @@ def main() -> None:
         per_image = image_cycles(tables, cyc)
         clk = r["clock_mhz"] * 1e6  # the core clock (the board's, or a PLL's)
         fmax = (r["fmax_mhz"] or 0) * 1e6
-        uart_s = int(np.prod(tables.input_shape)) * 10 / 115200 + 15 * 10 / 115200
+        # the link: request frames of these images and a RESULT answer, 10 bits a byte (8N1)
+        link_bytes = float(np.mean([len(P.frame(P.CLASSIFY, 0, im.tobytes())) for im in test.images[:1000]]))
+        link_bytes += len(P.frame(P.RESULT, 0, bytes(P.RESULT_LEN)))
+        uart_s = link_bytes * 10 / r["baud"]
         runs.append({
             "board": board, "device": r["device"], "model": tables.name, "checkpoint": repo_path(model), "lanes": lanes, "T": tables.T,
             "resources": r["resources"], "fmax_mhz": r["fmax_mhz"], "clock_mhz": clk / 1e6,
             "board_clock_mhz": r.get("board_clock_mhz"), "spikes": r.get("spikes"), **sh,
             "images_per_s_at_fmax": fmax / per_image if fmax else None,
             "images_per_s_at_board_clock": clk / per_image,
-            "images_per_s_over_uart": 1 / (uart_s + per_image / clk),
+            "images_per_s_over_uart": 1 / (uart_s + per_image / clk), "baud": r["baud"],
+            "link_bytes_per_image": link_bytes,
             "build_seconds": r["build_seconds"], "memory_bits": r["memory_bits"],
         })  # fmt: skip
         log.info("%s", runs[-1])

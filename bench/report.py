@@ -161,7 +161,8 @@ def render_docs() -> Path:
                   f"Bitstreams built with Yosys + nextpnr from PyPI (YoWASP); {_hw(bd)}; {bd['date']}, commit {bd['commit']}. "
                   "Accuracy: golden model on the 10k MNIST test set (the core equals it bit for bit: RTL mismatches on "
                   "the cycles sample, virtual board classes). images/s: compute only at Fmax and at the core clock, and "
-                  "with the 784 pixels sent over the 115200-baud UART.", "",
+                  "with the pixels sent over the UART (the run's baud rate and COBS frames of protocol 3; figures of "
+                  "older runs: 115200 baud, 784-byte frames).", "",
                   "| board | model | lanes | logic | block RAM | Fmax / core clock (MHz) | accuracy | cycles/image | images/s at Fmax | at clock | over UART | RTL mismatches | virtual board (mismatches, retries) | spike times over UART, 1 image (mismatches) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r_ in bd["runs"]:

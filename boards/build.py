@@ -18,6 +18,7 @@ from amaranth.hdl import ClockDomain, Elaboratable, Module
 from amaranth.lib import io
 from amaranth_boards.resources import UARTResource
 
+from firstspike.boards import protocol as P
 from firstspike.boards.clocks import ECP5PLL, ClockError, PLLParams, ecp5_pll
 from firstspike.boards.link import BoardLink, model_hash
 from firstspike.errors import FirstSpikeError
@@ -91,7 +92,7 @@ def core_clock(board: Board, clock_mhz: float | None = None) -> tuple[float, PLL
 class BoardTop(Elaboratable):
     """The core behind the UART link; LEDs: busy, then the last class's low bits."""
 
-    def __init__(self, tables: ModelTables, board: Board, lanes: int, baud: int = 115200,
+    def __init__(self, tables: ModelTables, board: Board, lanes: int, baud: int = P.DEFAULT_BAUD,
                  clock_mhz: float | None = None, spikes: bool = True):  # fmt: skip
         self._MustUse__silence = True  # a top refused here is never elaborated: no "unused" warning
         self.clock_hz, self.pll = core_clock(board, clock_mhz)  # the core clock: the board's, or a PLL's
@@ -161,7 +162,7 @@ def _utilisation(report: dict, family: str) -> dict:
 
 
 def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out_dir: str | os.PathLike = "build/boards",
-          lanes: int = 2, baud: int = 115200, clock_mhz: float | None = None, spikes: bool | None = None) -> dict:  # fmt: skip
+          lanes: int = 2, baud: int = P.DEFAULT_BAUD, clock_mhz: float | None = None, spikes: bool | None = None) -> dict:  # fmt: skip
     """Synthesise, place and route, pack; write OUT/BOARD/firstspike.bit(.bin) and
     OUT/BOARD/build.json. ``clock_mhz``: the core clock (ECP5: made by a PLL from the board
     clock; None: the board's default, ``Board.core_clock_hz``). ``spikes``: build in the spike
@@ -249,7 +250,7 @@ def _fmax_fix(b: Board, fmax_mhz: float) -> str:
 
 
 def deploy(model: str | os.PathLike, board: str, port: str | None = None, out_dir: str | os.PathLike = "build/boards",
-           lanes: int = 2, baud: int = 115200, check_images: int = 0, clock_mhz: float | None = None,
+           lanes: int = 2, baud: int = P.DEFAULT_BAUD, check_images: int = 0, clock_mhz: float | None = None,
            spikes: bool | None = None) -> dict:  # fmt: skip
     """Build the bitstream, program the board with its open programmer, then (with ``port``)
     check over UART that it runs this model file. Raises BuildError/BoardError with the fix

@@ -1,5 +1,6 @@
-"""The board's side of the protocol (protocol.py): UART in, frames parsed with CRC, pixels
-streamed into the core, results (or errors) framed back out. Platform independent: the
+"""The board's side of the protocol (protocol.py, version 3): UART in, COBS-decoded frames
+parsed with CRC, pixels streamed into the core, results (or errors) framed and COBS-encoded
+back out. Platform independent: the
 board tops (top.py) wire ``rx``/``tx``/``leds`` to pins; the virtual board simulates it."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal
 
 from firstspike.boards import protocol as P
+from firstspike.boards.cobs import CobsDecoder
 from firstspike.boards.uart import UARTRx, UARTTx
 from firstspike.hw.core import Core
 from firstspike.hw.plan import CorePlan, HardwareError
@@ -71,13 +73,16 @@ class BoardLink(Elaboratable):
         m.submodules.core = core = Core(p)
         m.submodules.urx = urx = UARTRx(self.divisor)
         m.submodules.utx = utx = UARTTx(self.divisor)
-        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx), self.busy.eq(core.busy)]
+        m.submodules.cobs = dec = CobsDecoder()
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx), self.busy.eq(core.busy),
+                     dec.i_valid.eq(urx.valid), dec.i_data.eq(urx.data)]  # fmt: skip
         N = p.n_inputs
         typ, seq = Signal(8), Signal(8)
         length, cnt = Signal(16), Signal(16)
         crc, rcrc = Signal(16, init=0xFFFF), Signal(16)
-        byte = urx.data
-        got = urx.valid
+        byte = dec.o_data
+        got = dec.o_valid  # a decoded byte
+        delim = dec.delim  # a 0x00 on the wire: a frame boundary
         timer = Signal(range(self.timeout + 1))
         # pixel hand-over to the core (one byte of slack: the core clears its buckets first)
         pend, pend_data = Signal(), Signal(8)
@@ -86,7 +91,7 @@ class BoardLink(Elaboratable):
             m.d.sync += pend.eq(0)
         # result registers and response
         r_cls, r_fired, r_time, r_cycles = Signal(8), Signal(8), Signal(16), Signal(32)
-        code = Signal(8)
+        ecode = Signal(8)  # ERROR's code
         good = Signal()  # CLASSIFY frame's CRC was right
         DL = p.debug_lanes
         beats = p.debug_beats() if p.debug else 0
@@ -103,18 +108,20 @@ class BoardLink(Elaboratable):
         payloads = {
             0: [r_cls, r_fired, r_time[:8], r_time[8:], r_cycles[:8], r_cycles[8:16], r_cycles[16:24], r_cycles[24:]],
             1: info,
-            2: [code],
+            2: [ecode],
         }
         if p.debug:
             payloads[3] = [bidx[:8], bidx[8:], *[beat[8 * k : 8 * k + 8] for k in range(4 * DL)]]
-        i = Signal(range(max(len(pl) for pl in payloads.values()) + 8))
+        i = Signal(range(max(len(pl) for pl in payloads.values()) + 8))  # index into the body
+        g = Signal.like(i)  # start of the COBS block being sent
+        code, rem = Signal(8), Signal(8)  # its code byte, data bytes still to send
         rtypes = {0: P.RESULT, 1: P.INFO_RSP, 2: P.ERROR, 3: P.SPIKES}
-        out_byte = Signal(8)
-        out_len = Signal(16)
+        out_byte = Signal(8)  # body[i]: type, seq, len, payload, crc
+        out_len = Signal(16)  # payload length
         scrc = Signal(16)
         for k, pl in payloads.items():
             with m.If(kind == k):
-                seqs = [P.RSP_SOF, rtypes[k], seq, *le(len(pl), 2), *pl]
+                seqs = [rtypes[k], seq, *le(len(pl), 2), *pl]
                 arr = Array(Const(v, 8) if isinstance(v, int) else v for v in seqs)
                 m.d.comb += out_len.eq(len(pl))
                 with m.If(i < len(seqs)):
@@ -123,47 +130,54 @@ class BoardLink(Elaboratable):
                     m.d.comb += out_byte.eq(scrc[:8])
                 with m.Else():
                     m.d.comb += out_byte.eq(scrc[8:])
+        body_len = out_len + P.HEADER_LEN + P.CRC_LEN
         mid_frame = Signal()
-        with m.If(got | ~mid_frame):
+        with m.If(urx.valid | ~mid_frame):
             m.d.sync += timer.eq(0)
         with m.Else():
             m.d.sync += timer.eq(timer + 1)
         expired = timer == self.timeout
 
         def respond(k: int, err: int = 0) -> None:
-            m.d.sync += [kind.eq(k), code.eq(err), i.eq(0), scrc.eq(0xFFFF)]
+            m.d.sync += [kind.eq(k), ecode.eq(err), i.eq(0), scrc.eq(0xFFFF)]
             if k == 2:
                 m.d.sync += self.errors.eq(self.errors + 1)
-            m.next = "SEND"
+            m.next = "CRC"
 
         is_cls = (typ == P.CLASSIFY) | (typ == P.CLASSIFY_SPIKES) if p.debug else typ == P.CLASSIFY
 
-        def crc_timeout() -> None:
-            """Silence inside the CRC: a CLASSIFY's image is in the core (drop its result)."""
+        def crc_cut(err: int) -> None:
+            """The frame ended inside the CRC: a CLASSIFY's image is in the core (drop its result)."""
             with m.If(is_cls):
-                m.d.sync += [good.eq(0), code.eq(P.ERR_TIMEOUT)]
+                m.d.sync += [good.eq(0), ecode.eq(err)]
                 m.next = "WAIT"
             with m.Else():
-                respond(2, P.ERR_TIMEOUT)
+                respond(2, err)
 
         with m.FSM():
-            with m.State("SYNC"):
-                with m.If(got & (byte == P.REQ_SOF)):
-                    m.d.sync += crc.eq(0xFFFF)
+            with m.State("SKIP"):  # after an answer or an error: nothing until the next 0x00
+                with m.If(delim):
                     m.next = "TYPE"
-            for st, reg, nxt in (("TYPE", typ, "SEQ"), ("SEQ", seq, "LEN0")):
-                with m.State(st):
-                    m.d.comb += mid_frame.eq(1)
-                    with m.If(got):
-                        m.d.sync += [reg.eq(byte), crc.eq(crc16_byte(crc, byte))]
-                        m.next = nxt
-                    with m.Elif(expired):
-                        respond(2, P.ERR_TIMEOUT)
+            with m.State("TYPE"):  # after a 0x00: the first byte of a frame (or more 0x00)
+                with m.If(got):
+                    m.d.sync += [typ.eq(byte), crc.eq(crc16_byte(Const(0xFFFF, 16), byte))]
+                    m.next = "SEQ"
+            with m.State("SEQ"):
+                m.d.comb += mid_frame.eq(1)
+                with m.If(got):
+                    m.d.sync += [seq.eq(byte), crc.eq(crc16_byte(crc, byte))]
+                    m.next = "LEN0"
+                with m.Elif(delim):
+                    respond(2, P.ERR_FRAME)
+                with m.Elif(expired):
+                    respond(2, P.ERR_TIMEOUT)
             with m.State("LEN0"):
                 m.d.comb += mid_frame.eq(1)
                 with m.If(got):
                     m.d.sync += [length[:8].eq(byte), crc.eq(crc16_byte(crc, byte))]
                     m.next = "LEN1"
+                with m.Elif(delim):
+                    respond(2, P.ERR_FRAME)
                 with m.Elif(expired):
                     respond(2, P.ERR_TIMEOUT)
             with m.State("LEN1"):
@@ -178,6 +192,8 @@ class BoardLink(Elaboratable):
                         m.next = "CRC0"
                     with m.Else():
                         respond(2, P.ERR_FRAME)
+                with m.Elif(delim):
+                    respond(2, P.ERR_FRAME)
                 with m.Elif(expired):
                     respond(2, P.ERR_TIMEOUT)
             with m.State("PIX"):
@@ -186,34 +202,42 @@ class BoardLink(Elaboratable):
                     m.d.sync += [pend.eq(1), pend_data.eq(byte), crc.eq(crc16_byte(crc, byte)), cnt.eq(cnt + 1)]
                     with m.If(cnt == N - 1):
                         m.next = "CRC0"
-                with m.Elif(expired):
+                with m.Elif(delim):
+                    m.d.sync += ecode.eq(P.ERR_FRAME)
                     m.next = "FLUSH"
-            with m.State("FLUSH"):  # lost bytes: finish the image with zeros, drop its result
+                with m.Elif(expired):
+                    m.d.sync += ecode.eq(P.ERR_TIMEOUT)
+                    m.next = "FLUSH"
+            with m.State("FLUSH"):  # a short frame: finish the image with zeros, drop its result
                 with m.If(~pend):
                     m.d.sync += [pend.eq(1), pend_data.eq(0), cnt.eq(cnt + 1)]
                     with m.If(cnt == N - 1):
-                        m.d.sync += [good.eq(0), code.eq(P.ERR_TIMEOUT)]
+                        m.d.sync += good.eq(0)
                         m.next = "WAIT"
             with m.State("CRC0"):
                 m.d.comb += mid_frame.eq(1)
                 with m.If(got):
                     m.d.sync += rcrc[:8].eq(byte)
                     m.next = "CRC1"
+                with m.Elif(delim):
+                    crc_cut(P.ERR_FRAME)
                 with m.Elif(expired):
-                    crc_timeout()
+                    crc_cut(P.ERR_TIMEOUT)
             with m.State("CRC1"):
                 m.d.comb += mid_frame.eq(1)
                 ok = Cat(rcrc[:8], byte) == crc
                 with m.If(got):
                     with m.If(is_cls):
-                        m.d.sync += [good.eq(ok), code.eq(P.ERR_CRC)]
+                        m.d.sync += [good.eq(ok), ecode.eq(P.ERR_CRC)]
                         m.next = "WAIT"
                     with m.Elif(ok):
                         respond(1)
                     with m.Else():
                         respond(2, P.ERR_CRC)
+                with m.Elif(delim):
+                    crc_cut(P.ERR_FRAME)
                 with m.Elif(expired):
-                    crc_timeout()
+                    crc_cut(P.ERR_TIMEOUT)
             with m.State("WAIT"):
                 m.d.comb += core.res_ready.eq(1)
                 with m.If(core.res_valid):
@@ -227,34 +251,68 @@ class BoardLink(Elaboratable):
                         m.d.sync += self.errors.eq(self.errors + 1)
                     # unrequested spike times are drained *before* answering: once the host has
                     # its answer it may send the next request at once, and must not be ignored
-                    m.next = "SEND" if not p.debug else "DRAIN"
+                    m.next = "CRC" if not p.debug else "DRAIN"
                     if p.debug:
                         with m.If(want_spikes):
-                            m.next = "SEND"
-            with m.State("SEND"):
+                            m.next = "CRC"
+            # the answer: CRC over the body first, then 00 COBS(body) 00, one block at a time
+            with m.State("CRC"):
+                m.d.sync += [scrc.eq(crc16_byte(scrc, out_byte)), i.eq(i + 1)]
+                with m.If(i == body_len - P.CRC_LEN - 1):
+                    m.d.sync += i.eq(0)
+                    m.next = "OPEN"
+            with m.State("OPEN"):
+                m.d.comb += [utx.valid.eq(1), utx.data.eq(0)]
+                with m.If(utx.ready):
+                    m.d.sync += g.eq(0)
+                    m.next = "SCAN"
+            with m.State("SCAN"):  # find the block's end: a zero, the body's end or 254 bytes
+                with m.If((i < body_len) & (out_byte != 0) & (i - g < 254)):
+                    m.d.sync += i.eq(i + 1)
+                with m.Else():
+                    m.d.sync += [code.eq(i - g + 1), rem.eq(i - g), i.eq(g)]
+                    m.next = "CODE"
+            with m.State("CODE"):
+                m.d.comb += [utx.valid.eq(1), utx.data.eq(code)]
+                with m.If(utx.ready):
+                    m.next = "DATA"
+                    with m.If(rem == 0):
+                        m.next = "BLOCK"
+            with m.State("DATA"):
                 m.d.comb += [utx.valid.eq(1), utx.data.eq(out_byte)]
                 with m.If(utx.ready):
-                    m.d.sync += i.eq(i + 1)
-                    with m.If((i >= 1) & (i < 5 + out_len)):
-                        m.d.sync += scrc.eq(crc16_byte(scrc, out_byte))
-                    with m.If(i == 5 + out_len + 1):
-                        m.next = "SYNC"
-                        if p.debug:
-                            with m.If(kind == 3):
-                                m.d.sync += bidx.eq(bidx + 1)
-                                with m.If(blast):
-                                    m.d.sync += spk.eq(0)
-                            with m.If(spk & ~((kind == 3) & blast)):
-                                m.next = "DBG"
+                    m.d.sync += [i.eq(i + 1), rem.eq(rem - 1)]
+                    with m.If(rem == 1):
+                        m.next = "BLOCK"
+            with m.State("BLOCK"):  # a block was sent: the next one starts after its zero
+                with m.If(i == body_len):
+                    m.next = "CLOSE"
+                with m.Elif(code == 0xFF):
+                    m.d.sync += g.eq(i)
+                    m.next = "SCAN"
+                with m.Else():
+                    m.d.sync += [i.eq(i + 1), g.eq(i + 1)]
+                    m.next = "SCAN"
+            with m.State("CLOSE"):
+                m.d.comb += [utx.valid.eq(1), utx.data.eq(0)]
+                with m.If(utx.ready):
+                    m.next = "SKIP"
+                    if p.debug:
+                        with m.If(kind == 3):
+                            m.d.sync += bidx.eq(bidx + 1)
+                            with m.If(blast):
+                                m.d.sync += spk.eq(0)
+                        with m.If(spk & ~((kind == 3) & blast)):
+                            m.next = "DBG"
             if p.debug:
                 with m.State("DRAIN"):  # spike times nobody asked for: read and drop them
                     m.d.comb += core.dbg_ready.eq(1)
                     with m.If(core.dbg_valid & core.dbg_last):
-                        m.next = "SEND"
+                        m.next = "CRC"
                 with m.State("DBG"):  # the next debug beat, framed as SPIKES
                     m.d.comb += core.dbg_ready.eq(1)
                     with m.If(core.dbg_valid):
                         m.d.sync += [beat.eq(core.dbg_data), blast.eq(core.dbg_last), kind.eq(3), i.eq(0),
                                      scrc.eq(0xFFFF)]  # fmt: skip
-                        m.next = "SEND"
+                        m.next = "CRC"
         return m

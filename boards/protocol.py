@@ -1,20 +1,31 @@
-"""The host <-> board frame protocol (UART, 8N1), shared by the host runtime, the board's
-link logic (link.py) and the tests.
+"""The host <-> board frame protocol (UART 8N1, version 3), shared by the host runtime, the
+board's link logic (link.py) and the tests. docs/boards.md ("Protocol") is the reference a
+client is written from; this is its summary.
 
-Request  (host -> board): 0xA5, type, seq, len (u16 LE), payload[len], crc (u16 LE)
-Response (board -> host): 0x5A, type, seq, len (u16 LE), payload[len], crc (u16 LE)
+On the wire every frame, in both directions, is ``00 COBS(body) 00``: the body is
+Consistent-Overhead-Byte-Stuffed, so 0x00 appears only as the delimiter and no byte of a
+payload can ever start a frame. Empty frames (``00 00``) are ignored.
 
-crc = CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF) over type, seq, len and payload.
+    body = type u8, seq u8, len u16, payload[len], crc u16
+    multi-byte fields little-endian; crc = CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF,
+    no reflection, no final XOR) over type, seq, len and payload.
 
-Requests:  CLASSIFY (payload: the image's pixels, (c, y, x) order), CLASSIFY_SPIKES (the
-same, and the board also sends every spike time), INFO (no payload).
+seq: chosen by the host, echoed unchanged by the board in every frame of its answer (the
+host drops answers whose seq is not the one it sent; the board never checks it).
+
+Requests:  CLASSIFY (payload: the image's pixels, exactly INFO's ``inputs`` bytes, (c, y, x)
+order), CLASSIFY_SPIKES (the same, and the board also sends every spike time), INFO (no
+payload).
 Responses: RESULT (class u8, fired u8, time u16, cycles u32); after a CLASSIFY_SPIKES's
 RESULT, one SPIKES frame per debug beat of the core (beat index u16, then the beat's
 debug-lane values as i32: see hw/plan.py, ``CorePlan.debug_words``); INFO (magic b"FSPK",
 protocol version u8, T u16, inputs u32, classes u8, first 8 bytes of the model file's
 SHA-256, flags u8 (bit 0: spike readout built in), lanes u16, debug lanes u16, debug beats
-u32); ERROR (code u8: 1 bad CRC, 2 bad type or length, 3 timeout inside a frame).
-A request whose bytes were lost or corrupted gets an ERROR or no answer; the host retries.
+u32); ERROR (code u8: 1 bad CRC, 2 bad type or length, 3 timeout inside a frame). After an
+ERROR the board ignores everything up to the next 0x00.
+The board is stop-and-wait: one request at a time; bytes that arrive while it computes or
+answers are dropped, and it listens again from the next 0x00. A request whose bytes were
+lost or corrupted gets an ERROR or no answer; the host retries.
 """
 
 from __future__ import annotations
@@ -24,8 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-REQ_SOF = 0xA5
-RSP_SOF = 0x5A
+DELIM = 0x00
+# 1 Mbaud: an exact divisor of the 12 / 25 / 48 MHz board clocks, and a rate the FTDI parts of
+# the iCEBreaker (FT2232H) and ULX3S (FT231X) divide exactly (3 MHz / 3); 8.7x 115200
+DEFAULT_BAUD = 1_000_000
 CLASSIFY = 0x01
 INFO = 0x02
 CLASSIFY_SPIKES = 0x03
@@ -34,7 +47,9 @@ INFO_RSP = 0x82
 SPIKES = 0x83
 ERROR = 0xFF
 ERR_CRC, ERR_FRAME, ERR_TIMEOUT = 1, 2, 3
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
+HEADER_LEN = 4  # type, seq, len
+CRC_LEN = 2
 INFO_LEN = 4 + 1 + 2 + 4 + 1 + 8 + 1 + 2 + 2 + 4
 FLAG_SPIKES = 1
 RESULT_LEN = 8
@@ -49,9 +64,54 @@ def crc16(data: bytes, crc: int = 0xFFFF) -> int:
     return crc
 
 
-def frame(sof: int, typ: int, seq: int, payload: bytes) -> bytes:
-    body = bytes([typ, seq & 0xFF]) + struct.pack("<H", len(payload)) + payload
-    return bytes([sof]) + body + struct.pack("<H", crc16(body))
+def cobs_encode(data: bytes) -> bytes:
+    """Consistent Overhead Byte Stuffing: ``data`` without any 0x00 (one code byte per run of
+    up to 254 non-zero bytes; 0x00 is then free to delimit frames)."""
+    out = bytearray()
+    code_at, code = 0, 1
+    out.append(0)
+    for b in data:
+        if b == 0:
+            out[code_at] = code
+            code_at, code = len(out), 1
+            out.append(0)
+            continue
+        out.append(b)
+        code += 1
+        if code == 0xFF:
+            out[code_at] = code
+            code_at, code = len(out), 1
+            out.append(0)
+    out[code_at] = code
+    return bytes(out)
+
+
+def cobs_decode(data: bytes) -> bytes:
+    """Inverse of ``cobs_encode``; ValueError on a 0x00 or a code that runs past the end."""
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        code = data[i]
+        if code == 0 or i + code > n:
+            raise ValueError("bad COBS block")
+        out += data[i + 1 : i + code]
+        if 0 in data[i + 1 : i + code]:
+            raise ValueError("0x00 inside a COBS block")
+        i += code
+        if code < 0xFF and i < n:
+            out.append(0)
+    return bytes(out)
+
+
+def body(typ: int, seq: int, payload: bytes) -> bytes:
+    """A frame before stuffing: type, seq, len, payload, crc (the CRC covers all before it)."""
+    b = bytes([typ, seq & 0xFF]) + struct.pack("<H", len(payload)) + payload
+    return b + struct.pack("<H", crc16(b))
+
+
+def frame(typ: int, seq: int, payload: bytes) -> bytes:
+    """One frame as it goes on the wire: 00 COBS(body) 00."""
+    return bytes([DELIM]) + cobs_encode(body(typ, seq, payload)) + bytes([DELIM])
 
 
 @dataclass
@@ -62,41 +122,47 @@ class Frame:
 
 
 class FrameReader:
-    """Incremental parser of response frames: feed bytes, get whole frames whose CRC is right
-    (anything else is skipped up to the next start byte)."""
+    """Incremental parser of frames: feed bytes, get the whole frames whose COBS, length and
+    CRC are right (anything else between two 0x00 is counted in ``bad`` and dropped)."""
 
-    def __init__(self, sof: int = RSP_SOF, max_len: int = 1 << 16):
-        self.sof = sof
+    def __init__(self, max_len: int = 1 << 16):
         self.max_len = max_len
         self.buf = bytearray()
-        self.bad = 0  # frames dropped (bad CRC or length)
+        self.bad = 0  # frames dropped (bad stuffing, length or CRC)
 
     def feed(self, data: bytes) -> list[Frame]:
         self.buf.extend(data)
         out = []
         while True:
-            i = self.buf.find(bytes([self.sof]))
+            i = self.buf.find(bytes([DELIM]))
             if i < 0:
-                self.buf.clear()
+                if len(self.buf) > 2 * (self.max_len + HEADER_LEN + CRC_LEN) + 8:
+                    self.bad += 1  # a lost delimiter: no frame is this long
+                    self.buf.clear()
                 return out
-            del self.buf[:i]
-            if len(self.buf) < 5:
-                return out
-            n = struct.unpack_from("<H", self.buf, 3)[0]
-            if n > self.max_len:
-                self.bad += 1
-                del self.buf[:1]
-                continue
-            if len(self.buf) < 7 + n:
-                return out
-            body = bytes(self.buf[1 : 5 + n])
-            (crc,) = struct.unpack_from("<H", self.buf, 5 + n)
-            if crc != crc16(body):
-                self.bad += 1
-                del self.buf[:1]
-                continue
-            out.append(Frame(body[0], body[1], body[4:]))
-            del self.buf[: 7 + n]
+            chunk = bytes(self.buf[:i])
+            del self.buf[: i + 1]
+            if chunk:
+                fr = self._parse(chunk)
+                if fr is None:
+                    self.bad += 1
+                else:
+                    out.append(fr)
+
+    def _parse(self, chunk: bytes) -> Frame | None:
+        try:
+            b = cobs_decode(chunk)
+        except ValueError:
+            return None
+        if len(b) < HEADER_LEN + CRC_LEN:
+            return None
+        (n,) = struct.unpack_from("<H", b, 2)
+        if n > self.max_len or len(b) != HEADER_LEN + n + CRC_LEN:
+            return None
+        (crc,) = struct.unpack_from("<H", b, HEADER_LEN + n)
+        if crc != crc16(b[: HEADER_LEN + n]):
+            return None
+        return Frame(b[0], b[1], b[HEADER_LEN : HEADER_LEN + n])
 
 
 def parse_result(p: bytes) -> tuple[int, int, int, int]:

@@ -37,7 +37,7 @@ class BoardResult:
 class BoardRuntime:
     """``port``: a device path (/dev/ttyUSB1), a pyserial URL, or an open serial object."""
 
-    def __init__(self, port, baud: int = 115200, timeout: float = 2.0, retries: int = 5):
+    def __init__(self, port, baud: int = P.DEFAULT_BAUD, timeout: float = 2.0, retries: int = 5):
         import serial
 
         self.timeout = timeout
@@ -76,7 +76,7 @@ class BoardRuntime:
             self.ser.reset_input_buffer()
             # the longest answer this board sends: a corrupted length byte cannot stall the parser
             self.reader = P.FrameReader(max_len=max(P.INFO_LEN, P.RESULT_LEN, 2 + 4 * (self._info or {}).get("debug_lanes", 0)))
-            self.ser.write(P.frame(P.REQ_SOF, typ, self.seq, payload))
+            self.ser.write(P.frame(typ, self.seq, payload))
             self.ser.flush()
             deadline = time.monotonic() + self.timeout
             while time.monotonic() < deadline:
@@ -105,12 +105,17 @@ class BoardRuntime:
             log.debug("request %d: no valid answer (attempt %d; answer %s, %d of %d beats)", self.seq, attempt + 1,
                       answer is not None, len(got), beats)  # fmt: skip
         raise BoardError(f"no valid answer from the board after {self.retries + 1} attempts "
-                         f"(errors reported: {errors or 'none'}); check the port, baud rate and bitstream")  # fmt: skip
+                         f"(errors reported: {errors or 'none'}); check the port, the baud rate (the bitstream's --baud, default "
+                         f"{P.DEFAULT_BAUD:,}) and that the bitstream is of this firstspike (protocol {P.PROTOCOL_VERSION})")  # fmt: skip
 
     def info(self) -> dict:
         if self._info is None:
             fr, _, _, _ = self._request(P.INFO, b"", P.INFO_RSP)
-            self._info = P.parse_info(fr.payload)
+            info = P.parse_info(fr.payload)
+            if info["magic"] != b"FSPK" or info["version"] != P.PROTOCOL_VERSION:
+                raise BoardError(f"the board speaks protocol {info['version']} ({info['magic']!r}), this firstspike "
+                                 f"{P.PROTOCOL_VERSION}: rebuild and reprogram the bitstream (`firstspike deploy MODEL --board B`)")  # fmt: skip
+            self._info = info
         return self._info
 
     def check_model(self, sha256_hex: str) -> None:

@@ -97,9 +97,11 @@ def _add_hw(sub: argparse._SubParsersAction) -> None:
 
 def _add_bitstream_options(p: argparse.ArgumentParser) -> None:
     """What `build` and `deploy` share: the bitstream's parameters."""
+    from firstspike.boards.protocol import DEFAULT_BAUD
+
     p.add_argument("-o", "--out", default="build/boards")
     p.add_argument("--lanes", type=int, default=2)
-    p.add_argument("--baud", type=int, default=115200)
+    p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"UART baud rate (default {DEFAULT_BAUD:,})")
     p.add_argument("--clock-mhz", type=float, default=None,
                    help="core clock in MHz, made by a PLL from the board clock (ECP5 boards only; default: the "
                    "board clock: icebreaker 12, ulx3s 25, orangecrab 48)")

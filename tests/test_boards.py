@@ -1,5 +1,5 @@
-"""Boards: the frame protocol (CRC, parser against garbage), the UART and CRC blocks in
-Amaranth's simulator, and the virtual board: the whole board logic (core + UART + frames)
+"""Boards: the frame protocol (CRC, COBS, parser against garbage), the UART, CRC and COBS
+blocks in Amaranth's simulator, and the virtual board: the whole board logic (core + UART + frames)
 in Verilator, driven by the unchanged host runtime through a pseudo-terminal, exact against
 the golden model, and recovering from dropped and corrupted bytes."""
 
@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import random
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firstspike.boards import protocol as P
+from firstspike.boards.cobs import CobsDecoder
 from firstspike.boards.link import BoardLink, crc16_byte
 from firstspike.boards.runtime import BoardError, BoardRuntime
 from firstspike.boards.uart import UARTRx, UARTTx
@@ -30,7 +34,7 @@ def test_crc16_known_value() -> None:
 
 def test_frame_reader_survives_garbage_and_split_reads() -> None:
     rng = random.Random(0)
-    frames = [P.frame(P.RSP_SOF, P.RESULT, i, bytes(rng.randrange(256) for _ in range(8))) for i in range(20)]
+    frames = [P.frame(P.RESULT, i, bytes(rng.randrange(256) for _ in range(8))) for i in range(20)]
     stream = bytearray()
     for f in frames:
         stream += bytes(rng.randrange(256) for _ in range(rng.randrange(5)))  # noise between frames
@@ -48,6 +52,60 @@ def test_frame_reader_survives_garbage_and_split_reads() -> None:
     seqs = [f.seq for f in got]
     assert seqs[-21:] == list(range(20)) + [1]  # noise may not fake a frame with a valid CRC...
     assert all(len(f.payload) == 8 for f in got[-21:])
+
+
+# byte strings rich in zeros and in long runs without zeros (COBS's two special cases)
+_frames = st.lists(st.one_of(st.just(0), st.integers(1, 255)), max_size=40).flatmap(
+    lambda head: st.integers(0, 600).map(lambda n: bytes(head) + bytes([1 + k % 255 for k in range(n)]) + bytes(head)))
+
+
+@given(_frames)
+@settings(max_examples=200, deadline=None)
+def test_cobs_round_trip(data: bytes) -> None:
+    enc = P.cobs_encode(data)
+    assert 0 not in enc and len(enc) <= len(data) + len(data) // 254 + 1
+    assert P.cobs_decode(enc) == data
+
+
+def test_frame_payloads_can_never_start_a_frame() -> None:
+    """A payload that holds a whole frame (the v2 failure: a rejected payload parsed as a new
+    frame) stays one frame: 0x00 only delimits."""
+    inner = P.frame(P.INFO, 7, b"")
+    outer = P.frame(P.CLASSIFY, 8, inner * 3)
+    assert outer.count(0) == 2 and outer[0] == outer[-1] == 0
+    got = P.FrameReader().feed(outer)
+    assert [(f.typ, f.seq, f.payload) for f in got] == [(P.CLASSIFY, 8, inner * 3)]
+
+
+def test_cobs_decoder_block_equals_software() -> None:
+    """The board's COBS decoder (Amaranth simulator) against protocol.cobs_decode: random
+    frames, back to back, with zeros, 254-byte runs and empty frames."""
+    rng = random.Random(4)
+    frames = [b"", bytes(300), bytes(range(1, 256)) * 2, bytes([7] * 254), bytes([7] * 253) + b"\0"]
+    frames += [bytes(rng.choice([0, rng.randrange(1, 256)]) for _ in range(rng.randrange(1, 80))) for _ in range(30)]
+    wire = b"\0" + b"".join(P.cobs_encode(f) + b"\0" for f in frames)
+    dut = CobsDecoder()
+    got: list[bytes] = []
+
+    async def bench(ctx) -> None:
+        cur = bytearray()
+        for b in wire:
+            ctx.set(dut.i_valid, 1)
+            ctx.set(dut.i_data, b)
+            if ctx.get(dut.delim):
+                got.append(bytes(cur))
+                cur.clear()
+            elif ctx.get(dut.o_valid):
+                cur.append(ctx.get(dut.o_data))
+            await ctx.tick()
+            ctx.set(dut.i_valid, 0)
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got[1:] == frames  # got[0]: the empty "frame" before the first delimiter
 
 
 def test_crc_block_equals_software() -> None:
@@ -118,6 +176,18 @@ def small() -> tuple:
     return tables, random_images(rng, 12, tables.input_shape)
 
 
+def _raw(rt: BoardRuntime, data: bytes, wait: float = 1.5) -> list[tuple[int, int, bytes]]:
+    """Send raw bytes to the board; the frames it answers within ``wait`` seconds."""
+    rt.ser.reset_input_buffer()
+    rt.ser.write(data)
+    rt.ser.flush()
+    reader, out = P.FrameReader(), []
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        out += [(f.typ, f.seq, f.payload) for f in reader.feed(rt.ser.read(4096))]
+    return out
+
+
 def test_virtual_board_round_trip(small: tuple, tmp_path_factory: pytest.TempPathFactory) -> None:
     from firstspike.boards.link import model_hash
     from firstspike.boards.virtual import VirtualBoard
@@ -126,9 +196,15 @@ def test_virtual_board_round_trip(small: tuple, tmp_path_factory: pytest.TempPat
     with VirtualBoard(tables, lanes=3, build_root=tmp_path_factory.mktemp("vb")) as vb:
         with BoardRuntime(vb.port, timeout=5.0) as rt:
             info = rt.info()
-            assert info["magic"] == b"FSPK" and info["T"] == tables.T and info["inputs"] == images[0].size
+            assert info["magic"] == b"FSPK" and info["version"] == P.PROTOCOL_VERSION and info["T"] == tables.T and info["inputs"] == images[0].size
             assert info["model_sha256_prefix"] == model_hash(tables).hex()
             res = rt.run(images)
+            # a rejected frame's payload is skipped whole, even when it holds frames
+            inner = P.frame(P.INFO, 40, b"")
+            assert _raw(rt, P.frame(P.CLASSIFY, 41, inner * 5)) == [(P.ERROR, 41, bytes([P.ERR_FRAME]))]
+            # a frame cut short by a delimiter is answered at once (not after the timeout)
+            cut = b"\0" + P.cobs_encode(P.body(P.CLASSIFY, 42, images[0].tobytes()))[:20] + b"\0"
+            assert _raw(rt, cut) == [(P.ERROR, 42, bytes([P.ERR_FRAME]))]
             spk = rt.run(images[:4], spikes=True, tables=tables)
             with pytest.raises(BoardError, match="runs model"):
                 rt.check_model("00" * 32)
@@ -286,6 +362,8 @@ def test_board_core_clocks_and_their_refusals(tmp_path) -> None:
         build(_ice40_tables(), "ulx3s", tmp_path, clock_mhz=1)
     with pytest.raises(BuildError, match="--baud"):
         build(_ice40_tables(), "ulx3s", tmp_path, clock_mhz=4, baud=1_000_000)
+    with pytest.raises(BuildError, match="1000000 baud is more than 2% off"):  # the default at 15.625 MHz
+        build(_ice40_tables(), "ulx3s", tmp_path, clock_mhz=16)
     assert not any(tmp_path.iterdir())  # refused before any tool ran
 
 
@@ -296,9 +374,9 @@ def test_pll_board_tops_elaborate_with_the_core_clock() -> None:
     from firstspike.boards.build import BOARDS, BoardTop
     from firstspike.cli import build_parser
 
-    for board, mhz, want_hz, div in [("orangecrab", 24, 24e6, 208), ("ulx3s", 16, 15.625e6, 136)]:
+    for board, mhz, baud, want_hz, div in [("orangecrab", 24, None, 24e6, 24), ("ulx3s", 16, 500_000, 15.625e6, 31)]:
         b = BOARDS[board]
-        top = BoardTop(_ice40_tables(), b, lanes=2, clock_mhz=mhz)
+        top = BoardTop(_ice40_tables(), b, lanes=2, clock_mhz=mhz, **({"baud": baud} if baud else {}))
         assert top.clock_hz == want_hz and top.divisor == div
         plan = b.make_platform().prepare(top, name="firstspike")
         il, lpf = plan.files["firstspike.il"], plan.files["firstspike.lpf"]
