@@ -155,6 +155,27 @@ def render_docs() -> Path:
             return "not measured"
         return f"{r_['virtual_spike_mismatches_one_image']} of {r_['virtual_spike_values_one_image']:,}"
 
+    cb = _load("core_bounds")
+    if cb:
+        lines += ["## Core cycle bounds (bench/core_bounds.py)", "",
+                  f"Where an image's cycles go ({cb['runs'][0]['images']} MNIST test images, golden model); {cb['date']}, "
+                  f"commit {cb['commit']}. Today's core sweeps every neuron at every step; an event-driven core would "
+                  "update only the synapses of the spikes and the neurons that can cross (slope > 0, not fired).", "",
+                  "| board, model | lanes | synaptic updates | neuron updates (sweep) | active neuron-steps | "
+                  "measured cycles | sweep bound | event-driven bound | event-driven / measured |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r_ in cb["runs"]:
+            syn = sum(x["synaptic_updates"] for x in r_["layers"])
+            neu = sum(x["sweep_neuron_updates"] for x in r_["layers"])
+            act = sum(x["active_neuron_steps"] for x in r_["layers"])
+            meas, ev = r_["measured_cycles"], r_["event_bound_cycles"]
+            lines.append(
+                f"| {r_['board']}, {r_['model']} (T={r_['T']}) | {r_['lanes']} | {syn:,.0f} | {neu:,.0f} | {act:,.0f} | "
+                f"{f'{meas:,.0f}' if meas else '-'} | {r_['sweep_bound_cycles']:,.0f} | {ev:,.0f} | "
+                f"{f'{ev / meas:.2f}' if meas else '-'} |"
+            )
+        lines += ["", "Bounds per image at the lanes shown, layers side by side (the slowest layer sets the pace). "
+                  "Lanes multiply throughput only where there are enough events per step to share.", ""]  # fmt: skip
     bd = _load("boards")
     if bd:
         lines += ["## Boards (bench/boards.py)", "",

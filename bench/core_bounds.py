@@ -1,0 +1,134 @@
+"""Core cycle bounds: where the cycles of an image go, and what an event-driven core could reach.
+
+    python bench/core_bounds.py [--runs icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:2]
+                                [--images 200]
+
+Per model, on the first test images (golden model, exact integer network):
+- synaptic updates: input spikes x valid fan-out x output channels (the work no core avoids);
+- neuron updates of today's sweep: every neuron at every step (neurons x T);
+- active neuron-steps: steps at which a neuron has not fired and its slope is > 0, the only
+  ones at which it can cross (an event-driven core updates only these, and brings the
+  others up to date when an event reaches them);
+- cycle bounds at the board's lanes: today's sweep (``CorePlan.work``, layers side by side),
+  the event-driven bound (synaptic updates + active neuron-steps, per layer, layers side by
+  side: the slowest layer), and the measured cycles of bench/results/boards.json.
+Writes bench/results/core_bounds.json and refreshes docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
+
+log = logging.getLogger("bench.core_bounds")
+DEFAULT_RUNS = "icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:2"
+
+
+def _active_counter():
+    import numba
+    import numpy as np
+
+    @numba.njit(cache=True)
+    def active(tin, w, thr, T, stride, pad, Ho, Wo):  # noqa: C901 (the golden layer, counting)
+        """Per image: neuron-steps with slope > 0 and not yet fired (the golden layer's integration)."""
+        B, C, H, W = tin.shape
+        Co, _, KH, KW = w.shape
+        out = np.zeros(B, np.int64)
+        for b in range(B):
+            cur = np.zeros((Co, Ho, Wo), np.int64)
+            pot = np.zeros((Co, Ho, Wo), np.int64)
+            fired = np.zeros((Co, Ho, Wo), np.bool_)
+            for t in range(T):
+                if t > 0:
+                    for c in range(C):
+                        for y in range(H):
+                            for x in range(W):
+                                if tin[b, c, y, x] != t - 1:
+                                    continue
+                                for ky in range(KH):
+                                    ny = y + pad - ky
+                                    if ny < 0 or ny % stride != 0 or ny // stride >= Ho:
+                                        continue
+                                    for kx in range(KW):
+                                        nx = x + pad - kx
+                                        if nx < 0 or nx % stride != 0 or nx // stride >= Wo:
+                                            continue
+                                        for co in range(Co):
+                                            cur[co, ny // stride, nx // stride] += w[co, c, ky, kx]
+                for co in range(Co):
+                    for oy in range(Ho):
+                        for ox in range(Wo):
+                            if not fired[co, oy, ox] and cur[co, oy, ox] > 0:
+                                out[b] += 1
+                            pot[co, oy, ox] += cur[co, oy, ox]
+                            if pot[co, oy, ox] >= thr[co]:
+                                fired[co, oy, ox] = True
+        return out
+
+    return active
+
+
+def main() -> None:
+    setup_logging()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated board:model:lanes")
+    ap.add_argument("--images", type=int, default=200)
+    args = ap.parse_args()
+
+    import numpy as np
+
+    from firstspike.data import load_split
+    from firstspike.hw.plan import fan_out, plan_core
+    from firstspike.quantize.export import quantize_checkpoint
+    from firstspike.quantize.golden import GoldenModel
+    from firstspike.quantize.modelfile import MAGIC, load
+
+    active = _active_counter()
+    test = load_split("mnist", "test").head(args.images)
+    boards = json.loads((RESULTS / "boards.json").read_text()).get("runs", []) if (RESULTS / "boards.json").is_file() else []
+    runs = []
+    for spec in args.runs.split(","):
+        board, model, lanes = spec.split(":")
+        lanes, model = int(lanes), str(ROOT / model) if not Path(model).is_absolute() else model
+        with open(model, "rb") as f:
+            tables = load(model) if f.read(len(MAGIC)) == MAGIC else quantize_checkpoint(model)[0]
+        g = GoldenModel(tables).run(test.images)
+        plan = plan_core(tables, lanes=lanes, debug=False)
+        work = plan.work(g.layer_times)
+        T, n = tables.T, len(test)
+        layers = []
+        for lp in plan.layers:
+            ly = tables.layers[lp.index]
+            tin = np.ascontiguousarray(g.layer_times[lp.index]).astype(np.int32)
+            act = active(tin, ly.weights.astype(np.int64), ly.thresholds.astype(np.int64), T, lp.stride, lp.pad, lp.Ho, lp.Wo)
+            fy = np.array([f.n for f in fan_out(lp.H, lp.Ho, lp.KH, lp.stride, lp.pad)])
+            fx = np.array([f.n for f in fan_out(lp.W, lp.Wo, lp.KW, lp.stride, lp.pad)])
+            fan = np.outer(fy, fx).reshape(-1)
+            t = tin.reshape(n, lp.Ci, -1)
+            syn = ((t < T) * fan[None, None]).sum(axis=(1, 2)) * lp.Co
+            layers.append({"layer": lp.index, "neurons": lp.Co * lp.Ho * lp.Wo, "synaptic_updates": float(syn.mean()),
+                           "sweep_neuron_updates": lp.Co * lp.Ho * lp.Wo * T, "active_neuron_steps": float(act.mean()),
+                           "event_cycles": float((syn + act).mean()) / lanes})  # fmt: skip
+        meas = next((r for r in boards if r.get("board") == board and r.get("lanes") == lanes and "cycles_mean" in r), None)
+        ev = max(ly_["event_cycles"] for ly_ in layers)
+        runs.append({
+            "board": board, "model": tables.name, "checkpoint": repo_path(model), "lanes": lanes, "T": T, "images": n,
+            "layers": layers, "sweep_bound_cycles": float(work["cycle_bound_concurrent"].mean()),
+            "event_bound_cycles": ev, "event_bound_sequential_cycles": sum(ly_["event_cycles"] for ly_ in layers),
+            "measured_cycles": meas["cycles_mean"] if meas else None, "clock_mhz": meas["clock_mhz"] if meas else None,
+        })  # fmt: skip
+        log.info("%s", runs[-1])
+    write_result("core_bounds", {"runs": merge_runs("core_bounds", runs, lambda r: (r["board"], r["lanes"]))})
+    import report
+
+    report.render_docs()
+
+
+if __name__ == "__main__":
+    main()
