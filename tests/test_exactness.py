@@ -152,12 +152,13 @@ def test_reference_is_not_trivial() -> None:
 
 
 # --- whole network: binary forward pass is exactly the integer network -------------------
-def small_net(T: int, mode: str, out_weight_bits: int = 1) -> CSNN:
+def small_net(T: int, mode: str, out_weight_bits: int = 1, input_gamma: float = 1.0) -> CSNN:
     cfg = NetConfig(
         name="t",
         T=T,
         mode=mode,
         out_weight_bits=out_weight_bits,
+        input_gamma=input_gamma,
         input_shape=(1, 10, 10),
         layers=[
             LayerSpec("conv", channels=3, kernel=3, padding=1),
@@ -171,11 +172,12 @@ def small_net(T: int, mode: str, out_weight_bits: int = 1) -> CSNN:
 
 @SETTINGS
 @given(seed=st.integers(0, 2**31 - 1), T=st.integers(4, 40), style=st.sampled_from(["random", "zeros", "full"]),
-       out_bits=st.sampled_from([1, 2, 4]))  # fmt: skip
-def test_binary_network_is_integer_network(seed: int, T: int, style: str, out_bits: int) -> None:
-    """Binary hidden layers (and a 1/2/4-bit output layer) compute exactly the integer network."""
+       out_bits=st.sampled_from([1, 2, 4]), gamma=st.sampled_from([1.0, 0.5]))  # fmt: skip
+def test_binary_network_is_integer_network(seed: int, T: int, style: str, out_bits: int, gamma: float) -> None:
+    """Binary hidden layers (and a 1/2/4-bit output layer) compute exactly the integer network,
+    with the linear or a bent input code."""
     torch.manual_seed(seed)
-    net = small_net(T, "binary", out_bits)
+    net = small_net(T, "binary", out_bits, gamma)
     with torch.no_grad():
         for m in net.spiking_layers():
             m.log_alpha.uniform_(-1.0, 4.0)
@@ -186,7 +188,7 @@ def test_binary_network_is_integer_network(seed: int, T: int, style: str, out_bi
         x = torch.full((3, 10, 10), 0 if style == "zeros" else 255, dtype=torch.uint8)
     with torch.no_grad():
         outs = net.forward_all(x)
-    table = input_table(T)
+    table = input_table(T, gamma)
     t = table[x.numpy()][:, None].astype(np.int32)
     assert np.array_equal(outs[0].numpy().astype(np.int64), t)
     i = 1
@@ -279,6 +281,11 @@ def test_input_table() -> None:
     t = input_table(64)
     assert t.shape == (256,) and t[0] == 64 and t[255] == 0 and t[1] == (254 * 64) // 256
     assert (np.diff(t[1:]) <= 0).all()
+    for T in (8, 32, 64, 256):
+        for gamma in (0.3, 0.5, 2.0):
+            b = input_table(T, gamma)  # bent code: monotone, p = 0 silent, p = 255 at 0, all in 0..T-1
+            assert b[0] == T and b[255] == 0 and (b[1:] <= T - 1).all() and (np.diff(b[1:]) <= 0).all()
+            assert (b[1:] <= input_table(T)[1:]).all() == (gamma < 1)  # gamma < 1: every pixel as early or earlier
 
 
 def test_decision_rule() -> None:

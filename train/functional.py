@@ -15,10 +15,16 @@ from firstspike.train import kernels, stepwise
 BACKENDS = ("auto", "numba", "torch")
 
 
-def input_table(T: int) -> np.ndarray:
-    """256-entry pixel -> spike time table: t = floor((255 - p) * T / 256), p = 0 silent (T)."""
+def input_table(T: int, gamma: float = 1.0) -> np.ndarray:
+    """256-entry pixel -> spike time table: t = floor((255 - p) * T / 256), p = 0 silent (T).
+    ``gamma`` != 1 bends the code: t = floor((1 - (p / 255) ** gamma) * T), clipped to T - 1
+    (gamma < 1: dim pixels spike earlier). The table travels in the model file, so the golden
+    model and the RTL use exactly what training used."""
     p = np.arange(256, dtype=np.int64)
-    table = ((255 - p) * T) // 256
+    if gamma == 1.0:
+        table = ((255 - p) * T) // 256
+    else:
+        table = np.minimum(np.floor((1.0 - (p / 255.0) ** gamma) * T), T - 1).astype(np.int64)
     table[0] = T
     return table.astype(np.int32)
 

@@ -50,6 +50,7 @@ class NetConfig:
     calib_fire: float = 0.5  # ... for this fraction of (image, neuron) pairs
     out_calib_time: float = 0.75
     clip: bool = True  # binary: clip the straight-through gradient to |w| <= 1
+    input_gamma: float = 1.0  # input code t = (1 - (p/255)^gamma) T (1: linear; < 1: dim pixels earlier)
     out_weight_bits: int = 1  # binary mode: weight width of the output layer (1: +-1 like the
     #   hidden layers; k >= 2: integers -(2^(k-1)-1)..2^(k-1)-1 times a per-class scale, exact)
 
@@ -90,6 +91,8 @@ class NetConfig:
         return out
 
     def validate(self) -> None:
+        if not 0.0 < self.input_gamma <= 4.0:
+            raise ConfigError(f"input_gamma={self.input_gamma}: choose a value in (0, 4] (1: linear)")
         if not 1 <= self.out_weight_bits <= 8:
             raise ConfigError(f"out_weight_bits={self.out_weight_bits}: choose 1 (binary) .. 8")
         if self.mode not in ("binary", "real"):
@@ -198,7 +201,7 @@ class CSNN(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.T = cfg.T
-        self.register_buffer("table", torch.from_numpy(input_table(cfg.T)).long())
+        self.register_buffer("table", torch.from_numpy(input_table(cfg.T, cfg.input_gamma)).long())
         mods: list[nn.Module] = []
         self.kinds: list[str] = []
         self.pools: list[int] = []
