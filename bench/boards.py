@@ -69,7 +69,7 @@ def main() -> None:
             continue
         from firstspike.quantize.modelfile import tables_sha256
 
-        sk = (tables_sha256(tables), lanes)
+        sk = (tables_sha256(tables), lanes, r["uart_divisor"])
         if sk not in shared:
             golden = GoldenModel(tables)
             work = plan_core(tables, lanes=lanes, debug=False).work(golden.run(test.head(20).images).layer_times)
@@ -80,7 +80,8 @@ def main() -> None:
             rep = verify(tables, sub.images, sub.labels, sim="verilator", jobs=2, lanes=lanes,
                          build_root=ROOT / "build" / "sim", progress=False)  # fmt: skip
             vsub = test.head(n_virt)
-            with VirtualBoard(tables, lanes=lanes, build_root=ROOT / "build" / "virtual") as vb, \
+            # the virtual board at this board's UART divisor: its exchanges take the real board's cycles
+            with VirtualBoard(tables, lanes=lanes, build_root=ROOT / "build" / "virtual", divisor=r["uart_divisor"]) as vb, \
                     BoardRuntime(vb.port, timeout=120) as rt:  # fmt: skip
                 vres = rt.run(vsub.images)
                 spk = rt.run(vsub.images[:1], spikes=True, tables=tables)
@@ -94,6 +95,8 @@ def main() -> None:
                 "virtual_accuracy": float((vres.classes == vsub.labels).mean()), "virtual_retries": vres.retries + spk.retries,
                 "virtual_spike_mismatches_one_image": int(sum(spk_mm.values())),
                 "virtual_spike_values_one_image": int(spk.stream.size),
+                # CLASSIFY exchanges on the virtual line (request sent to RESULT received), median
+                "link_cycles_per_image": float(np.median(vb.exchanges[1 : 1 + n_virt])) if len(vb.exchanges) > n_virt else None,
             }  # fmt: skip
         sh = shared[sk]
         cyc = sh["cycles_mean"]
@@ -111,6 +114,7 @@ def main() -> None:
             "images_per_s_at_fmax": fmax / per_image if fmax else None,
             "images_per_s_at_board_clock": clk / per_image,
             "images_per_s_over_uart": 1 / (uart_s + per_image / clk), "baud": r["baud"],
+            "images_per_s_end_to_end": clk / sh["link_cycles_per_image"] if sh.get("link_cycles_per_image") else None,
             "link_bytes_per_image": link_bytes,
             "build_seconds": r["build_seconds"], "memory_bits": r["memory_bits"],
         })  # fmt: skip

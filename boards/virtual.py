@@ -1,6 +1,13 @@
 """The virtual board: the whole board logic (core, UART, frame protocol) simulated in
 Verilator and attached to the unchanged host runtime through a pseudo-terminal.
 
+The host's side of the serial line is logic too (``VirtualTop``): a UART transmitter that
+drives the board's rx pin and a UART receiver on its tx pin with a small FIFO, so the
+cocotb bridge moves whole bytes (two simulator callbacks a byte, not ten) while the board's
+own UART still sees every bit at its real divisor. ``divisor`` defaults to 8 clock cycles
+per bit; pass the real board's (clock / baud) to see its timing: ``stats()`` then gives
+the link's cycles per image.
+
     with VirtualBoard(tables) as vb:
         with BoardRuntime(vb.port) as rt:
             rt.classify(images)
@@ -9,6 +16,7 @@ Verilator and attached to the unchanged host runtime through a pseudo-terminal.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -18,8 +26,11 @@ import time
 from pathlib import Path
 
 from amaranth.back import verilog
+from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.lib.fifo import SyncFIFO
 
 from firstspike.boards.link import BoardLink, model_hash
+from firstspike.boards.uart import UARTRx, UARTTx
 from firstspike.hw.plan import plan_core
 from firstspike.quantize.modelfile import ModelTables
 from firstspike.sim.rtl import SimulatorError, build_verilator, check_simulator, quiet_runner
@@ -29,30 +40,79 @@ TOP = "fs_board"
 VIRTUAL_DIVISOR = 8  # clock cycles per UART bit in the virtual board (a real board: clock / baud)
 
 
+class VirtualTop(Elaboratable):
+    """BoardLink plus the host's end of the serial line, in logic. Host to board: a burst of
+    up to ``BURST`` bytes (``h_data``, first byte in the low bits; ``h_len``; ``h_load``
+    pulses) goes out through a UART transmitter on the board's rx, one byte after the other;
+    ``h_ready`` is high when the burst is out. Board to host: a UART receiver on the board's
+    tx fills a FIFO (``r_data``/``r_rdy``/``r_en``); ``r_stamp`` is the cycle counter at the
+    last byte received, ``cycle`` the counter now."""
+
+    BURST = 32
+
+    def __init__(self, link: BoardLink):
+        self.link = link
+        nb = 8 * self.BURST
+        self.h_data, self.h_len = Signal(nb, name="h_data"), Signal(range(self.BURST + 1), name="h_len")
+        self.h_load, self.h_ready = Signal(name="h_load"), Signal(name="h_ready")
+        self.r_data, self.r_rdy, self.r_en = Signal(8, name="r_data"), Signal(name="r_rdy"), Signal(name="r_en")
+        self.r_overflow = Signal(name="r_overflow")  # a received byte found the FIFO full (sticky)
+        self.cycle, self.r_stamp = Signal(48, name="cycle"), Signal(48, name="r_stamp")
+
+    def ports(self) -> list[Signal]:
+        lk = self.link
+        return [self.h_data, self.h_len, self.h_load, self.h_ready, self.r_data, self.r_rdy, self.r_en,
+                self.r_overflow, self.cycle, self.r_stamp, lk.busy, lk.last_class, lk.errors]  # fmt: skip
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.link = lk = self.link
+        m.submodules.htx = htx = UARTTx(lk.divisor)
+        m.submodules.hrx = hrx = UARTRx(lk.divisor)
+        m.submodules.fifo = fifo = SyncFIFO(width=8, depth=64)
+        buf, left = Signal.like(self.h_data), Signal.like(self.h_len)
+        m.d.sync += self.cycle.eq(self.cycle + 1)
+        m.d.comb += [lk.rx.eq(htx.tx), htx.data.eq(buf[:8]), htx.valid.eq(left != 0), self.h_ready.eq(left == 0),
+                     hrx.rx.eq(lk.tx), fifo.w_data.eq(hrx.data), fifo.w_en.eq(hrx.valid),
+                     self.r_data.eq(fifo.r_data), self.r_rdy.eq(fifo.r_rdy), fifo.r_en.eq(self.r_en)]  # fmt: skip
+        with m.If(self.h_load):
+            m.d.sync += [buf.eq(self.h_data), left.eq(self.h_len)]
+        with m.Elif(htx.valid & htx.ready):
+            m.d.sync += [buf.eq(buf >> 8), left.eq(left - 1)]
+        with m.If(hrx.valid):
+            m.d.sync += self.r_stamp.eq(self.cycle)
+            with m.If(~fifo.w_rdy):
+                m.d.sync += self.r_overflow.eq(1)
+        return m
+
+
 class VirtualBoard:
     """Context manager: builds (cached) and starts the simulation; ``port`` is the pty path.
     ``spikes``: with the spike readout (CLASSIFY_SPIKES), like a default board build."""
 
     def __init__(self, tables: ModelTables, lanes: int = 8, build_root: str | os.PathLike = "build/virtual",
                  p_drop: float = 0.0, p_flip: float = 0.0, seed: int = 1, start_timeout: float = 120.0,
-                 spikes: bool = True):  # fmt: skip
+                 spikes: bool = True, divisor: int = VIRTUAL_DIVISOR):  # fmt: skip
         check_simulator("verilator")
         self.tables = tables
+        self.divisor = divisor
         self.plan = plan_core(tables, lanes=lanes, debug=spikes)
-        self.link = BoardLink(self.plan, VIRTUAL_DIVISOR, model_hash(tables))
+        self.link = BoardLink(self.plan, divisor, model_hash(tables))
+        self.top = VirtualTop(self.link)
         self.build_root = Path(build_root).resolve()
-        self.env = {"FS_DIVISOR": str(VIRTUAL_DIVISOR), "FS_P_DROP": str(p_drop), "FS_P_FLIP": str(p_flip),
+        self.env = {"FS_DIVISOR": str(divisor), "FS_P_DROP": str(p_drop), "FS_P_FLIP": str(p_flip),
                     "FS_FAULT_SEED": str(seed)}  # fmt: skip
         self.start_timeout = start_timeout
         self.port: str | None = None
-        self.faults = (0, 0)
+        self.faults = (0, 0)  # bytes dropped, bytes corrupted (fault injection)
+        self.cycles = 0  # clock cycles simulated
+        self.overflow = False  # the host-side receive FIFO overflowed (a bridge bug, never expected)
+        self.exchanges: list[int] = []  # cycles of each request/answer exchange on the line
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def build(self) -> Path:
-        link = self.link
-        text = verilog.convert(link, name=TOP, ports=[link.rx, link.tx, link.busy, link.last_class, link.errors],
-                               emit_src=False)  # fmt: skip
+        text = verilog.convert(self.top, name=TOP, ports=self.top.ports(), emit_src=False)
         key = hashlib.sha256(text.encode()).hexdigest()[:16]
         bdir = self.build_root / f"verilator-{key}"
         if not (bdir / ".built").exists():
@@ -92,7 +152,7 @@ class VirtualBoard:
                 raise SimulatorError(f"the virtual board did not start ({self._error}):\n{log_tail}")
             time.sleep(0.05)
         self.port = pty_file.read_text().strip()
-        log.info("virtual board on %s (Verilator, UART divisor %d)", self.port, VIRTUAL_DIVISOR)
+        log.info("virtual board on %s (Verilator, UART divisor %d)", self.port, self.divisor)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -101,6 +161,7 @@ class VirtualBoard:
             self._thread.join(timeout=60)
         st = self.work / "stats"
         if st.exists():
-            d, f = st.read_text().split()
-            self.faults = (int(d), int(f))
+            d = json.loads(st.read_text())
+            self.faults = (d["dropped"], d["flipped"])
+            self.cycles, self.overflow, self.exchanges = d["cycles"], bool(d["overflow"]), d["exchanges"]
         shutil.rmtree(self.work, ignore_errors=True)

@@ -1,11 +1,17 @@
 """cocotb side of the virtual board: the board's logic (BoardLink: core + UART + frames)
-runs in Verilator; this bridge drives its UART rx line with the bytes the host writes to a
-pseudo-terminal and sends what the board transmits back to it, bit by bit at the board's
-baud divisor. Optional fault injection (dropped and corrupted bytes, both directions) shows
-the protocol recovering. Configured by environment variables (see virtual.py)."""
+and the host's end of the serial line (VirtualTop: a UART transmitter on the board's rx, a
+UART receiver and FIFO on its tx) run in Verilator; this bridge moves the bytes the host
+writes to a pseudo-terminal into that transmitter, and the FIFO's bytes back to it. The
+board's UART still sees every bit at its divisor. Optional fault injection (dropped and
+corrupted bytes, both directions) shows the protocol recovering. Configured by
+environment variables (see virtual.py); writes the faults, the cycles simulated and each
+request/answer exchange's cycles (first request byte sent to last answer byte received) to
+the stats file.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tty
@@ -45,45 +51,73 @@ async def uart_bridge(dut) -> None:
     master, slave = os.openpty()
     tty.setraw(slave)
     os.set_blocking(master, False)
-    Clock(dut.clk, 10, unit="ns").start()
-    bit_ns = 10 * div  # one Timer per bit: a ClockCycles wait costs a Python callback per cycle
-    dut.rx.value = 1
-    dut.rst.value = 1
+    period = 10  # ns, one clock cycle
+    Clock(dut.clk, period, unit="ns").start()
+    byte_ns = 10 * div * period
+    for sig, v in ((dut.h_load, 0), (dut.r_en, 0), (dut.rst, 1)):
+        sig.value = v
     await ClockCycles(dut.clk, 4)
     dut.rst.value = 0
+    await FallingEdge(dut.clk)  # the bridge drives and samples at falling edges, between the rising ones
     Path(os.environ["FS_PTY_FILE"]).write_text(os.ttyname(slave))
-    done = False
+    burst = int(os.environ.get("FS_BURST", "32"))
+    exchanges: list[int] = []
+    t_req = t_rx = None  # this exchange's first request byte, and the last answer byte so far (cycles)
 
-    async def monitor_tx() -> None:
-        while not done:
-            await FallingEdge(dut.tx)  # start bit
-            await Timer(bit_ns + bit_ns // 2, unit="ns")  # the middle of data bit 0
-            b = 0
-            for k in range(8):
-                b |= int(dut.tx.value) << k
-                await Timer(bit_ns, unit="ns")
-            data = faults.apply(bytes([b]))
+    async def wait(ns: int) -> None:
+        """About ``ns``, then on to the next falling edge (a Timer that ends on an edge races it)."""
+        await Timer(ns - 3, unit="ns")
+        await FallingEdge(dut.clk)
+
+    async def drain() -> None:
+        """Everything the board has sent (the FIFO) to the host."""
+        nonlocal t_rx
+        got = bytearray()
+        while int(dut.r_rdy.value):
+            got.append(int(dut.r_data.value))
+            dut.r_en.value = 1
+            await FallingEdge(dut.clk)
+            dut.r_en.value = 0
+        if got:
+            t_rx = int(dut.r_stamp.value)
+            data = faults.apply(bytes(got))
             if data:
                 os.write(master, data)
 
-    cocotb.start_soon(monitor_tx())
-    polls = 0
+    idle = 0
     while True:
+        await drain()
         try:
             data = os.read(master, 4096)
         except BlockingIOError:
             data = b""
         if not data:
-            polls += 1
-            if polls % 64 == 0 and stop.exists():
+            idle += 1
+            if idle % 64 == 0 and stop.exists():
                 break
-            await Timer(10 * bit_ns, unit="ns")
+            # poll often right after a request, then less (a 64-byte FIFO holds 64 byte times)
+            await wait(byte_ns * min(32, 1 << min(idle, 5)))
             continue
-        for b in faults.apply(data):
-            for bit in [0, *[(b >> k) & 1 for k in range(8)], 1]:
-                dut.rx.value = bit
-                await Timer(bit_ns, unit="ns")
-    done = True
-    Path(os.environ["FS_STATS_FILE"]).write_text(f"{faults.dropped} {faults.flipped}\n")
+        idle = 0
+        if t_req is not None and t_rx is not None and t_rx > t_req:
+            exchanges.append(t_rx - t_req)
+        t_req, t_rx = int(dut.cycle.value), None
+        data = faults.apply(data)
+        for k in range(0, len(data), burst):
+            chunk = data[k : k + burst]
+            while not int(dut.h_ready.value):
+                await FallingEdge(dut.clk)
+            dut.h_data.value = int.from_bytes(chunk, "little")
+            dut.h_len.value = len(chunk)
+            dut.h_load.value = 1
+            await FallingEdge(dut.clk)
+            dut.h_load.value = 0
+            await wait(byte_ns * len(chunk))  # the burst's time on the line
+            await drain()
+    if t_req is not None and t_rx is not None and t_rx > t_req:
+        exchanges.append(t_rx - t_req)
+    stats = {"dropped": faults.dropped, "flipped": faults.flipped, "cycles": int(dut.cycle.value),
+             "overflow": int(dut.r_overflow.value), "exchanges": exchanges}  # fmt: skip
+    Path(os.environ["FS_STATS_FILE"]).write_text(json.dumps(stats))
     os.close(slave)
     os.close(master)
