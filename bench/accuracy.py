@@ -4,7 +4,8 @@
 
 Goals (the STiDi-BP paper): real 99.2% / 92.8%, binary 98.6% / 92.0% (MNIST / Fashion).
 Writes bench/results/accuracy.json, the curves bench/results/accuracy_curves.png, the
-trained checkpoints bench/results/<dataset>_<mode>.pt, and refreshes docs/benchmarks.md.
+trained checkpoints bench/results/<dataset>_<mode>.pt (<dataset>_<mode>_<config>.pt for a
+config other than csnn), and refreshes docs/benchmarks.md.
 Runs that already have a checkpoint resume (so the benchmark can be continued later).
 """
 
@@ -72,7 +73,9 @@ def main() -> None:
         tc.progress = not args.no_progress
         if ep or args.epochs:
             tc.epochs = int(ep[0]) if ep else args.epochs
-        out = ROOT / "runs" / "bench" / f"{dataset}_{mode}"
+        # the default config keeps its historic names; any other config gets its own run and file
+        stem = f"{dataset}_{mode}" + ("" if args.config == "csnn" else f"_{args.config}")
+        out = ROOT / "runs" / "bench" / stem
         t0 = time.time()
         done = load_checkpoint(out / "checkpoint.pt") if (out / "checkpoint.pt").is_file() else None
         if done is not None and NetConfig.from_dict(done["net"]).to_dict() == cfg.to_dict() and done["epoch"] >= tc.epochs:
@@ -82,10 +85,11 @@ def main() -> None:
             ck = train(cfg, tc, out, resume=True)
         wall = time.time() - t0
         RESULTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(out / "checkpoint.pt", RESULTS / f"{dataset}_{mode}.pt")
+        shutil.copy2(out / "checkpoint.pt", RESULTS / f"{stem}.pt")
         hist = ck["history"]
         results.append({
-            "dataset": dataset, "mode": mode, "config": args.config, "T": cfg.T, "epochs": ck["epoch"],
+            "dataset": dataset, "mode": mode, "config": args.config, "checkpoint": f"bench/results/{stem}.pt", "T": cfg.T,
+            "epochs": ck["epoch"],
             "train_images": tc.train_subset or 60000, "test_acc": ck["test_acc"],
             "best_test_acc": max(h["test_acc"] for h in hist), "paper": PAPER[(dataset, mode)],
             "wall_minutes": sum(h["seconds"] for h in hist) / 60, "this_call_minutes": wall / 60,
