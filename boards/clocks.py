@@ -1,5 +1,6 @@
-"""Clocking for the board tops: the ECP5 PLL (EHXPLLL) that makes the core clock from the
-board's oscillator, with its parameters found the way prjtrellis' `ecppll` finds them."""
+"""Clocking for the board tops: the PLLs that make the core clock from the board's
+oscillator, the ECP5's EHXPLLL (parameters found the way prjtrellis' `ecppll` finds them) and
+the iCE40's SB_PLL40 (the way icestorm's `icepll` does)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from amaranth.hdl import ClockSignal, Const, Elaboratable, Instance, Module, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Signal
 from amaranth.lib.cdc import ResetSynchronizer
 
 from firstspike.errors import FirstSpikeError
@@ -137,4 +138,121 @@ class ECP5PLL(Elaboratable):
         if platform is not None:
             platform.add_clock_constraint(clkop, p.f_out_hz)
         log.debug("EHXPLLL %s", p.as_dict())
+        return m
+
+
+# iCE40 PLL limits (Lattice TN1251 / icepll), in MHz
+ICE40_F_IN = (10.0, 133.0)
+ICE40_F_PFD = (10.0, 133.0)
+ICE40_F_VCO = (533.0, 1066.0)
+ICE40_F_OUT = (16.0, 275.0)
+
+
+@dataclass(frozen=True)
+class ICE40PLLParams:
+    """One SB_PLL40 configuration (FEEDBACK_PATH SIMPLE): f_out = f_in * (DIVF + 1) /
+    ((DIVR + 1) * 2^DIVQ), f_vco = f_out * 2^DIVQ."""
+
+    f_in_hz: float
+    requested_hz: float
+    divr: int
+    divf: int
+    divq: int
+
+    @property
+    def f_pfd_hz(self) -> float:
+        return self.f_in_hz / (self.divr + 1)
+
+    @property
+    def f_vco_hz(self) -> float:
+        return self.f_pfd_hz * (self.divf + 1)
+
+    @property
+    def f_out_hz(self) -> float:
+        return self.f_vco_hz / (1 << self.divq)
+
+    @property
+    def filter_range(self) -> int:
+        """icepll's loop filter setting for the PFD frequency."""
+        pfd = self.f_pfd_hz / 1e6
+        return next(i for i, lim in enumerate((17, 26, 44, 66, 101), start=1) if pfd < lim) if pfd < 101 else 6
+
+    def as_dict(self) -> dict:
+        return {"DIVR": self.divr, "DIVF": self.divf, "DIVQ": self.divq, "FILTER_RANGE": self.filter_range,
+                "f_in_mhz": self.f_in_hz / 1e6, "f_out_mhz": round(self.f_out_hz / 1e6, 6),
+                "f_pfd_mhz": round(self.f_pfd_hz / 1e6, 6), "f_vco_mhz": round(self.f_vco_hz / 1e6, 6)}  # fmt: skip
+
+
+def ice40_pll(f_in_hz: float, f_out_hz: float, tolerance: float = 0.1) -> ICE40PLLParams:
+    """SB_PLL40 dividers for ``f_in_hz`` -> the closest achievable output to ``f_out_hz``, as
+    icepll searches them (DIVR 0-15, DIVF 0-127, DIVQ 1-6). Raise ClockError outside the
+    PLL's range or when the closest output is more than ``tolerance`` (relative) off."""
+    fin, want = f_in_hz / 1e6, f_out_hz / 1e6
+    if not ICE40_F_IN[0] <= fin <= ICE40_F_IN[1]:
+        raise ClockError(f"the iCE40 PLL takes {ICE40_F_IN[0]:g}-{ICE40_F_IN[1]:g} MHz in, not {fin:g} MHz")
+    if not ICE40_F_OUT[0] <= want <= ICE40_F_OUT[1]:
+        raise ClockError(f"the iCE40 PLL makes {ICE40_F_OUT[0]:g}-{ICE40_F_OUT[1]:g} MHz, not {want:g} MHz: "
+                         "choose a core clock in that range (or the board clock itself)")  # fmt: skip
+    best: tuple | None = None
+    for divr in range(16):
+        pfd = fin / (divr + 1)
+        if not ICE40_F_PFD[0] <= pfd <= ICE40_F_PFD[1]:
+            continue
+        for divf in range(128):
+            vco = pfd * (divf + 1)
+            if not ICE40_F_VCO[0] <= vco <= ICE40_F_VCO[1]:
+                continue
+            for divq in range(1, 7):
+                out = vco / (1 << divq)
+                if ICE40_F_OUT[0] <= out <= ICE40_F_OUT[1] and (best is None or abs(out - want) < best[0] - 1e-12):
+                    best = (abs(out - want), divr, divf, divq)
+    if best is None:
+        raise ClockError(f"no iCE40 PLL configuration makes {want:g} MHz from {fin:g} MHz")
+    p = ICE40PLLParams(f_in_hz, f_out_hz, *best[1:])
+    err = abs(p.f_out_hz - f_out_hz) / f_out_hz
+    if err > tolerance:
+        got = f"{p.f_out_hz / 1e6:.4g}"
+        raise ClockError(f"the iCE40 PLL cannot make {want:g} MHz from {fin:g} MHz (closest: {got} MHz, "
+                         f"{100 * err:.1f}% off): ask for {got} MHz")  # fmt: skip
+    return p
+
+
+class ICE40PLL(Elaboratable):
+    """SB_PLL40_PAD on the board's clock pin (``pin``: the raw port, no input buffer) driving
+    ``domain``; the domain's reset is held until the PLL locks and then for a while longer (the
+    iCE40's block RAMs read zeros for about 3 us after configuration)."""
+
+    def __init__(self, params: ICE40PLLParams, pin, domain: str = "sync"):
+        self.params = params
+        self.pin = pin
+        self.domain = domain
+        self.locked = Signal()
+
+    def elaborate(self, platform) -> Module:
+        p = self.params
+        m = Module()
+        clk = Signal(name="pllout", attrs={"keep": 1})
+        m.submodules.pll = Instance(
+            "SB_PLL40_PAD",
+            p_FEEDBACK_PATH="SIMPLE", p_DIVR=p.divr, p_DIVF=p.divf, p_DIVQ=p.divq, p_FILTER_RANGE=p.filter_range,
+            io_PACKAGEPIN=self.pin, o_PLLOUTGLOBAL=clk, o_LOCK=self.locked,
+            i_RESETB=Const(1), i_BYPASS=Const(0),
+        )  # fmt: skip
+        m.d.comb += ClockSignal(self.domain).eq(clk)
+        # reset: until lock, then 8 us more at the PLL's clock (the BRAM power-up delay, 2.5x margin)
+        delay = int(8e-6 * p.f_out_hz)
+        timer = Signal(range(delay + 1))
+        ready = Signal()
+        m.domains.por = ClockDomain("por", reset_less=True)
+        m.d.comb += ClockSignal("por").eq(clk)
+        with m.If(~self.locked):
+            m.d.por += [timer.eq(0), ready.eq(0)]
+        with m.Elif(timer == delay):
+            m.d.por += ready.eq(1)
+        with m.Else():
+            m.d.por += timer.eq(timer + 1)
+        m.submodules.rst_sync = ResetSynchronizer(~ready, domain=self.domain)
+        if platform is not None:
+            platform.add_clock_constraint(clk, p.f_out_hz)
+        log.debug("SB_PLL40_PAD %s", p.as_dict())
         return m

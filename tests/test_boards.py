@@ -273,7 +273,7 @@ def test_icebreaker_build_of_the_small_model_fits(tmp_path) -> None:
     res = r["resources"]
     for k in ("luts", "bram"):
         assert 0 < res[k]["used"] <= res[k]["available"], res
-    assert r["fmax_mhz"] >= 12.0
+    assert r["fmax_mhz"] >= r["clock_mhz"] == 18.0  # the PLL-made default core clock is met
     assert Path(r["bitstream"]).stat().st_size > 100_000
     assert json.loads((tmp_path / "icebreaker" / "build.json").read_text())["model_sha256_prefix"] == r["model_sha256_prefix"]
 
@@ -357,11 +357,11 @@ def test_board_core_clocks_and_their_refusals(tmp_path) -> None:
 
     assert core_clock(BOARDS["orangecrab"]) == (48e6, None)  # fast enough at its board clock
     assert core_clock(BOARDS["orangecrab"], 24)[0] == 24e6 and core_clock(BOARDS["orangecrab"], 24)[1] is not None
-    assert core_clock(BOARDS["ulx3s"]) == (25e6, None) and core_clock(BOARDS["icebreaker"]) == (12e6, None)
+    assert core_clock(BOARDS["ulx3s"]) == (25e6, None) and core_clock(BOARDS["icebreaker"])[0] == 18e6
     assert core_clock(BOARDS["orangecrab"], 48) == (48e6, None)  # the board clock itself: no PLL
     assert core_clock(BOARDS["icebreaker"], 12) == (12e6, None)
-    with pytest.raises(BuildError, match=r"icebreaker: a core clock of 20 MHz needs a PLL, .* ECP5 .* leave out --clock"):
-        build(_ice40_tables(), "icebreaker", tmp_path, clock_mhz=20)
+    with pytest.raises(BuildError, match=r"icebreaker: --clock-mhz 8: the iCE40 PLL makes 16-275 MHz, not 8 MHz"):
+        build(_ice40_tables(), "icebreaker", tmp_path, clock_mhz=8)
     with pytest.raises(BuildError, match=r"ulx3s: --clock-mhz 1: the ECP5 PLL makes 3.125-400 MHz"):
         build(_ice40_tables(), "ulx3s", tmp_path, clock_mhz=1)
     with pytest.raises(BuildError, match="--baud"):
@@ -369,6 +369,24 @@ def test_board_core_clocks_and_their_refusals(tmp_path) -> None:
     with pytest.raises(BuildError, match="1000000 baud is more than 2% off"):  # the default at 15.625 MHz
         build(_ice40_tables(), "ulx3s", tmp_path, clock_mhz=16)
     assert not any(tmp_path.iterdir())  # refused before any tool ran
+
+
+def test_ice40_pll_matches_icepll_and_elaborates_on_the_clock_pin() -> None:
+    """`icepll -i 12 -o 18` and `-o 24` (icestorm) print DIVR 0, DIVF 47 / 63, DIVQ 5, FILTER_RANGE 1;
+    the iCEBreaker top puts SB_PLL40_PAD on the 12 MHz pin itself and its UART divisor follows."""
+    from firstspike.boards.build import BOARDS, BoardTop
+    from firstspike.boards.clocks import ClockError, ice40_pll
+
+    for f, divf in ((18e6, 47), (24e6, 63)):
+        p = ice40_pll(12e6, f)
+        assert (p.divr, p.divf, p.divq, p.filter_range, p.f_out_hz) == (0, divf, 5, 1, f)
+        assert 533e6 <= p.f_vco_hz <= 1066e6
+    with pytest.raises(ClockError, match="16-275 MHz"):
+        ice40_pll(12e6, 10e6)
+    top = BoardTop(_ice40_tables(), BOARDS["icebreaker"], lanes=2, spikes=False)
+    assert top.clock_hz == 18e6 and top.divisor == 18
+    il = BOARDS["icebreaker"].make_platform().prepare(top, name="firstspike").files["firstspike.il"]
+    assert "cell \\SB_PLL40_PAD" in il and "connect \\PACKAGEPIN \\clk12_0__io" in il
 
 
 def test_pll_board_tops_elaborate_with_the_core_clock() -> None:
