@@ -6,6 +6,7 @@ board tops (top.py) wire ``rx``/``tx``/``leds`` to pins; the virtual board simul
 from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal
+from amaranth.lib.fifo import SyncFIFO
 
 from firstspike.boards import protocol as P
 from firstspike.boards.cobs import CobsDecoder
@@ -70,7 +71,8 @@ class BoardLink(Elaboratable):
     def elaborate(self, platform) -> Module:
         p = self.plan
         m = Module()
-        m.submodules.core = core = Core(p)
+        compact = p.T <= 128  # CLASSIFY_TIMES: spike times and runs of silent pixels (protocol.py)
+        m.submodules.core = core = Core(p, time_input=compact)
         m.submodules.urx = urx = UARTRx(self.divisor)
         m.submodules.utx = utx = UARTTx(self.divisor)
         m.submodules.cobs = dec = CobsDecoder()
@@ -86,9 +88,46 @@ class BoardLink(Elaboratable):
         timer = Signal(range(self.timeout + 1))
         # pixel hand-over to the core (one byte of slack: the core clears its buckets first)
         pend, pend_data = Signal(), Signal(8)
-        m.d.comb += [core.pix_valid.eq(pend), core.pix_data.eq(pend_data)]
         with m.If(pend & core.pix_ready):
             m.d.sync += pend.eq(0)
+        pcount = Signal(range(N + 1))  # pixels the core took for this image
+        with m.If(core.pix_valid & core.pix_ready):
+            m.d.sync += pcount.eq(pcount + 1)
+        use_gen = Signal()  # this frame's pixels come from the compact-frame generator
+        over = Signal()  # a compact frame held more than N pixels
+        gen_idle = Const(1)
+        if compact:
+            # compact frames: bytes are queued and expanded at the core's pace (a run of up to 128
+            # silent pixels takes that many cycles, a byte arrives every 10 x divisor cycles)
+            depth = max(4, -(-N // (10 * self.divisor)) + 2)
+            m.submodules.cfifo = cf = SyncFIFO(width=8, depth=depth)
+            run = Signal(8)  # silent pixels still to issue
+            g_valid, g_data = Signal(), Signal(8)
+            full_img = pcount == N
+            with m.If(run != 0):
+                with m.If(full_img):
+                    m.d.sync += [run.eq(0), over.eq(1)]
+                with m.Else():
+                    m.d.comb += [g_valid.eq(1), g_data.eq(p.T)]
+                    with m.If(core.pix_ready):
+                        m.d.sync += run.eq(run - 1)
+            with m.Elif(cf.r_rdy):
+                b = cf.r_data
+                with m.If(b[7]):
+                    m.d.comb += cf.r_en.eq(1)
+                    m.d.sync += run.eq(b[:7] + 1)
+                with m.Elif(full_img):
+                    m.d.comb += cf.r_en.eq(1)
+                    m.d.sync += over.eq(1)
+                with m.Else():
+                    m.d.comb += [g_valid.eq(1), g_data.eq(b), cf.r_en.eq(core.pix_ready)]
+            gen_idle = (run == 0) & ~cf.r_rdy
+            with m.If(cf.w_en & ~cf.w_rdy):  # cannot happen at this depth; never silently
+                m.d.sync += over.eq(1)
+            m.d.comb += [core.pix_valid.eq(Mux(use_gen, g_valid, pend)), core.pix_data.eq(Mux(use_gen, g_data, pend_data)),
+                         core.pix_time.eq(use_gen), cf.w_data.eq(byte)]  # fmt: skip
+        else:
+            m.d.comb += [core.pix_valid.eq(pend), core.pix_data.eq(pend_data)]
         # result registers and response
         r_cls, r_fired, r_time, r_cycles = Signal(8), Signal(8), Signal(16), Signal(32)
         ecode = Signal(8)  # ERROR's code
@@ -102,8 +141,9 @@ class BoardLink(Elaboratable):
         def le(v: int, n: int) -> list[int]:
             return [v >> (8 * k) & 0xFF for k in range(n)]
 
+        flags = (P.FLAG_SPIKES if p.debug else 0) | (P.FLAG_TIMES if compact else 0)
         info = [*b"FSPK", P.PROTOCOL_VERSION, *le(p.T, 2), *le(N, 4), p.num_classes, *self.model_hash,
-                P.FLAG_SPIKES if p.debug else 0, *le(p.lanes, 2), *le(DL, 2), *le(beats, 4)]  # fmt: skip
+                flags, *le(p.lanes, 2), *le(DL, 2), *le(beats, 4)]  # fmt: skip
         assert len(info) == P.INFO_LEN
         payloads = {
             0: [r_cls, r_fired, r_time[:8], r_time[8:], r_cycles[:8], r_cycles[8:16], r_cycles[16:24], r_cycles[24:]],
@@ -144,13 +184,14 @@ class BoardLink(Elaboratable):
                 m.d.sync += self.errors.eq(self.errors + 1)
             m.next = "CRC"
 
-        is_cls = (typ == P.CLASSIFY) | (typ == P.CLASSIFY_SPIKES) if p.debug else typ == P.CLASSIFY
+        is_raw = (typ == P.CLASSIFY) | (typ == P.CLASSIFY_SPIKES) if p.debug else typ == P.CLASSIFY
+        is_cls = is_raw | (typ == P.CLASSIFY_TIMES) if compact else is_raw
 
         def crc_cut(err: int) -> None:
             """The frame ended inside the CRC: a CLASSIFY's image is in the core (drop its result)."""
             with m.If(is_cls):
                 m.d.sync += [good.eq(0), ecode.eq(err)]
-                m.next = "WAIT"
+                m.next = "SETTLE"
             with m.Else():
                 respond(2, err)
 
@@ -184,10 +225,16 @@ class BoardLink(Elaboratable):
                 m.d.comb += mid_frame.eq(1)
                 full = Cat(length[:8], byte)
                 with m.If(got):
-                    m.d.sync += [length[8:].eq(byte), crc.eq(crc16_byte(crc, byte)), cnt.eq(0)]
-                    with m.If(is_cls & (full == N)):
+                    m.d.sync += [length[8:].eq(byte), crc.eq(crc16_byte(crc, byte)), cnt.eq(0), pcount.eq(0),
+                                 over.eq(0), use_gen.eq(0)]  # fmt: skip
+                    with m.If(is_raw & (full == N)):
                         m.d.comb += core.start.eq(1)
                         m.next = "PIX"
+                    if compact:  # a compact image: 1..N bytes
+                        with m.Elif((typ == P.CLASSIFY_TIMES) & (full != 0) & (full <= N)):
+                            m.d.comb += core.start.eq(1)
+                            m.d.sync += use_gen.eq(1)
+                            m.next = "PIX"
                     with m.Elif((typ == P.INFO) & (full == 0)):
                         m.next = "CRC0"
                     with m.Else():
@@ -199,21 +246,32 @@ class BoardLink(Elaboratable):
             with m.State("PIX"):
                 m.d.comb += mid_frame.eq(1)
                 with m.If(got):
-                    m.d.sync += [pend.eq(1), pend_data.eq(byte), crc.eq(crc16_byte(crc, byte)), cnt.eq(cnt + 1)]
-                    with m.If(cnt == N - 1):
+                    m.d.sync += [crc.eq(crc16_byte(crc, byte)), cnt.eq(cnt + 1)]
+                    if compact:
+                        m.d.comb += cf.w_en.eq(use_gen)
+                        with m.If(~use_gen):
+                            m.d.sync += [pend.eq(1), pend_data.eq(byte)]
+                    else:
+                        m.d.sync += [pend.eq(1), pend_data.eq(byte)]
+                    with m.If(cnt == length - 1):
                         m.next = "CRC0"
-                with m.Elif(delim):
-                    m.d.sync += ecode.eq(P.ERR_FRAME)
-                    m.next = "FLUSH"
-                with m.Elif(expired):
-                    m.d.sync += ecode.eq(P.ERR_TIMEOUT)
-                    m.next = "FLUSH"
-            with m.State("FLUSH"):  # a short frame: finish the image with zeros, drop its result
-                with m.If(~pend):
-                    m.d.sync += [pend.eq(1), pend_data.eq(0), cnt.eq(cnt + 1)]
-                    with m.If(cnt == N - 1):
-                        m.d.sync += good.eq(0)
+                with m.Elif(delim | expired):
+                    m.d.sync += [good.eq(0), ecode.eq(Mux(delim, P.ERR_FRAME, P.ERR_TIMEOUT))]
+                    m.next = "SETTLE"
+            with m.State("SETTLE"):  # the pixels in flight reach the core; then the image is whole or not
+                with m.If(gen_idle & ~pend):
+                    with m.If((pcount == N) & ~over):
                         m.next = "WAIT"
+                    with m.Else():
+                        m.d.sync += [good.eq(0), use_gen.eq(0)]
+                        with m.If(good):  # CRC right, wrong number of pixels
+                            m.d.sync += ecode.eq(P.ERR_FRAME)
+                        m.next = "FLUSH"
+            with m.State("FLUSH"):  # a short frame: finish the image with silent pixels, drop its result
+                with m.If(pcount == N):
+                    m.next = "WAIT"
+                with m.Elif(~pend):
+                    m.d.sync += [pend.eq(1), pend_data.eq(0)]
             with m.State("CRC0"):
                 m.d.comb += mid_frame.eq(1)
                 with m.If(got):
@@ -229,7 +287,7 @@ class BoardLink(Elaboratable):
                 with m.If(got):
                     with m.If(is_cls):
                         m.d.sync += [good.eq(ok), ecode.eq(P.ERR_CRC)]
-                        m.next = "WAIT"
+                        m.next = "SETTLE"
                     with m.Elif(ok):
                         respond(1)
                     with m.Else():

@@ -15,7 +15,10 @@ host drops answers whose seq is not the one it sent; the board never checks it).
 
 Requests:  CLASSIFY (payload: the image's pixels, exactly INFO's ``inputs`` bytes, (c, y, x)
 order), CLASSIFY_SPIKES (the same, and the board also sends every spike time), INFO (no
-payload).
+payload), CLASSIFY_TIMES (the compact image, ``times_payload``: the pixels' spike times from
+the model's input table, one byte each (0..T-1), and runs of silent pixels, one byte each
+(0x80 | count - 1, count 1..128); 1..inputs bytes that expand to exactly ``inputs`` pixels;
+boards with INFO flag bit 1, T <= 128).
 Responses: RESULT (class u8, fired u8, time u16, cycles u32); after a CLASSIFY_SPIKES's
 RESULT, one SPIKES frame per debug beat of the core (beat index u16, then the beat's
 debug-lane values as i32: see hw/plan.py, ``CorePlan.debug_words``); INFO (magic b"FSPK",
@@ -42,6 +45,7 @@ DEFAULT_BAUD = 1_000_000
 CLASSIFY = 0x01
 INFO = 0x02
 CLASSIFY_SPIKES = 0x03
+CLASSIFY_TIMES = 0x04
 RESULT = 0x81
 INFO_RSP = 0x82
 SPIKES = 0x83
@@ -52,6 +56,8 @@ HEADER_LEN = 4  # type, seq, len
 CRC_LEN = 2
 INFO_LEN = 4 + 1 + 2 + 4 + 1 + 8 + 1 + 2 + 2 + 4
 FLAG_SPIKES = 1
+FLAG_TIMES = 2  # CLASSIFY_TIMES understood (models with T <= 128)
+RUN_MAX = 128  # silent pixels one run byte stands for, at most
 RESULT_LEN = 8
 
 
@@ -165,6 +171,27 @@ class FrameReader:
         return Frame(b[0], b[1], b[HEADER_LEN : HEADER_LEN + n])
 
 
+def times_payload(times: np.ndarray, T: int) -> bytes:
+    """CLASSIFY_TIMES payload of one image's input spike times (model input table applied;
+    >= T: silent): times as bytes, silent pixels as runs of up to RUN_MAX."""
+    out = bytearray()
+    run = 0
+    for t in np.asarray(times).reshape(-1).tolist():
+        if t >= T:
+            run += 1
+            if run == RUN_MAX:
+                out.append(0x80 | (run - 1))
+                run = 0
+            continue
+        if run:
+            out.append(0x80 | (run - 1))
+            run = 0
+        out.append(int(t))
+    if run:
+        out.append(0x80 | (run - 1))
+    return bytes(out)
+
+
 def parse_result(p: bytes) -> tuple[int, int, int, int]:
     """class, fired, time, cycles."""
     return struct.unpack("<BBHI", p)
@@ -173,7 +200,7 @@ def parse_result(p: bytes) -> tuple[int, int, int, int]:
 def parse_info(p: bytes) -> dict:
     magic, ver, T, n_in, classes, h, flags, lanes, dlanes, beats = struct.unpack("<4sBHIB8sBHHI", p)
     return {"magic": magic, "version": ver, "T": T, "inputs": n_in, "classes": classes, "model_sha256_prefix": h.hex(),
-            "spikes": bool(flags & FLAG_SPIKES), "lanes": lanes, "debug_lanes": dlanes, "debug_beats": beats}
+            "spikes": bool(flags & FLAG_SPIKES), "times": bool(flags & FLAG_TIMES), "lanes": lanes, "debug_lanes": dlanes, "debug_beats": beats}
 
 
 def parse_spikes(p: bytes) -> tuple[int, np.ndarray]:

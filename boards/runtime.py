@@ -125,10 +125,14 @@ class BoardRuntime:
             raise BoardError(f"the board runs model {got}..., not {sha256_hex[:16]}...: rebuild and reprogram it "
                              "(`firstspike deploy MODEL --board B`)")  # fmt: skip
 
-    def run(self, images: np.ndarray, progress: bool = False, spikes: bool = False, tables=None) -> BoardResult:
+    def run(self, images: np.ndarray, progress: bool = False, spikes: bool = False, tables=None,
+            compact: bool | None = None) -> BoardResult:  # fmt: skip
         """Classify ``images`` on the board. ``spikes=True`` also reads every layer's spike
         times and V(T-1) back (the board must be built with its spike readout; ``tables``,
-        the model file the board runs, lays them out like GoldenModel.run)."""
+        the model file the board runs, lays them out like GoldenModel.run). ``compact``: send
+        CLASSIFY_TIMES frames (spike times, silent pixels as runs: about 4x fewer bytes on
+        MNIST); needs ``tables`` (their input table codes the pixels) and a board that
+        understands them. None: whenever possible."""
         x = np.asarray(images)
         if x.dtype != np.uint8:
             raise InputError(f"images must be uint8 (0..255), got {x.dtype}")
@@ -137,13 +141,29 @@ class BoardRuntime:
         if x.shape[1] != n_in:
             raise InputError(f"images have {x.shape[1]} pixels, the board's model takes {n_in}")
         plan = self._spike_plan(tables) if spikes else None
+        info = self.info()
+        if compact is None:
+            compact = tables is not None and not spikes and info["times"]
+        if compact:
+            from firstspike.quantize.modelfile import tables_sha256
+
+            if tables is None or spikes:
+                raise InputError("compact frames need the model tables (tables=...) and no spike readout")
+            if not info["times"]:
+                raise BoardError("this bitstream does not understand compact frames (CLASSIFY_TIMES): rebuild it "
+                                 "with this firstspike, or pass compact=False")  # fmt: skip
+            self.check_model(tables_sha256(tables))
         beats = plan.debug_beats() if plan else 0
         out = np.zeros((len(x), 4), np.int64)
         raw = np.zeros((len(x), beats, plan.debug_lanes if plan else 0), np.int64)
         retries = 0
         errors: dict[int, int] = {}
         for k, img in enumerate(tqdm(x, desc="board", unit="img", disable=not progress, leave=False)):
-            fr, r, e, got = self._request(P.CLASSIFY_SPIKES if spikes else P.CLASSIFY, img.tobytes(), P.RESULT, beats)
+            if compact:
+                typ, payload = P.CLASSIFY_TIMES, P.times_payload(tables.input_table[img], tables.T)
+            else:
+                typ, payload = (P.CLASSIFY_SPIKES if spikes else P.CLASSIFY), img.tobytes()
+            fr, r, e, got = self._request(typ, payload, P.RESULT, beats)
             retries += r
             for c, v in e.items():
                 errors[c] = errors.get(c, 0) + v

@@ -280,7 +280,7 @@ def _board_run(ctx: Context, port: str, n: int) -> dict[str, Any]:
     test = ctx.test_split().head(n)
     with BoardRuntime(port, timeout=30.0) as rt:
         rt.check_model(tables_sha256(tables))
-        res = rt.run(test.images, progress=ctx.cfg.progress)
+        res = rt.run(test.images, progress=ctx.cfg.progress, tables=tables)  # compact frames where the board has them
         spikes = None
         if rt.info()["spikes"]:
             spk = rt.run(test.images[:1], spikes=True, tables=tables)

@@ -57,7 +57,10 @@ class Core(Elaboratable):
     """The core. Ports (all synchronous to ``clk``; ``rst`` is synchronous):
 
     * ``start`` (pulse while idle): begin an image; ``busy`` high until ``done`` (1-cycle pulse).
-    * pixel stream ``pix_valid``/``pix_ready``/``pix_data`` (uint8, (c, y, x) order).
+    * pixel stream ``pix_valid``/``pix_ready``/``pix_data`` (uint8, (c, y, x) order). With
+      ``time_input`` (T <= 128) also ``pix_time``: this beat's ``pix_data`` is the pixel's
+      spike time itself (>= T: silent), not a pixel for the input table (the board link's
+      compact frames).
     * result stream ``res_valid``/``res_ready``: ``res_class``, ``res_fired`` (an output
       spiked), ``res_time`` (its step; T if none), ``res_cycles`` (compute cycles).
     * debug stream ``dbg_valid``/``dbg_ready``/``dbg_data``/``dbg_last`` (only with
@@ -65,9 +68,13 @@ class Core(Elaboratable):
       signed 32-bit values (see CorePlan.unpack_debug).
     """
 
-    def __init__(self, plan: CorePlan):
+    def __init__(self, plan: CorePlan, time_input: bool = False):
         self.plan = plan
         P = plan
+        if time_input and plan.T > 128:
+            raise ValueError(f"time_input needs T <= 128 (spike times in 7 bits), not T={plan.T}")
+        self.time_input = time_input
+        self.pix_time = Signal()
         self.start = Signal()
         self.busy = Signal()
         self.done = Signal()
@@ -90,6 +97,8 @@ class Core(Elaboratable):
              self.res_ready, self.res_class, self.res_fired, self.res_time, self.res_cycles]  # fmt: skip
         if self.plan.debug:
             p += [self.dbg_valid, self.dbg_ready, self.dbg_data, self.dbg_last]
+        if self.time_input:
+            p.append(self.pix_time)
         return p
 
     # ------------------------------------------------------------------------------------
@@ -127,7 +136,11 @@ class Core(Elaboratable):
         clr = Signal(idx_bits(T))
         tt = Signal(tb)
         accept = Signal()
-        m.d.comb += [tt.eq(table[self.pix_data]), accept.eq(self.pix_valid & self.pix_ready)]
+        m.d.comb += accept.eq(self.pix_valid & self.pix_ready)
+        if self.time_input:
+            m.d.comb += tt.eq(Mux(self.pix_time, Mux(self.pix_data >= T, T, self.pix_data), table[self.pix_data]))
+        else:
+            m.d.comb += tt.eq(table[self.pix_data])
         s2_valid, s2_n, s2_t = Signal(), Signal(nb), Signal(tb)
         s2_xyc = Signal(len(ld_x) + len(ld_y) + len(ld_c))
         m.d.sync += [s2_valid.eq(accept & (tt != T)), s2_n.eq(ld_n), s2_t.eq(tt), s2_xyc.eq(Cat(ld_x, ld_y, ld_c))]

@@ -67,6 +67,21 @@ def test_cobs_round_trip(data: bytes) -> None:
     assert P.cobs_decode(enc) == data
 
 
+def _expand(payload: bytes, T: int) -> list[int]:
+    """What the board does with a CLASSIFY_TIMES payload (the protocol's definition)."""
+    out: list[int] = []
+    for b in payload:
+        out += [T] * ((b & 0x7F) + 1) if b & 0x80 else [min(b, T)]
+    return out
+
+
+@given(st.lists(st.integers(0, 40), max_size=700), st.integers(2, 40))
+@settings(max_examples=200, deadline=None)
+def test_times_payload_round_trip(times: list[int], T: int) -> None:
+    p = P.times_payload(np.array(times, dtype=np.int64), T)
+    assert _expand(p, T) == [min(t, T) for t in times] and len(p) <= len(times)
+
+
 def test_frame_payloads_can_never_start_a_frame() -> None:
     """A payload that holds a whole frame (the v2 failure: a rejected payload parsed as a new
     frame) stays one frame: 0x00 only delimits."""
@@ -198,7 +213,13 @@ def test_virtual_board_round_trip(small: tuple, tmp_path_factory: pytest.TempPat
             info = rt.info()
             assert info["magic"] == b"FSPK" and info["version"] == P.PROTOCOL_VERSION and info["T"] == tables.T and info["inputs"] == images[0].size
             assert info["model_sha256_prefix"] == model_hash(tables).hex()
-            res = rt.run(images)
+            res = rt.run(images)  # raw pixels (no tables given)
+            cres = rt.run(images, tables=tables)  # compact frames: spike times and silent runs
+            assert info["times"]
+            # compact frames that expand to one pixel too many or too few are refused whole
+            t0 = tables.input_table[images[0].reshape(-1)]
+            for bad in (P.times_payload(t0, tables.T) + bytes([0]), P.times_payload(t0[:-1], tables.T)):
+                assert _raw(rt, P.frame(P.CLASSIFY_TIMES, 43, bad)) == [(P.ERROR, 43, bytes([P.ERR_FRAME]))]
             # a rejected frame's payload is skipped whole, even when it holds frames
             inner = P.frame(P.INFO, 40, b"")
             assert _raw(rt, P.frame(P.CLASSIFY, 41, inner * 5)) == [(P.ERROR, 41, bytes([P.ERR_FRAME]))]
@@ -212,11 +233,18 @@ def test_virtual_board_round_trip(small: tuple, tmp_path_factory: pytest.TempPat
                 rt.run(images[:1], spikes=True, tables=random_tables(np.random.default_rng(9), side=8, T=12))
     want = GoldenModel(tables).run(images)
     np.testing.assert_array_equal(res.classes, want.classes)
-    assert res.retries == 0 and res.errors == {} and not vb.overflow
+    np.testing.assert_array_equal(cres.classes, want.classes)
+    np.testing.assert_array_equal(cres.cycles, res.cycles)
+    assert res.retries == 0 and res.errors == {} and cres.retries == 0 and not vb.overflow
     # the line's timing: a CLASSIFY exchange takes its bytes' time on the wire plus the compute
-    wire = (len(P.frame(P.CLASSIFY, 0, images[0].tobytes())) + len(P.frame(P.RESULT, 0, bytes(P.RESULT_LEN)))) * 10 * vb.divisor
-    classify = sorted(vb.exchanges)[len(vb.exchanges) // 2]
-    assert wire < classify < wire + 4 * int(res.cycles.max()) + 40 * vb.divisor, (wire, classify, res.cycles)
+    rsp = len(P.frame(P.RESULT, 0, bytes(P.RESULT_LEN)))
+    n = len(images)
+    for ex, size in ((vb.exchanges[1 : 1 + n], lambda im: len(P.frame(P.CLASSIFY, 0, im.tobytes()))),
+                     (vb.exchanges[1 + n : 1 + 2 * n], lambda im: len(P.frame(P.CLASSIFY_TIMES, 0, P.times_payload(
+                         tables.input_table[im.reshape(-1)], tables.T))))):  # fmt: skip
+        for cyc, im, c in zip(ex, images, res.cycles):
+            wire = (size(im) + rsp) * 10 * vb.divisor
+            assert wire < cyc < wire + 4 * int(c) + 40 * vb.divisor, (wire, cyc, c)
     first = want.layer_times[-1].reshape(len(images), -1).min(axis=1)
     np.testing.assert_array_equal(res.times, first)
     assert (res.cycles > 0).all()
