@@ -48,7 +48,8 @@ def main() -> None:
     from firstspike.quantize.export import quantize_checkpoint
     from firstspike.quantize.golden import GoldenModel
     from firstspike.quantize.modelfile import MAGIC, load
-    from firstspike.sim.rtl import verify
+    from firstspike.sim.rtl import build as rtl_build
+    from firstspike.sim.rtl import run_images, verify
 
     from firstspike.hw.plan import image_cycles, plan_core
     from firstspike.sim.vectors import compare_streams, expected
@@ -69,7 +70,8 @@ def main() -> None:
             continue
         from firstspike.quantize.modelfile import tables_sha256
 
-        sk = (tables_sha256(tables), lanes, r["uart_divisor"])
+        spikes = bool(r["spikes"])  # with the readout the core runs full windows; without it, exits early
+        sk = (tables_sha256(tables), lanes, r["uart_divisor"], spikes)
         if sk not in shared:
             golden = GoldenModel(tables)
             work = plan_core(tables, lanes=lanes, debug=False).work(golden.run(test.head(20).images).layer_times)
@@ -79,22 +81,30 @@ def main() -> None:
             sub = test.head(n_rtl)
             rep = verify(tables, sub.images, sub.labels, sim="verilator", jobs=2, lanes=lanes,
                          build_root=ROOT / "build" / "sim", progress=False)  # fmt: skip
+            cycles, early_mm = rep.cycles, None
+            if not spikes:  # the board's core exits early: its cycles (and classes) from that core
+                eb = rtl_build(tables, lanes=lanes, debug=False, early_exit=True, build_root=ROOT / "build" / "sim",
+                               max_images=n_rtl)  # fmt: skip
+                er = run_images(eb, sub.images)
+                cycles, early_mm = er.cycles, int((er.classes != golden.classify(sub.images)).sum())
             vsub = test.head(n_virt)
             # the virtual board at this board's UART divisor: its exchanges take the real board's cycles
-            with VirtualBoard(tables, lanes=lanes, build_root=ROOT / "build" / "virtual", divisor=r["uart_divisor"]) as vb, \
+            with VirtualBoard(tables, lanes=lanes, build_root=ROOT / "build" / "virtual", divisor=r["uart_divisor"],
+                              spikes=spikes) as vb, \
                     BoardRuntime(vb.port, timeout=120) as rt:  # fmt: skip
                 vres = rt.run(vsub.images, tables=tables)  # compact frames where the model allows them (T <= 128)
-                spk = rt.run(vsub.images[:1], spikes=True, tables=tables)
-            spk_mm = compare_streams(tables, spk.stream, expected(tables, vsub.images[:1]).stream)
+                spk = rt.run(vsub.images[:1], spikes=True, tables=tables) if spikes else None
+            spk_mm = compare_streams(tables, spk.stream, expected(tables, vsub.images[:1]).stream) if spk else None
             vgold = golden.classify(vsub.images)
             shared[sk] = {
-                "golden_accuracy": golden.accuracy(test.images, test.labels), "cycles_mean": float(rep.cycles.mean()),
-                "cycles_p99": float(np.percentile(rep.cycles, 99)), "rtl_mismatches": rep.total_mismatches,
+                "golden_accuracy": golden.accuracy(test.images, test.labels), "cycles_mean": float(cycles.mean()),
+                "cycles_p99": float(np.percentile(cycles, 99)), "rtl_mismatches": rep.total_mismatches,
+                "early_exit": not spikes, "early_exit_class_mismatches": early_mm,
                 "rtl_images": rep.images, "virtual_images": len(vsub),
                 "virtual_class_mismatches": int((vres.classes != vgold).sum()),
-                "virtual_accuracy": float((vres.classes == vsub.labels).mean()), "virtual_retries": vres.retries + spk.retries,
-                "virtual_spike_mismatches_one_image": int(sum(spk_mm.values())),
-                "virtual_spike_values_one_image": int(spk.stream.size),
+                "virtual_accuracy": float((vres.classes == vsub.labels).mean()), "virtual_retries": vres.retries + (spk.retries if spk else 0),
+                **({"virtual_spike_mismatches_one_image": int(sum(spk_mm.values())),
+                    "virtual_spike_values_one_image": int(spk.stream.size)} if spk else {}),
                 # CLASSIFY exchanges on the virtual line (request sent to RESULT received), median
                 "link_cycles_per_image": float(np.median(vb.exchanges[1 : 1 + n_virt])) if len(vb.exchanges) > n_virt else None,
             }  # fmt: skip

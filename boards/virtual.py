@@ -96,7 +96,7 @@ class VirtualBoard:
         check_simulator("verilator")
         self.tables = tables
         self.divisor = divisor
-        self.plan = plan_core(tables, lanes=lanes, debug=spikes)
+        self.plan = plan_core(tables, lanes=lanes, debug=spikes, early_exit=not spikes)  # as BoardTop plans it
         self.link = BoardLink(self.plan, divisor, model_hash(tables))
         self.top = VirtualTop(self.link)
         self.build_root = Path(build_root).resolve()

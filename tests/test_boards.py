@@ -178,8 +178,6 @@ def test_uart_loopback() -> None:
 
 def test_link_refuses_bad_parameters() -> None:
     t = random_tables(np.random.default_rng(2), T=60, side=8)
-    with pytest.raises(HardwareError, match="early_exit=False"):
-        BoardLink(plan_core(t, debug=False, early_exit=True), 104)
     with pytest.raises(HardwareError, match="divisor"):
         BoardLink(plan_core(t, debug=False), 5)
 
@@ -269,6 +267,32 @@ def test_virtual_board_recovers_from_dropped_and_corrupted_bytes(small: tuple, t
     assert (spk.stream == expected(tables, images[:1]).stream).all()
     dropped, flipped = vb.faults
     assert dropped + flipped > 0 and res.retries > 0, (vb.faults, res.retries, res.errors)
+
+
+def test_virtual_board_without_spike_readout_exits_early(tmp_path_factory) -> None:
+    """A board built without the spike readout (the iCEBreaker default) stops at the first
+    output spike: the same class, fired flag and time as the golden model, fewer cycles than
+    the full run (the core on Amaranth's simulator, debug port on)."""
+    from firstspike.boards.virtual import VirtualBoard
+    from firstspike.sim.pysim import run_pysim
+
+    rng = np.random.default_rng(3)
+    for _ in range(40):  # a network whose outputs fire before the end of the window
+        tables = random_tables(rng, side=8, T=12, fire_bias=0.2)
+        images = random_images(rng, 6, tables.input_shape)
+        if (expected(tables, images).first_time < tables.T - 1).sum() >= 2:
+            break
+    with VirtualBoard(tables, lanes=3, build_root=tmp_path_factory.mktemp("vb3"), spikes=False) as vb:
+        with BoardRuntime(vb.port, timeout=5.0) as rt:
+            assert not rt.info()["spikes"] and rt.info()["times"]
+            res = rt.run(images, tables=tables)
+    want = GoldenModel(tables).run(images)
+    np.testing.assert_array_equal(res.classes, want.classes)
+    first = want.layer_times[-1].reshape(len(images), -1).min(axis=1)
+    np.testing.assert_array_equal(res.times, first)
+    np.testing.assert_array_equal(res.fired, first < tables.T)
+    full = run_pysim(plan_core(tables, lanes=3, debug=True), images).cycles
+    assert (res.cycles <= full).all() and (res.cycles[first < tables.T - 1] < full[first < tables.T - 1]).all()
 
 
 def test_runtime_without_board_is_a_clear_error() -> None:
