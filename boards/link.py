@@ -6,6 +6,7 @@ board tops (top.py) wire ``rx``/``tx``/``leds`` to pins; the virtual board simul
 from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal
+from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 
 from firstspike.boards import protocol as P
@@ -73,14 +74,14 @@ class BoardLink(Elaboratable):
         m.submodules.urx = urx = UARTRx(self.divisor)
         m.submodules.utx = utx = UARTTx(self.divisor)
         m.submodules.cobs = dec = CobsDecoder()
-        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx), self.busy.eq(core.busy),
-                     dec.i_valid.eq(urx.valid), dec.i_data.eq(urx.data)]  # fmt: skip
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx), self.busy.eq(core.busy)]
+        wiring.connect(m, urx.o, dec.i)
         N = p.n_inputs
         typ, seq = Signal(8), Signal(8)
         length, cnt = Signal(16), Signal(16)
         crc, rcrc = Signal(16, init=0xFFFF), Signal(16)
-        byte = dec.o_data
-        got = dec.o_valid  # a decoded byte
+        byte = dec.o.payload
+        got = dec.o.valid  # a decoded byte
         delim = dec.delim  # a 0x00 on the wire: a frame boundary
         timer = Signal(range(self.timeout + 1))
         # pixel hand-over to the core (one byte of slack: the core clears its buckets first)
@@ -169,7 +170,7 @@ class BoardLink(Elaboratable):
                     m.d.comb += out_byte.eq(scrc[8:])
         body_len = out_len + P.HEADER_LEN + P.CRC_LEN
         mid_frame = Signal()
-        with m.If(urx.valid | ~mid_frame):
+        with m.If(urx.o.valid | ~mid_frame):
             m.d.sync += timer.eq(0)
         with m.Else():
             m.d.sync += timer.eq(timer + 1)
@@ -317,8 +318,8 @@ class BoardLink(Elaboratable):
                     m.d.sync += i.eq(0)
                     m.next = "OPEN"
             with m.State("OPEN"):
-                m.d.comb += [utx.valid.eq(1), utx.data.eq(0)]
-                with m.If(utx.ready):
+                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(0)]
+                with m.If(utx.i.ready):
                     m.d.sync += g.eq(0)
                     m.next = "SCAN"
             with m.State("SCAN"):  # find the block's end: a zero, the body's end or 254 bytes
@@ -328,14 +329,14 @@ class BoardLink(Elaboratable):
                     m.d.sync += [code.eq(i - g + 1), rem.eq(i - g), i.eq(g)]
                     m.next = "CODE"
             with m.State("CODE"):
-                m.d.comb += [utx.valid.eq(1), utx.data.eq(code)]
-                with m.If(utx.ready):
+                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(code)]
+                with m.If(utx.i.ready):
                     m.next = "DATA"
                     with m.If(rem == 0):
                         m.next = "BLOCK"
             with m.State("DATA"):
-                m.d.comb += [utx.valid.eq(1), utx.data.eq(out_byte)]
-                with m.If(utx.ready):
+                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(out_byte)]
+                with m.If(utx.i.ready):
                     m.d.sync += [i.eq(i + 1), rem.eq(rem - 1)]
                     with m.If(rem == 1):
                         m.next = "BLOCK"
@@ -349,8 +350,8 @@ class BoardLink(Elaboratable):
                     m.d.sync += [i.eq(i + 1), g.eq(i + 1)]
                     m.next = "SCAN"
             with m.State("CLOSE"):
-                m.d.comb += [utx.valid.eq(1), utx.data.eq(0)]
-                with m.If(utx.ready):
+                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(0)]
+                with m.If(utx.i.ready):
                     m.next = "SKIP"
                     if p.debug:
                         with m.If(kind == 3):

@@ -1,22 +1,29 @@
-"""8N1 UART receiver and transmitter in Amaranth (one byte stream each way)."""
+"""8N1 UART receiver and transmitter in Amaranth: components with a byte stream each
+(``amaranth.lib.stream``)."""
 
-from __future__ import annotations
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
 
-from amaranth.hdl import Elaboratable, Module, Signal
+
+def _divisor(divisor: int) -> int:
+    if divisor < 4:
+        raise ValueError("UART divisor must be >= 4 clock cycles per bit")
+    return divisor
 
 
-class UARTRx(Elaboratable):
-    """Receives 8N1 bytes on ``rx``; ``valid`` pulses for one cycle with ``data``.
-    ``divisor`` = clock cycles per bit (>= 4). A bad stop bit sets ``error`` for one cycle."""
+class UARTRx(wiring.Component):
+    """Receives 8N1 bytes on ``rx`` into the stream ``o`` (no backpressure: a byte is valid
+    for one cycle). ``divisor`` = clock cycles per bit (>= 4). A bad stop bit sets ``error``
+    for one cycle."""
+
+    rx: In(1, init=1)
+    o: Out(stream.Signature(8, always_ready=True))
+    error: Out(1)
 
     def __init__(self, divisor: int):
-        if divisor < 4:
-            raise ValueError("UART divisor must be >= 4 clock cycles per bit")
-        self.divisor = divisor
-        self.rx = Signal(init=1)
-        self.data = Signal(8)
-        self.valid = Signal()
-        self.error = Signal()
+        self.divisor = _divisor(divisor)
+        super().__init__()
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -41,7 +48,7 @@ class UARTRx(Elaboratable):
             with m.State("STOP"):
                 with m.If(cnt == 0):
                     with m.If(sync2):
-                        m.d.comb += [self.valid.eq(1), self.data.eq(shreg)]
+                        m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(shreg)]
                         m.next = "IDLE"
                     with m.Else():
                         m.d.comb += self.error.eq(1)
@@ -54,17 +61,15 @@ class UARTRx(Elaboratable):
         return m
 
 
-class UARTTx(Elaboratable):
-    """Sends ``data`` when ``valid`` and ``ready`` (stream handshake) as 8N1 on ``tx``."""
+class UARTTx(wiring.Component):
+    """Sends the bytes of the stream ``i`` as 8N1 on ``tx`` (``ready`` while idle)."""
+
+    i: In(stream.Signature(8))
+    tx: Out(1, init=1)
 
     def __init__(self, divisor: int):
-        if divisor < 4:
-            raise ValueError("UART divisor must be >= 4 clock cycles per bit")
-        self.divisor = divisor
-        self.tx = Signal(init=1)
-        self.data = Signal(8)
-        self.valid = Signal()
-        self.ready = Signal()
+        self.divisor = _divisor(divisor)
+        super().__init__()
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -74,10 +79,10 @@ class UARTTx(Elaboratable):
         shreg = Signal(10)
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.ready.eq(1)
+                m.d.comb += self.i.ready.eq(1)
                 m.d.sync += self.tx.eq(1)
-                with m.If(self.valid):
-                    m.d.sync += [shreg.eq((self.data << 1) | (1 << 9)), cnt.eq(0), bit.eq(0)]
+                with m.If(self.i.valid):
+                    m.d.sync += [shreg.eq((self.i.payload << 1) | (1 << 9)), cnt.eq(0), bit.eq(0)]
                     m.next = "SEND"
             with m.State("SEND"):
                 with m.If(cnt == 0):

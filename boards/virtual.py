@@ -72,14 +72,14 @@ class VirtualTop(Elaboratable):
         m.submodules.fifo = fifo = SyncFIFO(width=8, depth=64)
         buf, left = Signal.like(self.h_data), Signal.like(self.h_len)
         m.d.sync += self.cycle.eq(self.cycle + 1)
-        m.d.comb += [lk.rx.eq(htx.tx), htx.data.eq(buf[:8]), htx.valid.eq(left != 0), self.h_ready.eq(left == 0),
-                     hrx.rx.eq(lk.tx), fifo.w_data.eq(hrx.data), fifo.w_en.eq(hrx.valid),
+        m.d.comb += [lk.rx.eq(htx.tx), htx.i.payload.eq(buf[:8]), htx.i.valid.eq(left != 0), self.h_ready.eq(left == 0),
+                     hrx.rx.eq(lk.tx), fifo.w_data.eq(hrx.o.payload), fifo.w_en.eq(hrx.o.valid),
                      self.r_data.eq(fifo.r_data), self.r_rdy.eq(fifo.r_rdy), fifo.r_en.eq(self.r_en)]  # fmt: skip
         with m.If(self.h_load):
             m.d.sync += [buf.eq(self.h_data), left.eq(self.h_len)]
-        with m.Elif(htx.valid & htx.ready):
+        with m.Elif(htx.i.valid & htx.i.ready):
             m.d.sync += [buf.eq(buf >> 8), left.eq(left - 1)]
-        with m.If(hrx.valid):
+        with m.If(hrx.o.valid):
             m.d.sync += self.r_stamp.eq(self.cycle)
             with m.If(~fifo.w_rdy):
                 m.d.sync += self.r_overflow.eq(1)

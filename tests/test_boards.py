@@ -105,15 +105,15 @@ def test_cobs_decoder_block_equals_software() -> None:
     async def bench(ctx) -> None:
         cur = bytearray()
         for b in wire:
-            ctx.set(dut.i_valid, 1)
-            ctx.set(dut.i_data, b)
+            ctx.set(dut.i.valid, 1)
+            ctx.set(dut.i.payload, b)
             if ctx.get(dut.delim):
                 got.append(bytes(cur))
                 cur.clear()
-            elif ctx.get(dut.o_valid):
-                cur.append(ctx.get(dut.o_data))
+            elif ctx.get(dut.o.valid):
+                cur.append(ctx.get(dut.o.payload))
             await ctx.tick()
-            ctx.set(dut.i_valid, 0)
+            ctx.set(dut.i.valid, 0)
             await ctx.tick()
 
     sim = Simulator(dut)
@@ -154,14 +154,14 @@ def test_uart_loopback() -> None:
 
     async def feed(ctx) -> None:
         for v in sent:
-            ctx.set(tx.data, v)
-            ctx.set(tx.valid, 1)
-            await ctx.tick().until(tx.ready)
-            ctx.set(tx.valid, 0)
+            ctx.set(tx.i.payload, v)
+            ctx.set(tx.i.valid, 1)
+            await ctx.tick().until(tx.i.ready)
+            ctx.set(tx.i.valid, 0)
             await ctx.tick()
 
     async def watch(ctx) -> None:
-        async for _clk, _rst, valid, data, err in ctx.tick().sample(rx.valid, rx.data, rx.error):
+        async for _clk, _rst, valid, data, err in ctx.tick().sample(rx.o.valid, rx.o.payload, rx.error):
             assert not err
             if valid:
                 got.append(data)
