@@ -530,15 +530,27 @@ class Core(Elaboratable):
                 m.d.sync += [decided.eq(0), cls.eq(0), dtime.eq(T)]
             with m.Elif(wb_int & ~decided & (fire != 0)):
                 m.d.sync += [decided.eq(1), cls.eq(gL[wb_g] + lowf), dtime.eq(t)]
-            # argmax of V(T-1) over the valid lanes, lowest index on ties
-            bv, bi = vs[0], Const(0, idx_bits(L))
-            for j in range(1, L):
-                better = vmask[j] & (vs[j] > bv)
-                bv, bi = Mux(better, vs[j], bv), Mux(better, j, bi)
+            # argmax of V(T-1) over the valid lanes, lowest index on ties: the word's potentials are
+            # registered first, then reduced by a tree (log2(L) comparators deep, not L: at 16
+            # lanes the chain was the ECP5's critical path); the result lands one cycle later,
+            # still before the control reads it (the layer's DRAIN cycle covers it)
+            am_v = [Signal(signed(pb), name=f"am_v{j}") for j in range(L)]
+            am_mask, am_g, am_en = Signal(L, name="am_mask"), Signal.like(wb_g, name="am_g"), Signal(name="am_en")
+            m.d.sync += [*[am_v[j].eq(vs[j]) for j in range(L)], am_mask.eq(vmask), am_g.eq(wb_g),
+                         am_en.eq(wb_int & (t == T - 1))]  # fmt: skip
+            level = [(am_v[j], Const(j, idx_bits(L)), am_mask[j] if j else Const(1, 1)) for j in range(L)]
+            while len(level) > 1:  # pairs (lower index first): the higher one wins only if strictly larger
+                nxt = []
+                for a_, b_ in zip(level[0::2], level[1::2]):
+                    take_b = b_[2] & (~a_[2] | (b_[0] > a_[0]))
+                    nxt.append((Mux(take_b, b_[0], a_[0]), Mux(take_b, b_[1], a_[1]), a_[2] | b_[2]))
+                if len(level) % 2:
+                    nxt.append(level[-1])
+                level = nxt
             wbv, wbi = Signal(signed(pb), name="word_best_v"), Signal(idx_bits(L), name="word_best_i")
-            m.d.comb += [wbv.eq(bv), wbi.eq(bi)]
-            with m.If(wb_int & (t == T - 1) & ((wb_g == 0) | (wbv > best_v))):
-                m.d.sync += [best_v.eq(wbv), best_idx.eq(gL[wb_g] + wbi)]
+            m.d.comb += [wbv.eq(level[0][0]), wbi.eq(level[0][1])]
+            with m.If(am_en & ((am_g == 0) | (wbv > best_v))):
+                m.d.sync += [best_v.eq(wbv), best_idx.eq(gL[am_g] + wbi)]
             dec = (decided, cls, dtime, best_idx)
             if P.debug:
                 ro_ports["v_last"] = ((st_r, ro_addr, ro_en), L, G, lp.Co, 1, LW, sb, pb, True)
