@@ -1,6 +1,7 @@
 """Ceiling of an architecture: the same layers as a non-spiking network, same data and budget.
 
     python bench/accuracy_ceiling.py [--config csnn_ice40] [--epochs 4] [--weights binary|real]
+        [--dataset mnist|fashion-mnist]
 
 The spiking layers become ordinary convolutions / dense layers with ReLU, min-time pooling
 becomes max pooling, the output is 10 logits trained with cross-entropy (Adam, cosine
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--weights", default="binary", choices=["binary", "real"])
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--no-bias", action="store_true", help="no bias (the spiking layers have none)")
     args = ap.parse_args()
 
     import torch
@@ -56,7 +59,7 @@ def main() -> None:
             # binary: latent weights in [-1, 1], scale 1/sqrt(fan-in); real: the same scale on the weights
             self.w = nn.Parameter(torch.empty(cout, cin, k, k).uniform_(-1, 1) * (1.0 if binary else fan_in**-0.5))
             self.la = nn.Parameter(torch.full((cout,), -0.5 * math.log(fan_in)))
-            self.b = nn.Parameter(torch.zeros(cout))
+            self.b = nn.Parameter(torch.zeros(cout), requires_grad=not args.no_bias)
             self.stride, self.pad, self.binary = stride, pad, binary
 
         def forward(self, x):
@@ -87,7 +90,7 @@ def main() -> None:
                 x = F.relu(x)
         return x.flatten(1)
 
-    tr, te = load_split("mnist", "train"), load_split("mnist", "test")
+    tr, te = load_split(args.dataset, "train"), load_split(args.dataset, "test")
 
     def prep(imgs):
         t = table[torch.from_numpy(imgs.copy()).long()].unsqueeze(1)
@@ -116,14 +119,16 @@ def main() -> None:
         sched.step()
         curve.append(acc(xte, yte))
         log.info("epoch %d: test %.2f%%", ep + 1, 100 * curve[-1])
-    rec = {"config": args.config, "weights": args.weights, "epochs": args.epochs, "lr": args.lr, "test_acc": curve[-1],
+    rec = {"config": args.config, "dataset": args.dataset, "bias": not args.no_bias, "weights": args.weights, "epochs": args.epochs, "lr": args.lr, "test_acc": curve[-1],
            "train_acc": acc(xtr[:10000], ytr[:10000]), "test_curve": curve, "wall_s": time.time() - t0}  # fmt: skip
     out = RESULTS / "accuracy_ceiling.json"
     recs = json.loads(out.read_text()) if out.is_file() else []
-    key = (args.config, args.weights, args.epochs, args.lr)
-    recs = [r for r in recs if (r["config"], r["weights"], r["epochs"], r.get("lr")) != key] + [rec]
+    key = (args.config, args.dataset, not args.no_bias, args.weights, args.epochs, args.lr)
+    recs = [r for r in recs
+            if (r["config"], r.get("dataset", "mnist"), r.get("bias", True), r["weights"], r["epochs"], r.get("lr")) != key]
+    recs.append(rec)
     out.write_text(json.dumps(recs, indent=1))
-    log.info("ceiling %s %s %d epochs: test %.2f%% train %.2f%%", args.config, args.weights, args.epochs,
+    log.info("ceiling %s %s %s %d epochs: test %.2f%% train %.2f%%", args.config, args.dataset, args.weights, args.epochs,
              100 * rec["test_acc"], 100 * rec["train_acc"])  # fmt: skip
 
 
