@@ -41,6 +41,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--backend", choices=["auto", "numba", "torch"], help="numba: event-driven CPU kernels; torch: any device")
     p.add_argument("--train-subset", type=int, help="use only the first N training images")
+    p.add_argument("--val-images", type=int, help="hold out the last N training images and keep the epoch best on "
+                   "them (model selection without the test set)")
     p.add_argument("--test-subset", type=int, help="evaluate on the first N test images")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -271,6 +273,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         "dataset": a.dataset, "data_dir": a.data_dir, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
         "optimizer": a.optimizer, "schedule": a.schedule, "loss": a.loss, "gamma": a.gamma, "seed": a.seed,
         "device": a.device, "backend": a.backend, "train_subset": a.train_subset, "test_subset": a.test_subset,
+        "val_images": a.val_images,
     }  # fmt: skip
     for k, v in overrides.items():
         if v is not None:

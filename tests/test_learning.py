@@ -95,3 +95,29 @@ def test_weight_average_is_saved_and_resumed(tmp_path: Path) -> None:
     tc.epochs = 2
     ck2 = train(cfg, tc, tmp_path, resume=True)
     assert ck2["epoch"] == 2 and "train_state_dict" in ck2
+
+
+def test_validation_split_keeps_the_best_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """val_images: the last training images are held out, every epoch reports its accuracy on
+    them, and a run that ends on a worse epoch saves the best one (chosen without the test set).
+    The accuracies are scripted (the evaluation of the 300 held-out images returns 0.5, 0.7,
+    0.6 in turn), so the choice itself is what is tested."""
+    import firstspike.train.trainer as trainer
+
+    cfg, table = load_config("csnn_tiny")
+    tc = TrainConfig.from_dict(table)
+    tc.epochs, tc.train_subset, tc.test_subset, tc.progress, tc.val_images = 3, 800, 100, False, 300
+    tc.diagnostics = False
+    real_eval, script = trainer.evaluate, iter([0.5, 0.7, 0.6])
+
+    def scripted(model, images, labels, *a, **k):
+        return next(script) if len(labels) == 300 else real_eval(model, images, labels, *a, **k)
+
+    monkeypatch.setattr(trainer, "evaluate", scripted)
+    ck = train(cfg, tc, tmp_path, resume=False)
+    assert [h["val_acc"] for h in ck["history"]] == [0.5, 0.7, 0.6]
+    assert ck["selected_epoch"] == ck["best"]["epoch"] == 2 and ck["test_acc"] == ck["history"][1]["test_acc"]
+    assert all(torch.equal(ck["state_dict"][k], ck["best"]["state_dict"][k]) for k in ck["state_dict"])
+    with pytest.raises(Exception, match="val_images=800"):
+        tc.val_images = 800
+        train(cfg, tc, tmp_path / "b", resume=False)

@@ -63,6 +63,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     backend: str = "auto"  # auto | numba | torch
     train_subset: int = 0  # 0 = all training images
+    val_images: int = 0  # > 0: hold out the last N training images; the saved model is the epoch best on
+    #   them (not on the test set), chosen when the run ends
     test_subset: int = 0
     calib_images: int = 512
     freeze: str = ""  # diagnostics: comma-separated spiking-layer indices (0 = first) not to train
@@ -221,6 +223,12 @@ def train(
     test_split = load_split(tc.dataset, "test", tc.data_dir)
     x_train, y_train = _tensors(train_split, tc.train_subset)
     x_test, y_test = _tensors(test_split, tc.test_subset)
+    x_val = y_val = None
+    if tc.val_images > 0:
+        if tc.val_images >= len(y_train):
+            raise ConfigError(f"val_images={tc.val_images}: the training set has only {len(y_train)} images")
+        x_train, x_val = x_train[: -tc.val_images], x_train[-tc.val_images :]
+        y_train, y_val = y_train[: -tc.val_images], y_train[-tc.val_images :]
 
     model = CSNN(net_cfg).to(device)
     model.backend = tc.backend
@@ -238,6 +246,7 @@ def train(
         model.calibrate(x_train[idx].to(device), calib)
     opt, sched = _make_optimizer(model, tc)
     start_epoch, history = 0, []
+    prev_best: dict[str, Any] | None = None  # with val_images: the best epoch so far
 
     if resuming:
         ck = load_checkpoint(ck_path)
@@ -252,6 +261,7 @@ def train(
         except ValueError as e:
             raise CheckpointError(f"{ck_path}: its optimizer state does not fit this trainer ({e}); use --no-resume") from e
         start_epoch, history = ck["epoch"], ck["history"]
+        prev_best = ck.get("best")
         # rebuild the schedule for this run's epoch count (it may extend the finished run)
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] = tc.lr * group.get("lr_scale", 1.0)
@@ -333,6 +343,7 @@ def train(
                 for n, p in model.named_parameters():
                     p.copy_(ema[n])
         test_acc = evaluate(model, x_test, y_test, tc.eval_batch, progress=tc.progress and rank == 0)
+        val_acc = evaluate(model, x_val, y_val, tc.eval_batch) if x_val is not None else None
         fire = _fire_rates(model, x_test[:200].to(device))
         rec = {
             "epoch": epoch + 1,
@@ -343,6 +354,8 @@ def train(
             "lr": opt.param_groups[0]["lr"],
             "fire_rates": fire,
         }
+        if val_acc is not None:
+            rec["val_acc"] = val_acc
         if diag is not None:
             rec["diag"] = diag.summary(model, x_test[:1000].to(device), y_test[:1000])
         history.append(rec)
@@ -366,6 +379,15 @@ def train(
             "rng": torch.get_rng_state(),
             "test_acc": test_acc,
         }
+        if val_acc is not None:  # the best epoch on the held-out images so far
+            best = prev_best if prev_best is not None and prev_best["val_acc"] >= val_acc else {
+                "epoch": epoch + 1, "val_acc": val_acc, "test_acc": test_acc, "state_dict": payload["state_dict"]}
+            payload["best"] = prev_best = best
+            if epoch + 1 == tc.epochs and best["epoch"] != epoch + 1:  # the run ends: keep the best epoch's model
+                payload["state_dict"], payload["test_acc"] = best["state_dict"], best["test_acc"]
+                payload["selected_epoch"] = best["epoch"]
+                log.info("kept epoch %d (validation %.2f%%, test %.2f%%) over the last (validation %.2f%%, test %.2f%%)",
+                         best["epoch"], 100 * best["val_acc"], 100 * best["test_acc"], 100 * val_acc, 100 * test_acc)  # fmt: skip
         if raw_state is not None:
             payload["train_state_dict"] = raw_state
             model.load_state_dict(raw_state)
