@@ -62,6 +62,16 @@ class PLLParams:
                 "f_pfd_mhz": round(self.f_pfd_hz / 1e6, 6), "f_vco_mhz": round(self.f_vco_hz / 1e6, 6)}  # fmt: skip
 
 
+def _close_enough(p, family: str, tolerance: float):
+    """``p`` (PLLParams or ICE40PLLParams) if its output is within ``tolerance`` of the request."""
+    err = abs(p.f_out_hz - p.requested_hz) / p.requested_hz
+    if err > tolerance:
+        got = f"{p.f_out_hz / 1e6:.4g}"
+        raise ClockError(f"the {family} PLL cannot make {p.requested_hz / 1e6:g} MHz from {p.f_in_hz / 1e6:g} MHz "
+                         f"(closest: {got} MHz, {100 * err:.1f}% off): ask for {got} MHz")  # fmt: skip
+    return p
+
+
 def ecp5_pll(f_in_hz: float, f_out_hz: float, tolerance: float = 0.1) -> PLLParams:
     """EHXPLLL dividers for ``f_in_hz`` -> the closest achievable output to ``f_out_hz``
     (ties: VCO closest to 600 MHz, as ecppll). Raise ClockError when the input or output is
@@ -94,12 +104,7 @@ def ecp5_pll(f_in_hz: float, f_out_hz: float, tolerance: float = 0.1) -> PLLPara
         raise ClockError(f"no ECP5 PLL configuration makes {want:g} MHz from {fin:g} MHz")
     _, ref, fb, op = best
     p = PLLParams(f_in_hz, f_out_hz, ref, fb, op, clkop_cphase=op // 2)  # ecppll: CLKOP shifted by 180 degrees
-    err = abs(p.f_out_hz - f_out_hz) / f_out_hz
-    if err > tolerance:
-        got = f"{p.f_out_hz / 1e6:.4g}"
-        raise ClockError(f"the ECP5 PLL cannot make {want:g} MHz from {fin:g} MHz (closest: {got} MHz, "
-                         f"{100 * err:.1f}% off): ask for {got} MHz")  # fmt: skip
-    return p
+    return _close_enough(p, "ECP5", tolerance)
 
 
 class ECP5PLL(Elaboratable):
@@ -208,13 +213,7 @@ def ice40_pll(f_in_hz: float, f_out_hz: float, tolerance: float = 0.1) -> ICE40P
                     best = (abs(out - want), divr, divf, divq)
     if best is None:
         raise ClockError(f"no iCE40 PLL configuration makes {want:g} MHz from {fin:g} MHz")
-    p = ICE40PLLParams(f_in_hz, f_out_hz, *best[1:])
-    err = abs(p.f_out_hz - f_out_hz) / f_out_hz
-    if err > tolerance:
-        got = f"{p.f_out_hz / 1e6:.4g}"
-        raise ClockError(f"the iCE40 PLL cannot make {want:g} MHz from {fin:g} MHz (closest: {got} MHz, "
-                         f"{100 * err:.1f}% off): ask for {got} MHz")  # fmt: skip
-    return p
+    return _close_enough(ICE40PLLParams(f_in_hz, f_out_hz, *best[1:]), "iCE40", tolerance)
 
 
 class ICE40PLL(Elaboratable):
