@@ -1,6 +1,6 @@
 """Boards: resources, Fmax, accuracy and images/s per board.
 
-    python bench/boards.py [--runs icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:2]
+    python bench/boards.py [--runs icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:16]
                            [--cycles-images 200] [--virtual-images 50]
 
 For each board: build the bitstream (YoWASP), read utilisation and Fmax; accuracy of the
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.boards")
-DEFAULT = (f"icebreaker:{RESULTS / 'ice40_binary.pt'}:2,ulx3s:{RESULTS / 'mnist_binary.pt'}:2,"
-           f"orangecrab:{RESULTS / 'mnist_binary.pt'}:2")
+DEFAULT = (f"icebreaker:{RESULTS / 'ice40_binary.pt'}:2,ulx3s:{RESULTS / 'mnist_binary.pt'}:16,"
+           f"orangecrab:{RESULTS / 'mnist_binary.pt'}:16")
 
 
 def main() -> None:

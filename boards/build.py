@@ -43,7 +43,8 @@ class Board:
     programmer: str  # what `deploy` runs
     bram_bits: int  # block RAM of the device (EBR / DP16KD)
     luts: int
-    core_clock_hz: float | None = None  # default core clock (ECP5: made by the PLL); None: the board clock
+    core_clock_hz: float | None = None  # default core clock (made by the PLL); None: the board clock
+    lanes: int = 2  # default lanes (--lanes): the most that meet the default core clock with the csnn model
     spikes: bool = True  # spike readout built in by default (the UP5K's 30 EBR leave no room for its memories)
     program_args: tuple[str, ...] = ()  # programmer arguments before the bitstream (`deploy`)
 
@@ -63,12 +64,12 @@ BOARDS = {
     # the iCE40 core reaches 20-21 MHz: the default 18 MHz comes from the PLL (SB_PLL40_PAD, 12 x 48 / 32)
     "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "amaranth_boards.icebreaker.ICEBreakerPlatform", 12e6, 2, "iceprog",
                         30 * 4096, 5280, core_clock_hz=18e6, spikes=False),
+    # csnn at 16 lanes: Fmax 29.8 MHz (speed grade 6) on the ULX3S's 25 MHz, 42.3 MHz (speed grade 8)
+    # on the OrangeCrab, whose default core clock is then 36 MHz from its 48 MHz (PLL)
     "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader",
-                   208 * 18432, 83640, program_args=("-b", "ulx3s")),
-    # the OrangeCrab's faster speed grade runs the default model at lanes=2 on its own 48 MHz
-    # (Fmax 57 MHz); --clock-mhz makes a slower core clock with the PLL for larger cores
+                   208 * 18432, 83640, lanes=16, program_args=("-b", "ulx3s")),
     "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85FPlatform", 48e6, 1,
-                        "dfu-util", 208 * 18432, 83640, program_args=("-a", "0", "-D")),
+                        "dfu-util", 208 * 18432, 83640, core_clock_hz=36e6, lanes=16, program_args=("-a", "0", "-D")),
 }  # fmt: skip
 
 
@@ -163,10 +164,12 @@ def _utilisation(report: dict, family: str) -> dict:
 
 
 def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out_dir: str | os.PathLike = "build/boards",
-          lanes: int = 2, baud: int = P.DEFAULT_BAUD, clock_mhz: float | None = None, spikes: bool | None = None) -> dict:  # fmt: skip
+          lanes: int | None = None, baud: int = P.DEFAULT_BAUD, clock_mhz: float | None = None,
+          spikes: bool | None = None) -> dict:  # fmt: skip
     """Synthesise, place and route, pack; write OUT/BOARD/firstspike.bit(.bin) and
-    OUT/BOARD/build.json. ``clock_mhz``: the core clock (made by the PLL from the board
-    clock; None: the board's default, ``Board.core_clock_hz``). ``spikes``: build in the spike
+    OUT/BOARD/build.json. ``lanes`` None: the board's default (``Board.lanes``). ``clock_mhz``:
+    the core clock (made by the PLL from the board clock; None: the board's default,
+    ``Board.core_clock_hz``). ``spikes``: build in the spike
     readout (every layer's spike times over the UART; None: the board's default, on for ECP5,
     off for the iCE40UP5K whose block RAM it would overfill). Raise BuildError naming what to
     shrink if it does not fit or misses the core clock."""
@@ -175,6 +178,7 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     b = BOARDS[board]
     core_clock(b, clock_mhz)  # refuse a clock the board cannot make before loading the model
     spikes = b.spikes if spikes is None else spikes
+    lanes = b.lanes if lanes is None else lanes
     tables = model if isinstance(model, ModelTables) else load(model)
     top = BoardTop(tables, b, lanes=lanes, baud=baud, clock_mhz=clock_mhz, spikes=spikes)
     core_mhz = top.clock_hz / 1e6
@@ -251,7 +255,7 @@ def _fmax_fix(b: Board, fmax_mhz: float) -> str:
 
 
 def deploy(model: str | os.PathLike, board: str, port: str | None = None, out_dir: str | os.PathLike = "build/boards",
-           lanes: int = 2, baud: int = P.DEFAULT_BAUD, check_images: int = 0, clock_mhz: float | None = None,
+           lanes: int | None = None, baud: int = P.DEFAULT_BAUD, check_images: int = 0, clock_mhz: float | None = None,
            spikes: bool | None = None) -> dict:  # fmt: skip
     """Build the bitstream, program the board with its open programmer, then (with ``port``)
     check over UART that it runs this model file. Raises BuildError/BoardError with the fix

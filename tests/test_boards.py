@@ -407,7 +407,7 @@ def test_ecp5_pll_matches_ecppll_and_refuses_impossible_clocks() -> None:
 def test_board_core_clocks_and_their_refusals(tmp_path) -> None:
     from firstspike.boards.build import BOARDS, BuildError, build, core_clock
 
-    assert core_clock(BOARDS["orangecrab"]) == (48e6, None)  # fast enough at its board clock
+    assert core_clock(BOARDS["orangecrab"])[0] == 36e6  # 16 lanes reach 42 MHz: a PLL makes 36 from 48
     assert core_clock(BOARDS["orangecrab"], 24)[0] == 24e6 and core_clock(BOARDS["orangecrab"], 24)[1] is not None
     assert core_clock(BOARDS["ulx3s"]) == (25e6, None) and core_clock(BOARDS["icebreaker"])[0] == 18e6
     assert core_clock(BOARDS["orangecrab"], 48) == (48e6, None)  # the board clock itself: no PLL
