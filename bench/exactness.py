@@ -1,6 +1,6 @@
 """Exactness and golden-model speed: trained binary models, all 10k test images.
 
-    python bench/exactness.py [--models mnist:bench/results/mnist_binary.pt,...]
+    python bench/exactness.py [--models mnist:bench/results/mnist_binary.pt,...]  (results merge by checkpoint)
 
 For each model: quantize to a model file, run training's forward pass (float pipeline,
 Numba kernels) and the integer golden model (reads only the file) on the whole test set,
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, repo_path, setup_logging, write_result  # noqa: E402
+from common import RESULTS, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.exactness")
 
@@ -27,7 +27,8 @@ log = logging.getLogger("bench.exactness")
 def main() -> None:
     setup_logging()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=f"mnist:{RESULTS / 'mnist_binary.pt'},fashion-mnist:{RESULTS / 'fashion-mnist_binary.pt'}")
+    ap.add_argument("--models", default=f"mnist:{RESULTS / 'mnist_binary.pt'},fashion-mnist:{RESULTS / 'fashion-mnist_binary.pt'},"
+                    f"fashion-mnist:{RESULTS / 'fashion-mnist_binary_csnn_fashion.pt'}")
     ap.add_argument("--limit", type=int, default=0, help="only the first N test images")
     ap.add_argument("--batch", type=int, default=1000)
     args = ap.parse_args()
@@ -88,7 +89,7 @@ def main() -> None:
         log.info("%s: %d class / %d spike-time mismatches of %d; golden %.2f%%, training %.2f%%; golden %.1f s for %d images",
                  dataset, class_mism, rec["spike_time_mismatches"], rec["spike_times_compared"], 100 * rec["golden_accuracy"],
                  100 * rec["training_forward_accuracy"], classify_s, n)  # fmt: skip
-    write_result("exactness", {"runs": runs, "goals": {"mismatches": 0, "golden_seconds_10k": "<= 60"}})
+    write_result("exactness", {"runs": merge_runs("exactness", runs, lambda r: r["checkpoint"]), "goals": {"mismatches": 0, "golden_seconds_10k": "<= 60"}})
     from report import render_docs
 
     render_docs()
