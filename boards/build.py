@@ -20,9 +20,8 @@ from amaranth_boards.resources import UARTResource
 
 from firstspike.boards import protocol as P
 from firstspike.boards.clocks import ECP5PLL, ICE40PLL, ClockError, ICE40PLLParams, PLLParams, ecp5_pll, ice40_pll
-from firstspike.boards.link import BoardLink, model_hash
+from firstspike.boards.link import BoardLink, board_plan, model_hash
 from firstspike.errors import FirstSpikeError
-from firstspike.hw.plan import plan_core
 from firstspike.quantize.modelfile import ModelTables, load, tables_sha256
 
 log = logging.getLogger(__name__)
@@ -98,9 +97,7 @@ class BoardTop(Elaboratable):
             raise BuildError(f"{board.name}: {baud} baud is more than 2% off any integer divisor of the "
                              f"{self.clock_hz / 1e6:g} MHz core clock: choose a lower --baud or a higher "
                              "--clock-mhz")  # fmt: skip
-        # with the spike readout: the debug port; without it the core stops at the first output spike
-        # (early exit: the same class, fired flag and time, fewer cycles; the readout needs full runs)
-        self.plan = plan_core(tables, lanes=lanes, debug=spikes, early_exit=not spikes)
+        self.plan = board_plan(tables, lanes, spikes)
         self.board = board
         self.baud = baud
         self.hash = model_hash(tables)

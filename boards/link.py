@@ -13,8 +13,15 @@ from firstspike.boards import protocol as P
 from firstspike.boards.cobs import CobsDecoder
 from firstspike.boards.uart import UARTRx, UARTTx
 from firstspike.hw.core import Core
-from firstspike.hw.plan import CorePlan, HardwareError
+from firstspike.hw.plan import CorePlan, HardwareError, plan_core
 from firstspike.quantize.modelfile import ModelTables, tables_sha256
+
+
+def board_plan(tables: ModelTables, lanes: int, spikes: bool) -> CorePlan:
+    """The core a board runs: with the spike readout, the debug port; without it, early exit
+    (it stops at the first output spike: the same class, fired flag and time, fewer cycles;
+    the readout needs full runs)."""
+    return plan_core(tables, lanes=lanes, debug=spikes, early_exit=not spikes)
 
 
 def model_hash(tables: ModelTables) -> bytes:
@@ -185,13 +192,25 @@ class BoardLink(Elaboratable):
         is_raw = (typ == P.CLASSIFY) | (typ == P.CLASSIFY_SPIKES) if p.debug else typ == P.CLASSIFY
         is_cls = is_raw | (typ == P.CLASSIFY_TIMES) if compact else is_raw
 
-        def crc_cut(err: int) -> None:
-            """The frame ended inside the CRC: a CLASSIFY's image is in the core (drop its result)."""
+        def cut_image(err: int) -> None:
+            """A frame ended early after its header: a CLASSIFY's image is (partly) in the core
+            (complete it, drop its result); anything else is answered with ERROR ``err``."""
             with m.If(is_cls):
                 m.d.sync += [good.eq(0), ecode.eq(err)]
                 m.next = "SETTLE"
             with m.Else():
                 respond(2, err)
+
+        def ended(action) -> None:
+            """The Elif branches of a state inside a frame: cut short by a 0x00 (ERROR 2) or
+            stalled for ``timeout`` cycles (ERROR 3), handled by ``action(code)``."""
+            with m.Elif(delim):
+                action(P.ERR_FRAME)
+            with m.Elif(expired):
+                action(P.ERR_TIMEOUT)
+
+        def answer_error(err: int) -> None:
+            respond(2, err)
 
         with m.FSM():
             with m.State("SKIP"):  # after an answer or an error: nothing until the next 0x00
@@ -206,19 +225,13 @@ class BoardLink(Elaboratable):
                 with m.If(got):
                     m.d.sync += [seq.eq(byte), crc.eq(crc16_byte(crc, byte))]
                     m.next = "LEN0"
-                with m.Elif(delim):
-                    respond(2, P.ERR_FRAME)
-                with m.Elif(expired):
-                    respond(2, P.ERR_TIMEOUT)
+                ended(answer_error)
             with m.State("LEN0"):
                 m.d.comb += mid_frame.eq(1)
                 with m.If(got):
                     m.d.sync += [length[:8].eq(byte), crc.eq(crc16_byte(crc, byte))]
                     m.next = "LEN1"
-                with m.Elif(delim):
-                    respond(2, P.ERR_FRAME)
-                with m.Elif(expired):
-                    respond(2, P.ERR_TIMEOUT)
+                ended(answer_error)
             with m.State("LEN1"):
                 m.d.comb += mid_frame.eq(1)
                 full = Cat(length[:8], byte)
@@ -237,10 +250,7 @@ class BoardLink(Elaboratable):
                         m.next = "CRC0"
                     with m.Else():
                         respond(2, P.ERR_FRAME)
-                with m.Elif(delim):
-                    respond(2, P.ERR_FRAME)
-                with m.Elif(expired):
-                    respond(2, P.ERR_TIMEOUT)
+                ended(answer_error)
             with m.State("PIX"):
                 m.d.comb += mid_frame.eq(1)
                 with m.If(got):
@@ -253,9 +263,7 @@ class BoardLink(Elaboratable):
                         m.d.sync += [pend.eq(1), pend_data.eq(byte)]
                     with m.If(cnt == length - 1):
                         m.next = "CRC0"
-                with m.Elif(delim | expired):
-                    m.d.sync += [good.eq(0), ecode.eq(Mux(delim, P.ERR_FRAME, P.ERR_TIMEOUT))]
-                    m.next = "SETTLE"
+                ended(cut_image)
             with m.State("SETTLE"):  # the pixels in flight reach the core; then the image is whole or not
                 with m.If(gen_idle & ~pend):
                     with m.If((pcount == N) & ~over):
@@ -275,10 +283,7 @@ class BoardLink(Elaboratable):
                 with m.If(got):
                     m.d.sync += rcrc[:8].eq(byte)
                     m.next = "CRC1"
-                with m.Elif(delim):
-                    crc_cut(P.ERR_FRAME)
-                with m.Elif(expired):
-                    crc_cut(P.ERR_TIMEOUT)
+                ended(cut_image)
             with m.State("CRC1"):
                 m.d.comb += mid_frame.eq(1)
                 ok = Cat(rcrc[:8], byte) == crc
@@ -290,10 +295,7 @@ class BoardLink(Elaboratable):
                         respond(1)
                     with m.Else():
                         respond(2, P.ERR_CRC)
-                with m.Elif(delim):
-                    crc_cut(P.ERR_FRAME)
-                with m.Elif(expired):
-                    crc_cut(P.ERR_TIMEOUT)
+                ended(cut_image)
             with m.State("WAIT"):
                 m.d.comb += core.res_ready.eq(1)
                 with m.If(core.res_valid):

@@ -2,11 +2,11 @@
 Verilator and attached to the unchanged host runtime through a pseudo-terminal.
 
 The host's side of the serial line is logic too (``VirtualTop``): a UART transmitter that
-drives the board's rx pin and a UART receiver on its tx pin with a small FIFO, so the
-cocotb bridge moves whole bytes (two simulator callbacks a byte, not ten) while the board's
-own UART still sees every bit at its real divisor. ``divisor`` defaults to 8 clock cycles
-per bit; pass the real board's (clock / baud) to see its timing: ``stats()`` then gives
-the link's cycles per image.
+drives the board's rx pin with bursts of bytes and a UART receiver on its tx pin with a
+small FIFO, so the cocotb bridge moves bursts, not bits, while the board's own UART still
+sees every bit at its divisor. ``divisor`` defaults to 8 clock cycles per bit; pass the real
+board's (clock / baud) to see its timing: after the ``with`` block, ``exchanges`` holds each
+request/answer exchange in clock cycles.
 
     with VirtualBoard(tables) as vb:
         with BoardRuntime(vb.port) as rt:
@@ -29,9 +29,8 @@ from amaranth.back import verilog
 from amaranth.hdl import Elaboratable, Module, Signal
 from amaranth.lib.fifo import SyncFIFO
 
-from firstspike.boards.link import BoardLink, model_hash
+from firstspike.boards.link import BoardLink, board_plan, model_hash
 from firstspike.boards.uart import UARTRx, UARTTx
-from firstspike.hw.plan import plan_core
 from firstspike.quantize.modelfile import ModelTables
 from firstspike.sim.rtl import SimulatorError, build_verilator, check_simulator, quiet_runner
 
@@ -96,12 +95,12 @@ class VirtualBoard:
         check_simulator("verilator")
         self.tables = tables
         self.divisor = divisor
-        self.plan = plan_core(tables, lanes=lanes, debug=spikes, early_exit=not spikes)  # as BoardTop plans it
+        self.plan = board_plan(tables, lanes, spikes)  # as BoardTop plans it
         self.link = BoardLink(self.plan, divisor, model_hash(tables))
         self.top = VirtualTop(self.link)
         self.build_root = Path(build_root).resolve()
         self.env = {"FS_DIVISOR": str(divisor), "FS_P_DROP": str(p_drop), "FS_P_FLIP": str(p_flip),
-                    "FS_FAULT_SEED": str(seed)}  # fmt: skip
+                    "FS_FAULT_SEED": str(seed), "FS_BURST": str(VirtualTop.BURST)}  # fmt: skip
         self.start_timeout = start_timeout
         self.port: str | None = None
         self.faults = (0, 0)  # bytes dropped, bytes corrupted (fault injection)

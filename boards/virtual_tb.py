@@ -60,7 +60,7 @@ async def uart_bridge(dut) -> None:
     dut.rst.value = 0
     await FallingEdge(dut.clk)  # the bridge drives and samples at falling edges, between the rising ones
     Path(os.environ["FS_PTY_FILE"]).write_text(os.ttyname(slave))
-    burst = int(os.environ.get("FS_BURST", "32"))
+    burst = int(os.environ["FS_BURST"])  # VirtualTop.BURST: the bytes its transmitter takes at once
     exchanges: list[int] = []
     t_req = t_rx = None  # this exchange's first request byte, and the last answer byte so far (cycles)
 
@@ -68,6 +68,11 @@ async def uart_bridge(dut) -> None:
         """About ``ns``, then on to the next falling edge (a Timer that ends on an edge races it)."""
         await Timer(ns - 3, unit="ns")
         await FallingEdge(dut.clk)
+
+    def close_exchange() -> None:
+        """The exchange so far ends here (its answer came after its request started)."""
+        if t_req is not None and t_rx is not None and t_rx > t_req:
+            exchanges.append(t_rx - t_req)
 
     async def drain() -> None:
         """Everything the board has sent (the FIFO) to the host."""
@@ -99,8 +104,7 @@ async def uart_bridge(dut) -> None:
             await wait(byte_ns * min(32, 1 << min(idle, 5)))
             continue
         idle = 0
-        if t_req is not None and t_rx is not None and t_rx > t_req:
-            exchanges.append(t_rx - t_req)
+        close_exchange()
         t_req, t_rx = int(dut.cycle.value), None
         data = faults.apply(data)
         for k in range(0, len(data), burst):
@@ -114,8 +118,7 @@ async def uart_bridge(dut) -> None:
             dut.h_load.value = 0
             await wait(byte_ns * len(chunk))  # the burst's time on the line
             await drain()
-    if t_req is not None and t_rx is not None and t_rx > t_req:
-        exchanges.append(t_rx - t_req)
+    close_exchange()
     stats = {"dropped": faults.dropped, "flipped": faults.flipped, "cycles": int(dut.cycle.value),
              "overflow": int(dut.r_overflow.value), "exchanges": exchanges}  # fmt: skip
     Path(os.environ["FS_STATS_FILE"]).write_text(json.dumps(stats))
