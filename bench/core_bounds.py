@@ -1,6 +1,6 @@
 """Core cycle bounds: where the cycles of an image go, and what an event-driven core could reach.
 
-    python bench/core_bounds.py [--runs icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:2]
+    python bench/core_bounds.py [--runs icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:16]
                                 [--images 200]
 
 Per model, on the first test images (golden model, exact integer network):
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.core_bounds")
-DEFAULT_RUNS = "icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:2"
+DEFAULT_RUNS = "icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:16"
 
 
 def _active_counter():
@@ -84,7 +84,7 @@ def main() -> None:
     import numpy as np
 
     from firstspike.data import load_split
-    from firstspike.hw.plan import fan_out, plan_core
+    from firstspike.hw.plan import plan_core
     from firstspike.quantize.export import quantize_checkpoint
     from firstspike.quantize.golden import GoldenModel
     from firstspike.quantize.modelfile import MAGIC, load
@@ -103,18 +103,13 @@ def main() -> None:
         work = plan.work(g.layer_times)
         T, n = tables.T, len(test)
         layers = []
-        for lp in plan.layers:
+        for lp, syn in zip(plan.layers, work["layer_synaptic_updates"]):
             ly = tables.layers[lp.index]
             tin = np.ascontiguousarray(g.layer_times[lp.index]).astype(np.int32)
             act = active(tin, ly.weights.astype(np.int64), ly.thresholds.astype(np.int64), T, lp.stride, lp.pad, lp.Ho, lp.Wo)
-            fy = np.array([f.n for f in fan_out(lp.H, lp.Ho, lp.KH, lp.stride, lp.pad)])
-            fx = np.array([f.n for f in fan_out(lp.W, lp.Wo, lp.KW, lp.stride, lp.pad)])
-            fan = np.outer(fy, fx).reshape(-1)
-            t = tin.reshape(n, lp.Ci, -1)
-            syn = ((t < T) * fan[None, None]).sum(axis=(1, 2)) * lp.Co
             layers.append({"layer": lp.index, "neurons": lp.Co * lp.Ho * lp.Wo, "synaptic_updates": float(syn.mean()),
                            "sweep_neuron_updates": lp.Co * lp.Ho * lp.Wo * T, "active_neuron_steps": float(act.mean()),
-                           "event_cycles": float((syn + act).mean()) / lanes})  # fmt: skip
+                           "event_cycles": float((syn + act).mean()) / lp.lanes})  # fmt: skip
         meas = next((r for r in boards if r.get("board") == board and r.get("lanes") == lanes and "cycles_mean" in r), None)
         ev = max(ly_["event_cycles"] for ly_ in layers)
         runs.append({
@@ -122,6 +117,7 @@ def main() -> None:
             "layers": layers, "sweep_bound_cycles": float(work["cycle_bound_concurrent"].mean()),
             "event_bound_cycles": ev, "event_bound_sequential_cycles": sum(ly_["event_cycles"] for ly_ in layers),
             "measured_cycles": meas["cycles_mean"] if meas else None, "clock_mhz": meas["clock_mhz"] if meas else None,
+            "measured_early_exit": bool(meas.get("early_exit")) if meas else None,
         })  # fmt: skip
         log.info("%s", runs[-1])
     write_result("core_bounds", {"runs": merge_runs("core_bounds", runs, lambda r: (r["board"], r["lanes"]))})

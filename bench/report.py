@@ -171,11 +171,13 @@ def render_docs() -> Path:
             meas, ev = r_["measured_cycles"], r_["event_bound_cycles"]
             lines.append(
                 f"| {r_['board']}, {r_['model']} (T={r_['T']}) | {r_['lanes']} | {syn:,.0f} | {neu:,.0f} | {act:,.0f} | "
-                f"{f'{meas:,.0f}' if meas else '-'} | {r_['sweep_bound_cycles']:,.0f} | {ev:,.0f} | "
+                f"{f'{meas:,.0f}' if meas else '-'}{' (early exit)' if r_.get('measured_early_exit') else ''} | "
+                f"{r_['sweep_bound_cycles']:,.0f} | {ev:,.0f} | "
                 f"{f'{ev / meas:.2f}' if meas else '-'} |"
             )
-        lines += ["", "Bounds per image at the lanes shown, layers side by side (the slowest layer sets the pace). "
-                  "Lanes multiply throughput only where there are enough events per step to share.", ""]  # fmt: skip
+        lines += ["", "Bounds per image at the lanes shown, layers side by side (the slowest layer sets the pace), "
+                  "for the whole window of T steps; an early-exit core stops at the first output spike and can "
+                  "beat them. Lanes multiply throughput only where there are enough events per step to share.", ""]  # fmt: skip
     def _uart(r_: dict) -> str:
         e2e = r_.get("images_per_s_end_to_end")
         return f"{e2e:.1f} (virtual board, {r_['baud'] / 1e6:g} Mbaud)" if e2e else f"{r_['images_per_s_over_uart']:.1f}"

@@ -190,7 +190,8 @@ class CorePlan:
 
     def work(self, layer_times: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Per image, the work the core cannot avoid (GoldenModel.run layer_times in):
-        synaptic updates (input spikes x valid fan-out x output channels), neuron updates
+        synaptic updates (input spikes x valid fan-out x output channels; per layer in
+        ``layer_synaptic_updates``, in the order of ``layers``), neuron updates
         (neurons x T), and two lower bounds on cycles:
 
         * ``cycle_bound``: sum over layers of (synaptic updates + neuron updates) / lanes
@@ -201,6 +202,7 @@ class CorePlan:
         n = layer_times[0].shape[0]
         T = self.T
         syn = np.zeros(n, np.int64)
+        layer_syn = np.zeros((len(self.layers), n), np.int64)
         neur = np.zeros(n, np.int64)
         bound = np.zeros(n)
         per_step = np.zeros((len(self.layers), n, T))
@@ -215,12 +217,13 @@ class CorePlan:
             s = by_t[:, :T].sum(axis=1) * lp.Co  # spikes at time T are silence
             u = lp.Co * lp.Ho * lp.Wo * T
             syn += s.astype(np.int64)
+            layer_syn[li] = s
             neur += u
             bound += (s + u) / lp.lanes
             # step t integrates all neurons and takes the events of step t-1
             per_step[li, :, 1:] = by_t[:, : T - 1] * lp.Co / lp.lanes
             per_step[li] += lp.Co * lp.Ho * lp.Wo / lp.lanes
-        return {"synaptic_updates": syn, "neuron_updates": neur, "cycle_bound": bound,
+        return {"synaptic_updates": syn, "layer_synaptic_updates": layer_syn, "neuron_updates": neur, "cycle_bound": bound,
                 "cycle_bound_concurrent": per_step.max(axis=0).sum(axis=1)}  # fmt: skip
 
     def summary(self) -> dict:

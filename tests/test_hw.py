@@ -174,3 +174,27 @@ def test_priority_encoder_sub_block_exhaustive() -> None:
     sim.add_testbench(bench)
     sim.run()
     assert seen == [(v, (v & -v).bit_length() - 1 if v else 0) for v in range(1 << n)]
+
+
+def test_work_counts_every_synaptic_update() -> None:
+    """CorePlan.work's synaptic updates, per layer and in total, against a brute-force count:
+    every input spike (t < T) times the output positions its kernel reaches times the channels."""
+    rng = np.random.default_rng(8)
+    tables = random_tables(rng, side=9)
+    images = random_images(rng, 4, tables.input_shape)
+    times = GoldenModel(tables).run(images).layer_times
+    plan = plan_core(tables, lanes=3, debug=False)
+    work = plan.work(times)
+    for lp, got in zip(plan.layers, work["layer_synaptic_updates"]):
+        tin = times[lp.index].reshape(len(images), lp.Ci, lp.H, lp.W)
+        want = np.zeros(len(images), np.int64)
+        for b, c, y, x in zip(*np.nonzero(tin < tables.T)):
+            for ky in range(lp.KH):
+                for kx in range(lp.KW):
+                    oy, ox = y + lp.pad - ky, x + lp.pad - kx
+                    if oy % lp.stride == 0 and ox % lp.stride == 0 and 0 <= oy // lp.stride < lp.Ho and 0 <= ox // lp.stride < lp.Wo \
+                            and oy >= 0 and ox >= 0:  # fmt: skip
+                        want[b] += lp.Co
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(work["synaptic_updates"], work["layer_synaptic_updates"].sum(axis=0))
+    assert work["synaptic_updates"].sum() > 0
