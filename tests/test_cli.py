@@ -188,13 +188,15 @@ channels = 10
         (BAD_KIND_TOML.replace('kind = "maxpool"', 'kind = "pool"\nsize = 2'), "size"),
         ("name = 'x'\nT = 16\n[[layers]\nkind = 'fc'", "invalid TOML"),
         (BAD_KIND_TOML.replace("maxpool", "pool") + "[train]\nepochz = 3\n", "epochz"),
+        ("base = 'no-such-base'\nname = 'x'\n", "no-such-base"),
+        ("base = 'BAD_TOML_PATH'\nname = 'x'\n", "cycle"),
     ],
-    ids=["bad-kind", "bad-key", "bad-toml", "bad-train-key"],
+    ids=["bad-kind", "bad-key", "bad-toml", "bad-train-key", "missing-base", "base-cycle"],
 )
 def test_train_bad_config(tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, needle: str) -> None:
     """A TOML config with a bad layer kind (or key, or syntax): train exits 2 with a message naming it."""
     cfg = tmp_path / "bad.toml"
-    cfg.write_text(text)
+    cfg.write_text(text.replace("BAD_TOML_PATH", str(cfg)))  # a config that is its own base
     with caplog.at_level(logging.ERROR, logger="firstspike"):
         rc = main(["train", "--config", str(cfg), "--out", str(tmp_path / "out"), "--no-progress", "--device", "cpu"])
     assert rc == 2
@@ -306,3 +308,16 @@ def test_resume_with_more_epochs_keeps_learning(tiny_run: dict[str, Any]) -> Non
     sd2 = load_checkpoint(tiny_run["out"] / "checkpoint.pt")["state_dict"]
     changed = [k for k in sd1 if sd1[k].is_floating_point() and not torch.equal(sd1[k], sd2[k])]
     assert changed, "epoch 2 of the resumed run changed no parameter (learning rate was 0?)"
+
+
+def test_config_base_inherits_and_overrides(tmp_path: Path) -> None:
+    """``base = "NAME"``: the base's settings with the file's on top; [train] merged key by key."""
+    from firstspike.train.model import load_config
+
+    base, btrain = load_config("csnn")
+    fash, ftrain = load_config("csnn_fashion")
+    assert fash.to_dict() == {**base.to_dict(), "name": "csnn_fashion", "input_gamma": 0.5} and ftrain == btrain
+    own = tmp_path / "own.toml"
+    own.write_text('base = "csnn"\nname = "own"\nT = 32\n[train]\nlr = 0.01\n')
+    cfg, train = load_config(own)
+    assert (cfg.name, cfg.T, cfg.layers) == ("own", 32, base.layers) and train == {**btrain, "lr": 0.01}

@@ -108,8 +108,9 @@ class NetConfig:
                 raise ConfigError(f"layer {i} ({ly.kind}) leaves an empty output {c}x{h}x{w}")
 
 
-def load_config(path_or_name: str | Path) -> tuple[NetConfig, dict[str, Any]]:
-    """Read a TOML config (a path, or a name in train/configs) -> (NetConfig, [train] table)."""
+def _config_dict(path_or_name: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config's TOML as a dict, with ``base = "NAME"`` resolved: the base config's settings,
+    this file's on top (its [train] keys one by one; its layers, if any, replace the base's)."""
     p = Path(path_or_name)
     if not p.is_file():
         cand = CONFIG_DIR / f"{path_or_name}.toml"
@@ -117,10 +118,22 @@ def load_config(path_or_name: str | Path) -> tuple[NetConfig, dict[str, Any]]:
             names = sorted(q.stem for q in CONFIG_DIR.glob("*.toml"))
             raise ConfigError(f"config {path_or_name!r} not found: give a TOML file or one of {names}")
         p = cand
+    if p.resolve() in seen:
+        raise ConfigError(f"{p}: config bases form a cycle ({' -> '.join(str(s) for s in seen)})")
     try:
         d = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML: {e}") from e
+    if "base" not in d:
+        return d
+    out = _config_dict(d.pop("base"), (*seen, p.resolve()))
+    train = {**out.get("train", {}), **d.pop("train", {})}
+    return {**out, **d, "train": train}
+
+
+def load_config(path_or_name: str | Path) -> tuple[NetConfig, dict[str, Any]]:
+    """Read a TOML config (a path, or a name in train/configs) -> (NetConfig, [train] table)."""
+    d = _config_dict(path_or_name)
     return NetConfig.from_dict(d), dict(d.get("train", {}))
 
 
