@@ -118,6 +118,16 @@ def test_validation_split_keeps_the_best_epoch(tmp_path: Path, monkeypatch: pyte
     assert [h["val_acc"] for h in ck["history"]] == [0.5, 0.7, 0.6]
     assert ck["selected_epoch"] == ck["best"]["epoch"] == 2 and ck["test_acc"] == ck["history"][1]["test_acc"]
     assert all(torch.equal(ck["state_dict"][k], ck["best"]["state_dict"][k]) for k in ck["state_dict"])
+    # the last epoch's model is kept too: a resumed run continues from it, not from the chosen one
+    last = ck["last_state_dict"]
+    assert not all(torch.equal(last[k], ck["state_dict"][k]) for k in last if k.endswith("weight"))
+    loaded: list[dict] = []
+    real_load = trainer.CSNN.load_state_dict
+    monkeypatch.setattr(trainer.CSNN, "load_state_dict", lambda self, sd, *a, **k: (loaded.append(sd), real_load(self, sd, *a, **k))[1])
+    script = iter([0.1])
+    tc.epochs = 4
+    assert train(cfg, tc, tmp_path, resume=True)["epoch"] == 4
+    assert loaded[0] is not None and all(torch.equal(loaded[0][k], last[k]) for k in last)
     with pytest.raises(Exception, match="val_images=800"):
         tc.val_images = 800
         train(cfg, tc, tmp_path / "b", resume=False)

@@ -252,7 +252,8 @@ def train(
         ck = load_checkpoint(ck_path)
         if NetConfig.from_dict(ck["net"]).to_dict() != net_cfg.to_dict():  # settings added later take their defaults
             raise CheckpointError(f"{ck_path} was trained with another architecture; use a new --out or --no-resume")
-        model.load_state_dict(ck["state_dict"])
+        # a run that ended on an earlier epoch (val_images) continues from its last one
+        model.load_state_dict(ck.get("last_state_dict", ck["state_dict"]))
         ema_init = {n: p.detach().clone() for n, p in model.named_parameters()}
         if "train_state_dict" in ck:  # the saved model is the average; training continues from the raw weights
             model.load_state_dict(ck["train_state_dict"])
@@ -384,6 +385,7 @@ def train(
                 "epoch": epoch + 1, "val_acc": val_acc, "test_acc": test_acc, "state_dict": payload["state_dict"]}
             payload["best"] = prev_best = best
             if epoch + 1 == tc.epochs and best["epoch"] != epoch + 1:  # the run ends: keep the best epoch's model
+                payload["last_state_dict"] = payload["state_dict"]  # what a resumed run continues from
                 payload["state_dict"], payload["test_acc"] = best["state_dict"], best["test_acc"]
                 payload["selected_epoch"] = best["epoch"]
                 log.info("kept epoch %d (validation %.2f%%, test %.2f%%) over the last (validation %.2f%%, test %.2f%%)",
