@@ -116,7 +116,7 @@ def main() -> None:
         # the link: request frames of these images (compact where T <= 128, as the runtime sends
         # them) and a RESULT answer, 10 bits a byte (8N1)
         def req(im: np.ndarray) -> bytes:
-            if tables.T <= 128:
+            if tables.T <= P.TIMES_T_MAX:
                 return P.frame(P.CLASSIFY_TIMES, 0, P.times_payload(tables.input_table[im.reshape(-1)], tables.T))
             return P.frame(P.CLASSIFY, 0, im.tobytes())
 

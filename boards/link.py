@@ -76,7 +76,7 @@ class BoardLink(Elaboratable):
     def elaborate(self, platform) -> Module:
         p = self.plan
         m = Module()
-        compact = p.T <= 128  # CLASSIFY_TIMES: spike times and runs of silent pixels (protocol.py)
+        compact = p.T <= P.TIMES_T_MAX  # CLASSIFY_TIMES: spike times and runs of silent pixels (protocol.py)
         m.submodules.core = core = Core(p, time_input=compact)
         m.submodules.urx = urx = UARTRx(self.divisor)
         m.submodules.utx = utx = UARTTx(self.divisor)

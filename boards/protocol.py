@@ -58,6 +58,7 @@ INFO_LEN = 4 + 1 + 2 + 4 + 1 + 8 + 1 + 2 + 2 + 4
 FLAG_SPIKES = 1
 FLAG_TIMES = 2  # CLASSIFY_TIMES understood (models with T <= 128)
 RUN_MAX = 128  # silent pixels one run byte stands for, at most
+TIMES_T_MAX = 128  # CLASSIFY_TIMES codes a spike time in the 7 bits below the run flag: models with T <= this
 RESULT_LEN = 8
 
 
