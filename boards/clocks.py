@@ -180,7 +180,7 @@ class ICE40PLLParams:
     def filter_range(self) -> int:
         """icepll's loop filter setting for the PFD frequency."""
         pfd = self.f_pfd_hz / 1e6
-        return next(i for i, lim in enumerate((17, 26, 44, 66, 101), start=1) if pfd < lim) if pfd < 101 else 6
+        return 1 + sum(pfd >= lim for lim in (17, 26, 44, 66, 101))
 
     def as_dict(self) -> dict:
         return {"DIVR": self.divr, "DIVF": self.divf, "DIVQ": self.divq, "FILTER_RANGE": self.filter_range,
