@@ -16,7 +16,8 @@ Architecture (one image at a time, all layers advance together one time step at 
      next layer, written to a two-bank buffer (bank t%2 written while bank (t-1)%2 is read).
 * Every layer runs its step concurrently; a step ends when all are done.
 * Decision: the earliest output spike (lowest class on ties); if none fires, the largest
-  V(T-1) (lowest class on ties). Optional early exit when the decision is known.
+  V(T-1) - threshold (model files' "max-margin"; older "max-potential" files: the largest
+  V(T-1)), lowest class on ties. Optional early exit when the decision is known.
 * Debug port: after the result, every layer's spike times and the output potentials
   stream out in GoldenModel.run order (CorePlan.readout_segments).
 
@@ -522,7 +523,8 @@ class Core(Elaboratable):
             decided = Signal(name="decided")
             cls = Signal(idx_bits(P.num_classes), name="cls")
             dtime = Signal(tb, name="dtime")
-            best_v = Signal(signed(pb), name="best_v")
+            vb = pb + 1 if P.silent_margin else pb  # V - threshold needs one bit more than V
+            best_v = Signal(signed(vb), name="best_v")
             best_idx = Signal(idx_bits(P.num_classes), name="best_idx")
             gL = _table([gg * L for gg in range(G)], idx_bits(P.num_classes) + 1)
             lowf = _lowest(m, fire, L, "out_lowest_fire")
@@ -530,13 +532,15 @@ class Core(Elaboratable):
                 m.d.sync += [decided.eq(0), cls.eq(0), dtime.eq(T)]
             with m.Elif(wb_int & ~decided & (fire != 0)):
                 m.d.sync += [decided.eq(1), cls.eq(gL[wb_g] + lowf), dtime.eq(t)]
-            # argmax of V(T-1) over the valid lanes, lowest index on ties: the word's potentials are
-            # registered first, then reduced by a tree (log2(L) comparators deep, not L: at 16
-            # lanes the chain was the ECP5's critical path); the result lands one cycle later,
-            # still before the control reads it (the layer's DRAIN cycle covers it)
-            am_v = [Signal(signed(pb), name=f"am_v{j}") for j in range(L)]
+            # argmax of V(T-1) - threshold (the margin rule; V(T-1) for "max-potential" model files)
+            # over the valid lanes, lowest index on ties: the word's scores are registered first,
+            # then reduced by a tree (log2(L) comparators deep, not L: at 16 lanes the chain was
+            # the ECP5's critical path); the result lands one cycle later, still before the
+            # control reads it (the layer's DRAIN cycle covers it)
+            am_v = [Signal(signed(vb), name=f"am_v{j}") for j in range(L)]
+            scores = [vs[j] - thr_w[j * pb : (j + 1) * pb].as_signed() if P.silent_margin else vs[j] for j in range(L)]
             am_mask, am_g, am_en = Signal(L, name="am_mask"), Signal.like(wb_g, name="am_g"), Signal(name="am_en")
-            m.d.sync += [*[am_v[j].eq(vs[j]) for j in range(L)], am_mask.eq(vmask), am_g.eq(wb_g),
+            m.d.sync += [*[am_v[j].eq(scores[j]) for j in range(L)], am_mask.eq(vmask), am_g.eq(wb_g),
                          am_en.eq(wb_int & (t == T - 1))]  # fmt: skip
             level = [(am_v[j], Const(j, idx_bits(L)), am_mask[j] if j else Const(1, 1)) for j in range(L)]
             while len(level) > 1:  # pairs (lower index first): the higher one wins only if strictly larger
@@ -547,7 +551,7 @@ class Core(Elaboratable):
                 if len(level) % 2:
                     nxt.append(level[-1])
                 level = nxt
-            wbv, wbi = Signal(signed(pb), name="word_best_v"), Signal(idx_bits(L), name="word_best_i")
+            wbv, wbi = Signal(signed(vb), name="word_best_v"), Signal(idx_bits(L), name="word_best_i")
             m.d.comb += [wbv.eq(level[0][0]), wbi.eq(level[0][1])]
             with m.If(am_en & ((am_g == 0) | (wbv > best_v))):
                 m.d.sync += [best_v.eq(wbv), best_idx.eq(gL[am_g] + wbi)]

@@ -121,6 +121,7 @@ class CorePlan:
     lanes: int
     debug: bool
     early_exit: bool
+    silent_margin: bool = True  # no output fired: argmax of V(T-1) - threshold (model file "max-margin"), else of V(T-1)
 
     @property
     def time_bits(self) -> int:
@@ -258,6 +259,7 @@ class CorePlan:
             "lanes": self.lanes,
             "debug": self.debug,
             "early_exit": self.early_exit,
+            "silent_margin": self.silent_margin,
             "time_bits": tb,
             "layers": layers,
             "memories": mems,
@@ -321,7 +323,8 @@ def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_ex
         raise HardwareError("the output layer has no neurons")
     plan = CorePlan(name=tables.name, T=T, input_shape=tuple(int(v) for v in tables.input_shape),
                     input_table=[int(v) for v in tables.input_table], layers=plans, lanes=lanes,
-                    debug=debug, early_exit=early_exit)  # fmt: skip
+                    debug=debug, early_exit=early_exit,
+                    silent_margin=tables.decision.get("if_silent") == "max-margin")  # fmt: skip
     bits = plan.summary()["memory_bits"]
     if bits > max_memory_bits:
         raise HardwareError(f"the core needs {bits / 1e6:.1f} Mbit of memories (limit {max_memory_bits / 1e6:.0f} Mbit): "

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from firstspike.errors import ConfigError
-from firstspike.quantize.modelfile import DECISION, Layer, ModelTables, accumulator_bounds, clip_thresholds, sha256_of
+from firstspike.quantize.modelfile import DECISIONS, Layer, ModelTables, accumulator_bounds, clip_thresholds, sha256_of
 from firstspike.train.model import CSNN, SpikingLayer
 from firstspike.train.trainer import load_checkpoint, model_from_checkpoint
 
@@ -68,7 +68,7 @@ def tables_from_model(model: CSNN, weight_bits: int | None = None, meta: dict | 
                                 clip_thresholds(thr, w, T), bits, sb, pb))  # fmt: skip
         shape = out_shape
     return ModelTables(name=cfg.name, T=T, input_shape=tuple(cfg.input_shape), input_table=model.table.numpy().astype(np.int32),  # type: ignore[arg-type]
-                       layers=layers, decision=dict(DECISION), meta=meta or {})  # fmt: skip
+                       layers=layers, decision=dict(DECISIONS[cfg.silent_rule]), meta=meta or {})  # fmt: skip
 
 
 def quantize_checkpoint(checkpoint: str | os.PathLike, weight_bits: int | None = None) -> tuple[ModelTables, CSNN]:

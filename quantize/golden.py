@@ -100,11 +100,13 @@ def _min_pool(t: np.ndarray, k: int) -> np.ndarray:
     return t[:, :, : Ho * k, : Wo * k].reshape(B, C, Ho, k, Wo, k).min(axis=(3, 5))
 
 
-def decide(t_out: np.ndarray, v_last: np.ndarray, T: int) -> np.ndarray:
-    """Earliest output spike (lowest index on ties); if none fires, largest V(T-1)
-    (lowest index on ties)."""
+def decide(t_out: np.ndarray, v_last: np.ndarray, T: int, thresholds: np.ndarray | None = None) -> np.ndarray:
+    """Earliest output spike (lowest index on ties); if none fires, the largest
+    V(T-1) - threshold with ``thresholds`` (model files' "max-margin"), else the largest
+    V(T-1) ("max-potential"); lowest index on ties."""
     fired = t_out.min(axis=1) < T
-    return np.where(fired, np.argmin(t_out, axis=1), np.argmax(v_last, axis=1)).astype(np.int64)
+    score = v_last if thresholds is None else v_last.astype(np.int64) - np.asarray(thresholds, np.int64)[None, :]
+    return np.where(fired, np.argmin(t_out, axis=1), np.argmax(score, axis=1)).astype(np.int64)
 
 
 @dataclass
@@ -148,7 +150,9 @@ class GoldenModel:
                 times.append(t)
         assert v_last is not None
         vl = v_last.reshape(len(t), -1)
-        return GoldenResult(decide(t.reshape(len(t), -1), vl, self.T), times, vl)
+        out = self.tables.layers[-1]
+        thr = out.thresholds if self.tables.decision["if_silent"] == "max-margin" else None
+        return GoldenResult(decide(t.reshape(len(t), -1), vl, self.T, thr), times, vl)
 
     def run(self, images: np.ndarray, keep_times: bool = True, batch: int = 1000, progress: bool = False) -> GoldenResult:
         """Classes, output potentials and (``keep_times``) every layer's spike times."""

@@ -88,10 +88,13 @@ class ModelTables:
 DECISION = {
     "rule": "earliest-spike",
     "ties": "lowest-index",
-    "if_silent": "max-potential",
+    "if_silent": "max-margin",  # largest V(T-1) - threshold
     "potential_at": "T-1",
     "silent_ties": "lowest-index",
 }
+# the rule of model files written before 2026-11-29 (largest V(T-1)); still read and run
+DECISION_POTENTIAL = {**DECISION, "if_silent": "max-potential"}
+DECISIONS = {"margin": DECISION, "potential": DECISION_POTENTIAL}  # by NetConfig.silent_rule
 
 
 # --- bounds ------------------------------------------------------------------------------
@@ -277,7 +280,7 @@ def _from_header(h: dict, payload: bytes) -> ModelTables:
         layers.append(ly)
         shape = outs
     _need(bool(layers) and layers[-1].kind == "fc", "the last layer must be fc (the output layer)")
-    _need(h["decision"] == DECISION, f"unsupported decision rule {h['decision']!r}")
+    _need(h["decision"] in DECISIONS.values(), f"unsupported decision rule {h['decision']!r}")
     return ModelTables(name=str(h["name"]), T=T, input_shape=_shape3(h["input_shape"], "input_shape"), input_table=table,
                        layers=layers, decision=dict(h["decision"]), meta=dict(h.get("meta", {})))  # fmt: skip
 

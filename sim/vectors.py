@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from firstspike.quantize.golden import GoldenModel, GoldenResult
-from firstspike.quantize.modelfile import Layer, ModelTables, accumulator_bounds, clip_thresholds
+from firstspike.quantize.modelfile import DECISIONS, Layer, ModelTables, accumulator_bounds, clip_thresholds
 
 
 def _conv_out(h: int, k: int, s: int, p: int) -> int:
@@ -17,12 +17,13 @@ def _conv_out(h: int, k: int, s: int, p: int) -> int:
 
 def random_tables(rng: np.random.Generator, *, T: int | None = None, side: int | None = None, max_channels: int = 6,
                   max_layers: int = 2, weight_bits: int = 1, in_channels: int = 1, fire_bias: float | None = None,
-                  out_weight_bits: int | None = None) -> ModelTables:  # fmt: skip
+                  out_weight_bits: int | None = None, silent_rule: str | None = None) -> ModelTables:  # fmt: skip
     """A random valid network: conv layers (random kernel, stride, padding, optional 2x2 or
     3x3 pooling), then fc. Thresholds are drawn around the typical potential so that some
     neurons fire early, some late and some never (plus the edge values 0 and 'unreachable').
     ``out_weight_bits``: another weight width for the output layer (as binary networks with a
-    k-bit classifier, ``NetConfig.out_weight_bits``)."""
+    k-bit classifier, ``NetConfig.out_weight_bits``). ``silent_rule``: the decision when no
+    output fires ("margin" or "potential", ``DECISIONS``); drawn when not given."""
     T = int(T or rng.integers(2, 24))
     side = int(side or rng.integers(5, 11))
     shape = (in_channels, side, side)
@@ -67,7 +68,8 @@ def random_tables(rng: np.random.Generator, *, T: int | None = None, side: int |
     layers.append(spiking("fc", cur, int(rng.integers(1, 11)), 0, 1, 0, out_weight_bits or weight_bits))
     table = np.floor((255 - np.arange(256)) * T / 256).astype(np.int32)
     table[0] = T
-    return ModelTables(name="random", T=T, input_shape=shape, input_table=table, layers=layers)
+    rule = silent_rule or str(rng.choice(sorted(DECISIONS)))
+    return ModelTables(name="random", T=T, input_shape=shape, input_table=table, layers=layers, decision=dict(DECISIONS[rule]))
 
 
 def random_images(rng: np.random.Generator, n: int, shape: tuple[int, int, int]) -> np.ndarray:

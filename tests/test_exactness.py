@@ -16,6 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from firstspike.quantize.golden import decide as golden_decide
 from firstspike.train import kernels, stepwise
 from firstspike.train.functional import SpikeFire, decide, input_table, relative_targets
 from firstspike.train.model import CSNN, LayerSpec, NetConfig, integer_threshold
@@ -293,6 +294,13 @@ def test_decision_rule() -> None:
     t = torch.tensor([[3.0, 2.0, 2.0], [10.0, 10.0, 10.0], [10.0, 10.0, 10.0], [0.0, 10.0, 0.0]])
     v = torch.tensor([[0.0, 0.0, 0.0], [1.0, 5.0, 5.0], [-3.0, -3.0, -4.0], [0.0, 0.0, 0.0]])
     assert decide(t, v, T).tolist() == [1, 1, 0, 0]
+    # the margin rule: if no output fired, the largest V - thr (lowest index on ties); image 1's
+    # margins are 1, -1, 3 (class 2, where V alone says 1), image 2's -3, -9, -6 (class 0)
+    thr = torch.tensor([0.0, 6.0, 2.0])
+    assert decide(t, v, T, thr).tolist() == [1, 2, 0, 0]
+    assert decide(t[1:2], v[1:2], T, torch.tensor([0.0, 4.0, 4.0])).tolist() == [0]  # margins 1, 1, 1: lowest
+    g = golden_decide(t.numpy().astype(np.int64), v.numpy().astype(np.int64), T, thr.numpy().astype(np.int64))
+    assert g.tolist() == [1, 2, 0, 0]  # the golden model's copy of the rule agrees
 
 
 def test_relative_targets() -> None:

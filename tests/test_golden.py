@@ -54,7 +54,8 @@ def random_net(draw) -> tuple[CSNN, np.ndarray]:
             h //= 2
     layers.append(LayerSpec("fc", channels=draw(st.integers(1, 10))))
     cfg = NetConfig(name="rand", T=T, mode="binary", input_shape=(1, side, side), layers=layers,
-                    per_channel_alpha=draw(st.booleans()), out_weight_bits=draw(st.sampled_from([1, 1, 2, 3, 8])))  # fmt: skip
+                    per_channel_alpha=draw(st.booleans()), out_weight_bits=draw(st.sampled_from([1, 1, 2, 3, 8])),
+                    silent_rule=draw(st.sampled_from(["margin", "potential"])))  # fmt: skip
     torch.manual_seed(draw(st.integers(0, 2**31 - 1)))
     net = CSNN(cfg)
     # alpha spans tiny (huge thresholds: silent) to large (threshold 1: fires at the first event)
@@ -103,7 +104,7 @@ def test_random_cases_cover_silence_and_ties() -> None:
     x = np.random.default_rng(0).integers(0, 256, size=(4, 6, 6)).astype(np.uint8)
     g = GoldenModel(tables_from_model(net))
     res = g.run(x)
-    assert (res.layer_times[-1] == 8).all()  # all-silent outputs: decided by potential
+    assert (res.layer_times[-1] == 8).all()  # all-silent outputs: decided by V(T-1) - threshold
     hidden = res.layer_times[1]
     assert len(np.unique(hidden)) < hidden.size  # ties
     mism, cls = compare(net, g, x)

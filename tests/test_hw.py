@@ -45,7 +45,8 @@ def test_core_equals_golden_random_networks(seed: int, lanes: int, stalls: bool,
 
 def test_random_networks_cover_pooling_padding_stride_and_silence() -> None:
     """The generator behind the property test reaches the cases that matter."""
-    seen = {"pool2": 0, "pool3": 0, "pad": 0, "stride2": 0, "silent_out": 0, "fired_out": 0, "thr0": 0}
+    seen = {"pool2": 0, "pool3": 0, "pad": 0, "stride2": 0, "silent_out": 0, "fired_out": 0, "thr0": 0,
+            "rules_disagree": 0, "potential_rule": 0}  # silent images the two decision rules decide differently
     for seed in range(120):
         rng = np.random.default_rng(seed)
         t = random_tables(rng)
@@ -55,9 +56,14 @@ def test_random_networks_cover_pooling_padding_stride_and_silence() -> None:
             seen["pad"] += ly.kind == "conv" and ly.padding > 0
             seen["stride2"] += ly.kind == "conv" and ly.stride == 2
             seen["thr0"] += ly.kind != "pool" and bool((ly.thresholds == 0).any())
-        e = expected(t, random_images(rng, 2, t.input_shape))
+        imgs = random_images(rng, 2, t.input_shape)
+        e = expected(t, imgs)
         seen["silent_out"] += int((e.first_time == t.T).sum())
         seen["fired_out"] += int((e.first_time < t.T).sum())
+        v = GoldenModel(t).run(imgs, keep_times=False).v_last
+        by_v, by_margin = v.argmax(1), (v - t.layers[-1].thresholds[None, :]).argmax(1)
+        seen["rules_disagree"] += int(((e.first_time == t.T) & (by_v != by_margin)).sum())
+        seen["potential_rule"] += int(t.decision["if_silent"] == "max-potential")
     assert all(v >= 3 for v in seen.values()), seen
 
 

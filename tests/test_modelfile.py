@@ -26,8 +26,10 @@ from hypothesis import strategies as st
 import firstspike.quantize.modelfile as mf
 from firstspike.errors import ConfigError
 from firstspike.quantize.export import tables_from_model
+from firstspike.quantize.golden import GoldenModel
 from firstspike.quantize.modelfile import (
     DECISION,
+    DECISION_POTENTIAL,
     FORMAT_VERSION,
     MAGIC,
     Layer,
@@ -148,6 +150,28 @@ def layer_entry(header: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 # --- 1. round trips ---------------------------------------------------------------------------
+def test_silent_rule_travels_in_the_file() -> None:
+    """NetConfig.silent_rule becomes the header's if_silent; files of the older rule
+    ("max-potential") still load, and the golden model decides by the rule the file names."""
+    model = random_net("binary", seed=5)
+    t = tables_from_model(model)
+    assert t.decision == DECISION and DECISION["if_silent"] == "max-margin"
+    model.cfg.silent_rule = "potential"
+    old = decode(encode(tables_from_model(model)))
+    assert old.decision == DECISION_POTENTIAL
+    # the same network under both rules, on images where no output fires (thresholds unreachable)
+    for ly in (t, old):
+        out = ly.layers[-1]
+        out.thresholds = potential_range(out.weights, ly.T)[1] + 1 - np.arange(out.out_shape[0])
+    x = np.random.default_rng(0).integers(0, 256, size=(40, 10, 10)).astype(np.uint8)
+    new_res, old_res = GoldenModel(t).run(x), GoldenModel(old).run(x)
+    assert (new_res.layer_times[-1] == t.T).all()
+    np.testing.assert_array_equal(new_res.v_last, old_res.v_last)
+    np.testing.assert_array_equal(old_res.classes, old_res.v_last.argmax(1))
+    np.testing.assert_array_equal(new_res.classes, (new_res.v_last - t.layers[-1].thresholds).argmax(1))
+    assert (new_res.classes != old_res.classes).any()  # the rules differ on these images
+
+
 def test_binary_round_trip_exact() -> None:
     """Random binary net -> tables -> bytes -> tables: identical, and equal to the model's own
     +-1 weights / integer thresholds, geometry, T, widths and decision rule."""
@@ -331,6 +355,7 @@ HEADER_EDITS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "T-below-table": (_edit(["T"], 8), "input table holds times beyond T"),
     "format": (_edit(["format"], "other"), "not a firstspike model header"),
     "decision": (_edit(["decision", "rule"], "majority"), "unsupported decision rule"),
+    "if_silent": (_edit(["decision", "if_silent"], "max-vote"), "unsupported decision rule"),
     "slope_bits": (_edit(["conv", "slope_bits"], 31), "layer 0: accumulator widths do not match the weights"),
     "potential_bits": (_edit(["fc", "potential_bits"], 1), "layer 2: accumulator widths do not match the weights"),
     "thr-nbytes": (_edit(["conv", "thresholds", "nbytes"], 8), "layer 0 thresholds: 8 bytes stored, 12 expected"),

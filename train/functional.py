@@ -141,12 +141,15 @@ def min_pool(t: torch.Tensor, k: int) -> torch.Tensor:
     return -F.max_pool2d(-t, k, stride=k)
 
 
-def decide(t_out: torch.Tensor, v_last: torch.Tensor, T: int) -> torch.Tensor:
-    """Class = earliest output spike (lowest index on ties); if none fires, largest V(T-1)
-    (lowest index on ties). The one definition used everywhere."""
+def decide(t_out: torch.Tensor, v_last: torch.Tensor, T: int, thresholds: torch.Tensor | None = None) -> torch.Tensor:
+    """Class = earliest output spike (lowest index on ties); if none fires, the largest
+    V(T-1) - threshold with ``thresholds`` (the "margin" rule: the output nearest its own
+    threshold), else the largest V(T-1) (the "potential" rule of older models); lowest index
+    on ties. The one definition used everywhere."""
     fired = t_out.min(dim=1).values < T
     by_time = torch.argmin(t_out, dim=1)
-    by_v = torch.argmax(v_last, dim=1)
+    score = v_last if thresholds is None else v_last - thresholds.to(v_last.dtype).view(1, -1)
+    by_v = torch.argmax(score, dim=1)
     return torch.where(fired, by_time, by_v)
 
 

@@ -23,6 +23,7 @@ from firstspike.train.functional import SpikeFire, decide, encode, input_table, 
 
 log = logging.getLogger(__name__)
 
+SILENT_RULES = ("margin", "potential")  # NetConfig.silent_rule (functional.decide)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -51,6 +52,8 @@ class NetConfig:
     out_calib_time: float = 0.75
     clip: bool = True  # binary: clip the straight-through gradient to |w| <= 1
     input_gamma: float = 1.0  # input code t = (1 - (p/255)^gamma) T (1: linear; < 1: dim pixels earlier)
+    silent_rule: str = "margin"  # class when no output fires: largest V(T-1) - threshold ("margin"),
+    #   or largest V(T-1) ("potential", the rule before 2026-11-29; outputs' thresholds differ by ~10x)
     out_weight_bits: int = 1  # binary mode: weight width of the output layer (1: +-1 like the
     #   hidden layers; k >= 2: integers -(2^(k-1)-1)..2^(k-1)-1 times a per-class scale, exact)
 
@@ -93,6 +96,8 @@ class NetConfig:
     def validate(self) -> None:
         if not 0.0 < self.input_gamma <= 4.0:
             raise ConfigError(f"input_gamma={self.input_gamma}: choose a value in (0, 4] (1: linear)")
+        if self.silent_rule not in SILENT_RULES:
+            raise ConfigError(f"silent_rule={self.silent_rule!r}: choose one of {SILENT_RULES}")
         if not 1 <= self.out_weight_bits <= 8:
             raise ConfigError(f"out_weight_bits={self.out_weight_bits}: choose 1 (binary) .. 8")
         if self.mode not in ("binary", "real"):
@@ -266,8 +271,20 @@ class CSNN(nn.Module):
     def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(classes, spike times of every layer) with the decision rule of the model."""
         outs = self.forward_all(images)
-        v_last = self.layers[-1].potential_at(outs[-2], self.T - 1).flatten(1)
-        return decide(outs[-1].flatten(1), v_last, self.T), outs
+        return self.decide(outs[-1].flatten(1), outs[-2]), outs
+
+    @torch.no_grad()
+    def decide(self, t_out: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
+        """Classes from the output times and the output layer's input times, by the model's
+        decision rule (``cfg.silent_rule`` for images where no output fires)."""
+        out = self.layers[-1]
+        v_last = out.potential_at(t_in.detach(), self.T - 1).flatten(1)
+        thr = None
+        if self.cfg.silent_rule == "margin":  # the thresholds as exported: at most the highest reachable V + 1
+            _, w, thr = out.effective()
+            hi = w.detach().double().clamp_min(0).flatten(1).sum(1) * (self.T - 1)
+            thr = torch.minimum(thr.detach().double(), hi + 1).to(v_last.device)
+        return decide(t_out.detach(), v_last, self.T, thr)
 
     @torch.no_grad()
     def calibrate(self, images: torch.Tensor, method: str = "median") -> None:

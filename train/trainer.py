@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from firstspike.data import load_split
 from firstspike.errors import CheckpointError, ConfigError
-from firstspike.train.functional import decide, latency_slope, potential_loss, relative_targets, silence_penalty, spike_loss
+from firstspike.train.functional import latency_slope, potential_loss, relative_targets, silence_penalty, spike_loss
 from firstspike.train.model import CSNN, NetConfig
 
 log = logging.getLogger(__name__)
@@ -329,8 +329,7 @@ def train(
                         ema[n].mul_(d).add_(p.detach(), alpha=1.0 - d)
             with torch.no_grad():
                 # the model's decision rule (earliest spike; if none fires, largest V(T-1))
-                v_last = model.layers[-1].potential_at(outs[-2].detach(), T - 1).flatten(1)
-                pred = decide(t_out.detach(), v_last, T)
+                pred = model.decide(t_out, outs[-2])
                 run_correct += float((pred == yb).sum())
                 run_n += len(yb)
                 run_loss += float(loss.detach()) * len(yb)
