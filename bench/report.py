@@ -61,6 +61,22 @@ def render_docs() -> Path:
                   "took longer than the uncontended MNIST epoch of the speed benchmark above.", ""]  # fmt: skip
         if (RESULTS / "accuracy_curves.png").is_file():
             lines += ["![accuracy against epoch](../bench/results/accuracy_curves.png)", ""]
+    sr = _load("silent_rule")
+    if sr:
+        lines += ["## The decision when no output fires (bench/silent_rule.py)", "",
+                  "Integer golden model on the whole test set; the rules differ only on images where no output "
+                  f"fires. {_hw(sr)}; {sr['date']}, commit {sr['commit']}.", "",
+                  "| checkpoint | dataset | output thresholds | images with no output spike | right there: largest V(T-1) / "
+                  "largest V(T-1) - threshold | test accuracy: largest V(T-1) (old rule) | largest V(T-1) - threshold (default) |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in sr["runs"]:
+            right = "-" if not r["silent_images"] else f"{100 * r['silent_right_potential']:.1f}% / {100 * r['silent_right_margin']:.1f}%"
+            lines.append(
+                f"| `{r['checkpoint']}` | {r['dataset']} | {min(r['output_thresholds'])}..{max(r['output_thresholds'])} | "
+                f"{r['silent_images']} ({100 * r['silent_fraction']:.1f}%) | {right} | {100 * r['accuracy_potential']:.2f}% | "
+                f"**{100 * r['accuracy_margin']:.2f}%** |"
+            )
+        lines.append("")
     at = _load("accuracy_vs_T")
     if at:
         lines += ["## Accuracy against T (bench/accuracy_vs_T.py)", "",

@@ -30,16 +30,8 @@ from __future__ import annotations
 from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
 from amaranth.lib.memory import Memory
 
+from firstspike.hw.decision import Decision, lowest_set
 from firstspike.hw.plan import CorePlan, LayerPlan, fan_out, idx_bits, ubits
-
-
-def _lowest(m: Module, bits: Signal, n: int, name: str) -> Signal:
-    """Index of the lowest set bit of ``bits`` (0 when none)."""
-    out = Signal(idx_bits(n), name=name)
-    for j in reversed(range(n)):
-        with m.If(bits[j]):
-            m.d.comb += out.eq(j)
-    return out
 
 
 def _table(values: list[int], width: int) -> Array:
@@ -183,14 +175,12 @@ class Core(Elaboratable):
             busy_all.append(busy)
             dec = d or dec
         assert dec is not None
-        decided, cls, dtime, best_idx = dec
 
         # ---- control -------------------------------------------------------------------
         cycles = Signal(32)
         any_busy = Signal()
         m.d.comb += any_busy.eq(Cat(*busy_all).any())
-        m.d.comb += self.res_class.eq(Mux(decided, cls, best_idx))
-        m.d.comb += [self.res_fired.eq(decided), self.res_time.eq(Mux(decided, dtime, T)), self.res_cycles.eq(cycles)]
+        m.d.comb += [self.res_class.eq(dec.cls), self.res_fired.eq(dec.fired), self.res_time.eq(dec.time), self.res_cycles.eq(cycles)]
         ro_done = Signal()
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
@@ -217,7 +207,7 @@ class Core(Elaboratable):
                 with m.If(~any_busy):
                     stop = t == T - 1
                     if P.early_exit:
-                        stop = stop | decided
+                        stop = stop | dec.fired
                     with m.If(stop):
                         m.next = "RESULT"
                     with m.Else():
@@ -288,7 +278,7 @@ class Core(Elaboratable):
         more = Signal(name=f"{name}_more")
         ptr = Signal(src.nb if src.kind == "bucket" else 1, name=f"{name}_ptr")
         idx = Signal(idx_bits(max(2, src.entries + 1)) if src.kind == "bank" else 1, name=f"{name}_idx")
-        li = _lowest(m, e_mask, Lin, f"{name}_li")
+        li = lowest_set(m, e_mask, Lin, f"{name}_li")
         # synapse loop
         ky_i, kx_i = Signal(ubits(lp.KH), name=f"{name}_kyi"), Signal(ubits(lp.KW), name=f"{name}_kxi")
         n_y, n_x = Signal(ubits(lp.KH), name=f"{name}_ny"), Signal(ubits(lp.KW), name=f"{name}_nx")
@@ -520,42 +510,12 @@ class Core(Elaboratable):
                          bw.en.eq(emit & (newp != 0))]  # fmt: skip
             nsrc = _Src("bank", bank_r=br, count=cnt_prev, entries=E, xb=xb, yb=yb, gb=gb, lanes=L)
         else:
-            decided = Signal(name="decided")
-            cls = Signal(idx_bits(P.num_classes), name="cls")
-            dtime = Signal(tb, name="dtime")
-            vb = pb + 1 if P.silent_margin else pb  # V - threshold needs one bit more than V
-            best_v = Signal(signed(vb), name="best_v")
-            best_idx = Signal(idx_bits(P.num_classes), name="best_idx")
-            gL = _table([gg * L for gg in range(G)], idx_bits(P.num_classes) + 1)
-            lowf = _lowest(m, fire, L, "out_lowest_fire")
-            with m.If(go & first):
-                m.d.sync += [decided.eq(0), cls.eq(0), dtime.eq(T)]
-            with m.Elif(wb_int & ~decided & (fire != 0)):
-                m.d.sync += [decided.eq(1), cls.eq(gL[wb_g] + lowf), dtime.eq(t)]
-            # argmax of V(T-1) - threshold (the margin rule; V(T-1) for "max-potential" model files)
-            # over the valid lanes, lowest index on ties: the word's scores are registered first,
-            # then reduced by a tree (log2(L) comparators deep, not L: at 16 lanes the chain was
-            # the ECP5's critical path); the result lands one cycle later, still before the
-            # control reads it (the layer's DRAIN cycle covers it)
-            am_v = [Signal(signed(vb), name=f"am_v{j}") for j in range(L)]
-            scores = [vs[j] - thr_w[j * pb : (j + 1) * pb].as_signed() if P.silent_margin else vs[j] for j in range(L)]
-            am_mask, am_g, am_en = Signal(L, name="am_mask"), Signal.like(wb_g, name="am_g"), Signal(name="am_en")
-            m.d.sync += [*[am_v[j].eq(scores[j]) for j in range(L)], am_mask.eq(vmask), am_g.eq(wb_g),
-                         am_en.eq(wb_int & (t == T - 1))]  # fmt: skip
-            level = [(am_v[j], Const(j, idx_bits(L)), am_mask[j] if j else Const(1, 1)) for j in range(L)]
-            while len(level) > 1:  # pairs (lower index first): the higher one wins only if strictly larger
-                nxt = []
-                for a_, b_ in zip(level[0::2], level[1::2]):
-                    take_b = b_[2] & (~a_[2] | (b_[0] > a_[0]))
-                    nxt.append((Mux(take_b, b_[0], a_[0]), Mux(take_b, b_[1], a_[1]), a_[2] | b_[2]))
-                if len(level) % 2:
-                    nxt.append(level[-1])
-                level = nxt
-            wbv, wbi = Signal(signed(vb), name="word_best_v"), Signal(idx_bits(L), name="word_best_i")
-            m.d.comb += [wbv.eq(level[0][0]), wbi.eq(level[0][1])]
-            with m.If(am_en & ((am_g == 0) | (wbv > best_v))):
-                m.d.sync += [best_v.eq(wbv), best_idx.eq(gL[am_g] + wbi)]
-            dec = (decided, cls, dtime, best_idx)
+            dec = Decision(L, G, P.num_classes, pb, tb, T, margin=P.silent_margin)
+            m.submodules.decision = dec
+            m.d.comb += [dec.clear.eq(go & first), dec.words.valid.eq(wb_int), dec.words.payload.group.eq(wb_g),
+                         dec.words.payload.t.eq(t), dec.words.payload.fire.eq(fire), dec.words.payload.valid.eq(vmask),
+                         *[dec.words.payload.v[j].eq(vs[j]) for j in range(L)],
+                         *[dec.words.payload.thr[j].eq(thr_w[j * pb : (j + 1) * pb].as_signed()) for j in range(L)]]  # fmt: skip
             if P.debug:
                 ro_ports["v_last"] = ((st_r, ro_addr, ro_en), L, G, lp.Co, 1, LW, sb, pb, True)
         return busy, nsrc, dec

@@ -163,12 +163,12 @@ def test_priority_encoder_sub_block_exhaustive() -> None:
     from amaranth.hdl import Module, Signal
     from amaranth.sim import Simulator
 
-    from firstspike.hw.core import _lowest
+    from firstspike.hw.decision import lowest_set
 
     n = 6
     m = Module()
     bits = Signal(n)
-    out = _lowest(m, bits, n, "low")
+    out = lowest_set(m, bits, n, "low")
     seen = []
 
     async def bench(ctx) -> None:
@@ -204,3 +204,54 @@ def test_work_counts_every_synaptic_update() -> None:
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(work["synaptic_updates"], work["layer_synaptic_updates"].sum(axis=0))
     assert work["synaptic_updates"].sum() > 0
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), lanes=st.integers(1, 5), classes=st.integers(1, 11), margin=st.booleans())
+def test_decision_unit_equals_the_rule(seed: int, lanes: int, classes: int, margin: bool) -> None:
+    """The decision component alone, fed the output layer's words step by step (groups in
+    order, random idle cycles between words), against the decision rule written in Python:
+    earliest firing class (lowest on ties), else the largest V(T-1) - thr (or V(T-1))."""
+    from amaranth.sim import Simulator
+
+    from firstspike.hw.decision import Decision
+    from firstspike.quantize.golden import decide
+
+    rng = np.random.default_rng(seed)
+    T, pb, G = int(rng.integers(2, 9)), 9, -(-classes // lanes)
+    fire_t = np.where(rng.random(classes) < 0.3, rng.integers(0, T, classes), T)  # most images: nothing fires
+    v = rng.integers(-(1 << (pb - 2)), 1 << (pb - 2), size=classes)
+    v[rng.random(classes) < 0.3] = v[0]  # ties
+    thr = rng.integers(0, 1 << (pb - 2), size=classes)
+    dut = Decision(lanes, G, classes, pb, 4, T, margin=margin)
+    got = {}
+
+    async def bench(ctx) -> None:
+        ctx.set(dut.clear, 1)
+        await ctx.tick()
+        ctx.set(dut.clear, 0)
+        for t in range(T):
+            for g in range(G):
+                for _ in range(int(rng.integers(0, 2))):
+                    await ctx.tick()  # idle cycle
+                cs = [g * lanes + j for j in range(lanes)]
+                ctx.set(dut.words.valid, 1)
+                ctx.set(dut.words.payload.group, g)
+                ctx.set(dut.words.payload.t, t)
+                ctx.set(dut.words.payload.fire, sum(1 << j for j, c in enumerate(cs) if c < classes and fire_t[c] == t))
+                ctx.set(dut.words.payload.valid, sum(1 << j for j, c in enumerate(cs) if c < classes))
+                for j, c in enumerate(cs):  # lanes past the last class carry junk the unit must ignore
+                    ctx.set(dut.words.payload.v[j], int(v[c]) if c < classes else (1 << (pb - 1)) - 1)
+                    ctx.set(dut.words.payload.thr[j], int(thr[c]) if c < classes else 0)
+                await ctx.tick()
+                ctx.set(dut.words.valid, 0)
+        await ctx.tick()
+        await ctx.tick()
+        got.update(fired=ctx.get(dut.fired), cls=ctx.get(dut.cls), time=ctx.get(dut.time))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    want = decide(fire_t[None], v[None], T, thr if margin else None)[0]
+    assert got == {"fired": int(fire_t.min() < T), "cls": int(want), "time": int(min(fire_t.min(), T))}

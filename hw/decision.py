@@ -1,0 +1,95 @@
+"""The decision unit of the core: a component fed by the output layer's integration words.
+
+Semantics (the model file's decision rule): the class is the earliest output spike, lowest
+class on ties; if no output fires by T-1, the largest V(T-1) - threshold ("max-margin") or the
+largest V(T-1) ("max-potential" model files), lowest class on ties.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from firstspike.hw.plan import idx_bits
+
+
+def lowest_set(m: Module, bits: Signal, n: int, name: str) -> Signal:
+    """Index of the lowest set bit of ``bits`` (0 when none): a priority encoder."""
+    out = Signal(idx_bits(n), name=name)
+    for j in reversed(range(n)):
+        with m.If(bits[j]):
+            m.d.comb += out.eq(j)
+    return out
+
+
+def word_layout(lanes: int, groups: int, potential_bits: int, time_bits: int) -> data.StructLayout:
+    """One integration word of the output layer: ``lanes`` outputs of group ``group`` at step
+    ``t`` (class = group * lanes + lane), which of them fire now, which are real outputs (the
+    last group may be partial), their potentials after this step and their thresholds."""
+    return data.StructLayout({
+        "group": idx_bits(groups),
+        "t": time_bits,
+        "fire": lanes,
+        "valid": lanes,
+        "v": data.ArrayLayout(signed(potential_bits), lanes),
+        "thr": data.ArrayLayout(signed(potential_bits), lanes),
+    })  # fmt: skip
+
+
+class Decision(wiring.Component):
+    """``clear`` (a pulse at the first step of an image) resets it; every word of ``words``
+    (always ready: one per cycle while the output layer integrates) updates it. ``fired``,
+    ``cls`` and ``time`` hold the decision so far; the V(T-1) argmax lands one cycle after the
+    last word of step T-1 (its words are registered, then reduced by a tree of log2(lanes)
+    comparators; the core reads the result later)."""
+
+    def __init__(self, lanes: int, groups: int, num_classes: int, potential_bits: int, time_bits: int, T: int,
+                 margin: bool = True):  # fmt: skip
+        self.lanes, self.groups, self.num_classes = lanes, groups, num_classes
+        self.potential_bits, self.time_bits, self.T, self.margin = potential_bits, time_bits, T, margin
+        cw = idx_bits(num_classes)
+        super().__init__({
+            "clear": In(1),
+            "words": In(stream.Signature(word_layout(lanes, groups, potential_bits, time_bits), always_ready=True)),
+            "fired": Out(1),
+            "cls": Out(cw),
+            "time": Out(time_bits),
+        })  # fmt: skip
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        L, T, pb = self.lanes, self.T, self.potential_bits
+        cw = idx_bits(self.num_classes)
+        w = self.words.payload
+        base = Array(Const(g * L, cw + 1) for g in range(self.groups))  # first class of each group
+
+        # earliest spike: the first word with a firing lane, its lowest lane
+        decided, first_cls, dtime = Signal(), Signal(cw), Signal(self.time_bits)
+        lowest = lowest_set(m, w.fire, L, "lowest_fire")
+        with m.If(self.clear):
+            m.d.sync += [decided.eq(0), first_cls.eq(0), dtime.eq(T)]
+        with m.Elif(self.words.valid & ~decided & (w.fire != 0)):
+            m.d.sync += [decided.eq(1), first_cls.eq(base[w.group] + lowest), dtime.eq(w.t)]
+
+        # argmax of the scores of step T-1 over the valid lanes and groups, lowest class on ties
+        vb = pb + 1 if self.margin else pb  # V - threshold needs one bit more than V
+        score = [Signal(signed(vb), name=f"score{j}") for j in range(L)]
+        mask, group, en = Signal(L), Signal.like(w.group), Signal()
+        m.d.sync += [*[score[j].eq(w.v[j] - w.thr[j] if self.margin else w.v[j]) for j in range(L)],
+                     mask.eq(w.valid), group.eq(w.group), en.eq(self.words.valid & (w.t == T - 1))]  # fmt: skip
+        level = [(score[j], Const(j, idx_bits(L)), mask[j] if j else Const(1, 1)) for j in range(L)]
+        while len(level) > 1:  # pairs (lower index first): the higher one wins only if strictly larger
+            nxt = []
+            for a, b in zip(level[0::2], level[1::2]):
+                take_b = b[2] & (~a[2] | (b[0] > a[0]))
+                nxt.append((Mux(take_b, b[0], a[0]), Mux(take_b, b[1], a[1]), a[2] | b[2]))
+            if len(level) % 2:
+                nxt.append(level[-1])
+            level = nxt
+        best_v, best_cls = Signal(signed(vb)), Signal(cw)
+        with m.If(en & ((group == 0) | (level[0][0] > best_v))):
+            m.d.sync += [best_v.eq(level[0][0]), best_cls.eq(base[group] + level[0][1])]
+
+        m.d.comb += [self.fired.eq(decided), self.cls.eq(Mux(decided, first_cls, best_cls)), self.time.eq(Mux(decided, dtime, T))]
+        return m
