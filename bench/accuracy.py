@@ -107,7 +107,9 @@ def main() -> None:
         results.append({
             "dataset": dataset, "mode": mode, "config": args.config, "checkpoint": f"bench/results/{stem}.pt", "T": cfg.T,
             "epochs": ck["epoch"],
-            "train_images": tc.train_subset or 60000, "test_acc": ck["test_acc"],
+            "train_images": (ck["train"].get("train_subset") or 60000) - ck["train"].get("val_images", 0),
+            "val_images": ck["train"].get("val_images", 0),
+            "selected_epoch": ck.get("selected_epoch", ck["epoch"]), "test_acc": ck["test_acc"],
             **({"test_acc_at_training": ck["test_acc_at_training"]} if "test_acc_at_training" in ck else {}),
             "best_test_acc": max(h["test_acc"] for h in hist), "paper": PAPER[(dataset, mode)],
             "wall_minutes": sum(h["seconds"] for h in hist) / 60, "this_call_minutes": wall / 60,

@@ -72,3 +72,23 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     os.replace(tmp, path)
     logging.getLogger("bench").info("wrote %s", path)
     return path
+
+
+def add_model_args(ap, default: str) -> None:
+    """The options of the benchmarks that run trained checkpoints on their test sets."""
+    ap.add_argument("--models", default=default, help="comma-separated dataset:checkpoint")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N test images")
+    ap.add_argument("--batch", type=int, default=1000)
+
+
+def model_specs(spec: str) -> list[tuple[str, str]]:
+    """``dataset:checkpoint,...`` -> [(dataset, checkpoint)], skipping (with a warning) files
+    that are not there."""
+    out = []
+    for item in spec.split(","):
+        dataset, ck = item.split(":", 1)
+        if Path(ck).is_file():
+            out.append((dataset, ck))
+        else:
+            logging.getLogger("bench").warning("skipping %s: %s not found (run bench/accuracy.py)", dataset, ck)
+    return out

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
+from common import add_model_args, model_specs, RESULTS, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.exactness")
 
@@ -27,10 +27,8 @@ log = logging.getLogger("bench.exactness")
 def main() -> None:
     setup_logging()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=f"mnist:{RESULTS / 'mnist_binary.pt'},fashion-mnist:{RESULTS / 'fashion-mnist_binary.pt'},"
+    add_model_args(ap, f"mnist:{RESULTS / 'mnist_binary.pt'},fashion-mnist:{RESULTS / 'fashion-mnist_binary.pt'},"
                     f"fashion-mnist:{RESULTS / 'fashion-mnist_binary_csnn_fashion.pt'}")
-    ap.add_argument("--limit", type=int, default=0, help="only the first N test images")
-    ap.add_argument("--batch", type=int, default=1000)
     args = ap.parse_args()
 
     import numpy as np
@@ -42,11 +40,7 @@ def main() -> None:
     from firstspike.quantize.modelfile import save
 
     runs = []
-    for spec in args.models.split(","):
-        dataset, ck = spec.split(":", 1)
-        if not Path(ck).is_file():
-            log.warning("skipping %s: %s not found (run bench/accuracy.py)", dataset, ck)
-            continue
+    for dataset, ck in model_specs(args.models):
         tables, model = quantize_checkpoint(ck)
         with tempfile.TemporaryDirectory() as d:
             path = save(tables, Path(d) / "model.fsm")

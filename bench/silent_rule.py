@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
+from common import add_model_args, model_specs, RESULTS, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.silent_rule")
 
@@ -31,9 +31,7 @@ DEFAULT_MODELS = ",".join(f"{d}:{RESULTS / f}" for d, f in (
 def main() -> None:
     setup_logging()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated dataset:checkpoint")
-    ap.add_argument("--limit", type=int, default=0, help="only the first N test images")
-    ap.add_argument("--batch", type=int, default=1000)
+    add_model_args(ap, DEFAULT_MODELS)
     args = ap.parse_args()
 
     import numpy as np
@@ -44,11 +42,7 @@ def main() -> None:
     from firstspike.quantize.golden import GoldenModel, decide
 
     runs = []
-    for spec in args.models.split(","):
-        dataset, ck = spec.split(":", 1)
-        if not Path(ck).is_file():
-            log.warning("skipping %s: %s not found (run bench/accuracy.py)", dataset, ck)
-            continue
+    for dataset, ck in model_specs(args.models):
         tables, _ = quantize_checkpoint(ck)  # the checkpoint's silent_rule: "margin" unless it says otherwise
         if tables.decision["if_silent"] != "max-margin":
             log.warning("%s names the potential rule; comparing both rules on its network anyway", ck)
