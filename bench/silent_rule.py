@@ -44,7 +44,7 @@ def main() -> None:
     runs = []
     for dataset, ck in model_specs(args.models):
         tables, _ = quantize_checkpoint(ck)  # the checkpoint's silent_rule: "margin" unless it says otherwise
-        if tables.decision["if_silent"] != "max-margin":
+        if not tables.silent_margin:
             log.warning("%s names the potential rule; comparing both rules on its network anyway", ck)
         golden, T = GoldenModel(tables), tables.T
         thr = tables.layers[-1].thresholds

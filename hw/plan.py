@@ -324,7 +324,7 @@ def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_ex
     plan = CorePlan(name=tables.name, T=T, input_shape=tuple(int(v) for v in tables.input_shape),
                     input_table=[int(v) for v in tables.input_table], layers=plans, lanes=lanes,
                     debug=debug, early_exit=early_exit,
-                    silent_margin=tables.decision.get("if_silent") == "max-margin")  # fmt: skip
+                    silent_margin=tables.silent_margin)  # fmt: skip
     bits = plan.summary()["memory_bits"]
     if bits > max_memory_bits:
         raise HardwareError(f"the core needs {bits / 1e6:.1f} Mbit of memories (limit {max_memory_bits / 1e6:.0f} Mbit): "

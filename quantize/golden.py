@@ -150,8 +150,7 @@ class GoldenModel:
                 times.append(t)
         assert v_last is not None
         vl = v_last.reshape(len(t), -1)
-        out = self.tables.layers[-1]
-        thr = out.thresholds if self.tables.decision["if_silent"] == "max-margin" else None
+        thr = self.tables.layers[-1].thresholds if self.tables.silent_margin else None
         return GoldenResult(decide(t.reshape(len(t), -1), vl, self.T, thr), times, vl)
 
     def run(self, images: np.ndarray, keep_times: bool = True, batch: int = 1000, progress: bool = False) -> GoldenResult:

@@ -84,6 +84,11 @@ class ModelTables:
     def num_classes(self) -> int:
         return self.layers[-1].out_shape[0]
 
+    @property
+    def silent_margin(self) -> bool:
+        """If no output fires: the largest V(T-1) - threshold ("max-margin"), else the largest V(T-1)."""
+        return self.decision["if_silent"] == "max-margin"
+
 
 DECISION = {
     "rule": "earliest-spike",

@@ -190,8 +190,9 @@ channels = 10
         (BAD_KIND_TOML.replace("maxpool", "pool") + "[train]\nepochz = 3\n", "epochz"),
         ("base = 'no-such-base'\nname = 'x'\n", "no-such-base"),
         ("base = 'BAD_TOML_PATH'\nname = 'x'\n", "cycle"),
+        ("base = 'csnn_tiny'\nname = 'x'\nsilent_rule = 'vote'\n", "silent_rule='vote'"),
     ],
-    ids=["bad-kind", "bad-key", "bad-toml", "bad-train-key", "missing-base", "base-cycle"],
+    ids=["bad-kind", "bad-key", "bad-toml", "bad-train-key", "missing-base", "base-cycle", "bad-silent-rule"],
 )
 def test_train_bad_config(tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, needle: str) -> None:
     """A TOML config with a bad layer kind (or key, or syntax): train exits 2 with a message naming it."""
