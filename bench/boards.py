@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.boards")
-DEFAULT = (f"icebreaker:{RESULTS / 'ice40_binary.pt'}:2,ulx3s:{RESULTS / 'mnist_binary.pt'}:16,"
-           f"orangecrab:{RESULTS / 'mnist_binary.pt'}:16")
+DEFAULT = (f"icebreaker:{RESULTS / 'ice40_binary.pt'}:2,ulx3s:{RESULTS / 'mnist_binary.pt'}:64,"
+           f"orangecrab:{RESULTS / 'mnist_binary.pt'}:64")
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ from amaranth.lib.wiring import In, Out
 
 
 class CobsDecoder(wiring.Component):
-    """Byte in, byte out, in the same cycle (at most one decoded byte per received byte).
+    """Byte in, byte out one cycle later (registered, so the UART receiver and the frame
+    parser are not one long path; at most one decoded byte per received byte).
 
     ``i``: the received bytes. ``delim`` pulses on a 0x00 (a frame boundary: the decoder
     restarts); ``o``: the decoded bytes. The zero a block of
@@ -26,14 +27,13 @@ class CobsDecoder(wiring.Component):
         m = Module()
         left = Signal(8)  # data bytes left in this block (0: the next byte is a code byte)
         pending = Signal()  # the block that ended stands for a zero (its code was < 0xFF)
-        m.d.comb += [self.delim.eq(self.i.valid & (self.i.payload == 0)), self.o.payload.eq(Mux(left == 0, 0, self.i.payload))]
+        m.d.sync += [self.delim.eq(self.i.valid & (self.i.payload == 0)), self.o.payload.eq(Mux(left == 0, 0, self.i.payload)),
+                     self.o.valid.eq(0)]  # fmt: skip
         with m.If(self.i.valid):
             with m.If(self.i.payload == 0):
                 m.d.sync += [left.eq(0), pending.eq(0)]
             with m.Elif(left == 0):  # a code byte: emit the previous block's zero, if any
-                m.d.comb += self.o.valid.eq(pending)
-                m.d.sync += [left.eq(self.i.payload - 1), pending.eq(self.i.payload != 0xFF)]
+                m.d.sync += [self.o.valid.eq(pending), left.eq(self.i.payload - 1), pending.eq(self.i.payload != 0xFF)]
             with m.Else():
-                m.d.comb += self.o.valid.eq(1)
-                m.d.sync += left.eq(left - 1)
+                m.d.sync += [self.o.valid.eq(1), left.eq(left - 1)]
         return m

@@ -60,9 +60,9 @@ class BoardLink(Elaboratable):
     after a plain CLASSIFY the beats are drained unsent."""
 
     def __init__(self, plan: CorePlan, divisor: int, model_hash: bytes = bytes(8), timeout_cycles: int | None = None):
-        if 10 * divisor <= plan.T + 4:
+        if 10 * divisor <= plan.T + 5:
             self._MustUse__silence = True  # refused: never elaborated, no "unused" warning
-            raise HardwareError(f"UART divisor {divisor} too small for T={plan.T}: need 10*divisor > T+4 cycles")
+            raise HardwareError(f"UART divisor {divisor} too small for T={plan.T}: need 10*divisor > T+5 cycles")
         self.plan = plan
         self.divisor = divisor
         self.model_hash = (bytes(model_hash) + bytes(8))[:8]
@@ -98,6 +98,9 @@ class BoardLink(Elaboratable):
         pcount = Signal(range(N + 1))  # pixels the core took for this image
         with m.If(core.pix_valid & core.pix_ready):
             m.d.sync += pcount.eq(pcount + 1)
+        start_req, start_q = Signal(), Signal()  # the core's start, registered (off the UART-to-core path)
+        m.d.sync += start_q.eq(start_req)
+        m.d.comb += core.start.eq(start_q)
         use_gen = Signal()  # this frame's pixels come from the compact-frame generator
         over = Signal()  # a compact frame held more than N pixels
         gen_idle = Const(1)
@@ -176,6 +179,8 @@ class BoardLink(Elaboratable):
                 with m.Else():
                     m.d.comb += out_byte.eq(scrc[8:])
         body_len = out_len + P.HEADER_LEN + P.CRC_LEN
+        ob = Signal(8)  # out_byte, registered
+        m.d.sync += ob.eq(out_byte)
         mid_frame = Signal()
         with m.If(urx.o.valid | ~mid_frame):
             m.d.sync += timer.eq(0)
@@ -239,11 +244,11 @@ class BoardLink(Elaboratable):
                     m.d.sync += [length[8:].eq(byte), crc.eq(crc16_byte(crc, byte)), cnt.eq(0), pcount.eq(0),
                                  over.eq(0), use_gen.eq(0)]  # fmt: skip
                     with m.If(is_raw & (full == N)):
-                        m.d.comb += core.start.eq(1)
+                        m.d.comb += start_req.eq(1)
                         m.next = "PIX"
                     if compact:  # a compact image: 1..N bytes
                         with m.Elif((typ == P.CLASSIFY_TIMES) & (full != 0) & (full <= N)):
-                            m.d.comb += core.start.eq(1)
+                            m.d.comb += start_req.eq(1)
                             m.d.sync += use_gen.eq(1)
                             m.next = "PIX"
                     with m.Elif((typ == P.INFO) & (full == 0)):
@@ -313,9 +318,15 @@ class BoardLink(Elaboratable):
                     if p.debug:
                         with m.If(want_spikes):
                             m.next = "CRC"
-            # the answer: CRC over the body first, then 00 COBS(body) 00, one block at a time
+            # the answer: CRC over the body first, then 00 COBS(body) 00, one block at a time.
+            # body[i] is registered (``ob``, a cycle after i changes: the byte mux over the
+            # payloads and what uses it are two paths), so each state that reads it is
+            # entered through a one-cycle state that lets it settle (CRC, SCAN, DATA_RD)
             with m.State("CRC"):
-                m.d.sync += [scrc.eq(crc16_byte(scrc, out_byte)), i.eq(i + 1)]
+                m.next = "CRC_ADD"
+            with m.State("CRC_ADD"):
+                m.d.sync += [scrc.eq(crc16_byte(scrc, ob)), i.eq(i + 1)]
+                m.next = "CRC"
                 with m.If(i == body_len - P.CRC_LEN - 1):
                     m.d.sync += i.eq(0)
                     m.next = "OPEN"
@@ -324,8 +335,11 @@ class BoardLink(Elaboratable):
                 with m.If(utx.i.ready):
                     m.d.sync += g.eq(0)
                     m.next = "SCAN"
-            with m.State("SCAN"):  # find the block's end: a zero, the body's end or 254 bytes
-                with m.If((i < body_len) & (out_byte != 0) & (i - g < 254)):
+            with m.State("SCAN"):
+                m.next = "SCAN_END"
+            with m.State("SCAN_END"):  # find the block's end: a zero, the body's end or 254 bytes
+                m.next = "SCAN"
+                with m.If((i < body_len) & (ob != 0) & (i - g < 254)):
                     m.d.sync += i.eq(i + 1)
                 with m.Else():
                     m.d.sync += [code.eq(i - g + 1), rem.eq(i - g), i.eq(g)]
@@ -333,13 +347,16 @@ class BoardLink(Elaboratable):
             with m.State("CODE"):
                 m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(code)]
                 with m.If(utx.i.ready):
-                    m.next = "DATA"
+                    m.next = "DATA_RD"
                     with m.If(rem == 0):
                         m.next = "BLOCK"
+            with m.State("DATA_RD"):
+                m.next = "DATA"
             with m.State("DATA"):
-                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(out_byte)]
+                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(ob)]
                 with m.If(utx.i.ready):
                     m.d.sync += [i.eq(i + 1), rem.eq(rem - 1)]
+                    m.next = "DATA_RD"
                     with m.If(rem == 1):
                         m.next = "BLOCK"
             with m.State("BLOCK"):  # a block was sent: the next one starts after its zero

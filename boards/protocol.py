@@ -39,9 +39,10 @@ from dataclasses import dataclass
 import numpy as np
 
 DELIM = 0x00
-# 1 Mbaud: an exact divisor of the 12 / 25 / 48 MHz board clocks, and a rate the FTDI parts of
-# the iCEBreaker (FT2232H) and ULX3S (FT231X) divide exactly (3 MHz / 3); 8.7x 115200
-DEFAULT_BAUD = 1_000_000
+# 3 Mbaud: the fastest rate of the ULX3S's FT231X (3 MHz / 1), which the iCEBreaker's FT2232H
+# makes exactly too (12 MHz / 4); it divides the default core clocks (iCEBreaker 24 MHz / 8,
+# ULX3S and OrangeCrab from their PLLs) and the 12 / 48 MHz board clocks; 26x 115200
+DEFAULT_BAUD = 3_000_000
 CLASSIFY = 0x01
 INFO = 0x02
 CLASSIFY_SPIKES = 0x03

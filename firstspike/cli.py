@@ -102,12 +102,12 @@ def _add_bitstream_options(p: argparse.ArgumentParser) -> None:
     from firstspike.boards.protocol import DEFAULT_BAUD
 
     p.add_argument("-o", "--out", default="build/boards")
-    p.add_argument("--lanes", type=int, default=None, help="core lanes (default: the board's: icebreaker 2, ulx3s 16, "
-                   "orangecrab 16)")
+    p.add_argument("--lanes", type=int, default=None, help="core lanes (default: the board's: icebreaker 2, ulx3s 64, "
+                   "orangecrab 64)")
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"UART baud rate (default {DEFAULT_BAUD:,})")
     p.add_argument("--clock-mhz", type=float, default=None,
-                   help="core clock in MHz, made by the board's PLL from the board clock (default: icebreaker 18, "
-                   "ulx3s 25, orangecrab 36)")
+                   help="core clock in MHz, made by the board's PLL from the board clock (default: icebreaker 24, "
+                   "ulx3s 45, orangecrab 48)")
     p.add_argument("--spikes", action=argparse.BooleanOptionalAction, default=None,
                    help="build in the spike readout: every layer's spike times over the UART (default: on for the "
                    "ECP5 boards, off for the icebreaker, whose block RAM is too small for it)")

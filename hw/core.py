@@ -179,7 +179,7 @@ class Core(Elaboratable):
         # ---- control -------------------------------------------------------------------
         cycles = Signal(32)
         any_busy = Signal()
-        m.d.comb += any_busy.eq(Cat(*busy_all).any())
+        m.d.comb += any_busy.eq(Cat(*busy_all, dec.busy).any())  # the decision's pipeline too
         m.d.comb += [self.res_class.eq(dec.cls), self.res_fired.eq(dec.fired), self.res_time.eq(dec.time), self.res_cycles.eq(cycles)]
         ro_done = Signal()
         with m.FSM(name="ctrl"):
@@ -422,6 +422,8 @@ class Core(Elaboratable):
                                 with m.Else():
                                     m.next = "DRAIN"
             with m.State("DRAIN"):  # the last writeback lands this cycle
+                m.next = "DRAIN2"
+            with m.State("DRAIN2"):  # and its pooling window's event
                 m.d.sync += busy.eq(0)
                 m.next = "IDLE"
 
@@ -463,15 +465,22 @@ class Core(Elaboratable):
         with m.Elif(wb_int):
             m.d.comb += [st_w.addr.eq(wb_addr), st_w.data.eq(Cat(*int_word)), st_w.en.eq(1)]
 
-        # pooling window: some lane fires now and none of the window fired before
+        # pooling window, one cycle after the writeback (a register stage: the state read, the
+        # add and the threshold compare are one path, the pooling and the event write another):
+        # some lane fires now and none of the window fired before
+        pl_int, pl_first, pl_last, pl_pv = (Signal(name=f"{name}_pl_{n}") for n in ("int", "first", "last", "pv"))
+        pl_fire, pl_prev = Signal(L, name=f"{name}_pl_fire"), Signal(L, name=f"{name}_pl_prev")
+        pl_g, pl_py, pl_px = Signal.like(wb_g, name=f"{name}_pl_g"), Signal.like(wb_py, name=f"{name}_pl_py"), Signal.like(wb_px, name=f"{name}_pl_px")
+        m.d.sync += [pl_int.eq(wb_int), pl_first.eq(wb_first), pl_last.eq(wb_last), pl_pv.eq(wb_pv), pl_fire.eq(fire),
+                     pl_prev.eq(prev), pl_g.eq(wb_g), pl_py.eq(wb_py), pl_px.eq(wb_px)]  # fmt: skip
         win_f, win_p = Signal(L, name=f"{name}_win_f"), Signal(L, name=f"{name}_win_p")
         cur_f, cur_p = Signal(L, name=f"{name}_cur_f"), Signal(L, name=f"{name}_cur_p")
-        m.d.comb += [cur_f.eq(Mux(wb_first, fire, win_f | fire)), cur_p.eq(Mux(wb_first, prev, win_p | prev))]
-        with m.If(wb_int):
+        m.d.comb += [cur_f.eq(Mux(pl_first, pl_fire, win_f | pl_fire)), cur_p.eq(Mux(pl_first, pl_prev, win_p | pl_prev))]
+        with m.If(pl_int):
             m.d.sync += [win_f.eq(cur_f), win_p.eq(cur_p)]
         newp = Signal(L, name=f"{name}_newp")
-        m.d.comb += newp.eq(Mux(wb_int & wb_last & wb_pv, cur_f & ~cur_p, 0))
-        emit = wb_int & wb_last & wb_pv
+        m.d.comb += newp.eq(Mux(pl_int & pl_last & pl_pv, cur_f & ~cur_p, 0))
+        emit = pl_int & pl_last & pl_pv
 
         pidx = Signal(idx_bits(lp.groups * lp.Hp * lp.Wp) + 1, name=f"{name}_pidx")
         with m.If(go):
@@ -506,7 +515,7 @@ class Core(Elaboratable):
                 m.d.sync += [cnt_prev.eq(Mux(first, 0, cnt_cur)), cnt_cur.eq(0)]
             with m.Elif(emit & (newp != 0)):
                 m.d.sync += cnt_cur.eq(cnt_cur + 1)
-            m.d.comb += [bw.addr.eq(Mux(t[0], E, 0) + cnt_cur), bw.data.eq(Cat(wb_px[:xb], wb_py[:yb], wb_g[:gb], newp)),
+            m.d.comb += [bw.addr.eq(Mux(t[0], E, 0) + cnt_cur), bw.data.eq(Cat(pl_px[:xb], pl_py[:yb], pl_g[:gb], newp)),
                          bw.en.eq(emit & (newp != 0))]  # fmt: skip
             nsrc = _Src("bank", bank_r=br, count=cnt_prev, entries=E, xb=xb, yb=yb, gb=gb, lanes=L)
         else:

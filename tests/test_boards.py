@@ -107,14 +107,16 @@ def test_cobs_decoder_block_equals_software() -> None:
         for b in wire:
             ctx.set(dut.i.valid, 1)
             ctx.set(dut.i.payload, b)
+            await ctx.tick()
+            ctx.set(dut.i.valid, 0)
+            # registered outputs: the byte just taken shows now, and only for this cycle
             if ctx.get(dut.delim):
                 got.append(bytes(cur))
                 cur.clear()
             elif ctx.get(dut.o.valid):
                 cur.append(ctx.get(dut.o.payload))
             await ctx.tick()
-            ctx.set(dut.i.valid, 0)
-            await ctx.tick()
+            assert not ctx.get(dut.delim) and not ctx.get(dut.o.valid)
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -325,7 +327,7 @@ def test_icebreaker_build_of_the_small_model_fits(tmp_path) -> None:
     res = r["resources"]
     for k in ("luts", "bram"):
         assert 0 < res[k]["used"] <= res[k]["available"], res
-    assert r["fmax_mhz"] >= r["clock_mhz"] == 18.0  # the PLL-made default core clock is met
+    assert r["fmax_mhz"] >= r["clock_mhz"] == 24.0  # the PLL-made default core clock is met
     assert Path(r["bitstream"]).stat().st_size > 100_000
     assert json.loads((tmp_path / "icebreaker" / "build.json").read_text())["model_sha256_prefix"] == r["model_sha256_prefix"]
 
@@ -407,9 +409,10 @@ def test_ecp5_pll_matches_ecppll_and_refuses_impossible_clocks() -> None:
 def test_board_core_clocks_and_their_refusals(tmp_path) -> None:
     from firstspike.boards.build import BOARDS, BuildError, build, core_clock
 
-    assert core_clock(BOARDS["orangecrab"])[0] == 36e6  # 16 lanes reach 42 MHz: a PLL makes 36 from 48
+    assert core_clock(BOARDS["orangecrab"]) == (48e6, None)  # its board clock: no PLL
     assert core_clock(BOARDS["orangecrab"], 24)[0] == 24e6 and core_clock(BOARDS["orangecrab"], 24)[1] is not None
-    assert core_clock(BOARDS["ulx3s"]) == (25e6, None) and core_clock(BOARDS["icebreaker"])[0] == 18e6
+    assert core_clock(BOARDS["ulx3s"])[0] == 45e6 and core_clock(BOARDS["ulx3s"])[1] is not None  # PLL: 25 x 9 / 5
+    assert core_clock(BOARDS["ulx3s"], 25) == (25e6, None) and core_clock(BOARDS["icebreaker"])[0] == 24e6
     assert core_clock(BOARDS["orangecrab"], 48) == (48e6, None)  # the board clock itself: no PLL
     assert core_clock(BOARDS["icebreaker"], 12) == (12e6, None)
     with pytest.raises(BuildError, match=r"icebreaker: --clock-mhz 8: the iCE40 PLL makes 16-275 MHz, not 8 MHz"):
@@ -418,9 +421,20 @@ def test_board_core_clocks_and_their_refusals(tmp_path) -> None:
         build(_ice40_tables(), "ulx3s", tmp_path, clock_mhz=1)
     with pytest.raises(BuildError, match="--baud"):
         build(_ice40_tables(), "ulx3s", tmp_path, clock_mhz=4, baud=1_000_000)
-    with pytest.raises(BuildError, match="1000000 baud is more than 2% off"):  # the default at 15.625 MHz
+    with pytest.raises(BuildError, match="3000000 baud is more than 2% off"):  # the default at 15.625 MHz
         build(_ice40_tables(), "ulx3s", tmp_path, clock_mhz=16)
     assert not any(tmp_path.iterdir())  # refused before any tool ran
+
+
+def test_fmax_failure_reads_the_routed_figure() -> None:
+    """nextpnr prints the placement estimate first and the routed Fmax last; a refused build
+    must quote the routed one (it once quoted 42.1 MHz for a 49.8 MHz design)."""
+    from firstspike.boards.build import fmax_failure
+
+    log = ("Info: Max frequency for clock '$glbnet$pll.clk': 42.10 MHz (FAIL at 50.00 MHz)\n...\n"
+           "ERROR: Max frequency for clock '$glbnet$pll.clk': 49.81 MHz (FAIL at 50.00 MHz)\n")  # fmt: skip
+    assert fmax_failure(log) == (49.81, 50.0)
+    assert fmax_failure("Info: Max frequency for clock 'clk': 27.32 MHz (PASS at 24.00 MHz)") is None
 
 
 def test_ice40_pll_matches_icepll_and_elaborates_on_the_clock_pin() -> None:
@@ -436,7 +450,7 @@ def test_ice40_pll_matches_icepll_and_elaborates_on_the_clock_pin() -> None:
     with pytest.raises(ClockError, match="16-275 MHz"):
         ice40_pll(12e6, 10e6)
     top = BoardTop(_ice40_tables(), BOARDS["icebreaker"], lanes=2, spikes=False)
-    assert top.clock_hz == 18e6 and top.divisor == 18
+    assert top.clock_hz == 24e6 and top.divisor == 8  # 3 Mbaud
     il = BOARDS["icebreaker"].make_platform().prepare(top, name="firstspike").files["firstspike.il"]
     assert "cell \\SB_PLL40_PAD" in il and "connect \\PACKAGEPIN \\clk12_0__io" in il
 
@@ -444,11 +458,11 @@ def test_ice40_pll_matches_icepll_and_elaborates_on_the_clock_pin() -> None:
 def test_pll_board_tops_elaborate_with_the_core_clock() -> None:
     """OrangeCrab at --clock-mhz 24: EHXPLLL 48 -> 24 MHz drives the core, the UART divisor
     follows the core clock, and the PLL output carries the LPF clock constraint; ULX3S at
-    --clock-mhz 16 too."""
+    --clock-mhz 16 too; the ULX3S at its 25 MHz board clock has no PLL."""
     from firstspike.boards.build import BOARDS, BoardTop
     from firstspike.cli import build_parser
 
-    for board, mhz, baud, want_hz, div in [("orangecrab", 24, None, 24e6, 24), ("ulx3s", 16, 500_000, 15.625e6, 31)]:
+    for board, mhz, baud, want_hz, div in [("orangecrab", 24, None, 24e6, 8), ("ulx3s", 16, 500_000, 15.625e6, 31)]:
         b = BOARDS[board]
         top = BoardTop(_ice40_tables(), b, lanes=2, clock_mhz=mhz, **({"baud": baud} if baud else {}))
         assert top.clock_hz == want_hz and top.divisor == div
@@ -457,7 +471,7 @@ def test_pll_board_tops_elaborate_with_the_core_clock() -> None:
         assert "cell \\EHXPLLL" in il and 'parameter \\FEEDBK_PATH "CLKOP"' in il and "connect \\CLKFB \\clk" in il
         assert f'attribute \\FREQUENCY_PIN_CLKOP "{want_hz / 1e6:g}"' in il
         assert f'FREQUENCY NET "pll.clkop" {want_hz}' in lpf and f'{b.clock_hz} HZ' in lpf
-    assert "EHXPLLL" not in BOARDS["ulx3s"].make_platform().prepare(
-        BoardTop(_ice40_tables(), BOARDS["ulx3s"], lanes=2), name="firstspike").files["firstspike.il"]  # fmt: skip
+    assert "EHXPLLL" not in BOARDS["ulx3s"].make_platform().prepare(  # its board clock: no PLL
+        BoardTop(_ice40_tables(), BOARDS["ulx3s"], lanes=2, clock_mhz=25, baud=1_000_000), name="firstspike").files["firstspike.il"]  # fmt: skip
     for cmd in ("build", "deploy"):
         assert build_parser().parse_args([cmd, "m.fsm", "--board", "ulx3s", "--clock-mhz", "16"]).clock_mhz == 16.0

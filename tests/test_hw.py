@@ -245,8 +245,11 @@ def test_decision_unit_equals_the_rule(seed: int, lanes: int, classes: int, marg
                     ctx.set(dut.words.payload.thr[j], int(thr[c]) if c < classes else 0)
                 await ctx.tick()
                 ctx.set(dut.words.valid, 0)
-        await ctx.tick()
-        await ctx.tick()
+        waited = 0  # the argmax pipeline drains: busy until the result holds, at most `latency` cycles
+        while ctx.get(dut.busy):
+            await ctx.tick()
+            waited += 1
+        assert 0 < waited <= dut.latency
         got.update(fired=ctx.get(dut.fired), cls=ctx.get(dut.cls), time=ctx.get(dut.time))
 
     sim = Simulator(dut)
