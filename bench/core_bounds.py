@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.core_bounds")
-DEFAULT_RUNS = "icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:16"
+DEFAULT_RUNS = "icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:64"
 
 
 def _active_counter():
@@ -74,6 +74,62 @@ def _active_counter():
     return active
 
 
+def _step_model(tables, plan, layer_times: list, n: int):
+    """Cycles per image of today's core, modelled per step and layer (events: one cycle per
+    spike, valid kernel offset and output group, plus one per input spike and three per
+    event entry; integration: one cycle per state word; the slowest layer sets each step), and
+    the same with *window skipping*: a pooling window whose lanes have all fired or have slope
+    0 (and that no event of the step touched) costs one cycle instead of one per word. Returns
+    (model, skip) arrays of shape (n,)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from firstspike.hw.plan import fan_out
+
+    T = tables.T
+    now_l, skip_l = [], []
+    for lp in plan.layers:
+        w = torch.tensor(tables.layers[lp.index].weights.astype(np.float64)).reshape(lp.Co, lp.Ci, lp.KH, lp.KW)
+        tin = torch.tensor(np.asarray(layer_times[lp.index]).reshape(n, lp.Ci, lp.H, lp.W).astype(np.int64))
+        tout = torch.tensor(np.asarray(layer_times[lp.index + 1]).reshape(n, lp.Co, lp.Ho, lp.Wo).astype(np.int64))
+        fy = np.array([f.n for f in fan_out(lp.H, lp.Ho, lp.KH, lp.stride, lp.pad)])
+        fx = np.array([f.n for f in fan_out(lp.W, lp.Wo, lp.KW, lp.stride, lp.pad)])
+        fan = np.outer(fy, fx)
+        k, G, L = lp.pool, lp.groups, lp.lanes
+        PY, PX = -(-lp.Ho // k), -(-lp.Wo // k)
+        ones = torch.ones(1, lp.Ci, lp.KH, lp.KW, dtype=torch.float64)
+        Gi, Li = lp.in_groups, lp.in_lanes
+        now, skip = np.zeros((n, T)), np.zeros((n, T))
+        live_prev = None
+        for t in range(T):
+            sp = tin == t - 1
+            ev = np.zeros(n)
+            if t > 0:
+                spn = sp.numpy()
+                padded = np.zeros((n, Gi * Li, lp.H, lp.W), bool)
+                padded[:, : lp.Ci] = spn
+                entries = padded.reshape(n, Gi, Li, lp.H, lp.W).any(axis=2).sum(axis=(1, 2, 3))
+                ev = (spn * fan[None, None]).sum(axis=(1, 2, 3)) * G + spn.sum(axis=(1, 2, 3)) + 3 * entries
+            slope = F.conv2d((tin <= t - 1).double(), w, stride=lp.stride, padding=lp.pad)
+            live = (tout > t) & (slope != 0)  # can still cross, and V moves
+            lv = torch.zeros(n, G * L, PY * k, PX * k, dtype=torch.bool)
+            lv[:, : lp.Co, : lp.Ho, : lp.Wo] = live
+            lvw = lv.reshape(n, G, L, PY, k, PX, k).any(dim=2).any(dim=3).any(dim=4)
+            touched = F.conv2d(sp.double(), ones, stride=lp.stride, padding=lp.pad)[:, 0] > 0
+            tc = torch.zeros(n, PY * k, PX * k, dtype=torch.bool)
+            tc[:, : lp.Ho, : lp.Wo] = touched
+            tcw = tc.reshape(n, PY, k, PX, k).any(dim=2).any(dim=3)[:, None].expand(n, G, PY, PX)
+            windows = G * PY * PX
+            visited = np.full(n, windows) if t == 0 or lp.last else (live_prev | tcw).sum(dim=(1, 2, 3)).numpy()
+            now[:, t] = ev + windows * k * k + 4
+            skip[:, t] = ev + visited * k * k + (windows - visited) + 4
+            live_prev = lvw
+        now_l.append(now)
+        skip_l.append(skip)
+    return np.max(now_l, axis=0).sum(axis=1), np.max(skip_l, axis=0).sum(axis=1)
+
+
 def main() -> None:
     setup_logging()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -112,12 +168,21 @@ def main() -> None:
                            "event_cycles": float((syn + act).mean()) / lp.lanes})  # fmt: skip
         meas = next((r for r in boards if r.get("board") == board and r.get("lanes") == lanes and "cycles_mean" in r), None)
         ev = max(ly_["event_cycles"] for ly_ in layers)
+        mcyc, skip = _step_model(tables, plan, g.layer_times, n)
+        # block-RAM bandwidth: every synaptic update and active neuron-step reads and writes one
+        # neuron's state (slope, potential, time); a DP16KD moves 36 bits in and 36 out a cycle
+        bits = max(lp.lane_bits + plan.time_bits for lp in plan.layers)
+        moved = sum(ly_["synaptic_updates"] + ly_["active_neuron_steps"] for ly_ in layers)
+        brams = {"icebreaker": 30, "ulx3s": 208, "orangecrab": 208}.get(board)
         runs.append({
             "board": board, "model": tables.name, "checkpoint": repo_path(model), "lanes": lanes, "T": T, "images": n,
             "layers": layers, "sweep_bound_cycles": float(work["cycle_bound_concurrent"].mean()),
             "event_bound_cycles": ev, "event_bound_sequential_cycles": sum(ly_["event_cycles"] for ly_ in layers),
             "measured_cycles": meas["cycles_mean"] if meas else None, "clock_mhz": meas["clock_mhz"] if meas else None,
             "measured_early_exit": bool(meas.get("early_exit")) if meas else None,
+            "model_cycles": float(mcyc.mean()), "window_skip_cycles": float(skip.mean()),
+            "state_bits_per_neuron": int(bits),
+            "bram_bandwidth_bound_cycles": moved * bits / (brams * 36) if brams else None,
         })  # fmt: skip
         log.info("%s", runs[-1])
     write_result("core_bounds", {"runs": merge_runs("core_bounds", runs, lambda r: (r["board"], r["lanes"]))})

@@ -192,22 +192,33 @@ def render_docs() -> Path:
                   f"commit {cb['commit']}. Today's core sweeps every neuron at every step; an event-driven core would "
                   "update only the synapses of the spikes and the neurons that can cross (slope > 0, not fired).", "",
                   "| board, model | lanes | synaptic updates | neuron updates (sweep) | active neuron-steps | "
-                  "measured cycles | sweep bound | event-driven bound | event-driven / measured |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "measured cycles | model of today's core | with window skipping | sweep bound | event-driven bound | "
+                  "block-RAM bandwidth bound |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r_ in cb["runs"]:
             syn = sum(x["synaptic_updates"] for x in r_["layers"])
             neu = sum(x["sweep_neuron_updates"] for x in r_["layers"])
             act = sum(x["active_neuron_steps"] for x in r_["layers"])
             meas, ev = r_["measured_cycles"], r_["event_bound_cycles"]
+
+            def _c(v) -> str:
+                return f"{v:,.0f}" if v else "-"
+
             lines.append(
                 f"| {r_['board']}, {r_['model']} (T={r_['T']}) | {r_['lanes']} | {syn:,.0f} | {neu:,.0f} | {act:,.0f} | "
-                f"{f'{meas:,.0f}' if meas else '-'}{' (early exit)' if r_.get('measured_early_exit') else ''} | "
-                f"{r_['sweep_bound_cycles']:,.0f} | {ev:,.0f} | "
-                f"{f'{ev / meas:.2f}' if meas else '-'} |"
+                f"{_c(meas)}{' (early exit)' if r_.get('measured_early_exit') else ''} | {_c(r_.get('model_cycles'))} | "
+                f"{_c(r_.get('window_skip_cycles'))} | {r_['sweep_bound_cycles']:,.0f} | {ev:,.0f} | "
+                f"{_c(r_.get('bram_bandwidth_bound_cycles'))} |"
             )
-        lines += ["", "Bounds per image at the lanes shown, layers side by side (the slowest layer sets the pace), "
-                  "for the whole window of T steps; an early-exit core stops at the first output spike and can "
-                  "beat them. Lanes multiply throughput only where there are enough events per step to share.", ""]  # fmt: skip
+        lines += ["", "Cycles per image at the lanes shown, layers side by side (the slowest layer sets the pace), "
+                  "for the whole window of T steps (an early-exit core stops at the first output spike and beats "
+                  "them). *Model of today's core*: per step and layer, one cycle per spike, kernel offset and output "
+                  "group, one per input spike, three per event entry, one per state word. *With window skipping*: the "
+                  "same, but a pooling window whose neurons have all fired or have slope 0 (and that no event "
+                  "touched) costs one cycle (not built). *Block-RAM bandwidth bound*: every synaptic update and "
+                  "active neuron-step reads and writes one neuron's state (`state_bits_per_neuron`), every block "
+                  "RAM of the device moves 36 bits a cycle each way; no core that keeps its state in block RAM "
+                  "beats it.", ""]  # fmt: skip
     def _uart(r_: dict) -> str:
         e2e = r_.get("images_per_s_end_to_end")
         return f"{e2e:.1f} (virtual board, {r_['baud'] / 1e6:g} Mbaud)" if e2e else f"{r_['images_per_s_over_uart']:.1f}"

@@ -14,6 +14,9 @@ Architecture (one image at a time, all layers advance together one time step at 
      min-time pooling is "some lane of the window fires now and none fired before";
      newly fired (pooled) lanes become one event entry (group, y, x, lane mask) for the
      next layer, written to a two-bank buffer (bank t%2 written while bank (t-1)%2 is read).
+     Window skipping (hidden layers with pooling, ``plan.window_skip``): a flag per pooling
+     window says whether any of its neurons can still change (not fired and slope != 0, or
+     reached by an event this step); a window without it costs one cycle instead of k*k.
 * Every layer runs its step concurrently; a step ends when all are done.
 * Decision: the earliest output spike (lowest class on ties); if none fires, the largest
   V(T-1) - threshold (model files' "max-margin"; older "max-potential" files: the largest
@@ -295,13 +298,33 @@ class Core(Elaboratable):
         pyk, pxk = Signal(ubits(PY * k), name=f"{name}_pyk"), Signal(ubits(PX * k), name=f"{name}_pxk")
         gbase, rowb = Signal(sa_bits, name=f"{name}_gbase"), Signal(sa_bits + ubits(k * lp.Wo), name=f"{name}_rowb")
         dyw_t = _table([d * lp.Wo for d in range(k)], ubits(k * lp.Wo))
+        # window skipping (hidden layers with pooling): one flag per pooling window, "some neuron
+        # of it can still change": set by every event that reaches one of its words, written at
+        # the end of each visit (some lane not fired and slope != 0); a window whose flag is
+        # clear costs one cycle instead of k*k (its neurons keep V: slope 0, or they have fired)
+        skip = P.window_skip and k > 1 and not lp.last
+        NWIN = G * PY * PX
+        flags = Signal(max(1, NWIN), name=f"{name}_flags")
+        widx = Signal(idx_bits(NWIN + 1), name=f"{name}_widx")  # window being visited
+        s_oy, s_ox, s_ox0 = (Signal(idx_bits(max(lp.Ho, lp.Wo)), name=f"{name}_{n}") for n in ("s_oy", "s_ox", "s_ox0"))
+        wb_fidx = Signal.like(widx, name=f"{name}_wb_fidx")  # window of the word an event updates
+        wb_skip, wb_tok = Signal(name=f"{name}_wb_skip"), Signal(name=f"{name}_wb_tok")
+        wb_widx = Signal.like(widx, name=f"{name}_wb_widx")
         # writeback pipeline tags
         wb_syn, wb_int = Signal(name=f"{name}_wb_syn"), Signal(name=f"{name}_wb_int")
         wb_addr = Signal(idx_bits(lp.words), name=f"{name}_wb_addr")
         wb_first, wb_last, wb_pv = Signal(name=f"{name}_wb_first"), Signal(name=f"{name}_wb_last"), Signal(name=f"{name}_wb_pv")
         wb_g = Signal(idx_bits(G), name=f"{name}_wb_g")
         wb_py, wb_px = Signal(idx_bits(PY), name=f"{name}_wb_py"), Signal(idx_bits(PX), name=f"{name}_wb_px")
-        m.d.sync += [wb_syn.eq(0), wb_int.eq(0)]
+        m.d.sync += [wb_syn.eq(0), wb_int.eq(0), wb_skip.eq(0), wb_tok.eq(0)]
+        if skip:
+            oy0_t = _table([f.o0 for f in fy], len(s_oy))
+            ox0_t = _table([f.o0 for f in fx], len(s_ox))
+            gw_t = _table([gg * PY * PX for gg in range(G)], len(widx))
+            win_y_t = _table([(o // k) * PX for o in range(lp.Ho)], len(widx))
+            win_x_t = _table([o // k for o in range(lp.Wo)], len(widx))
+            with m.If(wb_syn):
+                m.d.sync += flags.bit_select(wb_fidx, 1).eq(1)
 
         fsm_name = f"{name}_fsm"
         with m.FSM(name=fsm_name):
@@ -311,7 +334,7 @@ class Core(Elaboratable):
                     m.next = "START"
             with m.State("START"):
                 m.d.sync += [ig.eq(0), py.eq(0), px.eq(0), dy.eq(0), dx.eq(0), pyk.eq(0), pxk.eq(0), gbase.eq(0),
-                             rowb.eq(0)]  # fmt: skip
+                             rowb.eq(0), widx.eq(0)]  # fmt: skip
                 with m.If(first):
                     m.next = "INTEG"
                 with m.Else():
@@ -369,24 +392,29 @@ class Core(Elaboratable):
                     srow = sy_t[e_y] + sx_t[e_x]
                     m.d.sync += [wa_row.eq(base), wa_col.eq(base + wx_t[e_x]), wa_x0.eq(wx_t[e_x]), sa_row.eq(srow), sa_col.eq(srow),
                                  sa_g.eq(srow), ky_i.eq(0), kx_i.eq(0), g.eq(0), n_y.eq(ny), n_x.eq(nx)]  # fmt: skip
+                    if skip:
+                        m.d.sync += [s_oy.eq(oy0_t[e_y]), s_ox.eq(ox0_t[e_x]), s_ox0.eq(ox0_t[e_x])]
                     m.next = "SYN"
             with m.State("SYN"):
                 m.d.comb += [wm_r.addr.eq(wa_col + g), eng_addr.eq(sa_g)]
                 m.d.sync += [wb_syn.eq(1), wb_addr.eq(sa_g)]
+                if skip:
+                    m.d.sync += wb_fidx.eq(gw_t[g] + win_y_t[s_oy] + win_x_t[s_ox])
                 s = lp.stride
                 with m.If(g != G - 1):
                     m.d.sync += [g.eq(g + 1), sa_g.eq(sa_g + HoWo)]
                 with m.Else():
                     m.d.sync += g.eq(0)
                     with m.If(kx_i != n_x - 1):
-                        m.d.sync += [kx_i.eq(kx_i + 1), wa_col.eq(wa_col + s * G), sa_col.eq(sa_col - 1), sa_g.eq(sa_col - 1)]
+                        m.d.sync += [kx_i.eq(kx_i + 1), wa_col.eq(wa_col + s * G), sa_col.eq(sa_col - 1), sa_g.eq(sa_col - 1),
+                                     s_ox.eq(s_ox - 1)]  # fmt: skip
                     with m.Else():
                         m.d.sync += kx_i.eq(0)
                         with m.If(ky_i != n_y - 1):
                             wr = wa_row + s * lp.KW * G
                             sr = sa_row - lp.Wo
                             m.d.sync += [ky_i.eq(ky_i + 1), wa_row.eq(wr), wa_col.eq(wr + wa_x0),
-                                         sa_row.eq(sr), sa_col.eq(sr), sa_g.eq(sr)]  # fmt: skip
+                                         sa_row.eq(sr), sa_col.eq(sr), sa_g.eq(sr), s_oy.eq(s_oy - 1), s_ox.eq(s_ox0)]  # fmt: skip
                         with m.Else():
                             m.next = "LANE"
             with m.State("INTEG"):
@@ -397,30 +425,42 @@ class Core(Elaboratable):
                     valid = valid & (oy < lp.Ho)
                 if PX * k != lp.Wo:
                     valid = valid & (ox < lp.Wo)
-                m.d.comb += eng_addr.eq(addr)
-                m.d.sync += [wb_int.eq(valid), wb_addr.eq(addr), wb_first.eq((dy == 0) & (dx == 0)),
-                             wb_last.eq((dy == k - 1) & (dx == k - 1)), wb_pv.eq((py < lp.Hp) & (px < lp.Wp)),
-                             wb_g.eq(ig), wb_py.eq(py), wb_px.eq(px)]  # fmt: skip
-                with m.If(dx != k - 1):
-                    m.d.sync += dx.eq(dx + 1)
+                adv = Signal(name=f"{name}_adv")  # this cycle ends the window (its last word, or a skip)
+                m.d.sync += [wb_addr.eq(addr), wb_first.eq((dy == 0) & (dx == 0)), wb_last.eq((dy == k - 1) & (dx == k - 1)),
+                             wb_pv.eq((py < lp.Hp) & (px < lp.Wp)), wb_g.eq(ig), wb_py.eq(py), wb_px.eq(px),
+                             wb_widx.eq(widx)]  # fmt: skip
+                idle = Const(0, 1)
+                if skip:
+                    idle = (dy == 0) & (dx == 0) & ~first & ~flags.bit_select(widx, 1)
+                with m.If(idle):
+                    m.d.sync += wb_skip.eq(1)
+                    m.d.comb += adv.eq(1)
                 with m.Else():
-                    m.d.sync += dx.eq(0)
-                    with m.If(dy != k - 1):
-                        m.d.sync += dy.eq(dy + 1)
+                    m.d.comb += eng_addr.eq(addr)
+                    m.d.sync += [wb_int.eq(valid), wb_tok.eq(1)]
+                    with m.If(dx != k - 1):
+                        m.d.sync += dx.eq(dx + 1)
                     with m.Else():
-                        m.d.sync += dy.eq(0)
-                        with m.If(px != PX - 1):
-                            m.d.sync += [px.eq(px + 1), pxk.eq(pxk + k)]
+                        m.d.sync += dx.eq(0)
+                        with m.If(dy != k - 1):
+                            m.d.sync += dy.eq(dy + 1)
                         with m.Else():
-                            m.d.sync += [px.eq(0), pxk.eq(0)]
-                            with m.If(py != PY - 1):
-                                m.d.sync += [py.eq(py + 1), pyk.eq(pyk + k), rowb.eq(rowb + k * lp.Wo)]
+                            m.d.sync += dy.eq(0)
+                            m.d.comb += adv.eq(1)
+                with m.If(adv):
+                    m.d.sync += widx.eq(widx + 1)
+                    with m.If(px != PX - 1):
+                        m.d.sync += [px.eq(px + 1), pxk.eq(pxk + k)]
+                    with m.Else():
+                        m.d.sync += [px.eq(0), pxk.eq(0)]
+                        with m.If(py != PY - 1):
+                            m.d.sync += [py.eq(py + 1), pyk.eq(pyk + k), rowb.eq(rowb + k * lp.Wo)]
+                        with m.Else():
+                            m.d.sync += [py.eq(0), pyk.eq(0)]
+                            with m.If(ig != G - 1):
+                                m.d.sync += [ig.eq(ig + 1), gbase.eq(gbase + HoWo), rowb.eq(gbase + HoWo)]
                             with m.Else():
-                                m.d.sync += [py.eq(0), pyk.eq(0)]
-                                with m.If(ig != G - 1):
-                                    m.d.sync += [ig.eq(ig + 1), gbase.eq(gbase + HoWo), rowb.eq(gbase + HoWo)]
-                                with m.Else():
-                                    m.next = "DRAIN"
+                                m.next = "DRAIN"
             with m.State("DRAIN"):  # the last writeback lands this cycle
                 m.next = "DRAIN2"
             with m.State("DRAIN2"):  # and its pooling window's event
@@ -443,7 +483,7 @@ class Core(Elaboratable):
         syn_word, int_word = [], []
         fire = Signal(L, name=f"{name}_fire")
         prev = Signal(L, name=f"{name}_prev")
-        vs = []
+        vs, lives = [], []
         for j in range(L):  # lane j of the word read last cycle (zeros and "silent" at step 0)
             o = j * LW
             s_j = Signal(signed(sb), name=f"{name}_s{j}")
@@ -459,6 +499,7 @@ class Core(Elaboratable):
             vs.append(v)
             thr_j = thr_w[j * pb : (j + 1) * pb].as_signed()
             m.d.comb += [fire[j].eq(vmask[j] & (v >= thr_j) & (tm_j == T)), prev[j].eq(tm_j != T)]
+            lives.append(vmask[j] & (tm_j == T) & ~fire[j] & (s_j != 0))  # can still cross, V still moves
             int_word.append(Cat(s_j, v, Mux(fire[j], t, tm_j)))  # integration: V += slope, first crossing
         with m.If(wb_syn):
             m.d.comb += [st_w.addr.eq(wb_addr), st_w.data.eq(Cat(*syn_word)), st_w.en.eq(1)]
@@ -473,6 +514,18 @@ class Core(Elaboratable):
         pl_g, pl_py, pl_px = Signal.like(wb_g, name=f"{name}_pl_g"), Signal.like(wb_py, name=f"{name}_pl_py"), Signal.like(wb_px, name=f"{name}_pl_px")
         m.d.sync += [pl_int.eq(wb_int), pl_first.eq(wb_first), pl_last.eq(wb_last), pl_pv.eq(wb_pv), pl_fire.eq(fire),
                      pl_prev.eq(prev), pl_g.eq(wb_g), pl_py.eq(wb_py), pl_px.eq(wb_px)]  # fmt: skip
+        pl_skip = Signal(name=f"{name}_pl_skip")
+        m.d.sync += pl_skip.eq(wb_skip)
+        if skip:  # the window's flag after its visit: some valid word of it has a live lane
+            pl_tok, pl_live = Signal(name=f"{name}_pl_tok"), Signal(name=f"{name}_pl_live")
+            pl_widx = Signal.like(widx, name=f"{name}_pl_widx")
+            win_live, cur_live = Signal(name=f"{name}_win_live"), Signal(name=f"{name}_cur_live")
+            m.d.sync += [pl_tok.eq(wb_tok), pl_live.eq(wb_int & Cat(*lives).any()), pl_widx.eq(wb_widx)]
+            m.d.comb += cur_live.eq(Mux(pl_first, pl_live, win_live | pl_live))
+            with m.If(pl_tok):
+                m.d.sync += win_live.eq(cur_live)
+                with m.If(pl_last):
+                    m.d.sync += flags.bit_select(pl_widx, 1).eq(cur_live)
         win_f, win_p = Signal(L, name=f"{name}_win_f"), Signal(L, name=f"{name}_win_p")
         cur_f, cur_p = Signal(L, name=f"{name}_cur_f"), Signal(L, name=f"{name}_cur_p")
         m.d.comb += [cur_f.eq(Mux(pl_first, pl_fire, win_f | pl_fire)), cur_p.eq(Mux(pl_first, pl_prev, win_p | pl_prev))]
@@ -485,7 +538,7 @@ class Core(Elaboratable):
         pidx = Signal(idx_bits(lp.groups * lp.Hp * lp.Wp) + 1, name=f"{name}_pidx")
         with m.If(go):
             m.d.sync += pidx.eq(0)
-        with m.Elif(emit):
+        with m.Elif(emit | (pl_skip & pl_pv)):  # a skipped window keeps its pooled time
             m.d.sync += pidx.eq(pidx + 1)
         if lp.pool_index is not None and P.debug:
             pm = Memory(shape=unsigned(L * tb), depth=lp.groups * lp.Hp * lp.Wp, init=[])

@@ -122,6 +122,7 @@ class CorePlan:
     debug: bool
     early_exit: bool
     silent_margin: bool = True  # no output fired: argmax of V(T-1) - threshold (model file "max-margin"), else of V(T-1)
+    window_skip: bool = True  # hidden layers with pooling skip idle pooling windows (one cycle each)
 
     @property
     def time_bits(self) -> int:
@@ -260,6 +261,7 @@ class CorePlan:
             "debug": self.debug,
             "early_exit": self.early_exit,
             "silent_margin": self.silent_margin,
+            "window_skip": self.window_skip,
             "time_bits": tb,
             "layers": layers,
             "memories": mems,
@@ -275,7 +277,7 @@ def image_cycles(tables: ModelTables, compute_cycles: float) -> float:
 
 
 def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_exit: bool = False,
-              max_memory_bits: int = 64_000_000) -> CorePlan:  # fmt: skip
+              max_memory_bits: int = 64_000_000, window_skip: bool = True) -> CorePlan:  # fmt: skip
     """Size a core for ``tables``; raise HardwareError naming the problem and the fix."""
     if not isinstance(lanes, int) or not 1 <= lanes <= 256:
         raise HardwareError(f"lanes={lanes!r}: choose 1..256 output channels per cycle")
@@ -324,7 +326,7 @@ def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_ex
     plan = CorePlan(name=tables.name, T=T, input_shape=tuple(int(v) for v in tables.input_shape),
                     input_table=[int(v) for v in tables.input_table], layers=plans, lanes=lanes,
                     debug=debug, early_exit=early_exit,
-                    silent_margin=tables.silent_margin)  # fmt: skip
+                    silent_margin=tables.silent_margin, window_skip=window_skip)  # fmt: skip
     bits = plan.summary()["memory_bits"]
     if bits > max_memory_bits:
         raise HardwareError(f"the core needs {bits / 1e6:.1f} Mbit of memories (limit {max_memory_bits / 1e6:.0f} Mbit): "

@@ -258,3 +258,46 @@ def test_decision_unit_equals_the_rule(seed: int, lanes: int, classes: int, marg
     sim.run()
     want = decide(fire_t[None], v[None], T, thr if margin else None)[0]
     assert got == {"fired": int(fire_t.min() < T), "cls": int(want), "time": int(min(fire_t.min(), T))}
+
+
+def test_window_skipping_saves_cycles_and_changes_no_value() -> None:
+    """Idle pooling windows (every neuron fired or at slope 0, no event this step) cost one
+    cycle instead of k*k: the same spike times, potentials and classes as without, fewer
+    cycles (the random property test above runs with skipping on, the default)."""
+    rng = np.random.default_rng(1)  # conv 1x1 x5 -> pool 3x3 -> conv -> fc on 9x9
+    tables = random_tables(rng, weight_bits=1, max_channels=5, in_channels=int(rng.integers(1, 3)))
+    images = random_images(rng, 2, tables.input_shape)
+    assert any(ly.kind == "pool" for ly in tables.layers)
+    want = expected(tables, images)
+    runs = {ws: run_pysim(plan_core(tables, lanes=1, window_skip=ws), images) for ws in (False, True)}
+    for got in runs.values():
+        assert compare_streams(tables, got.stream, want.stream) == {k: 0 for k in compare_streams(tables, want.stream, want.stream)}
+        np.testing.assert_array_equal(got.classes, want.classes)
+    assert (runs[True].cycles < runs[False].cycles).all(), (runs[True].cycles, runs[False].cycles)
+
+
+def test_window_skipping_keeps_falling_potentials() -> None:
+    """A neuron whose slope is negative for a while, then positive: its window must be visited
+    while V falls (a core that skipped it would fire at step 10 instead of 13)."""
+    from firstspike.quantize.modelfile import DECISIONS, ModelTables, accumulator_bounds
+
+    T = 16
+    conv_w = np.array([-2, 6], np.int32).reshape(1, 2, 1, 1)  # channel 0 at t=0 pulls down, channel 1 at t=8 up
+    fc_w = np.array([1, -1], np.int32).reshape(2, 1, 1, 1)
+    conv = Layer(kind="conv", in_shape=(2, 2, 2), out_shape=(1, 2, 2), kernel=(1, 1), stride=1, padding=0,
+                 weights=conv_w, thresholds=np.array([4]), weight_bits=4)  # fmt: skip
+    pool = Layer(kind="pool", in_shape=(1, 2, 2), out_shape=(1, 1, 1), kernel=(2, 2), stride=2)
+    fc = Layer(kind="fc", in_shape=(1, 1, 1), out_shape=(2, 1, 1), kernel=(1, 1), stride=1, padding=0,
+               weights=fc_w, thresholds=np.array([1, 1]), weight_bits=1)  # fmt: skip
+    for ly in (conv, fc):
+        ly.slope_bits, ly.potential_bits = accumulator_bounds(ly.weights, T)
+    table = np.floor((255 - np.arange(256)) * T / 256).astype(np.int32)
+    table[0] = T
+    tables = ModelTables(name="falling", T=T, input_shape=(2, 2, 2), input_table=table, layers=[conv, pool, fc],
+                         decision=dict(DECISIONS["margin"]))  # fmt: skip
+    img = np.zeros((1, 2, 2, 2), np.uint8)
+    img[0, 0, 0, 0], img[0, 1, 0, 0] = 255, 127  # spike times 0 and 8
+    want = expected(tables, img)
+    assert GoldenModel(tables).run(img).layer_times[1][0, 0, 0, 0] == 13
+    got = run_pysim(plan_core(tables, lanes=1), img)
+    assert compare_streams(tables, got.stream, want.stream) == {k: 0 for k in compare_streams(tables, want.stream, want.stream)}
