@@ -317,7 +317,14 @@ class Core(Elaboratable):
         wb_g = Signal(idx_bits(G), name=f"{name}_wb_g")
         wb_py, wb_px = Signal(idx_bits(PY), name=f"{name}_wb_py"), Signal(idx_bits(PX), name=f"{name}_wb_px")
         m.d.sync += [wb_syn.eq(0), wb_int.eq(0), wb_skip.eq(0), wb_tok.eq(0)]
+        adv = Signal(name=f"{name}_adv")  # INTEG: this cycle ends the window (its last word, or a skip)
         if skip:
+            # the flag of the window visited next cycle, looked up a cycle ahead (off the INTEG
+            # path): this window's or the next one's, as this cycle ends a window or not; the
+            # flags of windows not yet visited do not change while a layer integrates
+            f_this, f_next, adv_q = Signal(name=f"{name}_f_this"), Signal(name=f"{name}_f_next"), Signal(name=f"{name}_adv_q")
+            m.d.sync += [f_this.eq(flags.bit_select(widx, 1)), f_next.eq(flags.bit_select(widx + 1, 1)), adv_q.eq(adv)]
+            flag_cur = Mux(adv_q, f_next, f_this)
             oy0_t = _table([f.o0 for f in fy], len(s_oy))
             ox0_t = _table([f.o0 for f in fx], len(s_ox))
             gw_t = _table([gg * PY * PX for gg in range(G)], len(widx))
@@ -425,13 +432,12 @@ class Core(Elaboratable):
                     valid = valid & (oy < lp.Ho)
                 if PX * k != lp.Wo:
                     valid = valid & (ox < lp.Wo)
-                adv = Signal(name=f"{name}_adv")  # this cycle ends the window (its last word, or a skip)
                 m.d.sync += [wb_addr.eq(addr), wb_first.eq((dy == 0) & (dx == 0)), wb_last.eq((dy == k - 1) & (dx == k - 1)),
                              wb_pv.eq((py < lp.Hp) & (px < lp.Wp)), wb_g.eq(ig), wb_py.eq(py), wb_px.eq(px),
                              wb_widx.eq(widx)]  # fmt: skip
                 idle = Const(0, 1)
                 if skip:
-                    idle = (dy == 0) & (dx == 0) & ~first & ~flags.bit_select(widx, 1)
+                    idle = (dy == 0) & (dx == 0) & ~first & ~flag_cur
                 with m.If(idle):
                     m.d.sync += wb_skip.eq(1)
                     m.d.comb += adv.eq(1)
@@ -499,7 +505,7 @@ class Core(Elaboratable):
             vs.append(v)
             thr_j = thr_w[j * pb : (j + 1) * pb].as_signed()
             m.d.comb += [fire[j].eq(vmask[j] & (v >= thr_j) & (tm_j == T)), prev[j].eq(tm_j != T)]
-            lives.append(vmask[j] & (tm_j == T) & ~fire[j] & (s_j != 0))  # can still cross, V still moves
+            lives.append(vmask[j] & (tm_j == T) & (s_j != 0))  # not fired before, V moves (and not firing now: below)
             int_word.append(Cat(s_j, v, Mux(fire[j], t, tm_j)))  # integration: V += slope, first crossing
         with m.If(wb_syn):
             m.d.comb += [st_w.addr.eq(wb_addr), st_w.data.eq(Cat(*syn_word)), st_w.en.eq(1)]
@@ -517,10 +523,11 @@ class Core(Elaboratable):
         pl_skip = Signal(name=f"{name}_pl_skip")
         m.d.sync += pl_skip.eq(wb_skip)
         if skip:  # the window's flag after its visit: some valid word of it has a live lane
-            pl_tok, pl_live = Signal(name=f"{name}_pl_tok"), Signal(name=f"{name}_pl_live")
+            pl_tok, pl_lives = Signal(name=f"{name}_pl_tok"), Signal(L, name=f"{name}_pl_lives")
             pl_widx = Signal.like(widx, name=f"{name}_pl_widx")
             win_live, cur_live = Signal(name=f"{name}_win_live"), Signal(name=f"{name}_cur_live")
-            m.d.sync += [pl_tok.eq(wb_tok), pl_live.eq(wb_int & Cat(*lives).any()), pl_widx.eq(wb_widx)]
+            m.d.sync += [pl_tok.eq(wb_tok), pl_lives.eq(Mux(wb_int, Cat(*lives), 0)), pl_widx.eq(wb_widx)]
+            pl_live = (pl_lives & ~pl_fire).any()  # a lane that can still cross and did not fire now
             m.d.comb += cur_live.eq(Mux(pl_first, pl_live, win_live | pl_live))
             with m.If(pl_tok):
                 m.d.sync += win_live.eq(cur_live)
