@@ -95,9 +95,9 @@ class BoardTop(Elaboratable):
         self._MustUse__silence = True  # a top refused here is never elaborated: no "unused" warning
         self.clock_hz, self.pll = core_clock(board, clock_mhz)  # the core clock: the board's, or a PLL's
         self.divisor = round(self.clock_hz / baud)  # UART bit time in core clock cycles
-        if self.divisor < 1 or abs(self.clock_hz / self.divisor - baud) > 0.02 * baud:
+        if not _baud_fits(self.clock_hz, baud):
             fits = [b for b in (3_000_000, 2_000_000, 1_500_000, 1_000_000, 500_000, 115_200)
-                    if b < baud and abs(self.clock_hz / max(1, round(self.clock_hz / b)) - b) <= 0.02 * b]  # fmt: skip
+                    if b < baud and _baud_fits(self.clock_hz, b)]  # fmt: skip
             hint = f"--baud {fits[0]}" if fits else "a lower --baud"
             raise BuildError(f"{board.name}: {baud} baud is more than 2% off any integer divisor of the "
                              f"{self.clock_hz / 1e6:g} MHz core clock: use {hint}, or a --clock-mhz that is a "
@@ -245,6 +245,12 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
         raise BuildError(f"{board}: Fmax {res['fmax_mhz']:.1f} MHz misses the {core_mhz:g} MHz core clock. "
                          + _fmax_fix(b, res["fmax_mhz"]))  # fmt: skip
     return res
+
+
+def _baud_fits(clock_hz: float, baud: int) -> bool:
+    """An integer divisor of the core clock makes ``baud`` within 2% (what a UART tolerates)."""
+    div = round(clock_hz / baud)
+    return div >= 1 and abs(clock_hz / div - baud) <= 0.02 * baud
 
 
 def fmax_failure(log: str) -> tuple[float, float] | None:

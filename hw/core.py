@@ -413,15 +413,18 @@ class Core(Elaboratable):
                 with m.Else():
                     m.d.sync += g.eq(0)
                     with m.If(kx_i != n_x - 1):
-                        m.d.sync += [kx_i.eq(kx_i + 1), wa_col.eq(wa_col + s * G), sa_col.eq(sa_col - 1), sa_g.eq(sa_col - 1),
-                                     s_ox.eq(s_ox - 1)]  # fmt: skip
+                        m.d.sync += [kx_i.eq(kx_i + 1), wa_col.eq(wa_col + s * G), sa_col.eq(sa_col - 1), sa_g.eq(sa_col - 1)]
+                        if skip:
+                            m.d.sync += s_ox.eq(s_ox - 1)
                     with m.Else():
                         m.d.sync += kx_i.eq(0)
                         with m.If(ky_i != n_y - 1):
                             wr = wa_row + s * lp.KW * G
                             sr = sa_row - lp.Wo
                             m.d.sync += [ky_i.eq(ky_i + 1), wa_row.eq(wr), wa_col.eq(wr + wa_x0),
-                                         sa_row.eq(sr), sa_col.eq(sr), sa_g.eq(sr), s_oy.eq(s_oy - 1), s_ox.eq(s_ox0)]  # fmt: skip
+                                         sa_row.eq(sr), sa_col.eq(sr), sa_g.eq(sr)]  # fmt: skip
+                            if skip:
+                                m.d.sync += [s_oy.eq(s_oy - 1), s_ox.eq(s_ox0)]
                         with m.Else():
                             m.next = "LANE"
             with m.State("INTEG"):
@@ -433,11 +436,13 @@ class Core(Elaboratable):
                 if PX * k != lp.Wo:
                     valid = valid & (ox < lp.Wo)
                 m.d.sync += [wb_addr.eq(addr), wb_first.eq((dy == 0) & (dx == 0)), wb_last.eq((dy == k - 1) & (dx == k - 1)),
-                             wb_pv.eq((py < lp.Hp) & (px < lp.Wp)), wb_g.eq(ig), wb_py.eq(py), wb_px.eq(px),
-                             wb_widx.eq(widx)]  # fmt: skip
+                             wb_pv.eq((py < lp.Hp) & (px < lp.Wp)), wb_g.eq(ig), wb_py.eq(py), wb_px.eq(px)]  # fmt: skip
                 idle = Const(0, 1)
                 if skip:
                     idle = (dy == 0) & (dx == 0) & ~first & ~flag_cur
+                    m.d.sync += wb_widx.eq(widx)
+                    with m.If(adv):
+                        m.d.sync += widx.eq(widx + 1)
                 with m.If(idle):
                     m.d.sync += wb_skip.eq(1)
                     m.d.comb += adv.eq(1)
@@ -454,7 +459,6 @@ class Core(Elaboratable):
                             m.d.sync += dy.eq(0)
                             m.d.comb += adv.eq(1)
                 with m.If(adv):
-                    m.d.sync += widx.eq(widx + 1)
                     with m.If(px != PX - 1):
                         m.d.sync += [px.eq(px + 1), pxk.eq(pxk + k)]
                     with m.Else():
