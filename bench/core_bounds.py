@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.core_bounds")
+# block RAM per family: bits per block, widest port (iCE40 EBR 256 x 16; ECP5 DP16KD 512 x 36 pseudo-dual-port)
+BLOCK_RAM = {"ice40": (4096, 16), "ecp5": (18432, 36)}
 DEFAULT_RUNS = "icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:64"
 
 
@@ -139,6 +141,7 @@ def main() -> None:
 
     import numpy as np
 
+    from firstspike.boards.build import BOARDS
     from firstspike.data import load_split
     from firstspike.hw.plan import plan_core
     from firstspike.quantize.export import quantize_checkpoint
@@ -170,10 +173,11 @@ def main() -> None:
         ev = max(ly_["event_cycles"] for ly_ in layers)
         mcyc, skip = _step_model(tables, plan, g.layer_times, n)
         # block-RAM bandwidth: every synaptic update and active neuron-step reads and writes one
-        # neuron's state (slope, potential, time); a DP16KD moves 36 bits in and 36 out a cycle
+        # neuron's state (slope, potential, time); each block RAM moves one port width in and one out a cycle
         bits = max(lp.lane_bits + plan.time_bits for lp in plan.layers)
         moved = sum(ly_["synaptic_updates"] + ly_["active_neuron_steps"] for ly_ in layers)
-        brams = {"icebreaker": 30, "ulx3s": 208, "orangecrab": 208}.get(board)
+        b = BOARDS.get(board)
+        block_bits, port_bits = BLOCK_RAM[b.family] if b else (None, None)
         runs.append({
             "board": board, "model": tables.name, "checkpoint": repo_path(model), "lanes": lanes, "T": T, "images": n,
             "layers": layers, "sweep_bound_cycles": float(work["cycle_bound_concurrent"].mean()),
@@ -182,7 +186,7 @@ def main() -> None:
             "measured_early_exit": bool(meas.get("early_exit")) if meas else None,
             "model_cycles": float(mcyc.mean()), "window_skip_cycles": float(skip.mean()),
             "state_bits_per_neuron": int(bits),
-            "bram_bandwidth_bound_cycles": moved * bits / (brams * 36) if brams else None,
+            "bram_bandwidth_bound_cycles": moved * bits / (b.bram_bits / block_bits * port_bits) if b else None,
         })  # fmt: skip
         log.info("%s", runs[-1])
     write_result("core_bounds", {"runs": merge_runs("core_bounds", runs, lambda r: (r["board"], r["lanes"]))})

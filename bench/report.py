@@ -219,8 +219,8 @@ def render_docs() -> Path:
                   "same, but a pooling window whose neurons have all fired or have slope 0 (and that no event "
                   "touched) costs one cycle (not built). *Block-RAM bandwidth bound*: every synaptic update and "
                   "active neuron-step reads and writes one neuron's state (`state_bits_per_neuron`), every block "
-                  "RAM of the device moves 36 bits a cycle each way; no core that keeps its state in block RAM "
-                  "beats it.", ""]  # fmt: skip
+                  "RAM of the device moves one port width a cycle each way (36 bits for an ECP5 DP16KD, 16 for an "
+                  "iCE40 EBR); no core that keeps its state in block RAM beats it.", ""]  # fmt: skip
     def _uart(r_: dict) -> str:
         e2e = r_.get("images_per_s_end_to_end")
         return f"{e2e:.1f} (virtual board, {r_['baud'] / 1e6:g} Mbaud)" if e2e else f"{r_['images_per_s_over_uart']:.1f}"
