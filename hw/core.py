@@ -104,7 +104,9 @@ class Core(Elaboratable):
         T, tb = P.T, P.time_bits
         C, H, W = P.input_shape
         N = P.n_inputs
-        nb = idx_bits(N)
+        nb = P.input_node_addr_bits  # a node's address: the pixel's index, or its packed (c, y, x)
+        packed = P.input_packed
+        fx, fy, fc = P.input_fields()
 
         t = Signal(tb)  # current step
         first = Signal()
@@ -118,7 +120,10 @@ class Core(Elaboratable):
 
         # ---- input: spike-time table and per-step buckets ------------------------------
         heads = Memory(shape=unsigned(nb + 1), depth=T, init=[])
-        nodes = Memory(shape=unsigned(idx_bits(C) + idx_bits(H) + idx_bits(W) + nb + 1), depth=N, init=[])
+        if packed:  # a node is its next pointer; its address is the pixel's (c, y, x)
+            nodes = Memory(shape=unsigned(nb + 1), depth=1 << nb, init=[])
+        else:  # a node holds the pixel's (c, y, x) and the next pointer
+            nodes = Memory(shape=unsigned(idx_bits(C) + idx_bits(H) + idx_bits(W) + nb + 1), depth=N, init=[])
         m.submodules.in_heads = heads
         m.submodules.in_nodes = nodes
         heads_w = heads.write_port()
@@ -139,10 +144,12 @@ class Core(Elaboratable):
             m.d.comb += tt.eq(table[self.pix_data])
         s2_valid, s2_n, s2_t = Signal(), Signal(nb), Signal(tb)
         s2_xyc = Signal(len(ld_x) + len(ld_y) + len(ld_c))
-        m.d.sync += [s2_valid.eq(accept & (tt != T)), s2_n.eq(ld_n), s2_t.eq(tt), s2_xyc.eq(Cat(ld_x, ld_y, ld_c))]
+        n_addr = Cat(ld_x[:fx], ld_y[:fy], ld_c[:fc]) if packed else ld_n
+        m.d.sync += [s2_valid.eq(accept & (tt != T)), s2_n.eq(n_addr), s2_t.eq(tt), s2_xyc.eq(Cat(ld_x, ld_y, ld_c))]
         l0_head_addr = Signal(idx_bits(T))
         m.d.comb += heads_r.addr.eq(Mux(loading, tt, l0_head_addr))
-        m.d.comb += [nodes_w.addr.eq(s2_n), nodes_w.data.eq(Cat(s2_xyc, heads_r.data)), nodes_w.en.eq(s2_valid)]
+        node = heads_r.data if packed else Cat(s2_xyc, heads_r.data)
+        m.d.comb += [nodes_w.addr.eq(s2_n), nodes_w.data.eq(node), nodes_w.en.eq(s2_valid)]
         clearing = Signal()
         with m.If(clearing):
             m.d.comb += [heads_w.addr.eq(clr), heads_w.data.eq(0), heads_w.en.eq(1)]
@@ -170,7 +177,7 @@ class Core(Elaboratable):
 
         # ---- spiking layers ----------------------------------------------------------------
         src = _Src("bucket", heads_r=heads_r, head_addr=l0_head_addr, nodes_r=nodes_r,
-                   xb=idx_bits(W), yb=idx_bits(H), cb=idx_bits(C), nb=nb)  # fmt: skip
+                   xb=idx_bits(W), yb=idx_bits(H), cb=idx_bits(C), nb=nb, packed=packed, fields=(fx, fy, fc))  # fmt: skip
         busy_all = []
         dec = None
         for lp in P.layers:
@@ -366,9 +373,15 @@ class Core(Elaboratable):
                     nd = src.nodes_r.data
                     o = 0
                     fields = []
-                    for wdt in (src.xb, src.yb, src.cb, src.nb, 1):
-                        fields.append(nd[o : o + wdt])
-                        o += wdt
+                    if src.packed:  # (x, y, c) is the node's own address; it holds the next pointer
+                        for wdt in src.fields:
+                            fields.append(ptr[o : o + wdt] if wdt else Const(0, 1))
+                            o += wdt
+                        fields += [nd[: src.nb], nd[src.nb]]
+                    else:
+                        for wdt in (src.xb, src.yb, src.cb, src.nb, 1):
+                            fields.append(nd[o : o + wdt])
+                            o += wdt
                     m.d.sync += [e_x.eq(fields[0]), e_y.eq(fields[1]), e_g.eq(fields[2]), e_mask.eq(1),
                                  ptr.eq(fields[3]), more.eq(fields[4])]  # fmt: skip
                     m.next = "LANE"

@@ -137,6 +137,25 @@ class CorePlan:
         C, H, W = self.input_shape
         return C * H * W
 
+    def input_fields(self) -> tuple[int, int, int]:
+        """Bits of a pixel's x, y and channel in the input buckets (no channel bits for C = 1)."""
+        C, H, W = self.input_shape
+        return idx_bits(W), idx_bits(H), (idx_bits(C) if C > 1 else 0)
+
+    @property
+    def input_packed(self) -> bool:
+        """The input buckets' nodes are addressed by the pixel's (c, y, x) bit fields, so a
+        node holds only its next pointer; else by the pixel's index, with (c, y, x) stored.
+        Whichever takes fewer bits (28x28: 1,024 x 11 instead of 784 x 22 bits)."""
+        ab = sum(self.input_fields())
+        n = self.n_inputs
+        return (1 << ab) * (ab + 1) <= n * (ab + idx_bits(n) + 1)
+
+    @property
+    def input_node_addr_bits(self) -> int:
+        """Width of a node address (= a bucket pointer)."""
+        return sum(self.input_fields()) if self.input_packed else idx_bits(self.n_inputs)
+
     def readout_segments(self) -> list[tuple[str, tuple[int, int, int]]]:
         """The debug stream's order: (name, shape) of each block of values, each in (c, y, x)
         order: the input spike times, every layer's spike times (pooling included), then the
@@ -234,8 +253,12 @@ class CorePlan:
         tb = self.time_bits
         C, H, W = self.input_shape
         n = self.n_inputs
-        mems.append({"name": "input.heads", "depth": self.T, "width": idx_bits(n) + 1})
-        mems.append({"name": "input.nodes", "depth": n, "width": idx_bits(C) + idx_bits(H) + idx_bits(W) + idx_bits(n) + 1})
+        ab = self.input_node_addr_bits
+        mems.append({"name": "input.heads", "depth": self.T, "width": ab + 1})
+        if self.input_packed:
+            mems.append({"name": "input.nodes", "depth": 1 << ab, "width": ab + 1})
+        else:
+            mems.append({"name": "input.nodes", "depth": n, "width": idx_bits(C) + idx_bits(H) + idx_bits(W) + ab + 1})
         if self.debug:
             mems.append({"name": "input.times", "depth": n, "width": tb})
         for lp in self.layers:

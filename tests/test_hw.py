@@ -46,7 +46,8 @@ def test_core_equals_golden_random_networks(seed: int, lanes: int, stalls: bool,
 def test_random_networks_cover_pooling_padding_stride_and_silence() -> None:
     """The generator behind the property test reaches the cases that matter."""
     seen = {"pool2": 0, "pool3": 0, "pad": 0, "stride2": 0, "silent_out": 0, "fired_out": 0, "thr0": 0,
-            "rules_disagree": 0, "potential_rule": 0}  # silent images the two decision rules decide differently
+            "rules_disagree": 0, "potential_rule": 0,  # silent images the two decision rules decide differently
+            "packed_input": 0, "indexed_input": 0}  # the input buckets' two node layouts (CorePlan.input_packed)
     for seed in range(120):
         rng = np.random.default_rng(seed)
         t = random_tables(rng)
@@ -56,6 +57,9 @@ def test_random_networks_cover_pooling_padding_stride_and_silence() -> None:
             seen["pad"] += ly.kind == "conv" and ly.padding > 0
             seen["stride2"] += ly.kind == "conv" and ly.stride == 2
             seen["thr0"] += ly.kind != "pool" and bool((ly.thresholds == 0).any())
+        packed = plan_core(t, lanes=1).input_packed
+        seen["packed_input"] += packed
+        seen["indexed_input"] += not packed
         imgs = random_images(rng, 2, t.input_shape)
         e = expected(t, imgs)
         seen["silent_out"] += int((e.first_time == t.T).sum())
