@@ -94,10 +94,14 @@ def render_docs() -> Path:
     at = _load("accuracy_vs_T")
     if at:
         lines += ["## Accuracy against T (bench/accuracy_vs_T.py)", "",
-                  f"Binary MNIST network, {at['epochs']} epoch(s) on {at['train_images']} images each; {_hw(at)}; {at['date']}.",
-                  "", "| T | test accuracy | mean output latency (steps) |", "|---|---|---|"]  # fmt: skip
+                  f"Binary MNIST networks, the same recipe and seed for every T of a sweep; {_hw(at)}; {at['date']}. "
+                  "Latency: mean first output spike step (silent images count as T).",
+                  "", "| config | epochs x images | T | test accuracy | mean output latency | on correct images |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
         for r in at["runs"]:
-            lines.append(f"| {r['T']} | {100 * r['test_acc']:.2f}% | {r['mean_latency']:.1f} |")
+            c, e, n = r.get("config", at.get("config")), r.get("epochs", at.get("epochs")), r.get("train_images", at.get("train_images"))
+            lc = f"{r['latency_correct']:.1f}" if "latency_correct" in r else "-"
+            lines.append(f"| {c} | {e} x {n} | {r['T']} | {100 * r['test_acc']:.2f}% | {r['mean_latency']:.1f} / {r['T']} | {lc} |")
         lines += ["", "![accuracy against T](../bench/results/accuracy_vs_T.png)", ""]
     ex = _load("exactness")
     if ex:
