@@ -57,8 +57,8 @@ class FlowConfig:
     data_dir: str | None = None
     epochs: int | None = None  # binary training epochs (None: the config's, 15 for csnn_ice40)
     lr: float | None = None  # None: the config's
-    # float real-valued rung (0: skip the step): csnn_ice40's real-valued recipe reaches about
-    # 92% in 4 epochs (95.6% in 15; docs/accuracy.md), above the binary network it is the reference for
+    # float real-valued rung (0: skip the step): csnn_ice40's real-valued recipe reaches 93.96%
+    # in 4 epochs (the binary network 95.43% in 15; docs/accuracy.md)
     real_epochs: int = 4
     train_subset: int = 0  # 0: all training images
     test_subset: int = 0  # 0: all test images (golden model, float accuracy)
