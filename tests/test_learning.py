@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from firstspike.train.model import load_config
-from firstspike.train.trainer import TrainConfig, load_checkpoint, model_from_checkpoint, train
+from firstspike.errors import ConfigError
+from firstspike.train.model import CSNN, load_config
+from firstspike.train.trainer import TrainConfig, init_from_checkpoint, load_checkpoint, model_from_checkpoint, train
 
 pytestmark = pytest.mark.slow
 
@@ -131,3 +132,26 @@ def test_validation_split_keeps_the_best_epoch(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(Exception, match="val_images=800"):
         tc.val_images = 800
         train(cfg, tc, tmp_path / "b", resume=False)
+
+
+def test_binary_network_starts_from_a_real_one() -> None:
+    """init_from: a real-valued checkpoint becomes latent weights w / max|w| (same signs) and
+    per-channel scales alpha = mean|w|; a checkpoint of other layers is refused."""
+    cfg, _ = load_config("csnn_tiny")
+    cfg.mode = "real"
+    torch.manual_seed(0)
+    real = CSNN(cfg)
+    for m in real.spiking_layers():
+        m.weight.data.mul_(torch.linspace(0.5, 4.0, m.weight.shape[0]).view(-1, 1, 1, 1))
+    ck = {"net": cfg.to_dict(), "state_dict": real.state_dict()}
+    bcfg, _ = load_config("csnn_tiny")
+    binary = CSNN(bcfg)
+    init_from_checkpoint(binary, ck)
+    for b, r in zip(binary.spiking_layers(), real.spiking_layers()):
+        w = r.weight.detach()
+        assert torch.equal(b.sign(), torch.where(w >= 0, 1.0, -1.0))
+        assert float(b.weight.detach().abs().amax()) == pytest.approx(1.0)
+        torch.testing.assert_close(b.alpha().detach(), w.flatten(1).abs().mean(1))
+    other, _ = load_config("csnn_ice40")
+    with pytest.raises(ConfigError, match="init_from: the checkpoint's layers"):
+        init_from_checkpoint(CSNN(other), ck)

@@ -70,6 +70,8 @@ class TrainConfig:
     freeze: str = ""  # diagnostics: comma-separated spiking-layer indices (0 = first) not to train
     latency: str = "rho"  # linearisation of dt/dV: rho (STiDi-BP) | channel | true (see functional.latency_slope)
     calib: str = "auto"  # data-driven init: "positive" | "median" (see CSNN.calibrate) | "auto": median for binary, positive for real
+    init_from: str = ""  # a checkpoint of the same layers to start from instead of the calibration (e.g. a
+    #   real-valued run for a binary one: latent weights w / max|w| and alpha = mean|w| per channel)
     eval_batch: int = 500
     progress: bool = True
 
@@ -153,6 +155,26 @@ def model_from_checkpoint(ck: dict[str, Any]) -> CSNN:
     model = CSNN(NetConfig.from_dict(ck["net"]))
     model.load_state_dict(ck["state_dict"])
     return model
+
+
+@torch.no_grad()
+def init_from_checkpoint(model: CSNN, ck: dict[str, Any]) -> None:
+    """Start ``model`` from a checkpoint of the same layers (real or binary). Into a binary
+    model a real one goes as latent weights w / max|w| (signs kept) and per-channel scales
+    alpha = mean|w|, the least-squares scale of alpha * sign(w) against w."""
+    src = model_from_checkpoint(ck)
+    pairs = list(zip(model.spiking_layers(), src.spiking_layers()))
+    if len(pairs) != len(src.spiking_layers()) or any(a.weight.shape != b.weight.shape for a, b in pairs):
+        raise ConfigError(f"init_from: the checkpoint's layers ({ck['net']['layers']}) differ from this network's")
+    for dst, s in pairs:
+        w = s.effective()[0].detach().to(dst.weight.dtype) if s.binary else s.weight.detach()
+        if dst.binary:
+            flat = w.flatten(1)
+            dst.weight.copy_(w / flat.abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1))
+            a = flat.abs().mean(1).clamp_min(1e-12)
+            dst.log_alpha.copy_(torch.log(a if dst.log_alpha.numel() > 1 else a.mean().view(1)))
+        else:
+            dst.weight.copy_(w)
 
 
 # --- evaluation ---------------------------------------------------------------------------
@@ -243,7 +265,10 @@ def train(
         g = torch.Generator().manual_seed(tc.seed)
         idx = torch.randperm(len(y_train), generator=g)[: tc.calib_images]
         calib = tc.calib if tc.calib != "auto" else ("median" if net_cfg.mode == "binary" else "positive")
-        model.calibrate(x_train[idx].to(device), calib)
+        if tc.init_from:
+            init_from_checkpoint(model, load_checkpoint(Path(tc.init_from)))
+        else:
+            model.calibrate(x_train[idx].to(device), calib)
     opt, sched = _make_optimizer(model, tc)
     start_epoch, history = 0, []
     prev_best: dict[str, Any] | None = None  # with val_images: the best epoch so far
