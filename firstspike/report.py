@@ -78,6 +78,14 @@ def board_rows(state: dict[str, Any], tables=None) -> list[dict[str, Any]]:
     st = state.get("steps", {})
     builds = st.get("build", {}).get("metrics", {}).get("boards", {})
     ver = st.get("verilator", {}).get("metrics")
+    # compute cycles per image: a board core's own, measured through the link (the real board's,
+    # else the virtual board's), else the RTL run's (the debug core: all T steps)
+    ran = [(n, st.get(n, {}).get("metrics")) for n in ("board", "virtual")]
+    ran = [(n, v) for n, v in ran if v and v.get("cycles_mean")]
+    where = {"board": "the board's core", "virtual": "the virtual board's core"}
+    how = {True: ", all T steps: spike readout", False: ", early exit", None: ""}
+    cyc = (ran[0][1]["cycles_mean"], where[ran[0][0]] + how[ran[0][1].get("spike_readout")]) if ran else (
+        (ver["cycles_mean"], "RTL, all T steps") if ver and ver.get("cycles_mean") else None)
     rows = []
     for b, r in builds.items():
         if "error" in r:
@@ -87,10 +95,12 @@ def board_rows(state: dict[str, Any], tables=None) -> list[dict[str, Any]]:
         row = {"board": b, "device": r.get("device"), "lanes": r.get("lanes"),
                **{k: f"{v['used']:,} / {v['available']:,}" for k, v in res.items() if v},
                "fmax_mhz": r.get("fmax_mhz"), "clock_mhz": r.get("clock_mhz")}  # fmt: skip
-        if ver and ver.get("cycles_mean") and tables is not None and ver.get("lanes") == r.get("lanes"):
+        same_core = ran or (ver and ver.get("lanes") == r.get("lanes"))  # the virtual board runs the flow's lanes
+        if cyc and tables is not None and same_core:
             from firstspike.hw.plan import image_cycles
 
-            per = image_cycles(tables, ver["cycles_mean"])
+            per = image_cycles(tables, cyc[0])
+            row["cycles"] = f"{cyc[0]:,.0f} ({cyc[1]})"
             row["images_per_s_at_fmax"] = round(r["fmax_mhz"] * 1e6 / per, 1) if r.get("fmax_mhz") else None
             row["images_per_s_at_clock"] = round(r["clock_mhz"] * 1e6 / per, 1)
         rows.append(row)
@@ -211,7 +221,8 @@ LADDER_COLS = [("rung", "rung"), ("accuracy_s", "accuracy"), ("images", "test im
                ("golden_s", "golden model, same images"), ("mismatches", "mismatches against the golden model")]  # fmt: skip
 BOARD_COLS = [("board", "board"), ("device", "device"), ("lanes", "lanes"), ("luts", "LUTs / LCs"), ("ffs", "FFs"),
               ("bram", "block RAM"), ("dsp", "DSP"), ("fmax_mhz", "Fmax (MHz)"), ("clock_mhz", "clock (MHz)"),
-              ("images_per_s_at_fmax", "images/s at Fmax"), ("images_per_s_at_clock", "images/s at clock"),
+              ("cycles", "compute cycles / image"), ("images_per_s_at_fmax", "images/s at Fmax"),
+              ("images_per_s_at_clock", "images/s at clock"),
               ("error", "error")]  # fmt: skip
 
 

@@ -177,3 +177,24 @@ def test_gate_level_covers_the_boards_families() -> None:
     assert gate_families(FlowConfig(boards=("ulx3s",), gate_family="ice40")) == ["ice40"]
     with pytest.raises(FlowError, match="unknown --gate-family"):
         gate_families(FlowConfig(gate_family="xc7"))
+
+
+def test_board_speed_uses_the_board_cores_cycles() -> None:
+    """The report's images/s come from the board core's own cycles (early exit, measured over
+    the link on the virtual or real board) when a board ran, else from the RTL run's."""
+    from types import SimpleNamespace
+
+    from firstspike.report import board_rows
+
+    tables = SimpleNamespace(T=32, input_shape=(1, 28, 28))
+    build = {"icebreaker": {"device": "iCE40UP5K", "lanes": 2, "resources": {}, "fmax_mhz": 27.0, "clock_mhz": 24.0}}
+    steps = {"build": {"metrics": {"boards": build}}, "verilator": {"metrics": {"cycles_mean": 26000.0, "lanes": 2}}}
+    row = board_rows({"steps": steps}, tables)[0]
+    assert row["images_per_s_at_clock"] == round(24e6 / (26000 + 32 + 784), 1) and "RTL" in row["cycles"]
+    steps["virtual"] = {"metrics": {"cycles_mean": 13000.0}}
+    row = board_rows({"steps": steps}, tables)[0]
+    assert row["images_per_s_at_clock"] == round(24e6 / (13000 + 32 + 784), 1) and "virtual board's core" in row["cycles"]
+    steps["board"] = {"metrics": {"cycles_mean": 12000.0}}
+    steps["board"]["metrics"]["spike_readout"] = False
+    row = board_rows({"steps": steps}, tables)[0]  # a real board's own figure first
+    assert row["images_per_s_at_clock"] == round(24e6 / (12000 + 32 + 784), 1) and row["cycles"].endswith("(the board's core, early exit)")
