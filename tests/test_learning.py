@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from firstspike.errors import ConfigError
-from firstspike.train.model import CSNN, load_config
+from firstspike.train.model import CSNN, LayerSpec, load_config
 from firstspike.train.trainer import TrainConfig, init_from_checkpoint, load_checkpoint, model_from_checkpoint, train
 
 pytestmark = pytest.mark.slow
@@ -155,3 +155,7 @@ def test_binary_network_starts_from_a_real_one() -> None:
     other, _ = load_config("csnn_ice40")
     with pytest.raises(ConfigError, match="init_from: the checkpoint's layers"):
         init_from_checkpoint(CSNN(other), ck)
+    longer, _ = load_config("csnn_tiny")  # the checkpoint's layers plus one more: refused too
+    longer.layers.append(LayerSpec(kind="fc", channels=10))
+    with pytest.raises(ConfigError, match="init_from: the checkpoint's layers"):
+        init_from_checkpoint(CSNN(longer), ck)

@@ -164,7 +164,7 @@ def init_from_checkpoint(model: CSNN, ck: dict[str, Any]) -> None:
     alpha = mean|w|, the least-squares scale of alpha * sign(w) against w."""
     src = model_from_checkpoint(ck)
     pairs = list(zip(model.spiking_layers(), src.spiking_layers()))
-    if len(pairs) != len(src.spiking_layers()) or any(a.weight.shape != b.weight.shape for a, b in pairs):
+    if len(model.spiking_layers()) != len(src.spiking_layers()) or any(a.weight.shape != b.weight.shape for a, b in pairs):
         raise ConfigError(f"init_from: the checkpoint's layers ({ck['net']['layers']}) differ from this network's")
     for dst, s in pairs:
         w = s.effective()[0].detach().to(dst.weight.dtype) if s.binary else s.weight.detach()
@@ -261,13 +261,14 @@ def train(
             p.requires_grad_(False)
     resuming = resume and ck_path.is_file()
     if not resuming:
-        # data-driven initialisation first: real mode sizes its learning rates by the weights
-        g = torch.Generator().manual_seed(tc.seed)
-        idx = torch.randperm(len(y_train), generator=g)[: tc.calib_images]
-        calib = tc.calib if tc.calib != "auto" else ("median" if net_cfg.mode == "binary" else "positive")
+        # initialisation first (real mode sizes its learning rates by the weights): from a
+        # checkpoint, or data-driven
         if tc.init_from:
             init_from_checkpoint(model, load_checkpoint(Path(tc.init_from)))
         else:
+            g = torch.Generator().manual_seed(tc.seed)
+            idx = torch.randperm(len(y_train), generator=g)[: tc.calib_images]
+            calib = tc.calib if tc.calib != "auto" else ("median" if net_cfg.mode == "binary" else "positive")
             model.calibrate(x_train[idx].to(device), calib)
     opt, sched = _make_optimizer(model, tc)
     start_epoch, history = 0, []
