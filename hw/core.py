@@ -120,10 +120,8 @@ class Core(Elaboratable):
 
         # ---- input: spike-time table and per-step buckets ------------------------------
         heads = Memory(shape=unsigned(nb + 1), depth=T, init=[])
-        if packed:  # a node is its next pointer; its address is the pixel's (c, y, x)
-            nodes = Memory(shape=unsigned(nb + 1), depth=1 << nb, init=[])
-        else:  # a node holds the pixel's (c, y, x) and the next pointer
-            nodes = Memory(shape=unsigned(idx_bits(C) + idx_bits(H) + idx_bits(W) + nb + 1), depth=N, init=[])
+        n_depth, n_width = P.input_nodes_shape  # packed: a node is its next pointer, addressed by (c, y, x)
+        nodes = Memory(shape=unsigned(n_width), depth=n_depth, init=[])
         m.submodules.in_heads = heads
         m.submodules.in_nodes = nodes
         heads_w = heads.write_port()
@@ -143,12 +141,16 @@ class Core(Elaboratable):
         else:
             m.d.comb += tt.eq(table[self.pix_data])
         s2_valid, s2_n, s2_t = Signal(), Signal(nb), Signal(tb)
-        s2_xyc = Signal(len(ld_x) + len(ld_y) + len(ld_c))
-        n_addr = Cat(ld_x[:fx], ld_y[:fy], ld_c[:fc]) if packed else ld_n
-        m.d.sync += [s2_valid.eq(accept & (tt != T)), s2_n.eq(n_addr), s2_t.eq(tt), s2_xyc.eq(Cat(ld_x, ld_y, ld_c))]
+        m.d.sync += [s2_valid.eq(accept & (tt != T)), s2_t.eq(tt)]
+        if packed:
+            m.d.sync += s2_n.eq(Cat(ld_x[:fx], ld_y[:fy], ld_c[:fc]))
+            node = heads_r.data
+        else:
+            s2_xyc = Signal(len(ld_x) + len(ld_y) + len(ld_c))
+            m.d.sync += [s2_n.eq(ld_n), s2_xyc.eq(Cat(ld_x, ld_y, ld_c))]
+            node = Cat(s2_xyc, heads_r.data)
         l0_head_addr = Signal(idx_bits(T))
         m.d.comb += heads_r.addr.eq(Mux(loading, tt, l0_head_addr))
-        node = heads_r.data if packed else Cat(s2_xyc, heads_r.data)
         m.d.comb += [nodes_w.addr.eq(s2_n), nodes_w.data.eq(node), nodes_w.en.eq(s2_valid)]
         clearing = Signal()
         with m.If(clearing):

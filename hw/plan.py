@@ -156,6 +156,16 @@ class CorePlan:
         """Width of a node address (= a bucket pointer)."""
         return sum(self.input_fields()) if self.input_packed else idx_bits(self.n_inputs)
 
+    @property
+    def input_nodes_shape(self) -> tuple[int, int]:
+        """(depth, width) of the input buckets' node memory: a packed node is its next pointer
+        (and valid bit); an indexed one also holds the pixel's (c, y, x)."""
+        ab = self.input_node_addr_bits
+        if self.input_packed:
+            return 1 << ab, ab + 1
+        C, H, W = self.input_shape
+        return self.n_inputs, idx_bits(C) + idx_bits(H) + idx_bits(W) + ab + 1
+
     def readout_segments(self) -> list[tuple[str, tuple[int, int, int]]]:
         """The debug stream's order: (name, shape) of each block of values, each in (c, y, x)
         order: the input spike times, every layer's spike times (pooling included), then the
@@ -251,14 +261,10 @@ class CorePlan:
         """Widths, memories and bits: what `firstspike hw` writes next to the Verilog."""
         mems = []
         tb = self.time_bits
-        C, H, W = self.input_shape
         n = self.n_inputs
-        ab = self.input_node_addr_bits
-        mems.append({"name": "input.heads", "depth": self.T, "width": ab + 1})
-        if self.input_packed:
-            mems.append({"name": "input.nodes", "depth": 1 << ab, "width": ab + 1})
-        else:
-            mems.append({"name": "input.nodes", "depth": n, "width": idx_bits(C) + idx_bits(H) + idx_bits(W) + ab + 1})
+        mems.append({"name": "input.heads", "depth": self.T, "width": self.input_node_addr_bits + 1})
+        depth, width = self.input_nodes_shape
+        mems.append({"name": "input.nodes", "depth": depth, "width": width})
         if self.debug:
             mems.append({"name": "input.times", "depth": n, "width": tb})
         for lp in self.layers:
