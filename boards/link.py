@@ -18,10 +18,11 @@ from firstspike.quantize.modelfile import ModelTables, tables_sha256
 
 
 def board_plan(tables: ModelTables, lanes: int, spikes: bool) -> CorePlan:
-    """The core a board runs: with the spike readout, the debug port; without it, early exit
-    (it stops at the first output spike: the same class, fired flag and time, fewer cycles;
-    the readout needs full runs)."""
-    return plan_core(tables, lanes=lanes, debug=spikes, early_exit=not spikes)
+    """The core a board runs: early exit (it stops at the first output spike: the same class,
+    fired flag and time, fewer cycles) and, with the spike readout, the debug port; there a
+    CLASSIFY_SPIKES request runs all T steps (the readout needs full runs), the others exit
+    early."""
+    return plan_core(tables, lanes=lanes, debug=spikes, early_exit=True)
 
 
 def model_hash(tables: ModelTables) -> bytes:
@@ -101,6 +102,11 @@ class BoardLink(Elaboratable):
         start_req, start_q = Signal(), Signal()  # the core's start, registered (off the UART-to-core path)
         m.d.sync += start_q.eq(start_req)
         m.d.comb += core.start.eq(start_q)
+        full_run = Const(0)  # this request runs all T steps: CLASSIFY_SPIKES (it reads the spike times)
+        if p.debug:
+            full_run = typ == P.CLASSIFY_SPIKES
+            if p.early_exit:
+                m.d.comb += core.exit_early.eq(~full_run)
         use_gen = Signal()  # this frame's pixels come from the compact-frame generator
         over = Signal()  # a compact frame held more than N pixels
         gen_idle = Const(1)
@@ -149,7 +155,7 @@ class BoardLink(Elaboratable):
         def le(v: int, n: int) -> list[int]:
             return [v >> (8 * k) & 0xFF for k in range(n)]
 
-        flags = (P.FLAG_SPIKES if p.debug else 0) | (P.FLAG_TIMES if compact else 0)
+        flags = (P.FLAG_SPIKES if p.debug else 0) | (P.FLAG_TIMES if compact else 0) | (P.FLAG_EARLY if p.early_exit else 0)
         info = [*b"FSPK", P.PROTOCOL_VERSION, *le(p.T, 2), *le(N, 4), p.num_classes, *self.model_hash,
                 flags, *le(p.lanes, 2), *le(DL, 2), *le(beats, 4)]  # fmt: skip
         assert len(info) == P.INFO_LEN
@@ -315,8 +321,8 @@ class BoardLink(Elaboratable):
                     # unrequested spike times are drained *before* answering: once the host has
                     # its answer it may send the next request at once, and must not be ignored
                     m.next = "CRC" if not p.debug else "DRAIN"
-                    if p.debug:
-                        with m.If(want_spikes):
+                    if p.debug:  # a core that exited early streams nothing
+                        with m.If(want_spikes | (~full_run if p.early_exit else 0)):
                             m.next = "CRC"
             # the answer: CRC over the body first, then 00 COBS(body) 00, one block at a time.
             # body[i] is registered (``ob``, a cycle after i changes: the byte mux over the

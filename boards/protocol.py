@@ -58,6 +58,7 @@ CRC_LEN = 2
 INFO_LEN = 4 + 1 + 2 + 4 + 1 + 8 + 1 + 2 + 2 + 4
 FLAG_SPIKES = 1
 FLAG_TIMES = 2  # CLASSIFY_TIMES understood (models with T <= 128)
+FLAG_EARLY = 4  # CLASSIFY / CLASSIFY_TIMES stop at the first output spike (CLASSIFY_SPIKES runs all T steps)
 RUN_MAX = 128  # silent pixels one run byte stands for, at most
 TIMES_T_MAX = 128  # CLASSIFY_TIMES codes a spike time in the 7 bits below the run flag: models with T <= this
 RESULT_LEN = 8
@@ -202,7 +203,8 @@ def parse_result(p: bytes) -> tuple[int, int, int, int]:
 def parse_info(p: bytes) -> dict:
     magic, ver, T, n_in, classes, h, flags, lanes, dlanes, beats = struct.unpack("<4sBHIB8sBHHI", p)
     return {"magic": magic, "version": ver, "T": T, "inputs": n_in, "classes": classes, "model_sha256_prefix": h.hex(),
-            "spikes": bool(flags & FLAG_SPIKES), "times": bool(flags & FLAG_TIMES), "lanes": lanes, "debug_lanes": dlanes, "debug_beats": beats}
+            "spikes": bool(flags & FLAG_SPIKES), "times": bool(flags & FLAG_TIMES),
+            "early_exit": bool(flags & FLAG_EARLY), "lanes": lanes, "debug_lanes": dlanes, "debug_beats": beats}
 
 
 def parse_spikes(p: bytes) -> tuple[int, np.ndarray]:

@@ -94,7 +94,7 @@ def _add_hw(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", default="build/hw", help="output folder")
     p.add_argument("--lanes", type=int, default=16, help="output channels updated per cycle (area vs speed)")
     p.add_argument("--no-debug", action="store_true", help="leave out the debug port (every layer's spike times)")
-    p.add_argument("--early-exit", action="store_true", help="stop once the class is known (needs --no-debug)")
+    p.add_argument("--early-exit", action="store_true", help="stop once the class is known (with the debug port: per image, where the exit_early input is high at start)")
 
 
 def _add_bitstream_options(p: argparse.ArgumentParser) -> None:

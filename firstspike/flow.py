@@ -282,15 +282,16 @@ def _board_run(ctx: Context, port: str, n: int) -> dict[str, Any]:
         rt.check_model(tables_sha256(tables))
         res = rt.run(test.images, progress=ctx.cfg.progress, tables=tables)  # compact frames where the board has them
         spikes = None
-        readout = bool(rt.info()["spikes"])  # a core with the spike readout runs all T steps (no early exit)
-        if readout:
+        info = rt.info()
+        early = bool(info["early_exit"])  # plain requests stop at the first output spike (bitstreams before it: all T steps)
+        if info["spikes"]:
             spk = rt.run(test.images[:1], spikes=True, tables=tables)
             spikes = compare_streams(tables, spk.stream, expected(tables, test.images[:1]).stream)
     gold = GoldenModel(tables).classify(test.images)
     return {"images": n, "accuracy": float((res.classes == test.labels).mean()),
             "golden_accuracy": float((gold == test.labels).mean()), "class_mismatches": int((res.classes != gold).sum()),
             "spike_mismatches_one_image": spikes, "retries": res.retries, "errors": res.errors,
-            "cycles_mean": float(res.cycles.mean()), "spike_readout": readout}  # fmt: skip
+            "cycles_mean": float(res.cycles.mean()), "early_exit": early}  # fmt: skip
 
 
 def step_virtual(ctx: Context) -> dict[str, Any]:

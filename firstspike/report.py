@@ -83,8 +83,8 @@ def board_rows(state: dict[str, Any], tables=None) -> list[dict[str, Any]]:
     ran = [(n, st.get(n, {}).get("metrics")) for n in ("board", "virtual")]
     ran = [(n, v) for n, v in ran if v and v.get("cycles_mean")]
     where = {"board": "the board's core", "virtual": "the virtual board's core"}
-    how = {True: ", all T steps: spike readout", False: ", early exit", None: ""}
-    cyc = (ran[0][1]["cycles_mean"], where[ran[0][0]] + how[ran[0][1].get("spike_readout")]) if ran else (
+    how = {True: ", early exit", False: ", all T steps", None: ""}
+    cyc = (ran[0][1]["cycles_mean"], where[ran[0][0]] + how[ran[0][1].get("early_exit")]) if ran else (
         (ver["cycles_mean"], "RTL, all T steps") if ver and ver.get("cycles_mean") else None)
     rows = []
     for b, r in builds.items():

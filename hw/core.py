@@ -20,7 +20,8 @@ Architecture (one image at a time, all layers advance together one time step at 
 * Every layer runs its step concurrently; a step ends when all are done.
 * Decision: the earliest output spike (lowest class on ties); if none fires, the largest
   V(T-1) - threshold (model files' "max-margin"; older "max-potential" files: the largest
-  V(T-1)), lowest class on ties. Optional early exit when the decision is known.
+  V(T-1)), lowest class on ties. Optional early exit when the decision is known (with the
+  debug port: chosen per image by ``exit_early``).
 * Debug port: after the result, every layer's spike times and the output potentials
   stream out in GoldenModel.run order (CorePlan.readout_segments).
 
@@ -62,6 +63,10 @@ class Core(Elaboratable):
     * debug stream ``dbg_valid``/``dbg_ready``/``dbg_data``/``dbg_last`` (only with
       ``plan.debug``), after the result: one memory word per beat, up to ``debug_lanes``
       signed 32-bit values (see CorePlan.unpack_debug).
+    * ``exit_early`` (only with both ``plan.debug`` and ``plan.early_exit``; sampled with
+      ``start``): this image stops at its first output spike and has no debug readout (a
+      board's plain CLASSIFY); low, it runs all T steps and streams its spike times. A core
+      with early exit and no debug port always exits early.
     """
 
     def __init__(self, plan: CorePlan, time_input: bool = False):
@@ -87,12 +92,15 @@ class Core(Elaboratable):
         self.dbg_ready = Signal()
         self.dbg_data = Signal(32 * plan.debug_lanes)
         self.dbg_last = Signal()
+        self.exit_early = Signal()
 
     def ports(self) -> list[Signal]:
         p = [self.start, self.busy, self.done, self.pix_valid, self.pix_ready, self.pix_data, self.res_valid,
              self.res_ready, self.res_class, self.res_fired, self.res_time, self.res_cycles]  # fmt: skip
         if self.plan.debug:
             p += [self.dbg_valid, self.dbg_ready, self.dbg_data, self.dbg_last]
+            if self.plan.early_exit:
+                p.append(self.exit_early)
         if self.time_input:
             p.append(self.pix_time)
         return p
@@ -194,10 +202,15 @@ class Core(Elaboratable):
         m.d.comb += any_busy.eq(Cat(*busy_all, dec.busy).any())  # the decision's pipeline too
         m.d.comb += [self.res_class.eq(dec.cls), self.res_fired.eq(dec.fired), self.res_time.eq(dec.time), self.res_cycles.eq(cycles)]
         ro_done = Signal()
+        early = Signal()  # this image exits early (and skips the readout)
+        if P.early_exit and not P.debug:
+            m.d.comb += early.eq(1)
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [clr.eq(0), self.busy.eq(1), cycles.eq(0)]
+                    if P.early_exit and P.debug:
+                        m.d.sync += early.eq(self.exit_early)
                     m.next = "CLEAR"
             with m.State("CLEAR"):
                 m.d.comb += clearing.eq(1)
@@ -217,9 +230,7 @@ class Core(Elaboratable):
             with m.State("STEP"):
                 m.d.sync += cycles.eq(cycles + 1)
                 with m.If(~any_busy):
-                    stop = t == T - 1
-                    if P.early_exit:
-                        stop = stop | dec.fired
+                    stop = (t == T - 1) | (early & dec.fired)
                     with m.If(stop):
                         m.next = "RESULT"
                     with m.Else():
@@ -229,8 +240,11 @@ class Core(Elaboratable):
                 m.d.comb += self.res_valid.eq(1)
                 with m.If(self.res_ready):
                     if P.debug:
-                        m.d.comb += ro_start.eq(1)
-                        m.next = "READOUT"
+                        with m.If(early):
+                            m.next = "DONE"
+                        with m.Else():
+                            m.d.comb += ro_start.eq(1)
+                            m.next = "READOUT"
                     else:
                         m.next = "DONE"
             with m.State("READOUT"):

@@ -120,7 +120,7 @@ class CorePlan:
     layers: list[LayerPlan]
     lanes: int
     debug: bool
-    early_exit: bool
+    early_exit: bool  # stop at the first output spike (with the debug port: per image, Core.exit_early)
     silent_margin: bool = True  # no output fired: argmax of V(T-1) - threshold (model file "max-margin"), else of V(T-1)
     window_skip: bool = True  # hidden layers with pooling skip idle pooling windows (one cycle each)
 
@@ -310,8 +310,6 @@ def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_ex
     """Size a core for ``tables``; raise HardwareError naming the problem and the fix."""
     if not isinstance(lanes, int) or not 1 <= lanes <= 256:
         raise HardwareError(f"lanes={lanes!r}: choose 1..256 output channels per cycle")
-    if early_exit and debug:
-        raise HardwareError("early exit stops before every spike time is known: use it without the debug port (--no-debug)")
     T = int(tables.T)
     if T < 2:
         raise HardwareError(f"T={T}: the core needs at least 2 time steps")

@@ -18,13 +18,19 @@ class SimResult:
     fired: np.ndarray
     times: np.ndarray  # res_time (first output spike step, T if none)
     cycles: np.ndarray
-    stream: np.ndarray | None  # (N, total) debug values
+    stream: np.ndarray | None  # (images that streamed, total) debug values
 
 
-def run_pysim(plan: CorePlan, images: np.ndarray, stall_seed: int | None = None, max_cycles: int = 10_000_000) -> SimResult:
+def run_pysim(plan: CorePlan, images: np.ndarray, stall_seed: int | None = None, max_cycles: int = 10_000_000,
+              exit_early: np.ndarray | None = None) -> SimResult:  # fmt: skip
     """Classify ``images`` (N, C, H, W) uint8 on the core; with ``stall_seed`` the pixel
-    source and the result/debug sinks stall at random (tests the valid/ready handshakes)."""
+    source and the result/debug sinks stall at random (tests the valid/ready handshakes).
+    ``exit_early`` (N bools; a core with both debug port and early exit): drives the core's
+    ``exit_early`` per image; those images stream no debug values."""
     core = Core(plan)
+    ee = np.zeros(len(images), bool) if exit_early is None else np.asarray(exit_early, bool)
+    if ee.any() and not (plan.debug and plan.early_exit):
+        raise ValueError("exit_early drives a core with both the debug port and early exit")
     rng = np.random.default_rng(stall_seed) if stall_seed is not None else None
     out: dict[str, list] = {"cls": [], "fired": [], "time": [], "cycles": [], "stream": []}
 
@@ -32,8 +38,9 @@ def run_pysim(plan: CorePlan, images: np.ndarray, stall_seed: int | None = None,
         return bool(rng is not None and rng.random() < 0.3)
 
     async def bench(ctx) -> None:
-        for img in images:
+        for img, early in zip(images, ee):
             flat = np.asarray(img, dtype=np.uint8).reshape(-1)
+            ctx.set(core.exit_early, int(early))
             ctx.set(core.start, 1)
             await ctx.tick()
             ctx.set(core.start, 0)
@@ -63,7 +70,7 @@ def run_pysim(plan: CorePlan, images: np.ndarray, stall_seed: int | None = None,
             await ctx.tick()
             ctx.set(core.res_ready, 0)
             vals = []
-            if plan.debug:
+            if plan.debug and not early:
                 while True:
                     r = not stall()
                     ctx.set(core.dbg_ready, r)
@@ -77,14 +84,15 @@ def run_pysim(plan: CorePlan, images: np.ndarray, stall_seed: int | None = None,
             while not ctx.get(core.done):
                 await ctx.tick()
             await ctx.tick()
-            out["stream"].append(vals)
+            if plan.debug and not early:
+                out["stream"].append(vals)
 
     sim = Simulator(core)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
     stream = None
-    if plan.debug:
+    if out["stream"]:
         stream = plan.unpack_debug(np.stack([plan.beats_from_ints(v) for v in out["stream"]]))
     return SimResult(np.asarray(out["cls"]), np.asarray(out["fired"]), np.asarray(out["time"]),
                      np.asarray(out["cycles"]), stream)  # fmt: skip

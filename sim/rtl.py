@@ -178,6 +178,9 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
     netlist of the core with the family's cell models instead of the RTL."""
     if gate_level is not None and (gate_level not in GATE_LEVEL or sim != "verilator"):
         raise SimulatorError(f"gate-level simulation: choose --gate-level {' or '.join(GATE_LEVEL)} with --sim verilator")
+    if debug and early_exit:
+        raise SimulatorError("a core with both the debug port and early exit chooses per image (its exit_early input, "
+                             "driven by the board link): simulate it on the virtual board, or pass debug=False")  # fmt: skip
     check_simulator(sim)
     plan = plan_core(tables, lanes=lanes, debug=debug, early_exit=early_exit)
     core_v = to_verilog(plan)

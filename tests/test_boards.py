@@ -271,10 +271,13 @@ def test_virtual_board_recovers_from_dropped_and_corrupted_bytes(small: tuple, t
     assert dropped + flipped > 0 and res.retries > 0, (vb.faults, res.retries, res.errors)
 
 
-def test_virtual_board_without_spike_readout_exits_early(tmp_path_factory) -> None:
-    """A board built without the spike readout (the iCEBreaker default) stops at the first
-    output spike: the same class, fired flag and time as the golden model, fewer cycles than
-    the full run (the core on Amaranth's simulator, debug port on)."""
+@pytest.mark.parametrize("spikes", [False, True])
+def test_virtual_board_exits_early(spikes: bool, tmp_path_factory) -> None:
+    """A board's plain CLASSIFY stops at the first output spike: the same class, fired flag
+    and time as the golden model, fewer cycles than the full run (the core on Amaranth's
+    simulator, debug port on). With the spike readout built in (the ECP5 default), a
+    CLASSIFY_SPIKES request on the same board still runs all T steps and reads every spike
+    time back; without it (the iCEBreaker default) there is nothing else to ask."""
     from firstspike.boards.virtual import VirtualBoard
     from firstspike.sim.pysim import run_pysim
 
@@ -284,10 +287,12 @@ def test_virtual_board_without_spike_readout_exits_early(tmp_path_factory) -> No
         images = random_images(rng, 6, tables.input_shape)
         if (expected(tables, images).first_time < tables.T - 1).sum() >= 2:
             break
-    with VirtualBoard(tables, lanes=3, build_root=tmp_path_factory.mktemp("vb3"), spikes=False) as vb:
+    with VirtualBoard(tables, lanes=3, build_root=tmp_path_factory.mktemp("vb3"), spikes=spikes) as vb:
         with BoardRuntime(vb.port, timeout=5.0) as rt:
-            assert not rt.info()["spikes"] and rt.info()["times"]
+            assert rt.info()["spikes"] == spikes and rt.info()["times"] and rt.info()["early_exit"]
             res = rt.run(images, tables=tables)
+            spk = rt.run(images, spikes=True, tables=tables) if spikes else None
+            res2 = rt.run(images, tables=tables)  # after full runs, plain requests exit early again
     want = GoldenModel(tables).run(images)
     np.testing.assert_array_equal(res.classes, want.classes)
     first = want.layer_times[-1].reshape(len(images), -1).min(axis=1)
@@ -295,6 +300,11 @@ def test_virtual_board_without_spike_readout_exits_early(tmp_path_factory) -> No
     np.testing.assert_array_equal(res.fired, first < tables.T)
     full = run_pysim(plan_core(tables, lanes=3, debug=True), images).cycles
     assert (res.cycles <= full).all() and (res.cycles[first < tables.T - 1] < full[first < tables.T - 1]).all()
+    np.testing.assert_array_equal(res2.cycles, res.cycles)
+    if spikes:
+        np.testing.assert_array_equal(spk.cycles, full)
+        np.testing.assert_array_equal(spk.classes, want.classes)
+        assert (spk.stream == expected(tables, images).stream).all()
 
 
 def test_runtime_without_board_is_a_clear_error() -> None:

@@ -195,6 +195,6 @@ def test_board_speed_uses_the_board_cores_cycles() -> None:
     row = board_rows({"steps": steps}, tables)[0]
     assert row["images_per_s_at_clock"] == round(24e6 / (13000 + 32 + 784), 1) and "virtual board's core" in row["cycles"]
     steps["board"] = {"metrics": {"cycles_mean": 12000.0}}
-    steps["board"]["metrics"]["spike_readout"] = False
+    steps["board"]["metrics"]["early_exit"] = True
     row = board_rows({"steps": steps}, tables)[0]  # a real board's own figure first
     assert row["images_per_s_at_clock"] == round(24e6 / (12000 + 32 + 784), 1) and row["cycles"].endswith("(the board's core, early exit)")

@@ -99,6 +99,13 @@ def test_early_exit_same_class_fewer_cycles() -> None:
     np.testing.assert_array_equal(early.classes, want)
     np.testing.assert_array_equal(full.classes, want)
     assert (early.cycles <= full.cycles).all() and (early.cycles < full.cycles).any()
+    # with the debug port, early exit is chosen per image: those images take the early core's
+    # cycles and stream nothing, the others run all T steps and stream every spike time
+    ee = np.array([True, False, True])
+    both = run_pysim(plan_core(tables, lanes=4, debug=True, early_exit=True), images, exit_early=ee, stall_seed=5)
+    np.testing.assert_array_equal(both.classes, want)
+    np.testing.assert_array_equal(both.cycles, np.where(ee, early.cycles, full.cycles))
+    np.testing.assert_array_equal(both.stream, full.stream[~ee])
 
 
 # ---- generator errors and outputs ---------------------------------------------------------
@@ -113,9 +120,6 @@ def test_bad_lanes(lanes: int) -> None:
 
 
 def test_unbuildable_structures_are_refused() -> None:
-    t = _tables()
-    with pytest.raises(HardwareError, match="no-debug"):
-        plan_core(t, early_exit=True, debug=True)
     t2 = _tables()
     c, h, w = t2.input_shape
     t2.layers.insert(0, Layer(kind="pool", in_shape=(c, h, w), out_shape=(c, h // 2, w // 2), kernel=(2, 2), stride=2))
@@ -150,7 +154,6 @@ def test_generate_writes_verilog_and_summary(tmp_path: Path) -> None:
 def test_cli_hw_errors_leave_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = save(_tables(), tmp_path / "m.fsm")
     out = tmp_path / "hw"
-    assert main(["hw", str(model), "-o", str(out), "--early-exit"]) == 2
     assert main(["hw", str(model), "-o", str(out), "--lanes", "0"]) == 2
     assert not out.exists()
     bad = tmp_path / "bad.fsm"
@@ -160,6 +163,10 @@ def test_cli_hw_errors_leave_nothing(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert "checksum" in caplog.text or "truncated" in caplog.text
     assert main(["hw", str(model), "-o", str(out), "--lanes", "2"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["core.json", "firstspike_core.v"]
+    # early exit with the debug port: chosen per image by an input port
+    assert main(["hw", str(model), "-o", str(tmp_path / "ee"), "--early-exit"]) == 0
+    assert "input exit_early" in (tmp_path / "ee" / "firstspike_core.v").read_text()
+    assert "exit_early" not in (out / "firstspike_core.v").read_text()
 
 
 def test_priority_encoder_sub_block_exhaustive() -> None:
