@@ -64,13 +64,13 @@ BOARDS = {
     # the default 24 MHz comes from the PLL (SB_PLL40_PAD, 12 x 64 / 32)
     "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "amaranth_boards.icebreaker.ICEBreakerPlatform", 12e6, 2, "iceprog",
                         30 * 4096, 5280, core_clock_hz=24e6, spikes=False),
-    # csnn at 64 lanes: Fmax 49.8 MHz (speed grade 6) when asked for 50: the ULX3S runs it at 45 MHz
-    # from its 25 MHz (PLL: 25 x 9 / 5; 3 Mbaud = 15 cycles a bit), the OrangeCrab (speed grade 8)
-    # at its own 48 MHz
+    # csnn at 64 lanes: Fmax 46.9-49.8 MHz (speed grade 6): the ULX3S runs it at 45 MHz from its
+    # 25 MHz (PLL: 25 x 9 / 5; 3 Mbaud = 15 cycles a bit); the OrangeCrab (speed grade 8, Fmax
+    # 65.2-67.7 MHz) at 60 MHz from its 48 MHz (PLL: 48 x 5 / 4; 3 Mbaud = 20 cycles a bit)
     "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader",
                    208 * 18432, 83640, core_clock_hz=45e6, lanes=64, program_args=("-b", "ulx3s")),
     "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85FPlatform", 48e6, 1,
-                        "dfu-util", 208 * 18432, 83640, core_clock_hz=48e6, lanes=64, program_args=("-a", "0", "-D")),
+                        "dfu-util", 208 * 18432, 83640, core_clock_hz=60e6, lanes=64, program_args=("-a", "0", "-D")),
 }  # fmt: skip
 
 
