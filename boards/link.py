@@ -310,7 +310,7 @@ class BoardLink(Elaboratable):
             with m.State("WAIT"):
                 m.d.comb += core.res_ready.eq(1)
                 with m.If(core.res_valid):
-                    want_spikes = good & (typ == P.CLASSIFY_SPIKES) if p.debug else 0
+                    want_spikes = good & full_run if p.debug else 0
                     m.d.sync += [r_cls.eq(core.res_class), r_fired.eq(core.res_fired), r_time.eq(core.res_time),
                                  r_cycles.eq(core.res_cycles), bidx.eq(0), spk.eq(want_spikes),
                                  kind.eq(Mux(good, 0, 2)), i.eq(0), scrc.eq(0xFFFF)]  # fmt: skip

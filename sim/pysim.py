@@ -70,7 +70,8 @@ def run_pysim(plan: CorePlan, images: np.ndarray, stall_seed: int | None = None,
             await ctx.tick()
             ctx.set(core.res_ready, 0)
             vals = []
-            if plan.debug and not early:
+            streams = plan.debug and not early
+            if streams:
                 while True:
                     r = not stall()
                     ctx.set(core.dbg_ready, r)
@@ -84,7 +85,7 @@ def run_pysim(plan: CorePlan, images: np.ndarray, stall_seed: int | None = None,
             while not ctx.get(core.done):
                 await ctx.tick()
             await ctx.tick()
-            if plan.debug and not early:
+            if streams:
                 out["stream"].append(vals)
 
     sim = Simulator(core)
