@@ -50,7 +50,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     cfg, tab = load_config(args.config)
     T = cfg.T
-    table = torch.from_numpy(input_table(T)).float()
+    table = torch.from_numpy(input_table(T, cfg.input_gamma)).float()
 
     class BinConv(nn.Module):
         def __init__(self, cin, cout, k, stride, pad, binary):

@@ -134,7 +134,7 @@ def main() -> None:
             "build_seconds": r["build_seconds"], "memory_bits": r["memory_bits"],
         })  # fmt: skip
         log.info("%s", runs[-1])
-    write_result("boards", {"runs": merge_runs("boards", runs, lambda r: r["board"])})
+    write_result("boards", {"runs": merge_runs("boards", runs, lambda r: (r["board"], r.get("checkpoint")))})
     import report
 
     report.render_docs()

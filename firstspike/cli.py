@@ -24,7 +24,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "OUT/history.json after every epoch. Rerunning with the same --out resumes. Multi-process: "
         "`torchrun --nproc-per-node N -m firstspike train ...`.",
     )
-    p.add_argument("--config", default="csnn", help="architecture TOML file or built-in name (csnn, csnn_tiny, csnn_ice40)")
+    import importlib.util
+
+    configs = Path(importlib.util.find_spec("firstspike.train").submodule_search_locations[0]) / "configs"  # no torch import
+    built_in = ", ".join(sorted(q.stem for q in configs.glob("*.toml")))
+    p.add_argument("--config", default="csnn", help=f"architecture TOML file or built-in name ({built_in})")
     p.add_argument("--dataset", default=None, help="mnist or fashion-mnist (default: from config, else mnist)")
     p.add_argument("--data-dir", default=None, help="folder of standard IDX files (overrides --dataset's folder)")
     p.add_argument("--out", default="runs/train", help="output folder (checkpoint, history)")

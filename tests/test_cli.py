@@ -323,3 +323,10 @@ def test_config_base_inherits_and_overrides(tmp_path: Path) -> None:
     own.write_text('base = "csnn"\nname = "own"\nT = 32\n[train]\nlr = 0.01\n')
     cfg, train = load_config(own)
     assert (cfg.name, cfg.T, cfg.layers) == ("own", 32, base.layers) and train == {**btrain, "lr": 0.01}
+    # a base's layers are replaced as a whole: csnn_strided is csnn without pools, the same
+    # features into the classifier, csnn's [train]
+    strided, strain = load_config("csnn_strided")
+    assert [ly.kind for ly in strided.layers] == ["conv", "conv", "fc"] and strain == btrain
+    assert strided.shapes()[-2] == base.shapes()[-2] == (64, 7, 7)
+    assert {k: v for k, v in strided.to_dict().items() if k not in ("name", "layers")} == \
+        {k: v for k, v in base.to_dict().items() if k not in ("name", "layers")}
