@@ -183,7 +183,7 @@ class Core(Elaboratable):
             tw = tmem.write_port()
             tr = tmem.read_port()
             m.d.comb += [tw.addr.eq(ld_n), tw.data.eq(tt), tw.en.eq(accept)]
-            ro_ports["input"] = (tr, 1, C, C, H * W, tb, 0, tb, False)
+            ro_ports["input"] = (tr, 1, C, C, H * W, tb, 0, tb, False, None)
 
         # ---- spiking layers ----------------------------------------------------------------
         src = _Src("bucket", heads_r=heads_r, head_addr=l0_head_addr, nodes_r=nodes_r,
@@ -517,6 +517,11 @@ class Core(Elaboratable):
         thr_t = _table(thr_words, L * pb)
         thr_w = Signal(L * pb, name=f"{name}_thr")
         m.d.comb += thr_w.eq(thr_t[wb_g])
+        # the state's potential field holds D = V - threshold: -threshold before the first step
+        d0_t = _table([sum((-int(lp.thresholds[gg * L + j]) & ((1 << pb) - 1)) << (j * pb)
+                           for j in range(L) if gg * L + j < lp.Co) for gg in range(G)], L * pb)  # fmt: skip
+        d0_w = Signal(L * pb, name=f"{name}_d0")
+        m.d.comb += d0_w.eq(d0_t[wb_g])
         vmask = Signal(L, name=f"{name}_vmask")
         m.d.comb += vmask.eq(valid_masks[wb_g])
         syn_word, int_word = [], []
@@ -528,16 +533,15 @@ class Core(Elaboratable):
             s_j = Signal(signed(sb), name=f"{name}_s{j}")
             tm_j = Signal(tb, name=f"{name}_t{j}")
             m.d.comb += [s_j.eq(Mux(first, 0, word[o : o + sb].as_signed())), tm_j.eq(Mux(first, T, word[o + sb + pb : o + LW]))]
-            p_j = Mux(first, 0, word[o + sb : o + sb + pb].as_signed())
+            p_j = Mux(first, d0_w[j * pb : (j + 1) * pb].as_signed(), word[o + sb : o + sb + pb].as_signed())
             w_j = Mux(wword[j], 1, -1) if wb == 1 else wword[j * wb : (j + 1) * wb].as_signed()
             ns = Signal(signed(sb), name=f"{name}_ns{j}")
             m.d.comb += ns.eq(s_j + w_j)
             syn_word.append(Cat(ns, word[o + sb : o + LW]))  # event: slope += weight
-            v = Signal(signed(pb), name=f"{name}_v{j}")
+            v = Signal(signed(pb), name=f"{name}_d{j}")  # V - threshold after this step
             m.d.comb += v.eq(p_j + s_j)
             vs.append(v)
-            thr_j = thr_w[j * pb : (j + 1) * pb].as_signed()
-            m.d.comb += [fire[j].eq(vmask[j] & (v >= thr_j) & (tm_j == T)), prev[j].eq(tm_j != T)]
+            m.d.comb += [fire[j].eq(vmask[j] & ~v[pb - 1] & (tm_j == T)), prev[j].eq(tm_j != T)]  # V >= threshold
             lives.append(vmask[j] & (tm_j == T) & (s_j != 0))  # not fired before, V moves (and not firing now: below)
             int_word.append(Cat(s_j, v, Mux(fire[j], t, tm_j)))  # integration: V += slope, first crossing
         with m.If(wb_syn):
@@ -588,9 +592,9 @@ class Core(Elaboratable):
             m.d.comb += [pw.addr.eq(pidx), pw.data.eq(Cat(*[Mux(first & ~newp[j], T, t) for j in range(L)]))]
             with m.If(emit):
                 m.d.comb += pw.en.eq(Mux(first, (1 << L) - 1, newp))
-            ro_ports[f"layer{lp.pool_index}"] = (pr, L, G, lp.Co, lp.Hp * lp.Wp, tb, 0, tb, False)
+            ro_ports[f"layer{lp.pool_index}"] = (pr, L, G, lp.Co, lp.Hp * lp.Wp, tb, 0, tb, False, None)
         if P.debug:
-            ro_ports[f"layer{lp.index}"] = ((st_r, ro_addr, ro_en), L, G, lp.Co, HoWo, LW, sb + pb, tb, False)
+            ro_ports[f"layer{lp.index}"] = ((st_r, ro_addr, ro_en), L, G, lp.Co, HoWo, LW, sb + pb, tb, False, None)
 
         # ---- outputs: next layer's event bank, or the decision ------------------------------
         dec = None
@@ -616,10 +620,11 @@ class Core(Elaboratable):
             m.submodules.decision = dec
             m.d.comb += [dec.clear.eq(go & first), dec.words.valid.eq(wb_int), dec.words.payload.group.eq(wb_g),
                          dec.words.payload.t.eq(t), dec.words.payload.fire.eq(fire), dec.words.payload.valid.eq(vmask),
-                         *[dec.words.payload.v[j].eq(vs[j]) for j in range(L)],
+                         *[dec.words.payload.dist[j].eq(vs[j]) for j in range(L)],
                          *[dec.words.payload.thr[j].eq(thr_w[j * pb : (j + 1) * pb].as_signed()) for j in range(L)]]  # fmt: skip
             if P.debug:
-                ro_ports["v_last"] = ((st_r, ro_addr, ro_en), L, G, lp.Co, 1, LW, sb, pb, True)
+                # V(T-1) = D + threshold: the readout adds the word's thresholds back
+                ro_ports["v_last"] = ((st_r, ro_addr, ro_en), L, G, lp.Co, 1, LW, sb, pb, True, (thr_t, pb))
         return busy, nsrc, dec
 
     # ------------------------------------------------------------------------------------
@@ -660,13 +665,20 @@ class Core(Elaboratable):
             else:
                 m.d.comb += [port.addr.eq(iaddr), port.en.eq(sel)]
         # the current word (its read was issued last cycle; held while not ready)
-        for si, (port, L, G, Co, HW, LW, off, nbits, sgn) in enumerate(segs):
+        for si, (port, L, G, Co, HW, LW, off, nbits, sgn, bias) in enumerate(segs):
             data = port[0].data if isinstance(port, tuple) else port.data
             vals = []
+            if bias is not None:  # a per-word table (one word per group: HW == 1) added lane by lane
+                tab, bw = bias
+                bword = Signal(L * bw, name=f"ro_s{si}_bias")
+                m.d.comb += bword.eq(tab[addr])
             for j in range(L):
                 f = data[j * LW + off : j * LW + off + nbits]
                 v = Signal(signed(32), name=f"ro_s{si}_v{j}")
-                m.d.comb += v.eq(f.as_signed() if sgn else f)
+                if bias is None:
+                    m.d.comb += v.eq(f.as_signed() if sgn else f)
+                else:
+                    m.d.comb += v.eq(f.as_signed() + bword[j * bw : (j + 1) * bw].as_signed())
                 vals.append(v)
             with m.If(seg == si):
                 m.d.comb += self.dbg_data.eq(Cat(*vals))

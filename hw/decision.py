@@ -26,13 +26,14 @@ def lowest_set(m: Module, bits: Signal, n: int, name: str) -> Signal:
 def word_layout(lanes: int, groups: int, potential_bits: int, time_bits: int) -> data.StructLayout:
     """One integration word of the output layer: ``lanes`` outputs of group ``group`` at step
     ``t`` (class = group * lanes + lane), which of them fire now, which are real outputs (the
-    last group may be partial), their potentials after this step and their thresholds."""
+    last group may be partial), their distances to the threshold after this step (V - threshold:
+    the state the core keeps) and their thresholds."""
     return data.StructLayout({
         "group": idx_bits(groups),
         "t": time_bits,
         "fire": lanes,
         "valid": lanes,
-        "v": data.ArrayLayout(signed(potential_bits), lanes),
+        "dist": data.ArrayLayout(signed(potential_bits), lanes),
         "thr": data.ArrayLayout(signed(potential_bits), lanes),
     })  # fmt: skip
 
@@ -84,10 +85,10 @@ class Decision(wiring.Component):
             m.d.sync += [decided.eq(1), first_cls.eq(base[w.group] + lowest), dtime.eq(w.t)]
 
         # argmax of the scores of step T-1 over the valid lanes and groups, lowest class on ties
-        vb = pb + 1 if self.margin else pb  # V - threshold needs one bit more than V
+        vb = pb + 1  # V = (V - threshold) + threshold needs one bit more
         score = [Signal(signed(vb), name=f"score{j}") for j in range(L)]
         mask, group, en = Signal(L), Signal.like(w.group), Signal()
-        m.d.sync += [*[score[j].eq(w.v[j] - w.thr[j] if self.margin else w.v[j]) for j in range(L)],
+        m.d.sync += [*[score[j].eq(w.dist[j] if self.margin else w.dist[j] + w.thr[j]) for j in range(L)],
                      mask.eq(w.valid), group.eq(w.group), en.eq(w_valid & (w.t == T - 1))]  # fmt: skip
         # a tree of pairwise maxima, one registered level per cycle (pairs, lower index first:
         # the higher one wins only if strictly larger), then the running best over the groups

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from firstspike.errors import FirstSpikeError
-from firstspike.quantize.modelfile import ModelTables
+from firstspike.quantize.modelfile import ModelTables, potential_range, signed_bits
 
 
 class HardwareError(FirstSpikeError):
@@ -64,7 +64,7 @@ class LayerPlan:
     pad: int
     weight_bits: int
     slope_bits: int
-    potential_bits: int
+    potential_bits: int  # width of the state's potential field, which holds V - threshold (and of thresholds)
     lanes: int  # L: output channels updated per cycle
     groups: int  # G = ceil(Co / L)
     pool: int  # k of the min-pooling that follows (1: none)
@@ -332,11 +332,16 @@ def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_ex
             raise HardwareError(f"layer {i}: missing accumulator widths in the model file; re-run `firstspike quantize`")
         L = min(lanes, Co)
         G = -(-Co // L)
+        # the state holds D = V - threshold, so "V >= threshold" is D's sign bit after the add:
+        # one carry chain between the state read and its write, not an add then a compare
+        lo, hi = potential_range(np.asarray(ly.weights), T)
+        thr = np.asarray(ly.thresholds, dtype=np.int64)
+        pb = max(ly.potential_bits, signed_bits(int((lo - thr).min(initial=0)), int((hi - thr).max(initial=0))))
         last = pidx is None and i == len(ls) - 1 or pidx == len(ls) - 1
         lp = LayerPlan(
             index=i, kind=ly.kind, Ci=Ci, H=H, W=W, Co=Co, Ho=Ho, Wo=Wo, KH=ly.kernel[0], KW=ly.kernel[1],
             stride=ly.stride, pad=ly.padding, weight_bits=ly.weight_bits, slope_bits=ly.slope_bits,
-            potential_bits=ly.potential_bits, lanes=L, groups=G, pool=pool, Hp=Ho // pool, Wp=Wo // pool,
+            potential_bits=pb, lanes=L, groups=G, pool=pool, Hp=Ho // pool, Wp=Wo // pool,
             pool_index=pidx, in_lanes=prev_lanes, in_groups=prev_groups, last=last,
             weights=np.asarray(ly.weights, dtype=np.int64), thresholds=np.asarray(ly.thresholds, dtype=np.int64),
         )

@@ -233,7 +233,7 @@ def test_decision_unit_equals_the_rule(seed: int, lanes: int, classes: int, marg
     fire_t = np.where(rng.random(classes) < 0.3, rng.integers(0, T, classes), T)  # most images: nothing fires
     v = rng.integers(-(1 << (pb - 2)), 1 << (pb - 2), size=classes)
     v[rng.random(classes) < 0.3] = v[0]  # ties
-    thr = rng.integers(0, 1 << (pb - 2), size=classes)
+    thr = rng.integers(0, 1 << (pb - 2), size=classes)  # the unit is fed V - thr (the core's state) and thr
     dut = Decision(lanes, G, classes, pb, 4, T, margin=margin)
     got = {}
 
@@ -252,7 +252,7 @@ def test_decision_unit_equals_the_rule(seed: int, lanes: int, classes: int, marg
                 ctx.set(dut.words.payload.fire, sum(1 << j for j, c in enumerate(cs) if c < classes and fire_t[c] == t))
                 ctx.set(dut.words.payload.valid, sum(1 << j for j, c in enumerate(cs) if c < classes))
                 for j, c in enumerate(cs):  # lanes past the last class carry junk the unit must ignore
-                    ctx.set(dut.words.payload.v[j], int(v[c]) if c < classes else (1 << (pb - 1)) - 1)
+                    ctx.set(dut.words.payload.dist[j], int(v[c] - thr[c]) if c < classes else (1 << (pb - 1)) - 1)
                     ctx.set(dut.words.payload.thr[j], int(thr[c]) if c < classes else 0)
                 await ctx.tick()
                 ctx.set(dut.words.valid, 0)
