@@ -510,16 +510,15 @@ class Core(Elaboratable):
         word = st_r.data
         wword = wm_r.data
         valid_masks = _table([sum(1 << j for j in range(L) if gg * L + j < lp.Co) for gg in range(G)], L)
-        thr_words = []
-        for gg in range(G):
-            thr_words.append(sum((int(lp.thresholds[gg * L + j]) & ((1 << pb) - 1)) << (j * pb)
-                                 for j in range(L) if gg * L + j < lp.Co))  # fmt: skip
-        thr_t = _table(thr_words, L * pb)
+        def lane_words(per_channel) -> Array:  # one pb-bit field per lane, a word per group
+            return _table([sum((int(per_channel[gg * L + j]) & ((1 << pb) - 1)) << (j * pb)
+                               for j in range(L) if gg * L + j < lp.Co) for gg in range(G)], L * pb)  # fmt: skip
+
+        thr_t = lane_words(lp.thresholds)
         thr_w = Signal(L * pb, name=f"{name}_thr")
         m.d.comb += thr_w.eq(thr_t[wb_g])
         # the state's potential field holds D = V - threshold: -threshold before the first step
-        d0_t = _table([sum((-int(lp.thresholds[gg * L + j]) & ((1 << pb) - 1)) << (j * pb)
-                           for j in range(L) if gg * L + j < lp.Co) for gg in range(G)], L * pb)  # fmt: skip
+        d0_t = lane_words(-lp.thresholds)
         d0_w = Signal(L * pb, name=f"{name}_d0")
         m.d.comb += d0_w.eq(d0_t[wb_g])
         vmask = Signal(L, name=f"{name}_vmask")

@@ -343,7 +343,7 @@ def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_ex
             stride=ly.stride, pad=ly.padding, weight_bits=ly.weight_bits, slope_bits=ly.slope_bits,
             potential_bits=pb, lanes=L, groups=G, pool=pool, Hp=Ho // pool, Wp=Wo // pool,
             pool_index=pidx, in_lanes=prev_lanes, in_groups=prev_groups, last=last,
-            weights=np.asarray(ly.weights, dtype=np.int64), thresholds=np.asarray(ly.thresholds, dtype=np.int64),
+            weights=np.asarray(ly.weights, dtype=np.int64), thresholds=thr,
         )
         if pool > 1 and (lp.Hp < 1 or lp.Wp < 1):
             raise HardwareError(f"layer {pidx}: pooling {pool}x{pool} of a {Ho}x{Wo} map leaves nothing")
