@@ -11,6 +11,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 from amaranth.build import Attrs
@@ -21,6 +22,7 @@ from amaranth_boards.resources import UARTResource
 from firstspike.boards import protocol as P
 from firstspike.boards.clocks import ECP5PLL, ICE40PLL, ClockError, ICE40PLLParams, PLLParams, ecp5_pll, ice40_pll
 from firstspike.boards.link import BoardLink, board_plan, model_hash
+from firstspike.boards.uart import MIN_DIVISOR
 from firstspike.errors import FirstSpikeError
 from firstspike.quantize.modelfile import ModelTables, load, tables_sha256
 
@@ -64,11 +66,12 @@ BOARDS = {
     # the default 24 MHz comes from the PLL (SB_PLL40_PAD, 12 x 64 / 32)
     "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "amaranth_boards.icebreaker.ICEBreakerPlatform", 12e6, 2, "iceprog",
                         30 * 4096, 5280, core_clock_hz=24e6, spikes=False),
-    # csnn at 64 lanes: Fmax 46.9-49.8 MHz (speed grade 6): the ULX3S runs it at 45 MHz from its
-    # 25 MHz (PLL: 25 x 9 / 5; 3 Mbaud = 15 cycles a bit); the OrangeCrab (speed grade 8, Fmax
-    # 65.2-67.7 MHz) at 60 MHz from its 48 MHz (PLL: 48 x 5 / 4; 3 Mbaud = 20 cycles a bit)
+    # csnn at 64 lanes (speed grade 6): Fmax 52.44 MHz when built for 50 MHz: the ULX3S runs it at
+    # 50 MHz from its 25 MHz (PLL: 25 x 2; 3 Mbaud = 16 2/3 cycles a bit, the UART's fractional bit
+    # timing); the OrangeCrab (speed grade 8, Fmax 65.2-67.7 MHz) at 60 MHz from its 48 MHz
+    # (PLL: 48 x 5 / 4; 3 Mbaud = 20 cycles a bit)
     "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader",
-                   208 * 18432, 83640, core_clock_hz=45e6, lanes=64, program_args=("-b", "ulx3s")),
+                   208 * 18432, 83640, core_clock_hz=50e6, lanes=64, program_args=("-b", "ulx3s")),
     "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85FPlatform", 48e6, 1,
                         "dfu-util", 208 * 18432, 83640, core_clock_hz=60e6, lanes=64, program_args=("-a", "0", "-D")),
 }  # fmt: skip
@@ -94,14 +97,17 @@ class BoardTop(Elaboratable):
                  clock_mhz: float | None = None, spikes: bool = True):  # fmt: skip
         self._MustUse__silence = True  # a top refused here is never elaborated: no "unused" warning
         self.clock_hz, self.pll = core_clock(board, clock_mhz)  # the core clock: the board's, or a PLL's
-        self.divisor = round(self.clock_hz / baud)  # UART bit time in core clock cycles
-        if not _baud_fits(self.clock_hz, baud):
+        # UART bit time in core clock cycles, exact (PLL clocks are ratios of small integers):
+        # a fraction is fine (the UART puts each bit edge on the nearest cycle)
+        self.divisor = Fraction(self.clock_hz).limit_denominator(10_000) / baud
+        if self.divisor < MIN_DIVISOR:
             fits = [b for b in (3_000_000, 2_000_000, 1_500_000, 1_000_000, 500_000, 115_200)
-                    if b < baud and _baud_fits(self.clock_hz, b)]  # fmt: skip
+                    if b < baud and self.clock_hz / b >= MIN_DIVISOR]  # fmt: skip
             hint = f"--baud {fits[0]}" if fits else "a lower --baud"
-            raise BuildError(f"{board.name}: {baud} baud is more than 2% off any integer divisor of the "
-                             f"{self.clock_hz / 1e6:g} MHz core clock: use {hint}, or a --clock-mhz that is a "
-                             f"multiple of {baud / 1e6:g} MHz (the host must use the same baud rate)")  # fmt: skip
+            raise BuildError(f"{board.name}: {baud} baud leaves {float(self.divisor):.3g} cycles of the "
+                             f"{self.clock_hz / 1e6:g} MHz core clock a bit; the UART needs at least {MIN_DIVISOR}: "
+                             f"use {hint}, or a --clock-mhz of at least {MIN_DIVISOR * baud / 1e6:g} "
+                             "(the host must use the same baud rate)")  # fmt: skip
         self.plan = board_plan(tables, lanes, spikes)
         self.board = board
         self.baud = baud
@@ -235,7 +241,7 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     res = _utilisation(report, b.family)
     bit = work / ("firstspike.bin" if b.family == "ice40" else "firstspike.bit")
     res.update({"board": board, "device": b.device, "clock_mhz": core_mhz, "board_clock_mhz": b.clock_hz / 1e6,
-                "pll": top.pll.as_dict() if top.pll else None, "uart_divisor": top.divisor, "lanes": lanes, "baud": baud, "spikes": spikes,
+                "pll": top.pll.as_dict() if top.pll else None, "uart_divisor": divisor_json(top.divisor), "lanes": lanes, "baud": baud, "spikes": spikes,
                 "model": tables.name, "model_sha256_prefix": top.hash.hex(), "bitstream": str(bit),
                 "build_seconds": round(time.perf_counter() - t0, 1), "memory_bits": top.plan.summary()["memory_bits"]})  # fmt: skip
     clk_fmax = [v["achieved_mhz"] for v in res["fmax"].values()]
@@ -247,10 +253,10 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     return res
 
 
-def _baud_fits(clock_hz: float, baud: int) -> bool:
-    """An integer divisor of the core clock makes ``baud`` within 2% (what a UART tolerates)."""
-    div = round(clock_hz / baud)
-    return div >= 1 and abs(clock_hz / div - baud) <= 0.02 * baud
+def divisor_json(divisor: Fraction) -> int | str:
+    """``build.json``'s ``uart_divisor``: an int when whole (as older files hold it), else the exact
+    fraction as a string ("50/3"); both are what VirtualBoard(divisor=...) takes."""
+    return int(divisor) if divisor.denominator == 1 else str(divisor)
 
 
 def fmax_failure(log: str) -> tuple[float, float] | None:

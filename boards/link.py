@@ -5,13 +5,15 @@ board tops (top.py) wire ``rx``/``tx``/``leds`` to pins; the virtual board simul
 
 from __future__ import annotations
 
+import math
+
 from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 
 from firstspike.boards import protocol as P
 from firstspike.boards.cobs import CobsDecoder
-from firstspike.boards.uart import UARTRx, UARTTx
+from firstspike.boards.uart import Divisor, UARTRx, UARTTx, bit_time
 from firstspike.hw.core import Core
 from firstspike.hw.plan import CorePlan, HardwareError, plan_core
 from firstspike.quantize.modelfile import ModelTables, tables_sha256
@@ -60,14 +62,17 @@ class BoardLink(Elaboratable):
     a CLASSIFY_SPIKES request also gets every spike time, one SPIKES frame per debug beat;
     after a plain CLASSIFY the beats are drained unsent."""
 
-    def __init__(self, plan: CorePlan, divisor: int, model_hash: bytes = bytes(8), timeout_cycles: int | None = None):
+    def __init__(self, plan: CorePlan, divisor: Divisor, model_hash: bytes = bytes(8),
+                 timeout_cycles: int | None = None):
+        self._MustUse__silence = True  # refused: never elaborated, no "unused" warning
+        divisor = bit_time(divisor)  # UART clock cycles per bit, exact (may be fractional)
         if 10 * divisor <= plan.T + 5:
-            self._MustUse__silence = True  # refused: never elaborated, no "unused" warning
             raise HardwareError(f"UART divisor {divisor} too small for T={plan.T}: need 10*divisor > T+5 cycles")
+        self._MustUse__silence = False
         self.plan = plan
         self.divisor = divisor
         self.model_hash = (bytes(model_hash) + bytes(8))[:8]
-        self.timeout = timeout_cycles or 40 * divisor * 10  # ~40 byte times of silence inside a frame
+        self.timeout = timeout_cycles or math.ceil(40 * 10 * divisor)  # ~40 byte times of silence inside a frame
         self.rx = Signal(init=1)
         self.tx = Signal(init=1)
         self.busy = Signal()
@@ -113,7 +118,7 @@ class BoardLink(Elaboratable):
         if compact:
             # compact frames: bytes are queued and expanded at the core's pace (a run of up to 128
             # silent pixels takes that many cycles, a byte arrives every 10 x divisor cycles)
-            depth = max(4, -(-N // (10 * self.divisor)) + 2)
+            depth = max(4, math.ceil(N / (10 * self.divisor)) + 2)
             m.submodules.cfifo = cf = SyncFIFO(width=8, depth=depth)
             run = Signal(8)  # silent pixels still to issue
             g_valid, g_data = Signal(), Signal(8)

@@ -5,8 +5,9 @@ The host's side of the serial line is logic too (``VirtualTop``): a UART transmi
 drives the board's rx pin with bursts of bytes and a UART receiver on its tx pin with a
 small FIFO, so the cocotb bridge moves bursts, not bits, while the board's own UART still
 sees every bit at its divisor. ``divisor`` defaults to 8 clock cycles per bit; pass the real
-board's (clock / baud) to see its timing: after the ``with`` block, ``exchanges`` holds each
-request/answer exchange in clock cycles.
+board's (clock / baud, possibly fractional: 50/3 for 3 Mbaud at 50 MHz; an int, float,
+Fraction or a string such as "50/3", as ``build.json`` records it) to see its timing: after
+the ``with`` block, ``exchanges`` holds each request/answer exchange in clock cycles.
 
     with VirtualBoard(tables) as vb:
         with BoardRuntime(vb.port) as rt:
@@ -30,7 +31,7 @@ from amaranth.hdl import Elaboratable, Module, Signal
 from amaranth.lib.fifo import SyncFIFO
 
 from firstspike.boards.link import BoardLink, board_plan, model_hash
-from firstspike.boards.uart import UARTRx, UARTTx
+from firstspike.boards.uart import Divisor, UARTRx, UARTTx, bit_time
 from firstspike.quantize.modelfile import ModelTables
 from firstspike.sim.rtl import SimulatorError, build_verilator, check_simulator, quiet_runner
 
@@ -91,14 +92,15 @@ class VirtualBoard:
 
     def __init__(self, tables: ModelTables, lanes: int = 8, build_root: str | os.PathLike = "build/virtual",
                  p_drop: float = 0.0, p_flip: float = 0.0, seed: int = 1, start_timeout: float = 120.0,
-                 spikes: bool = True, divisor: int = VIRTUAL_DIVISOR):  # fmt: skip
+                 spikes: bool = True, divisor: Divisor = VIRTUAL_DIVISOR):  # fmt: skip
         check_simulator("verilator")
         self.tables = tables
-        self.divisor = divisor
+        self.divisor = divisor = bit_time(divisor)  # exact (a Fraction)
         self.plan = board_plan(tables, lanes, spikes)  # as BoardTop plans it
         self.link = BoardLink(self.plan, divisor, model_hash(tables))
         self.top = VirtualTop(self.link)
         self.build_root = Path(build_root).resolve()
+        # FS_DIVISOR: "8", "50/3" (Fraction() reads it back exactly)
         self.env = {"FS_DIVISOR": str(divisor), "FS_P_DROP": str(p_drop), "FS_P_FLIP": str(p_flip),
                     "FS_FAULT_SEED": str(seed), "FS_BURST": str(VirtualTop.BURST)}  # fmt: skip
         self.start_timeout = start_timeout
@@ -151,7 +153,7 @@ class VirtualBoard:
                 raise SimulatorError(f"the virtual board did not start ({self._error}):\n{log_tail}")
             time.sleep(0.05)
         self.port = pty_file.read_text().strip()
-        log.info("virtual board on %s (Verilator, UART divisor %d)", self.port, self.divisor)
+        log.info("virtual board on %s (Verilator, UART divisor %s)", self.port, self.divisor)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -12,9 +12,11 @@ the stats file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import tty
+from fractions import Fraction
 from pathlib import Path
 
 import cocotb
@@ -44,7 +46,7 @@ class Faults:
 
 @cocotb.test()
 async def uart_bridge(dut) -> None:
-    div = int(os.environ["FS_DIVISOR"])
+    div = Fraction(os.environ["FS_DIVISOR"])  # clock cycles per bit, exact ("8", "50/3")
     stop = Path(os.environ["FS_STOP_FILE"])
     faults = Faults(int(os.environ.get("FS_FAULT_SEED", "1")), float(os.environ.get("FS_P_DROP", "0")),
                     float(os.environ.get("FS_P_FLIP", "0")))  # fmt: skip
@@ -53,7 +55,7 @@ async def uart_bridge(dut) -> None:
     os.set_blocking(master, False)
     period = 10  # ns, one clock cycle
     Clock(dut.clk, period, unit="ns").start()
-    byte_ns = 10 * div * period
+    byte_ns = math.ceil(10 * div) * period
     for sig, v in ((dut.h_load, 0), (dut.r_en, 0), (dut.rst, 1)):
         sig.value = v
     await ClockCycles(dut.clk, 4)

@@ -6,9 +6,11 @@ the golden model, and recovering from dropped and corrupted bytes."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import struct
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -145,11 +147,13 @@ def test_crc_block_equals_software() -> None:
     assert all(P.crc16(bytes([bv]), cv) == ov for cv, bv, ov in res)
 
 
-def test_uart_loopback() -> None:
-    """TX -> RX at divisor 5: every byte value arrives, in order."""
+@pytest.mark.parametrize("divisor", [5, 5.5, Fraction(50, 3)], ids=["5", "5.5", "50/3"])
+def test_uart_loopback(divisor) -> None:
+    """TX -> RX at divisor 5 and at fractional bit times (5.5; 16 2/3: 3 Mbaud at 50 MHz):
+    every byte value arrives, in order."""
     m = Module()
-    m.submodules.tx = tx = UARTTx(5)
-    m.submodules.rx = rx = UARTRx(5)
+    m.submodules.tx = tx = UARTTx(divisor)
+    m.submodules.rx = rx = UARTRx(divisor)
     m.d.comb += rx.rx.eq(tx.tx)
     sent = list(range(256))
     got: list[int] = []
@@ -176,6 +180,159 @@ def test_uart_loopback() -> None:
     sim.add_testbench(watch)
     sim.run()
     assert got == sent
+
+
+MBAUD3_AT_50MHZ = Fraction(50_000_000, 3_000_000)  # 16 2/3 cycles a bit
+
+
+def _tx_line(divisor, data: list[int]) -> list[int]:
+    """The transmitter's ``tx``, cycle by cycle, sending ``data`` back to back."""
+    tx = UARTTx(divisor)
+    line: list[int] = []
+
+    async def feed(ctx) -> None:
+        for v in data:
+            ctx.set(tx.i.payload, v)
+            ctx.set(tx.i.valid, 1)
+            await ctx.tick().until(tx.i.ready)
+        ctx.set(tx.i.valid, 0)
+        await ctx.tick().until(tx.i.ready)  # the last frame's stop bit is out
+
+    async def watch(ctx) -> None:
+        async for _clk, _rst, v in ctx.tick().sample(tx.tx):
+            line.append(v)
+
+    sim = Simulator(tx)
+    sim.add_clock(1e-6)
+    sim.add_testbench(feed)
+    sim.add_testbench(watch, background=True)
+    sim.run()
+    return line
+
+
+def _tx_frames(line: list[int], d: Fraction) -> tuple[list[int], float]:
+    """Decode ``line`` as an ideal receiver with bit time ``d`` would (each frame timed from its
+    start edge, bits read at their exact centres) and the largest distance (cycles) of any edge
+    inside a frame from the nearest k x d after its start edge."""
+    got, worst, c = [], 0.0, 1
+    while c < len(line):
+        if not (line[c - 1] == 1 and line[c] == 0):
+            c += 1
+            continue
+        t0 = c
+        bits = [line[t0 + math.floor((k + Fraction(1, 2)) * d)] for k in range(10)]
+        assert bits[0] == 0 and bits[9] == 1, (t0, bits)
+        got.append(sum(b << i for i, b in enumerate(bits[1:9])))
+        end = t0 + math.floor(Fraction(19, 2) * d)  # the middle of the stop bit
+        for t in range(t0 + 1, end + 1):
+            if line[t] != line[t - 1]:
+                k = round((t - t0) / d)
+                worst = max(worst, abs(float(t - t0 - k * d)))
+        c = end + 1
+    return got, worst
+
+
+def _rx_bytes(divisor, d: Fraction, data: list[int], eye: Fraction | None = None) -> tuple[list[int], int]:
+    """A receiver at ``divisor`` fed ``data`` as an ideal host sends it: frames back to back, bit j
+    of the stream on the cycles whose middle lies in [j d, (j + 1) d). ``eye``: each data bit holds
+    its value only on the cycles within ``eye`` of its centre, the complement elsewhere (the stop
+    bit too, before its centre), so a receiver that samples further off reads wrong bits. Returns
+    the bytes received and the stop-bit errors."""
+    bits = [b for v in data for b in [0, *((v >> i) & 1 for i in range(8)), 1]]
+    lead = 20  # idle cycles before the first start bit
+    line = [1] * lead
+    for c in range(math.floor(len(bits) * d - Fraction(1, 2)) + 1):
+        j = math.floor((c + Fraction(1, 2)) / d)
+        k, off = j % 10, c + Fraction(1, 2) - (j + Fraction(1, 2)) * d  # bit in frame, cycle - centre
+        v = bits[j]
+        if eye is not None and (1 <= k <= 8 and abs(off) > eye or k == 9 and off < -eye):
+            v ^= 1
+        line.append(v)
+    line += [1] * (2 * math.ceil(d) + 4)
+    rx = UARTRx(divisor)
+    got: list[int] = []
+    errors = 0
+
+    async def drive(ctx) -> None:
+        prev = 1
+        for v in line:
+            if v != prev:
+                ctx.set(rx.rx, v)
+                prev = v
+            await ctx.tick()
+
+    async def watch(ctx) -> None:
+        nonlocal errors
+        async for _clk, _rst, valid, byte, err in ctx.tick().sample(rx.o.valid, rx.o.payload, rx.error):
+            errors += err
+            if valid:
+                got.append(byte)
+
+    sim = Simulator(rx)
+    sim.add_clock(1e-6)
+    sim.add_testbench(drive)
+    sim.add_testbench(watch, background=True)
+    sim.run()
+    return got, errors
+
+
+def test_uart_rx_takes_an_ideal_3mbaud_stream_at_50mhz() -> None:
+    """The receiver at 16 2/3 cycles a bit against a host at exactly 3 Mbaud (a 50 MHz core):
+    every byte value, back to back (frame starts at every phase of the fractional bit time)."""
+    data = list(range(256))
+    assert _rx_bytes(MBAUD3_AT_50MHZ, MBAUD3_AT_50MHZ, data) == (data, 0)
+
+
+def test_uart_rx_samples_within_1_5_cycles_of_each_bit_centre() -> None:
+    """Each bit readable only within 1.5 cycles of its centre: the fractional receiver (its
+    sample point at most 1 cycle off) gets every byte; a receiver at the rounded integer divisor
+    17 samples bit 7 2.3-3.3 cycles late and gets none (what the fractional timing fixes)."""
+    d, eye = MBAUD3_AT_50MHZ, Fraction(3, 2)
+    data = list(range(256))
+    assert _rx_bytes(d, d, data, eye) == (data, 0)
+    data = list(range(0, 256, 17))
+    got, _err = _rx_bytes(17, d, data, eye)
+    assert len(got) == len(data) and all(g != v for g, v in zip(got, data))
+
+
+@pytest.mark.parametrize("divisor", [Fraction(50, 3), Fraction(11, 2), 8], ids=["50/3", "5.5", "8"])
+def test_uart_tx_edges_sit_on_the_nearest_cycle(divisor) -> None:
+    """Every edge the transmitter makes lies within half a cycle of k x divisor after its start
+    bit, in every frame of a long run (no error accumulates over a frame or across frames), and
+    an ideal receiver at the exact bit time reads every byte."""
+    data = list(range(256)) + [0x55, 0xAA] * 16
+    got, worst = _tx_frames(_tx_line(divisor, data), Fraction(divisor))
+    assert got == data and worst <= 0.5
+
+
+def test_uart_tx_at_the_rounded_integer_divisor_drifts() -> None:
+    """The edge check above fails for today's alternative, 17 cycles for a 16 2/3-cycle bit: the
+    error grows to 3 cycles by the stop bit (9 x 1/3), more than 1 cycle."""
+    data = [0x55, 0xAA, 0x00, 0x7F]
+    got, worst = _tx_frames(_tx_line(17, data), MBAUD3_AT_50MHZ)
+    assert got == data and worst == pytest.approx(3.0)
+
+
+def test_uart_divisor_must_be_at_least_4() -> None:
+    from firstspike.boards.uart import bit_time, rx_samples, tx_edges
+
+    assert bit_time(16.666666666666668) == bit_time("50/3") == MBAUD3_AT_50MHZ and bit_time(8) == 8
+    assert tx_edges(8) == list(range(0, 88, 8)) and rx_samples(5) == [7 + 5 * i for i in range(9)]  # as before
+    assert tx_edges(MBAUD3_AT_50MHZ) == [0, 17, 33, 50, 67, 83, 100, 117, 133, 150, 167]
+    with pytest.raises(ValueError, match=">= 4"):
+        UARTTx(Fraction(7, 2))
+
+
+def test_build_json_uart_divisor_round_trips() -> None:
+    """build.json's ``uart_divisor`` (an int when whole, as older files hold it, else "50/3")
+    reads back exactly as the VirtualBoard's divisor; a float of it is recovered too."""
+    from firstspike.boards.build import divisor_json
+    from firstspike.boards.uart import bit_time
+
+    assert divisor_json(Fraction(20)) == 20 and isinstance(divisor_json(Fraction(20)), int)
+    for d in (Fraction(20), MBAUD3_AT_50MHZ, Fraction(125, 24), Fraction(15625, 72)):
+        assert bit_time(json.loads(json.dumps(divisor_json(d)))) == d
+    assert bit_time(float(MBAUD3_AT_50MHZ)) == MBAUD3_AT_50MHZ
 
 
 def test_link_refuses_bad_parameters() -> None:
@@ -269,6 +426,30 @@ def test_virtual_board_recovers_from_dropped_and_corrupted_bytes(small: tuple, t
     assert (spk.stream == expected(tables, images[:1]).stream).all()
     dropped, flipped = vb.faults
     assert dropped + flipped > 0 and res.retries > 0, (vb.faults, res.retries, res.errors)
+
+
+def test_virtual_board_at_the_ulx3s_fractional_divisor(small: tuple, tmp_path_factory) -> None:
+    """The whole link at 16 2/3 cycles a bit (3 Mbaud at the ULX3S's 50 MHz), passed as build.json
+    records it ("50/3"): raw and compact frames and the spike readout exact, no retries, and each
+    exchange takes its bytes' time on the wire (10 x 16 2/3 cycles a byte) plus the compute."""
+    from firstspike.boards.virtual import VirtualBoard
+
+    tables, images = small
+    with VirtualBoard(tables, lanes=3, build_root=tmp_path_factory.mktemp("vb_frac"), divisor="50/3") as vb:
+        with BoardRuntime(vb.port, timeout=5.0) as rt:
+            res = rt.run(images)
+            cres = rt.run(images, tables=tables)
+            spk = rt.run(images[:2], spikes=True, tables=tables)
+    assert vb.divisor == MBAUD3_AT_50MHZ
+    want = GoldenModel(tables).run(images)
+    for r in (res, cres):
+        np.testing.assert_array_equal(r.classes, want.classes)
+        assert r.retries == 0 and r.errors == {}
+    assert (spk.stream == expected(tables, images[:2]).stream).all() and spk.retries == 0 and not vb.overflow
+    rsp = len(P.frame(P.RESULT, 0, bytes(P.RESULT_LEN)))
+    for cyc, im, c in zip(vb.exchanges[1 : 1 + len(images)], images, res.cycles):  # the first: INFO
+        wire = (len(P.frame(P.CLASSIFY, 0, im.tobytes())) + rsp) * 10 * vb.divisor
+        assert wire < cyc < wire + 4 * int(c) + 40 * vb.divisor, (wire, cyc, c)
 
 
 @pytest.mark.parametrize("spikes", [False, True])
@@ -421,7 +602,7 @@ def test_board_core_clocks_and_their_refusals(tmp_path) -> None:
 
     assert core_clock(BOARDS["orangecrab"])[0] == 60e6 and core_clock(BOARDS["orangecrab"])[1] is not None  # 48 MHz x 5 / 4
     assert core_clock(BOARDS["orangecrab"], 24)[0] == 24e6 and core_clock(BOARDS["orangecrab"], 24)[1] is not None
-    assert core_clock(BOARDS["ulx3s"])[0] == 45e6 and core_clock(BOARDS["ulx3s"])[1] is not None  # PLL: 25 x 9 / 5
+    assert core_clock(BOARDS["ulx3s"])[0] == 50e6 and core_clock(BOARDS["ulx3s"])[1].clkfb_div == 2  # PLL: 25 x 2
     assert core_clock(BOARDS["ulx3s"], 25) == (25e6, None) and core_clock(BOARDS["icebreaker"])[0] == 24e6
     assert core_clock(BOARDS["orangecrab"], 48) == (48e6, None)  # the board clock itself: no PLL
     assert core_clock(BOARDS["icebreaker"], 12) == (12e6, None)
@@ -429,10 +610,12 @@ def test_board_core_clocks_and_their_refusals(tmp_path) -> None:
         build(_ice40_tables(), "icebreaker", tmp_path, clock_mhz=8)
     with pytest.raises(BuildError, match=r"ulx3s: --clock-mhz 1: the ECP5 PLL makes 3.125-400 MHz"):
         build(_ice40_tables(), "ulx3s", tmp_path, clock_mhz=1)
-    with pytest.raises(BuildError, match="--baud"):
-        build(_ice40_tables(), "ulx3s", tmp_path, clock_mhz=4, baud=1_000_000)
-    with pytest.raises(BuildError, match="3000000 baud is more than 2% off"):  # the default at 15.625 MHz
-        build(_ice40_tables(), "ulx3s", tmp_path, clock_mhz=16)
+    with pytest.raises(BuildError, match="--baud 1000000"):  # 4.17 MHz (25 / 6): 2.08 cycles a bit
+        build(_ice40_tables(), "ulx3s", tmp_path, clock_mhz=4, baud=2_000_000)
+    # the default 3 Mbaud at 8.33 MHz: fewer than 4 cycles a bit (a fraction is fine, too few is not)
+    with pytest.raises(BuildError, match=r"3000000 baud leaves 2.78 cycles .* at least 4: use --baud 2000000, "
+                                         r"or a --clock-mhz of at least 12"):
+        build(_ice40_tables(), "ulx3s", tmp_path, clock_mhz=8)
     assert not any(tmp_path.iterdir())  # refused before any tool ran
 
 
@@ -467,12 +650,14 @@ def test_ice40_pll_matches_icepll_and_elaborates_on_the_clock_pin() -> None:
 
 def test_pll_board_tops_elaborate_with_the_core_clock() -> None:
     """OrangeCrab at --clock-mhz 24: EHXPLLL 48 -> 24 MHz drives the core, the UART divisor
-    follows the core clock, and the PLL output carries the LPF clock constraint; ULX3S at
-    --clock-mhz 16 too; the ULX3S at its 25 MHz board clock has no PLL."""
+    follows the core clock, and the PLL output carries the LPF clock constraint; the ULX3S at its
+    default 50 MHz (25 x 2; 3 Mbaud: 16 2/3 cycles a bit) and at --clock-mhz 16 (15.625 MHz: 5 5/24
+    cycles a bit) too; the ULX3S at its 25 MHz board clock has no PLL."""
     from firstspike.boards.build import BOARDS, BoardTop
     from firstspike.cli import build_parser
 
-    for board, mhz, baud, want_hz, div in [("orangecrab", 24, None, 24e6, 8), ("ulx3s", 16, 500_000, 15.625e6, 31)]:
+    for board, mhz, baud, want_hz, div in [("orangecrab", 24, None, 24e6, 8), ("ulx3s", None, None, 50e6, Fraction(50, 3)),
+                                           ("ulx3s", 16, None, 15.625e6, Fraction(125, 24)), ("ulx3s", 16, 500_000, 15.625e6, 31.25)]:  # fmt: skip
         b = BOARDS[board]
         top = BoardTop(_ice40_tables(), b, lanes=2, clock_mhz=mhz, **({"baud": baud} if baud else {}))
         assert top.clock_hz == want_hz and top.divisor == div
