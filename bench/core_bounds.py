@@ -78,8 +78,9 @@ def _active_counter():
 
 def _step_model(tables, plan, layer_times: list, n: int):
     """Cycles per image of today's core, modelled per step and layer (events: one cycle per
-    spike, valid kernel offset and output group, plus one per input spike and three per
-    event entry; integration: one cycle per state word; the slowest layer sets each step), and
+    pass, valid kernel offset and output group, plus one per pass and three per event entry,
+    where a pass is one spike, or with spike pairs one of the entry's low and one of its high
+    lanes; integration: one cycle per state word; the slowest layer sets each step), and
     the same with *window skipping*: a pooling window whose lanes have all fired or have slope
     0 (and that no event of the step touched) costs one cycle instead of one per word. Returns
     (model, skip) arrays of shape (n,)."""
@@ -111,8 +112,14 @@ def _step_model(tables, plan, layer_times: list, n: int):
                 spn = sp.numpy()
                 padded = np.zeros((n, Gi * Li, lp.H, lp.W), bool)
                 padded[:, : lp.Ci] = spn
-                entries = padded.reshape(n, Gi, Li, lp.H, lp.W).any(axis=2).sum(axis=(1, 2, 3))
-                ev = (spn * fan[None, None]).sum(axis=(1, 2, 3)) * G + spn.sum(axis=(1, 2, 3)) + 3 * entries
+                lanes_in = padded.reshape(n, Gi, Li, lp.H, lp.W)
+                entries = lanes_in.any(axis=2).sum(axis=(1, 2, 3))
+                if lp.pairs:  # a pass takes one spike of the entry's low lanes and one of its high lanes
+                    h = lp.pair_split
+                    passes = np.maximum(lanes_in[:, :, :h].sum(axis=2), lanes_in[:, :, h:].sum(axis=2))
+                else:
+                    passes = lanes_in.sum(axis=2)
+                ev = (passes * fan[None, None]).sum(axis=(1, 2, 3)) * G + passes.sum(axis=(1, 2, 3)) + 3 * entries
             slope = F.conv2d((tin <= t - 1).double(), w, stride=lp.stride, padding=lp.pad)
             live = (tout > t) & (slope != 0)  # can still cross, and V moves
             lv = torch.zeros(n, G * L, PY * k, PX * k, dtype=torch.bool)

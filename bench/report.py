@@ -218,10 +218,11 @@ def render_docs() -> Path:
             )
         lines += ["", "Cycles per image at the lanes shown, layers side by side (the slowest layer sets the pace), "
                   "for the whole window of T steps (an early-exit core stops at the first output spike and beats "
-                  "them). *Model of today's core*: per step and layer, one cycle per spike, kernel offset and output "
-                  "group, one per input spike, three per event entry, one per state word. *With window skipping*: the "
+                  "them). *Model of today's core*: per step and layer, one cycle per pass (an input spike, or with spike "
+                  "pairs one spike of the entry's low lanes and one of its high lanes), kernel offset and output "
+                  "group, one per pass, three per event entry, one per state word. *With window skipping*: the "
                   "same, but a pooling window whose neurons have all fired or have slope 0 (and that no event "
-                  "touched) costs one cycle (not built). *Block-RAM bandwidth bound*: every synaptic update and "
+                  "touched) costs one cycle (the core does this). *Block-RAM bandwidth bound*: every synaptic update and "
                   "active neuron-step reads and writes one neuron's state (`state_bits_per_neuron`), every block "
                   "RAM of the device moves one port width a cycle each way (36 bits for an ECP5 DP16KD, 16 for an "
                   "iCE40 EBR); no core that keeps its state in block RAM beats it.", ""]  # fmt: skip

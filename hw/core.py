@@ -270,12 +270,16 @@ class Core(Elaboratable):
         HoWo = lp.Ho * lp.Wo
         name = f"l{lp.index}"
         st = Memory(shape=unsigned(L * LW), depth=lp.words, init=[])
-        wm = Memory(shape=unsigned(L * wb), depth=lp.Ci * lp.KH * lp.KW * G, init=lp.weight_words())
         m.submodules[f"{name}_state"] = st
-        m.submodules[f"{name}_weights"] = wm
+        # weights: one memory, or with spike pairs two (the entries' low lanes: a, high lanes: b)
+        wm_rs = []
+        chans = lp.weight_channels()
+        for k, cs in enumerate(chans):
+            wm = Memory(shape=unsigned(L * wb), depth=len(cs) * lp.KH * lp.KW * G, init=lp.weight_words(cs))
+            m.submodules[f"{name}_weights" + (("_lo", "_hi")[k] if len(chans) > 1 else "")] = wm
+            wm_rs.append(wm.read_port())
         st_w = st.write_port()
         st_r = st.read_port()
-        wm_r = wm.read_port()
         eng_addr = Signal(idx_bits(lp.words), name=f"{name}_eng_addr")
         ro_addr = Signal(idx_bits(lp.words), name=f"{name}_ro_addr")
         ro_en = Signal(name=f"{name}_ro_en")
@@ -293,8 +297,10 @@ class Core(Elaboratable):
         sy_t = _table([f.o0 * lp.Wo for f in fy], sa_bits)
         sx_t = _table([f.o0 for f in fx], sa_bits)
         KKG = lp.KH * lp.KW * G
-        gin_t = _table([g * lp.in_lanes * KKG for g in range(lp.in_groups)], wa_bits)
-        li_t = _table([j * KKG for j in range(lp.in_lanes)], wa_bits)
+        # per weight memory: the address of (entry group, lane within that memory's half)
+        halves = [(0, lp.pair_split), (lp.pair_split, lp.in_lanes)] if lp.pairs else [(0, lp.in_lanes)]
+        gin_ts = [_table([g * (hi - lo) * KKG for g in range(lp.in_groups)], wa_bits) for lo, hi in halves]
+        li_ts = [_table([j * KKG for j in range(hi - lo)], wa_bits) for lo, hi in halves]
 
         # current event entry
         Lin = lp.in_lanes
@@ -304,12 +310,18 @@ class Core(Elaboratable):
         more = Signal(name=f"{name}_more")
         ptr = Signal(src.nb if src.kind == "bucket" else 1, name=f"{name}_ptr")
         idx = Signal(idx_bits(max(2, src.entries + 1)) if src.kind == "bank" else 1, name=f"{name}_idx")
-        li = lowest_set(m, e_mask, Lin, f"{name}_li")
+        # the spike(s) taken next: the lowest set lane of each half of the entry's mask
+        h_masks = [e_mask[lo:hi] for lo, hi in halves]
+        lis = [lowest_set(m, hm, hi - lo, f"{name}_li{k}") for k, (hm, (lo, hi)) in enumerate(zip(h_masks, halves))]
         # synapse loop
         ky_i, kx_i = Signal(ubits(lp.KH), name=f"{name}_kyi"), Signal(ubits(lp.KW), name=f"{name}_kxi")
         n_y, n_x = Signal(ubits(lp.KH), name=f"{name}_ny"), Signal(ubits(lp.KW), name=f"{name}_nx")
         g = Signal(idx_bits(G), name=f"{name}_g")
         wa_row, wa_col = Signal(wa_bits, name=f"{name}_wa_row"), Signal(wa_bits, name=f"{name}_wa_col")
+        # with spike pairs the high half's spike: its weight addresses step with wa_row / wa_col
+        wh_row, wh_col = Signal(wa_bits, name=f"{name}_wh_row"), Signal(wa_bits, name=f"{name}_wh_col")
+        use = Signal(len(halves), name=f"{name}_use")  # which halves hold a spike of this pass
+        wb_use = Signal(len(halves), name=f"{name}_wb_use")
         wa_x0 = Signal(wa_bits, name=f"{name}_wa_x0")
         sa_row, sa_col, sa_g = (Signal(sa_bits, name=f"{name}_{n}") for n in ("sa_row", "sa_col", "sa_g"))
         # integration loop over pooling windows
@@ -419,21 +431,26 @@ class Core(Elaboratable):
                     m.d.sync += [e_x.eq(fields[0]), e_y.eq(fields[1]), e_g.eq(fields[2]), e_mask.eq(fields[3])]
                     m.next = "LANE"
             with m.State("LANE"):
-                m.d.sync += e_mask.eq(e_mask & (e_mask - 1))
+                m.d.sync += e_mask.eq(Cat(*[(hm & (hm - 1))[: len(hm)] for hm in h_masks]))  # the spikes taken now leave
                 ny, nx = ny_t[e_y], nx_t[e_x]
                 with m.If(e_mask == 0):
                     m.next = "FETCH"
                 with m.Elif((ny != 0) & (nx != 0)):
-                    base = gin_t[e_g] + li_t[li] + wy_t[e_y]
+                    bases = [gin_ts[k][e_g] + li_ts[k][lis[k]] + wy_t[e_y] for k in range(len(halves))]
                     srow = sy_t[e_y] + sx_t[e_x]
-                    m.d.sync += [wa_row.eq(base), wa_col.eq(base + wx_t[e_x]), wa_x0.eq(wx_t[e_x]), sa_row.eq(srow), sa_col.eq(srow),
-                                 sa_g.eq(srow), ky_i.eq(0), kx_i.eq(0), g.eq(0), n_y.eq(ny), n_x.eq(nx)]  # fmt: skip
+                    m.d.sync += [wa_row.eq(bases[0]), wa_col.eq(bases[0] + wx_t[e_x]), wa_x0.eq(wx_t[e_x]), sa_row.eq(srow), sa_col.eq(srow),
+                                 sa_g.eq(srow), ky_i.eq(0), kx_i.eq(0), g.eq(0), n_y.eq(ny), n_x.eq(nx),
+                                 use.eq(Cat(*[hm != 0 for hm in h_masks]))]  # fmt: skip
+                    if lp.pairs:
+                        m.d.sync += [wh_row.eq(bases[1]), wh_col.eq(bases[1] + wx_t[e_x])]
                     if skip:
                         m.d.sync += [s_oy.eq(oy0_t[e_y]), s_ox.eq(ox0_t[e_x]), s_ox0.eq(ox0_t[e_x])]
                     m.next = "SYN"
             with m.State("SYN"):
-                m.d.comb += [wm_r.addr.eq(wa_col + g), eng_addr.eq(sa_g)]
-                m.d.sync += [wb_syn.eq(1), wb_addr.eq(sa_g)]
+                m.d.comb += [wm_rs[0].addr.eq(wa_col + g), eng_addr.eq(sa_g)]
+                if lp.pairs:
+                    m.d.comb += wm_rs[1].addr.eq(wh_col + g)
+                m.d.sync += [wb_syn.eq(1), wb_addr.eq(sa_g), wb_use.eq(use)]
                 if skip:
                     m.d.sync += wb_fidx.eq(gw_t[g] + win_y_t[s_oy] + win_x_t[s_ox])
                 s = lp.stride
@@ -443,6 +460,8 @@ class Core(Elaboratable):
                     m.d.sync += g.eq(0)
                     with m.If(kx_i != n_x - 1):
                         m.d.sync += [kx_i.eq(kx_i + 1), wa_col.eq(wa_col + s * G), sa_col.eq(sa_col - 1), sa_g.eq(sa_col - 1)]
+                        if lp.pairs:
+                            m.d.sync += wh_col.eq(wh_col + s * G)
                         if skip:
                             m.d.sync += s_ox.eq(s_ox - 1)
                     with m.Else():
@@ -452,6 +471,9 @@ class Core(Elaboratable):
                             sr = sa_row - lp.Wo
                             m.d.sync += [ky_i.eq(ky_i + 1), wa_row.eq(wr), wa_col.eq(wr + wa_x0),
                                          sa_row.eq(sr), sa_col.eq(sr), sa_g.eq(sr)]  # fmt: skip
+                            if lp.pairs:
+                                wr_h = wh_row + s * lp.KW * G
+                                m.d.sync += [wh_row.eq(wr_h), wh_col.eq(wr_h + wa_x0)]
                             if skip:
                                 m.d.sync += [s_oy.eq(s_oy - 1), s_ox.eq(s_ox0)]
                         with m.Else():
@@ -508,7 +530,7 @@ class Core(Elaboratable):
 
         # ---- writeback -----------------------------------------------------------------
         word = st_r.data
-        wword = wm_r.data
+        wwords = [r.data for r in wm_rs]
         valid_masks = _table([sum(1 << j for j in range(L) if gg * L + j < lp.Co) for gg in range(G)], L)
         def lane_words(per_channel) -> Array:  # one pb-bit field per lane, a word per group
             return _table([sum((int(per_channel[gg * L + j]) & ((1 << pb) - 1)) << (j * pb)
@@ -533,7 +555,9 @@ class Core(Elaboratable):
             tm_j = Signal(tb, name=f"{name}_t{j}")
             m.d.comb += [s_j.eq(Mux(first, 0, word[o : o + sb].as_signed())), tm_j.eq(Mux(first, T, word[o + sb + pb : o + LW]))]
             p_j = Mux(first, d0_w[j * pb : (j + 1) * pb].as_signed(), word[o + sb : o + sb + pb].as_signed())
-            w_j = Mux(wword[j], 1, -1) if wb == 1 else wword[j * wb : (j + 1) * wb].as_signed()
+            # this event's weight, or with spike pairs the sum of the two halves' (a half without a spike: 0)
+            ws_j = [Mux(ww[j], 1, -1) if wb == 1 else ww[j * wb : (j + 1) * wb].as_signed() for ww in wwords]
+            w_j = ws_j[0] if not lp.pairs else Mux(wb_use[0], ws_j[0], 0) + Mux(wb_use[1], ws_j[1], 0)
             ns = Signal(signed(sb), name=f"{name}_ns{j}")
             m.d.comb += ns.eq(s_j + w_j)
             syn_word.append(Cat(ns, word[o + sb : o + LW]))  # event: slope += weight

@@ -74,6 +74,7 @@ class LayerPlan:
     in_lanes: int  # lanes of the incoming event entries (1 for the input)
     in_groups: int  # groups of the incoming entries (input channels for the input)
     last: bool
+    pairs: bool  # spike pairs: each cycle takes one spike of the entry's low lanes and one of its high lanes
     weights: np.ndarray = field(repr=False)  # (Co, Ci, KH, KW) int
     thresholds: np.ndarray = field(repr=False)  # (Co,) int
 
@@ -90,12 +91,30 @@ class LayerPlan:
         """Most event entries this layer can emit in one step (one per pooled word)."""
         return self.groups * self.Hp * self.Wp
 
-    def weight_words(self) -> list[int]:
-        """Weight memory: one word per (ci, ky, kx, group), lane j = output channel g*L + j;
-        binary: bit 1 = +1; fixed-point: two's complement ``weight_bits`` per lane."""
+    @property
+    def pair_split(self) -> int:
+        """With spike pairs: the incoming entry's lanes below this index form the low half."""
+        return (self.in_lanes + 1) // 2
+
+    def weight_channels(self) -> list[list[int]]:
+        """The input channels of each weight memory, in address order: one memory of all
+        channels, or with spike pairs two, of the entries' low and high lanes (channel
+        g * in_lanes + j; a channel past Ci, in a partial last group, holds zeros)."""
+        if not self.pairs:
+            return [list(range(self.Ci))]
+        h, Li = self.pair_split, self.in_lanes
+        return [[g * Li + j for g in range(self.in_groups) for j in range(lo, hi)] for lo, hi in ((0, h), (h, Li))]
+
+    def weight_words(self, channels: list[int] | None = None) -> list[int]:
+        """Weight memory: one word per (ci, ky, kx, group) for ci in ``channels`` (default all,
+        in order), lane j = output channel g*L + j; binary: bit 1 = +1; fixed-point: two's
+        complement ``weight_bits`` per lane."""
         L, G, wb = self.lanes, self.groups, self.weight_bits
         words = []
-        for ci in range(self.Ci):
+        for ci in range(self.Ci) if channels is None else channels:
+            if ci >= self.Ci:
+                words.extend([0] * (self.KH * self.KW * G))
+                continue
             for ky in range(self.KH):
                 for kx in range(self.KW):
                     for g in range(G):
@@ -123,6 +142,7 @@ class CorePlan:
     early_exit: bool  # stop at the first output spike (with the debug port: per image, Core.exit_early)
     silent_margin: bool = True  # no output fired: argmax of V(T-1) - threshold (model file "max-margin"), else of V(T-1)
     window_skip: bool = True  # hidden layers with pooling skip idle pooling windows (one cycle each)
+    spike_pairs: bool = True  # layers fed by multi-lane event entries take two spikes a cycle (LayerPlan.pairs)
 
     @property
     def time_bits(self) -> int:
@@ -269,7 +289,11 @@ class CorePlan:
             mems.append({"name": "input.times", "depth": n, "width": tb})
         for lp in self.layers:
             p = f"layer{lp.index}"
-            mems.append({"name": f"{p}.weights", "depth": lp.Ci * lp.KH * lp.KW * lp.groups, "width": lp.lanes * lp.weight_bits})
+            chans = lp.weight_channels()
+            for k, cs in enumerate(chans):
+                suffix = ("_lo", "_hi")[k] if len(chans) > 1 else ""
+                mems.append({"name": f"{p}.weights{suffix}", "depth": len(cs) * lp.KH * lp.KW * lp.groups,
+                             "width": lp.lanes * lp.weight_bits})  # fmt: skip
             mems.append({"name": f"{p}.state", "depth": lp.words, "width": lp.lanes * (lp.lane_bits + tb)})
             if lp.pool_index is not None and self.debug:
                 mems.append({"name": f"{p}.pooled", "depth": lp.groups * lp.Hp * lp.Wp, "width": lp.lanes * tb})
@@ -291,6 +315,7 @@ class CorePlan:
             "early_exit": self.early_exit,
             "silent_margin": self.silent_margin,
             "window_skip": self.window_skip,
+            "spike_pairs": self.spike_pairs,
             "time_bits": tb,
             "layers": layers,
             "memories": mems,
@@ -306,8 +331,10 @@ def image_cycles(tables: ModelTables, compute_cycles: float) -> float:
 
 
 def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_exit: bool = False,
-              max_memory_bits: int = 64_000_000, window_skip: bool = True) -> CorePlan:  # fmt: skip
-    """Size a core for ``tables``; raise HardwareError naming the problem and the fix."""
+              max_memory_bits: int = 64_000_000, window_skip: bool = True, spike_pairs: bool = True) -> CorePlan:  # fmt: skip
+    """Size a core for ``tables``; raise HardwareError naming the problem and the fix. ``spike_pairs``:
+    a layer fed by event entries of two or more lanes takes a spike of the entry's low and one of
+    its high lanes in the same cycle (two weight memories, one state update with both weights)."""
     if not isinstance(lanes, int) or not 1 <= lanes <= 256:
         raise HardwareError(f"lanes={lanes!r}: choose 1..256 output channels per cycle")
     T = int(tables.T)
@@ -343,6 +370,7 @@ def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_ex
             stride=ly.stride, pad=ly.padding, weight_bits=ly.weight_bits, slope_bits=ly.slope_bits,
             potential_bits=pb, lanes=L, groups=G, pool=pool, Hp=Ho // pool, Wp=Wo // pool,
             pool_index=pidx, in_lanes=prev_lanes, in_groups=prev_groups, last=last,
+            pairs=spike_pairs and bool(plans) and prev_lanes >= 2,
             weights=np.asarray(ly.weights, dtype=np.int64), thresholds=thr,
         )
         if pool > 1 and (lp.Hp < 1 or lp.Wp < 1):
@@ -358,7 +386,7 @@ def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_ex
     plan = CorePlan(name=tables.name, T=T, input_shape=tuple(int(v) for v in tables.input_shape),
                     input_table=[int(v) for v in tables.input_table], layers=plans, lanes=lanes,
                     debug=debug, early_exit=early_exit,
-                    silent_margin=tables.silent_margin, window_skip=window_skip)  # fmt: skip
+                    silent_margin=tables.silent_margin, window_skip=window_skip, spike_pairs=spike_pairs)  # fmt: skip
     bits = plan.summary()["memory_bits"]
     if bits > max_memory_bits:
         raise HardwareError(f"the core needs {bits / 1e6:.1f} Mbit of memories (limit {max_memory_bits / 1e6:.0f} Mbit): "

@@ -312,3 +312,46 @@ def test_window_skipping_keeps_falling_potentials() -> None:
     assert GoldenModel(tables).run(img).layer_times[1][0, 0, 0, 0] == 13
     got = run_pysim(plan_core(tables, lanes=1), img)
     assert compare_streams(tables, got.stream, want.stream) == {k: 0 for k in compare_streams(tables, want.stream, want.stream)}
+
+
+def _paired_tables():
+    """conv 1x1 x6 (channels j and j+3 fire at the same step: entries of two spikes, one in
+    each half of the lanes) -> conv 5x5 x2 (25 offsets a spike: the slowest layer) -> fc 3."""
+    from firstspike.quantize.modelfile import DECISIONS, ModelTables, accumulator_bounds
+
+    T, rng = 16, np.random.default_rng(5)
+    c0 = Layer(kind="conv", in_shape=(1, 6, 6), out_shape=(6, 6, 6), kernel=(1, 1), stride=1, padding=0,
+               weights=np.ones((6, 1, 1, 1), np.int32), thresholds=np.array([1, 2, 3, 1, 2, 3]), weight_bits=1)  # fmt: skip
+    c1 = Layer(kind="conv", in_shape=(6, 6, 6), out_shape=(2, 6, 6), kernel=(5, 5), stride=1, padding=2,
+               weights=np.where(rng.random((2, 6, 5, 5)) < 0.6, 1, -1).astype(np.int32), thresholds=np.array([40, 60]),
+               weight_bits=1)  # fmt: skip
+    fc = Layer(kind="fc", in_shape=(2, 6, 6), out_shape=(3, 1, 1), kernel=(6, 6), stride=1, padding=0,
+               weights=np.where(rng.random((3, 2, 6, 6)) < 0.5, 1, -1).astype(np.int32), thresholds=np.array([30, 30, 30]),
+               weight_bits=1)  # fmt: skip
+    for ly in (c0, c1, fc):
+        ly.slope_bits, ly.potential_bits = accumulator_bounds(ly.weights, T)
+    table = np.floor((255 - np.arange(256)) * T / 256).astype(np.int32)
+    table[0] = T
+    return ModelTables(name="paired", T=T, input_shape=(1, 6, 6), input_table=table, layers=[c0, c1, fc],
+                       decision=dict(DECISIONS["margin"]))  # fmt: skip
+
+
+def test_spike_pairs_save_cycles_and_change_no_value() -> None:
+    """Spike pairs (the default): a layer fed by multi-lane event entries takes one spike of
+    the entry's low lanes and one of its high lanes a cycle (two weight memories, one state
+    update with both weights). Every value equals the golden model's, as without pairs, in
+    fewer cycles; the plan lists the two weight memories; the input layer (one spike an
+    entry) does not pair. (The random property test above runs with pairs on.)"""
+    tables = _paired_tables()
+    images = np.random.default_rng(6).integers(0, 256, size=(3, 1, 6, 6)).astype(np.uint8)
+    want = expected(tables, images)
+    plans = {sp: plan_core(tables, lanes=6, spike_pairs=sp) for sp in (False, True)}
+    assert [lp.pairs for lp in plans[True].layers] == [False, True, True]
+    assert not any(lp.pairs for lp in plans[False].layers)
+    names = [mm["name"] for mm in plans[True].summary()["memories"]]
+    assert {"layer1.weights_lo", "layer1.weights_hi", "layer2.weights_lo", "layer2.weights_hi"} <= set(names)
+    runs = {sp: run_pysim(plan, images, stall_seed=4) for sp, plan in plans.items()}
+    for got in runs.values():
+        assert compare_streams(tables, got.stream, want.stream) == {k: 0 for k in compare_streams(tables, want.stream, want.stream)}
+        np.testing.assert_array_equal(got.classes, want.classes)
+    assert (runs[True].cycles < runs[False].cycles).all(), (runs[True].cycles, runs[False].cycles)
