@@ -54,9 +54,18 @@ def repo_path(path: str | os.PathLike) -> str:
 
 def merge_runs(name: str, runs: list[dict[str, Any]], key) -> list[dict[str, Any]]:
     """``runs`` with the runs stored in bench/results/NAME.json whose ``key(run)`` none of
-    them has (re-running part of a benchmark keeps the rest of its results)."""
+    them has (re-running part of a benchmark keeps the rest of its results). Every run keeps
+    its own ``date`` and ``commit``: new runs get now's, kept runs without them the file's."""
     path = RESULTS / f"{name}.json"
-    old = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    old = stored.get("runs", [])
+    for r in old:
+        r.setdefault("date", stored.get("date"))
+        r.setdefault("commit", stored.get("commit"))
+    now, rev = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), git_rev()
+    for r in runs:
+        r.setdefault("date", now)
+        r.setdefault("commit", rev)
     mine = {key(r) for r in runs}
     return [r for r in old if key(r) not in mine] + runs
 

@@ -233,16 +233,16 @@ def render_docs() -> Path:
     bd = _load("boards")
     if bd:
         lines += ["## Boards (bench/boards.py)", "",
-                  f"Bitstreams built with Yosys + nextpnr from PyPI (YoWASP); {_hw(bd)}; {bd['date']}, commit {bd['commit']}. "
+                  f"Bitstreams built with Yosys + nextpnr from PyPI (YoWASP); {_hw(bd)}; each row's date and commit in its last column. "
                   "Accuracy: golden model on the 10k MNIST test set (the core equals it bit for bit: RTL mismatches on "
                   "the cycles sample, virtual board classes). images/s: compute only at Fmax and at the core clock, and "
                   "over the UART: end to end, pixels in to class out, as measured on the virtual board at the board's "
                   "UART divisor (protocol 3, COBS frames; older runs: computed for 115200 baud and 784-byte frames).", "",
-                  "| board | model | lanes | logic | block RAM | Fmax / core clock (MHz) | accuracy | cycles/image | images/s at Fmax | at clock | over UART | RTL mismatches | virtual board (mismatches, retries) | spike times over UART, 1 image (mismatches) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| board | model | lanes | logic | block RAM | Fmax / core clock (MHz) | accuracy | cycles/image | images/s at Fmax | at clock | over UART | RTL mismatches | virtual board (mismatches, retries) | spike times over UART, 1 image (mismatches) | built |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r_ in bd["runs"]:
             if "error" in r_:
-                lines.append(f"| {r_['board']} | {r_['model']} (T={r_['T']}) | {r_['lanes']} | {r_['error']} |" + " |" * 10)
+                lines.append(f"| {r_['board']} | {r_['model']} (T={r_['T']}) | {r_['lanes']} | {r_['error']} |" + " |" * 11)
                 continue
             res = r_["resources"]
             lines.append(
@@ -252,7 +252,7 @@ def render_docs() -> Path:
                 f"{r_['fmax_mhz']:.1f} / {r_['clock_mhz']:.0f} | {100 * r_['golden_accuracy']:.2f}% | {r_['cycles_mean']:.0f} | "
                 f"{r_['images_per_s_at_fmax']:.0f} | {r_['images_per_s_at_board_clock']:.0f} | {_uart(r_)} | "
                 f"{r_['rtl_mismatches']} ({r_['rtl_images']} img) | {r_['virtual_class_mismatches']} of {r_['virtual_images']}, "
-                f"{r_['virtual_retries']} | {_spk(r_)} |"
+                f"{r_['virtual_retries']} | {_spk(r_)} | {str(r_.get('date') or bd['date'])[:10]}, {r_.get('commit') or bd['commit']} |"
             )
         lines.append("")
     lines += ["## What moved accuracy", "", "Ablations, the non-spiking ceiling and the causes of underfitting (issue 12) are "
