@@ -158,14 +158,6 @@ def test_uart_loopback(divisor) -> None:
     sent = list(range(256))
     got: list[int] = []
 
-    async def feed(ctx) -> None:
-        for v in sent:
-            ctx.set(tx.i.payload, v)
-            ctx.set(tx.i.valid, 1)
-            await ctx.tick().until(tx.i.ready)
-            ctx.set(tx.i.valid, 0)
-            await ctx.tick()
-
     async def watch(ctx) -> None:
         async for _clk, _rst, valid, data, err in ctx.tick().sample(rx.o.valid, rx.o.payload, rx.error):
             assert not err
@@ -176,10 +168,25 @@ def test_uart_loopback(divisor) -> None:
 
     sim = Simulator(m)
     sim.add_clock(1e-6)
-    sim.add_testbench(feed)
+    sim.add_testbench(_feeder(tx, sent))
     sim.add_testbench(watch)
     sim.run()
     assert got == sent
+
+
+def _feeder(tx: UARTTx, data: list[int]):
+    """A testbench that hands ``data`` to the transmitter back to back, then waits until the
+    last frame's stop bit is out."""
+
+    async def feed(ctx) -> None:
+        for v in data:
+            ctx.set(tx.i.payload, v)
+            ctx.set(tx.i.valid, 1)
+            await ctx.tick().until(tx.i.ready)
+        ctx.set(tx.i.valid, 0)
+        await ctx.tick().until(tx.i.ready)
+
+    return feed
 
 
 MBAUD3_AT_50MHZ = Fraction(50_000_000, 3_000_000)  # 16 2/3 cycles a bit
@@ -190,21 +197,13 @@ def _tx_line(divisor, data: list[int]) -> list[int]:
     tx = UARTTx(divisor)
     line: list[int] = []
 
-    async def feed(ctx) -> None:
-        for v in data:
-            ctx.set(tx.i.payload, v)
-            ctx.set(tx.i.valid, 1)
-            await ctx.tick().until(tx.i.ready)
-        ctx.set(tx.i.valid, 0)
-        await ctx.tick().until(tx.i.ready)  # the last frame's stop bit is out
-
     async def watch(ctx) -> None:
         async for _clk, _rst, v in ctx.tick().sample(tx.tx):
             line.append(v)
 
     sim = Simulator(tx)
     sim.add_clock(1e-6)
-    sim.add_testbench(feed)
+    sim.add_testbench(_feeder(tx, data))
     sim.add_testbench(watch, background=True)
     sim.run()
     return line
