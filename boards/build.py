@@ -66,14 +66,14 @@ BOARDS = {
     # the default 24 MHz comes from the PLL (SB_PLL40_PAD, 12 x 64 / 32)
     "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "amaranth_boards.icebreaker.ICEBreakerPlatform", 12e6, 2, "iceprog",
                         30 * 4096, 5280, core_clock_hz=24e6, spikes=False),
-    # csnn at 64 lanes (speed grade 6): Fmax 52.44 MHz when built for 50 MHz: the ULX3S runs it at
+    # csnn at 64 lanes (speed grade 6): Fmax 52.4-53.5 MHz when built for 50 MHz: the ULX3S runs it at
     # 50 MHz from its 25 MHz (PLL: 25 x 2; 3 Mbaud = 16 2/3 cycles a bit, the UART's fractional bit
-    # timing); the OrangeCrab (speed grade 8, Fmax 65.2-67.7 MHz) at 60 MHz from its 48 MHz
-    # (PLL: 48 x 5 / 4; 3 Mbaud = 20 cycles a bit)
+    # timing); the OrangeCrab (speed grade 8, Fmax 72.2 MHz when built for 60) at 66 MHz from its
+    # 48 MHz (PLL: 48 x 11 / 8; 3 Mbaud = 22 cycles a bit)
     "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader",
                    208 * 18432, 83640, core_clock_hz=50e6, lanes=64, program_args=("-b", "ulx3s")),
     "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85FPlatform", 48e6, 1,
-                        "dfu-util", 208 * 18432, 83640, core_clock_hz=60e6, lanes=64, program_args=("-a", "0", "-D")),
+                        "dfu-util", 208 * 18432, 83640, core_clock_hz=66e6, lanes=64, program_args=("-a", "0", "-D")),
 }  # fmt: skip
 
 

@@ -111,7 +111,7 @@ def _add_bitstream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"UART baud rate (default {DEFAULT_BAUD:,})")
     p.add_argument("--clock-mhz", type=float, default=None,
                    help="core clock in MHz, made by the board's PLL from the board clock (default: icebreaker 24, "
-                   "ulx3s 50, orangecrab 60)")
+                   "ulx3s 50, orangecrab 66)")
     p.add_argument("--spikes", action=argparse.BooleanOptionalAction, default=None,
                    help="build in the spike readout: every layer's spike times over the UART (default: on for the "
                    "ECP5 boards, off for the icebreaker, whose block RAM is too small for it)")

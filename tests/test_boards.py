@@ -599,7 +599,7 @@ def test_ecp5_pll_matches_ecppll_and_refuses_impossible_clocks() -> None:
 def test_board_core_clocks_and_their_refusals(tmp_path) -> None:
     from firstspike.boards.build import BOARDS, BuildError, build, core_clock
 
-    assert core_clock(BOARDS["orangecrab"])[0] == 60e6 and core_clock(BOARDS["orangecrab"])[1] is not None  # 48 MHz x 5 / 4
+    assert core_clock(BOARDS["orangecrab"])[0] == 66e6 and core_clock(BOARDS["orangecrab"])[1] is not None  # 48 MHz x 11 / 8
     assert core_clock(BOARDS["orangecrab"], 24)[0] == 24e6 and core_clock(BOARDS["orangecrab"], 24)[1] is not None
     assert core_clock(BOARDS["ulx3s"])[0] == 50e6 and core_clock(BOARDS["ulx3s"])[1].clkfb_div == 2  # PLL: 25 x 2
     assert core_clock(BOARDS["ulx3s"], 25) == (25e6, None) and core_clock(BOARDS["icebreaker"])[0] == 24e6
