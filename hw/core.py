@@ -271,7 +271,7 @@ class Core(Elaboratable):
         name = f"l{lp.index}"
         st = Memory(shape=unsigned(L * LW), depth=lp.words, init=[])
         m.submodules[f"{name}_state"] = st
-        # weights: one memory, or with spike pairs two (the entries' low lanes: a, high lanes: b)
+        # weights: one memory, or with spike pairs two (the input channels of the entries' low lanes, then of the high lanes)
         wm_rs = []
         chans = lp.weight_channels()
         for k, cs in enumerate(chans):
