@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=300, help="test images, spread over the test set")
     ap.add_argument("--families", default="ice40,ecp5")
     ap.add_argument("--lanes", type=int, default=2)
+    ap.add_argument("--positions", type=int, default=1, choices=[1, 2], help="output positions per state word")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
 
@@ -56,13 +57,13 @@ def main() -> None:
     chunk = max(1, -(-args.images // args.jobs))
     t0 = time.perf_counter()
     ref = rtl.verify(tables, images, labels, sim="verilator", jobs=args.jobs, lanes=args.lanes, chunk=chunk,
-                     build_root=build_root)  # fmt: skip
+                     build_root=build_root, positions=args.positions)  # fmt: skip
     rtl_s = time.perf_counter() - t0
     rows = []
     for fam in args.families.split(","):
         t0 = time.perf_counter()
         rep = rtl.verify(tables, images, labels, sim="verilator", jobs=args.jobs, lanes=args.lanes, chunk=chunk,
-                         build_root=build_root, gate_level=fam)  # fmt: skip
+                         build_root=build_root, gate_level=fam, positions=args.positions)  # fmt: skip
         netlist = (rep.build_dir / "src" / f"gl_{fam}.v").read_text()
         d = rep.as_dict()
         d.update(model=model, dataset=args.dataset, family=fam, T=tables.T, total_mismatches=rep.total_mismatches,
@@ -73,8 +74,13 @@ def main() -> None:
                  d["cycle_mismatches_vs_rtl"], d["images"])  # fmt: skip
         rows.append(d)
     old = json.loads((RESULTS / "gate_level.json").read_text()).get("runs", []) if (RESULTS / "gate_level.json").exists() else []
-    keys = {(r["model"], r["family"], r["lanes"]) for r in rows}
-    runs = [r for r in old if (r["model"], r["family"], r["lanes"]) not in keys] + rows
+    def key(r: dict) -> tuple:
+        return r["model"], r["family"], r["lanes"], r.get("positions", 1)
+
+    for r in rows:
+        r["positions"] = args.positions
+    keys = {key(r) for r in rows}
+    runs = [r for r in old if key(r) not in keys] + rows
     write_result("gate_level", {"runs": runs})
     from report import render_docs
 

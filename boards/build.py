@@ -47,6 +47,7 @@ class Board:
     core_clock_hz: float | None = None  # default core clock (made by the PLL); None: the board clock
     lanes: int = 2  # default lanes (--lanes): the most that meet the default core clock with the csnn model
     spikes: bool = True  # spike readout built in by default (the UP5K's 30 EBR leave no room for its memories)
+    positions: int = 1  # default output positions per state word (--positions; plan_core)
     program_args: tuple[str, ...] = ()  # programmer arguments before the bitstream (`deploy`)
 
     @property
@@ -71,9 +72,9 @@ BOARDS = {
     # timing); the OrangeCrab (speed grade 8, Fmax 72.2 MHz when built for 60) at 66 MHz from its
     # 48 MHz (PLL: 48 x 11 / 8; 3 Mbaud = 22 cycles a bit)
     "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader",
-                   208 * 18432, 83640, core_clock_hz=50e6, lanes=64, program_args=("-b", "ulx3s")),
+                   208 * 18432, 83640, core_clock_hz=50e6, lanes=64, positions=2, program_args=("-b", "ulx3s")),
     "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85FPlatform", 48e6, 1,
-                        "dfu-util", 208 * 18432, 83640, core_clock_hz=66e6, lanes=64, program_args=("-a", "0", "-D")),
+                        "dfu-util", 208 * 18432, 83640, core_clock_hz=66e6, lanes=64, positions=2, program_args=("-a", "0", "-D")),
 }  # fmt: skip
 
 
@@ -94,7 +95,7 @@ class BoardTop(Elaboratable):
     """The core behind the UART link; LEDs: busy, then the last class's low bits."""
 
     def __init__(self, tables: ModelTables, board: Board, lanes: int, baud: int = P.DEFAULT_BAUD,
-                 clock_mhz: float | None = None, spikes: bool = True):  # fmt: skip
+                 clock_mhz: float | None = None, spikes: bool = True, positions: int = 1):  # fmt: skip
         self._MustUse__silence = True  # a top refused here is never elaborated: no "unused" warning
         self.clock_hz, self.pll = core_clock(board, clock_mhz)  # the core clock: the board's, or a PLL's
         # UART bit time in core clock cycles, exact (PLL clocks are ratios of small integers):
@@ -108,7 +109,7 @@ class BoardTop(Elaboratable):
                              f"{self.clock_hz / 1e6:g} MHz core clock a bit; the UART needs at least {MIN_DIVISOR}: "
                              f"use {hint}, or a --clock-mhz of at least {MIN_DIVISOR * baud / 1e6:g} "
                              "(the host must use the same baud rate)")  # fmt: skip
-        self.plan = board_plan(tables, lanes, spikes)
+        self.plan = board_plan(tables, lanes, spikes, positions)
         self.board = board
         self.baud = baud
         self.hash = model_hash(tables)
@@ -173,13 +174,14 @@ def _utilisation(report: dict, family: str) -> dict:
 
 def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out_dir: str | os.PathLike = "build/boards",
           lanes: int | None = None, baud: int = P.DEFAULT_BAUD, clock_mhz: float | None = None,
-          spikes: bool | None = None) -> dict:  # fmt: skip
+          spikes: bool | None = None, positions: int | None = None) -> dict:  # fmt: skip
     """Synthesise, place and route, pack; write OUT/BOARD/firstspike.bit(.bin) and
     OUT/BOARD/build.json. ``lanes`` None: the board's default (``Board.lanes``). ``clock_mhz``:
     the core clock (made by the PLL from the board clock; None: the board's default,
     ``Board.core_clock_hz``). ``spikes``: build in the spike
     readout (every layer's spike times over the UART; None: the board's default, on for ECP5,
-    off for the iCE40UP5K whose block RAM it would overfill). Raise BuildError naming what to
+    off for the iCE40UP5K whose block RAM it would overfill). ``positions``: output positions per
+    state word (None: the board's default, 2 on the ECP5 boards). Raise BuildError naming what to
     shrink if it does not fit or misses the core clock."""
     if board not in BOARDS:
         raise BuildError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
@@ -187,8 +189,9 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     core_clock(b, clock_mhz)  # refuse a clock the board cannot make before loading the model
     spikes = b.spikes if spikes is None else spikes
     lanes = b.lanes if lanes is None else lanes
+    positions = b.positions if positions is None else positions
     tables = model if isinstance(model, ModelTables) else load(model)
-    top = BoardTop(tables, b, lanes=lanes, baud=baud, clock_mhz=clock_mhz, spikes=spikes)
+    top = BoardTop(tables, b, lanes=lanes, baud=baud, clock_mhz=clock_mhz, spikes=spikes, positions=positions)
     core_mhz = top.clock_hz / 1e6
     if top.pll is not None:
         log.info("%s: core clock %g MHz from a PLL on the %g MHz board clock (requested %g MHz; %s)", board, core_mhz,
@@ -241,7 +244,7 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     res = _utilisation(report, b.family)
     bit = work / ("firstspike.bin" if b.family == "ice40" else "firstspike.bit")
     res.update({"board": board, "device": b.device, "clock_mhz": core_mhz, "board_clock_mhz": b.clock_hz / 1e6,
-                "pll": top.pll.as_dict() if top.pll else None, "uart_divisor": divisor_json(top.divisor), "lanes": lanes, "baud": baud, "spikes": spikes,
+                "pll": top.pll.as_dict() if top.pll else None, "uart_divisor": divisor_json(top.divisor), "lanes": lanes, "positions": positions, "baud": baud, "spikes": spikes,
                 "model": tables.name, "model_sha256_prefix": top.hash.hex(), "bitstream": str(bit),
                 "build_seconds": round(time.perf_counter() - t0, 1), "memory_bits": top.plan.summary()["memory_bits"]})  # fmt: skip
     clk_fmax = [v["achieved_mhz"] for v in res["fmax"].values()]
@@ -277,7 +280,7 @@ def _fmax_fix(b: Board, fmax_mhz: float) -> str:
 
 def deploy(model: str | os.PathLike, board: str, port: str | None = None, out_dir: str | os.PathLike = "build/boards",
            lanes: int | None = None, baud: int = P.DEFAULT_BAUD, check_images: int = 0, clock_mhz: float | None = None,
-           spikes: bool | None = None) -> dict:  # fmt: skip
+           spikes: bool | None = None, positions: int | None = None) -> dict:  # fmt: skip
     """Build the bitstream, program the board with its open programmer, then (with ``port``)
     check over UART that it runs this model file. Raises BuildError/BoardError with the fix
     when the programmer or the board is missing."""
@@ -285,7 +288,7 @@ def deploy(model: str | os.PathLike, board: str, port: str | None = None, out_di
 
     from firstspike.boards.runtime import BoardRuntime
 
-    r = build(model, board, out_dir, lanes=lanes, baud=baud, clock_mhz=clock_mhz, spikes=spikes)
+    r = build(model, board, out_dir, lanes=lanes, baud=baud, clock_mhz=clock_mhz, spikes=spikes, positions=positions)
     b = BOARDS[board]
     bit = Path(r["bitstream"])
     if b.programmer == "dfu-util" and shutil.which("dfu-suffix"):

@@ -87,6 +87,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+POSITIONS_HELP = ("output positions per state word in the layers that allow it (stride-1 conv with even pooling): "
+                  "2 updates neighbours x, x+1 in one cycle (twice the adders and state width, fewer cycles)")
+
+
 def _add_hw(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "hw",
@@ -97,6 +101,7 @@ def _add_hw(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="model file written by `firstspike quantize`")
     p.add_argument("-o", "--out", default="build/hw", help="output folder")
     p.add_argument("--lanes", type=int, default=16, help="output channels updated per cycle (area vs speed)")
+    p.add_argument("--positions", type=int, choices=[1, 2], default=1, help=POSITIONS_HELP)
     p.add_argument("--no-debug", action="store_true", help="leave out the debug port (every layer's spike times)")
     p.add_argument("--early-exit", action="store_true", help="stop once the class is known (with the debug port: per image, where the exit_early input is high at start)")
 
@@ -108,6 +113,8 @@ def _add_bitstream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", default="build/boards")
     p.add_argument("--lanes", type=int, default=None, help="core lanes (default: the board's: icebreaker 2, ulx3s 64, "
                    "orangecrab 64)")
+    p.add_argument("--positions", type=int, choices=[1, 2], default=None,
+                   help=POSITIONS_HELP + " (default: the board's: icebreaker 1, ulx3s 2, orangecrab 2)")
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"UART baud rate (default {DEFAULT_BAUD:,})")
     p.add_argument("--clock-mhz", type=float, default=None,
                    help="core clock in MHz, made by the board's PLL from the board clock (default: icebreaker 24, "
@@ -156,6 +163,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="the whole test set (same as --images 0)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel simulations")
     p.add_argument("--lanes", type=int, default=16)
+    p.add_argument("--positions", type=int, choices=[1, 2], default=1, help=POSITIONS_HELP)
     p.add_argument("--chunk", type=int, default=250, help="images per simulation run")
     p.add_argument("--dataset", default=None, help="mnist or fashion-mnist (default: the model's)")
     p.add_argument("--data-dir", default=None, help="folder of standard IDX files")
@@ -387,7 +395,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def cmd_hw(a: argparse.Namespace) -> int:
     from firstspike.hw.generate import generate
 
-    s = generate(a.model, a.out, lanes=a.lanes, debug=not a.no_debug, early_exit=a.early_exit)
+    s = generate(a.model, a.out, lanes=a.lanes, debug=not a.no_debug, early_exit=a.early_exit, positions=a.positions)
     print(f"wrote {Path(a.out) / s['verilog']} and {Path(a.out) / 'core.json'}: {len(s['layers'])} spiking layers, "
           f"lanes={s['lanes']}, {s['memory_bits'] / 1000:.1f} kbit of memories")  # fmt: skip
     return 0
@@ -396,7 +404,8 @@ def cmd_hw(a: argparse.Namespace) -> int:
 def cmd_build(a: argparse.Namespace) -> int:
     from firstspike.boards.build import build
 
-    r = build(a.model, a.board, a.out, lanes=a.lanes, baud=a.baud, spikes=a.spikes, clock_mhz=a.clock_mhz)
+    r = build(a.model, a.board, a.out, lanes=a.lanes, baud=a.baud, spikes=a.spikes, clock_mhz=a.clock_mhz,
+              positions=a.positions)
     res = ", ".join(f"{k} {v['used']}/{v['available']}" for k, v in r["resources"].items() if v)
     clk = f"core clock {r['clock_mhz']:g} MHz" + (f" (PLL from {r['board_clock_mhz']:g} MHz)" if r["pll"] else "")
     print(f"{a.board}: {r['bitstream']} ({res}; Fmax {r['fmax_mhz']} MHz, {clk}; {r['build_seconds']:.0f} s)")
@@ -406,7 +415,8 @@ def cmd_build(a: argparse.Namespace) -> int:
 def cmd_deploy(a: argparse.Namespace) -> int:
     from firstspike.boards.build import deploy
 
-    r = deploy(a.model, a.board, a.port, a.out, lanes=a.lanes, baud=a.baud, spikes=a.spikes, clock_mhz=a.clock_mhz)
+    r = deploy(a.model, a.board, a.port, a.out, lanes=a.lanes, baud=a.baud, spikes=a.spikes, clock_mhz=a.clock_mhz,
+               positions=a.positions)
     print(f"{a.board}: programmed {r['bitstream']}" + (f"; board reports {r['board_info']}" if "board_info" in r else ""))
     return 0
 
@@ -425,7 +435,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
     out, bad = [], 0
     for sim in sims:
         r = verify(tables, split.images, split.labels, sim=sim, jobs=a.jobs, lanes=a.lanes, chunk=a.chunk,
-                   build_root=a.build_dir, progress=not a.no_progress, gate_level=a.gate_level)  # fmt: skip
+                   build_root=a.build_dir, progress=not a.no_progress, gate_level=a.gate_level,
+                   positions=a.positions)  # fmt: skip
         d = r.as_dict()
         d.update(model=str(a.model), dataset=dataset)
         out.append(d)

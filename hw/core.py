@@ -31,15 +31,33 @@ time); the weights are a ROM of one word per (input channel, ky, kx, group).
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
 from amaranth.lib.memory import Memory
 
 from firstspike.hw.decision import Decision, lowest_set
-from firstspike.hw.plan import CorePlan, LayerPlan, fan_out, idx_bits, ubits
+from firstspike.hw.plan import CorePlan, LayerPlan, fan_out, fan_out_words, idx_bits, ubits
 
 
 def _table(values: list[int], width: int) -> Array:
     return Array(Const(int(v) & ((1 << width) - 1), width) for v in values)
+
+
+class _Seg(NamedTuple):
+    """One debug-readout segment: where its words are and how a beat's values sit in them."""
+
+    port: Any  # a read port, or (a layer's state read port, its address, its enable) shared with the engine
+    lanes: int  # values per beat
+    groups: int
+    Co: int
+    HW: int  # positions per group (one beat each)
+    LW: int  # bits per lane in the word
+    off: int  # the value's offset inside a lane
+    bits: int
+    signed: bool
+    bias: tuple | None = None  # (per-group table, width) added lane by lane (V = D + threshold)
+    positions: int = 1  # positions per memory word (a beat selects one)
 
 
 class _Src:
@@ -176,14 +194,14 @@ class Core(Elaboratable):
             with m.Else():
                 m.d.sync += ld_x.eq(ld_x + 1)
 
-        ro_ports: dict[str, tuple] = {}  # segment name -> (read port, lanes, groups, Co, HW, lane width, offset, bits, signed)
+        ro_ports: dict[str, _Seg] = {}  # segment name -> where and how its words are read
         if P.debug:
             tmem = Memory(shape=unsigned(tb), depth=N, init=[])
             m.submodules.in_times = tmem
             tw = tmem.write_port()
             tr = tmem.read_port()
             m.d.comb += [tw.addr.eq(ld_n), tw.data.eq(tt), tw.en.eq(accept)]
-            ro_ports["input"] = (tr, 1, C, C, H * W, tb, 0, tb, False, None)
+            ro_ports["input"] = _Seg(tr, 1, C, C, H * W, tb, 0, tb, False)
 
         # ---- spiking layers ----------------------------------------------------------------
         src = _Src("bucket", heads_r=heads_r, head_addr=l0_head_addr, nodes_r=nodes_r,
@@ -265,17 +283,19 @@ class Core(Elaboratable):
         P = self.plan
         T, tb = P.T, P.time_bits
         L, G = lp.lanes, lp.groups
+        PP, Wq = lp.positions, lp.Wq  # output positions per state word, words per output row
+        PL = PP * L  # neurons per state word
         sb, pb, wb = lp.slope_bits, lp.potential_bits, lp.weight_bits
         LW = sb + pb + tb
-        HoWo = lp.Ho * lp.Wo
+        HoWq = lp.Ho * Wq  # words per group
         name = f"l{lp.index}"
-        st = Memory(shape=unsigned(L * LW), depth=lp.words, init=[])
+        st = Memory(shape=unsigned(PL * LW), depth=lp.words, init=[])
         m.submodules[f"{name}_state"] = st
         # weights: one memory, or with spike pairs two (the input channels of the entries' low lanes, then of the high lanes)
         wm_rs = []
         chans = lp.weight_channels()
         for k, cs in enumerate(chans):
-            wm = Memory(shape=unsigned(L * wb), depth=len(cs) * lp.KH * lp.KW * G, init=lp.weight_words(cs))
+            wm = Memory(shape=unsigned(PL * wb), depth=lp.weight_depth(len(cs)), init=lp.weight_words(cs))
             m.submodules[f"{name}_weights" + (("_lo", "_hi")[k] if len(chans) > 1 else "")] = wm
             wm_rs.append(wm.read_port())
         st_w = st.write_port()
@@ -286,17 +306,25 @@ class Core(Elaboratable):
         m.d.comb += [st_r.addr.eq(Mux(readout, ro_addr, eng_addr)), st_r.en.eq(Mux(readout, ro_en, 1))]
         busy = Signal(name=f"{name}_busy")
 
-        # fan-out tables per input row / column: (count, weight-address offset, state-address offset)
+        # fan-out tables per input row / column: (count, weight-address offset, state-address offset);
+        # columns in state words (with position pairs a word column and a weight column of two positions)
         fy = fan_out(lp.H, lp.Ho, lp.KH, lp.stride, lp.pad)
-        fx = fan_out(lp.W, lp.Wo, lp.KW, lp.stride, lp.pad)
-        wa_bits, sa_bits = idx_bits(lp.Ci * lp.KH * lp.KW * G) + 1, idx_bits(lp.words) + 1
+        fx = fan_out_words(lp.W, lp.Wo, lp.KW, lp.pad, PP) if PP > 1 else fan_out(lp.W, lp.Wo, lp.KW, lp.stride, lp.pad)
+        KC = lp.kx_cols  # weight columns per kernel row
+        wa_bits, sa_bits = idx_bits(lp.weight_depth(lp.Ci)) + 1, idx_bits(lp.words) + 1
         ny_t = _table([f.n for f in fy], ubits(lp.KH))
         nx_t = _table([f.n for f in fx], ubits(lp.KW))
-        wy_t = _table([f.k0 * lp.KW * G for f in fy], wa_bits)
+        wy_t = _table([f.k0 * KC * G for f in fy], wa_bits)
         wx_t = _table([f.k0 * G for f in fx], wa_bits)
-        sy_t = _table([f.o0 * lp.Wo for f in fy], sa_bits)
+        sy_t = _table([f.o0 * Wq for f in fy], sa_bits)
         sx_t = _table([f.o0 for f in fx], sa_bits)
-        KKG = lp.KH * lp.KW * G
+        KKG = lp.KH * KC * G
+        # position pairs: the word's weight column c; position p uses kernel column c - p, so the
+        # even position adds nothing at c = KW and the odd one nothing at c = 0
+        kxc = Signal(ubits(KC), name=f"{name}_kxc")
+        kxc0 = Signal(ubits(KC), name=f"{name}_kxc0")
+        kc_t = _table([f.k0 for f in fx], ubits(KC))
+        wb_pos = Signal(PP, name=f"{name}_wb_pos")
         # per weight memory: the address of (entry group, lane within that memory's half)
         halves = [(0, lp.pair_split), (lp.pair_split, lp.in_lanes)] if lp.pairs else [(0, lp.in_lanes)]
         gin_ts = [_table([g * (hi - lo) * KKG for g in range(lp.in_groups)], wa_bits) for lo, hi in halves]
@@ -326,13 +354,14 @@ class Core(Elaboratable):
         sa_row, sa_col, sa_g = (Signal(sa_bits, name=f"{name}_{n}") for n in ("sa_row", "sa_col", "sa_g"))
         # integration loop over pooling windows
         k = lp.pool
+        kq = k // PP  # words per window row (a window's positions are whole words: position_pairs_fit)
         PY, PX = -(-lp.Ho // k), -(-lp.Wo // k)
         ig = Signal(idx_bits(G), name=f"{name}_ig")
         py, px = Signal(idx_bits(PY), name=f"{name}_py"), Signal(idx_bits(PX), name=f"{name}_px")
-        dy, dx = Signal(idx_bits(k), name=f"{name}_dy"), Signal(idx_bits(k), name=f"{name}_dx")
-        pyk, pxk = Signal(ubits(PY * k), name=f"{name}_pyk"), Signal(ubits(PX * k), name=f"{name}_pxk")
-        gbase, rowb = Signal(sa_bits, name=f"{name}_gbase"), Signal(sa_bits + ubits(k * lp.Wo), name=f"{name}_rowb")
-        dyw_t = _table([d * lp.Wo for d in range(k)], ubits(k * lp.Wo))
+        dy, dx = Signal(idx_bits(k), name=f"{name}_dy"), Signal(idx_bits(kq), name=f"{name}_dx")
+        pyk, pxk = Signal(ubits(PY * k), name=f"{name}_pyk"), Signal(ubits(PX * kq), name=f"{name}_pxk")
+        gbase, rowb = Signal(sa_bits, name=f"{name}_gbase"), Signal(sa_bits + ubits(k * Wq), name=f"{name}_rowb")
+        dyw_t = _table([d * Wq for d in range(k)], ubits(k * Wq))
         # window skipping (hidden layers with pooling): one flag per pooling window, "some neuron
         # of it can still change": set by every event that reaches one of its words, written at
         # the end of each visit (some lane not fired and slope != 0); a window whose flag is
@@ -364,7 +393,7 @@ class Core(Elaboratable):
             ox0_t = _table([f.o0 for f in fx], len(s_ox))
             gw_t = _table([gg * PY * PX for gg in range(G)], len(widx))
             win_y_t = _table([(o // k) * PX for o in range(lp.Ho)], len(widx))
-            win_x_t = _table([o // k for o in range(lp.Wo)], len(widx))
+            win_x_t = _table([o * PP // k for o in range(Wq)], len(widx))  # by word column
             with m.If(wb_syn):
                 m.d.sync += flags.bit_select(wb_fidx, 1).eq(1)
 
@@ -445,34 +474,43 @@ class Core(Elaboratable):
                         m.d.sync += [wh_row.eq(bases[1]), wh_col.eq(bases[1] + wx_t[e_x])]
                     if skip:
                         m.d.sync += [s_oy.eq(oy0_t[e_y]), s_ox.eq(ox0_t[e_x]), s_ox0.eq(ox0_t[e_x])]
+                    if PP > 1:
+                        m.d.sync += [kxc.eq(kc_t[e_x]), kxc0.eq(kc_t[e_x])]
                     m.next = "SYN"
             with m.State("SYN"):
                 m.d.comb += [wm_rs[0].addr.eq(wa_col + g), eng_addr.eq(sa_g)]
                 if lp.pairs:
                     m.d.comb += wm_rs[1].addr.eq(wh_col + g)
                 m.d.sync += [wb_syn.eq(1), wb_addr.eq(sa_g), wb_use.eq(use)]
+                if PP > 1:
+                    m.d.sync += wb_pos.eq(Cat(kxc != lp.KW, kxc != 0))
                 if skip:
                     m.d.sync += wb_fidx.eq(gw_t[g] + win_y_t[s_oy] + win_x_t[s_ox])
                 s = lp.stride
                 with m.If(g != G - 1):
-                    m.d.sync += [g.eq(g + 1), sa_g.eq(sa_g + HoWo)]
+                    m.d.sync += [g.eq(g + 1), sa_g.eq(sa_g + HoWq)]
                 with m.Else():
                     m.d.sync += g.eq(0)
                     with m.If(kx_i != n_x - 1):
-                        m.d.sync += [kx_i.eq(kx_i + 1), wa_col.eq(wa_col + s * G), sa_col.eq(sa_col - 1), sa_g.eq(sa_col - 1)]
+                        cs = s * PP * G  # next word column: the weight column moves by stride x positions
+                        m.d.sync += [kx_i.eq(kx_i + 1), wa_col.eq(wa_col + cs), sa_col.eq(sa_col - 1), sa_g.eq(sa_col - 1)]
                         if lp.pairs:
-                            m.d.sync += wh_col.eq(wh_col + s * G)
+                            m.d.sync += wh_col.eq(wh_col + cs)
+                        if PP > 1:
+                            m.d.sync += kxc.eq(kxc + PP)
                         if skip:
                             m.d.sync += s_ox.eq(s_ox - 1)
                     with m.Else():
                         m.d.sync += kx_i.eq(0)
                         with m.If(ky_i != n_y - 1):
-                            wr = wa_row + s * lp.KW * G
-                            sr = sa_row - lp.Wo
+                            wr = wa_row + s * KC * G
+                            sr = sa_row - Wq
                             m.d.sync += [ky_i.eq(ky_i + 1), wa_row.eq(wr), wa_col.eq(wr + wa_x0),
                                          sa_row.eq(sr), sa_col.eq(sr), sa_g.eq(sr)]  # fmt: skip
+                            if PP > 1:
+                                m.d.sync += kxc.eq(kxc0)
                             if lp.pairs:
-                                wr_h = wh_row + s * lp.KW * G
+                                wr_h = wh_row + s * KC * G
                                 m.d.sync += [wh_row.eq(wr_h), wh_col.eq(wr_h + wa_x0)]
                             if skip:
                                 m.d.sync += [s_oy.eq(s_oy - 1), s_ox.eq(s_ox0)]
@@ -484,9 +522,9 @@ class Core(Elaboratable):
                 valid = Const(1, 1)
                 if PY * k != lp.Ho:
                     valid = valid & (oy < lp.Ho)
-                if PX * k != lp.Wo:
-                    valid = valid & (ox < lp.Wo)
-                m.d.sync += [wb_addr.eq(addr), wb_first.eq((dy == 0) & (dx == 0)), wb_last.eq((dy == k - 1) & (dx == k - 1)),
+                if PX * kq != Wq:
+                    valid = valid & (ox < Wq)
+                m.d.sync += [wb_addr.eq(addr), wb_first.eq((dy == 0) & (dx == 0)), wb_last.eq((dy == k - 1) & (dx == kq - 1)),
                              wb_pv.eq((py < lp.Hp) & (px < lp.Wp)), wb_g.eq(ig), wb_py.eq(py), wb_px.eq(px)]  # fmt: skip
                 idle = Const(0, 1)
                 if skip:
@@ -500,7 +538,7 @@ class Core(Elaboratable):
                 with m.Else():
                     m.d.comb += eng_addr.eq(addr)
                     m.d.sync += [wb_int.eq(valid), wb_tok.eq(1)]
-                    with m.If(dx != k - 1):
+                    with m.If(dx != kq - 1):
                         m.d.sync += dx.eq(dx + 1)
                     with m.Else():
                         m.d.sync += dx.eq(0)
@@ -511,15 +549,15 @@ class Core(Elaboratable):
                             m.d.comb += adv.eq(1)
                 with m.If(adv):
                     with m.If(px != PX - 1):
-                        m.d.sync += [px.eq(px + 1), pxk.eq(pxk + k)]
+                        m.d.sync += [px.eq(px + 1), pxk.eq(pxk + kq)]
                     with m.Else():
                         m.d.sync += [px.eq(0), pxk.eq(0)]
                         with m.If(py != PY - 1):
-                            m.d.sync += [py.eq(py + 1), pyk.eq(pyk + k), rowb.eq(rowb + k * lp.Wo)]
+                            m.d.sync += [py.eq(py + 1), pyk.eq(pyk + k), rowb.eq(rowb + k * Wq)]
                         with m.Else():
                             m.d.sync += [py.eq(0), pyk.eq(0)]
                             with m.If(ig != G - 1):
-                                m.d.sync += [ig.eq(ig + 1), gbase.eq(gbase + HoWo), rowb.eq(gbase + HoWo)]
+                                m.d.sync += [ig.eq(ig + 1), gbase.eq(gbase + HoWq), rowb.eq(gbase + HoWq)]
                             with m.Else():
                                 m.next = "DRAIN"
             with m.State("DRAIN"):  # the last writeback lands this cycle
@@ -546,27 +584,30 @@ class Core(Elaboratable):
         vmask = Signal(L, name=f"{name}_vmask")
         m.d.comb += vmask.eq(valid_masks[wb_g])
         syn_word, int_word = [], []
-        fire = Signal(L, name=f"{name}_fire")
-        prev = Signal(L, name=f"{name}_prev")
+        fire = Signal(PL, name=f"{name}_fire")  # per neuron of the word: position-major (p * L + lane)
+        prev = Signal(PL, name=f"{name}_prev")
         vs, lives = [], []
-        for j in range(L):  # lane j of the word read last cycle (zeros and "silent" at step 0)
-            o = j * LW
-            s_j = Signal(signed(sb), name=f"{name}_s{j}")
-            tm_j = Signal(tb, name=f"{name}_t{j}")
+        for q in range(PL):  # neuron q of the word read last cycle (zeros and "silent" at step 0)
+            pos, j = divmod(q, L)
+            o = q * LW
+            s_j = Signal(signed(sb), name=f"{name}_s{q}")
+            tm_j = Signal(tb, name=f"{name}_t{q}")
             m.d.comb += [s_j.eq(Mux(first, 0, word[o : o + sb].as_signed())), tm_j.eq(Mux(first, T, word[o + sb + pb : o + LW]))]
             p_j = Mux(first, d0_w[j * pb : (j + 1) * pb].as_signed(), word[o + sb : o + sb + pb].as_signed())
             # this event's weight, or with spike pairs the sum of the two halves' (a half without a spike: 0)
-            ws_j = [Mux(ww[j], 1, -1) if wb == 1 else ww[j * wb : (j + 1) * wb].as_signed() for ww in wwords]
+            ws_j = [Mux(ww[q], 1, -1) if wb == 1 else ww[q * wb : (q + 1) * wb].as_signed() for ww in wwords]
             w_j = ws_j[0] if not lp.pairs else Mux(wb_use[0], ws_j[0], 0) + Mux(wb_use[1], ws_j[1], 0)
-            ns = Signal(signed(sb), name=f"{name}_ns{j}")
+            if PP > 1:  # a position outside the kernel adds nothing (binary weights have no 0)
+                w_j = Mux(wb_pos[pos], w_j, 0)
+            ns = Signal(signed(sb), name=f"{name}_ns{q}")
             m.d.comb += ns.eq(s_j + w_j)
             syn_word.append(Cat(ns, word[o + sb : o + LW]))  # event: slope += weight
-            v = Signal(signed(pb), name=f"{name}_d{j}")  # V - threshold after this step
+            v = Signal(signed(pb), name=f"{name}_d{q}")  # V - threshold after this step
             m.d.comb += v.eq(p_j + s_j)
             vs.append(v)
-            m.d.comb += [fire[j].eq(vmask[j] & ~v[pb - 1] & (tm_j == T)), prev[j].eq(tm_j != T)]  # V >= threshold
+            m.d.comb += [fire[q].eq(vmask[j] & ~v[pb - 1] & (tm_j == T)), prev[q].eq(tm_j != T)]  # V >= threshold
             lives.append(vmask[j] & (tm_j == T) & (s_j != 0))  # not fired before, V moves (and not firing now: below)
-            int_word.append(Cat(s_j, v, Mux(fire[j], t, tm_j)))  # integration: V += slope, first crossing
+            int_word.append(Cat(s_j, v, Mux(fire[q], t, tm_j)))  # integration: V += slope, first crossing
         with m.If(wb_syn):
             m.d.comb += [st_w.addr.eq(wb_addr), st_w.data.eq(Cat(*syn_word)), st_w.en.eq(1)]
         with m.Elif(wb_int):
@@ -576,18 +617,26 @@ class Core(Elaboratable):
         # add and the threshold compare are one path, the pooling and the event write another):
         # some lane fires now and none of the window fired before
         pl_int, pl_first, pl_last, pl_pv = (Signal(name=f"{name}_pl_{n}") for n in ("int", "first", "last", "pv"))
-        pl_fire, pl_prev = Signal(L, name=f"{name}_pl_fire"), Signal(L, name=f"{name}_pl_prev")
+        pl_fire_q, pl_prev_q = Signal(PL, name=f"{name}_pl_fire_q"), Signal(PL, name=f"{name}_pl_prev_q")
         pl_g, pl_py, pl_px = Signal.like(wb_g, name=f"{name}_pl_g"), Signal.like(wb_py, name=f"{name}_pl_py"), Signal.like(wb_px, name=f"{name}_pl_px")
-        m.d.sync += [pl_int.eq(wb_int), pl_first.eq(wb_first), pl_last.eq(wb_last), pl_pv.eq(wb_pv), pl_fire.eq(fire),
-                     pl_prev.eq(prev), pl_g.eq(wb_g), pl_py.eq(wb_py), pl_px.eq(wb_px)]  # fmt: skip
+        m.d.sync += [pl_int.eq(wb_int), pl_first.eq(wb_first), pl_last.eq(wb_last), pl_pv.eq(wb_pv), pl_fire_q.eq(fire),
+                     pl_prev_q.eq(prev), pl_g.eq(wb_g), pl_py.eq(wb_py), pl_px.eq(wb_px)]  # fmt: skip
+
+        def by_lane(v: Signal) -> Signal:  # per lane: some position of the word (both in the same pooling window)
+            out = v[:L]
+            for pos in range(1, PP):
+                out = out | v[pos * L : (pos + 1) * L]
+            return out
+
+        pl_fire, pl_prev = by_lane(pl_fire_q), by_lane(pl_prev_q)
         pl_skip = Signal(name=f"{name}_pl_skip")
         m.d.sync += pl_skip.eq(wb_skip)
         if skip:  # the window's flag after its visit: some valid word of it has a live lane
-            pl_tok, pl_lives = Signal(name=f"{name}_pl_tok"), Signal(L, name=f"{name}_pl_lives")
+            pl_tok, pl_lives = Signal(name=f"{name}_pl_tok"), Signal(PL, name=f"{name}_pl_lives")
             pl_widx = Signal.like(widx, name=f"{name}_pl_widx")
             win_live, cur_live = Signal(name=f"{name}_win_live"), Signal(name=f"{name}_cur_live")
             m.d.sync += [pl_tok.eq(wb_tok), pl_lives.eq(Mux(wb_int, Cat(*lives), 0)), pl_widx.eq(wb_widx)]
-            pl_live = (pl_lives & ~pl_fire).any()  # a lane that can still cross and did not fire now
+            pl_live = (pl_lives & ~pl_fire_q).any()  # a neuron that can still cross and did not fire now
             m.d.comb += cur_live.eq(Mux(pl_first, pl_live, win_live | pl_live))
             with m.If(pl_tok):
                 m.d.sync += win_live.eq(cur_live)
@@ -615,9 +664,9 @@ class Core(Elaboratable):
             m.d.comb += [pw.addr.eq(pidx), pw.data.eq(Cat(*[Mux(first & ~newp[j], T, t) for j in range(L)]))]
             with m.If(emit):
                 m.d.comb += pw.en.eq(Mux(first, (1 << L) - 1, newp))
-            ro_ports[f"layer{lp.pool_index}"] = (pr, L, G, lp.Co, lp.Hp * lp.Wp, tb, 0, tb, False, None)
+            ro_ports[f"layer{lp.pool_index}"] = _Seg(pr, L, G, lp.Co, lp.Hp * lp.Wp, tb, 0, tb, False)
         if P.debug:
-            ro_ports[f"layer{lp.index}"] = ((st_r, ro_addr, ro_en), L, G, lp.Co, HoWo, LW, sb + pb, tb, False, None)
+            ro_ports[f"layer{lp.index}"] = _Seg((st_r, ro_addr, ro_en), L, G, lp.Co, lp.Ho * lp.Wo, LW, sb + pb, tb, False, positions=PP)
 
         # ---- outputs: next layer's event bank, or the decision ------------------------------
         dec = None
@@ -647,24 +696,25 @@ class Core(Elaboratable):
                          *[dec.words.payload.thr[j].eq(thr_w[j * pb : (j + 1) * pb].as_signed()) for j in range(L)]]  # fmt: skip
             if P.debug:
                 # V(T-1) = D + threshold: the readout adds the word's thresholds back
-                ro_ports["v_last"] = ((st_r, ro_addr, ro_en), L, G, lp.Co, 1, LW, sb, pb, True, (thr_t, pb))
+                ro_ports["v_last"] = _Seg((st_r, ro_addr, ro_en), L, G, lp.Co, 1, LW, sb, pb, True, (thr_t, pb))
         return busy, nsrc, dec
 
     # ------------------------------------------------------------------------------------
     def _readout(self, m: Module, P: CorePlan, ro_ports: dict, ro_start: Signal, active: Signal, ro_done: Signal) -> None:
         """Stream every segment word by word (memory order (group, y, x)), one word per cycle
         while ``dbg_ready`` is high; a beat holds the word's L lanes as signed 32-bit values
-        (lane j in bits 32j..32j+31; CorePlan.unpack_debug restores (c, y, x) order)."""
+        (lane j in bits 32j..32j+31; CorePlan.unpack_debug restores (c, y, x) order). A word of
+        two positions is read twice, a beat per position (beat index // 2 is the word)."""
         segs = [ro_ports[name] for name, _ in P.readout_segments()]
         S = len(segs)
         seg = Signal(idx_bits(S))
-        addr = Signal(idx_bits(max(s[2] * s[4] for s in segs)) + 1)
+        addr = Signal(idx_bits(max(s.groups * s.HW for s in segs)) + 1)
         last = Signal()
         issue = Signal()
         n_seg, n_addr = Signal.like(seg, name="ro_n_seg"), Signal.like(addr, name="ro_n_addr")
         m.d.comb += [n_seg.eq(seg), n_addr.eq(addr + 1)]
-        for si, (_, L, G, Co, HW, *_r) in enumerate(segs):
-            with m.If((seg == si) & (addr == G * HW - 1)):
+        for si, sg in enumerate(segs):
+            with m.If((seg == si) & (addr == sg.groups * sg.HW - 1)):
                 if si == S - 1:
                     m.d.comb += last.eq(1)
                 else:
@@ -672,7 +722,7 @@ class Core(Elaboratable):
         # drive the read ports: issue the next word's address
         ports: dict[int, list[int]] = {}
         for si, s in enumerate(segs):
-            ports.setdefault(id(s[0][0] if isinstance(s[0], tuple) else s[0]), []).append(si)
+            ports.setdefault(id(s.port[0] if isinstance(s.port, tuple) else s.port), []).append(si)
         iaddr = Signal.like(addr, name="ro_issue_addr")
         iseg = Signal.like(seg, name="ro_issue_seg")
         with m.If(ro_start):
@@ -680,16 +730,19 @@ class Core(Elaboratable):
         with m.Else():
             m.d.comb += [iaddr.eq(n_addr), iseg.eq(n_seg)]
         for sis in ports.values():
-            port = segs[sis[0]][0]
+            port, shift = segs[sis[0]].port, segs[sis[0]].positions.bit_length() - 1
+            assert all(segs[si].positions == 1 << shift for si in sis)
             sel = Cat(*[iseg == si for si in sis]).any() & issue
             if isinstance(port, tuple):  # a layer's state memory, shared with its engine
                 _, pa, pe = port
-                m.d.comb += [pa.eq(iaddr), pe.eq(sel)]
+                m.d.comb += [pa.eq(iaddr[shift:]), pe.eq(sel)]
             else:
                 m.d.comb += [port.addr.eq(iaddr), port.en.eq(sel)]
         # the current word (its read was issued last cycle; held while not ready)
-        for si, (port, L, G, Co, HW, LW, off, nbits, sgn, bias) in enumerate(segs):
+        for si, (port, L, G, Co, HW, LW, off, nbits, sgn, bias, npos) in enumerate(segs):
             data = port[0].data if isinstance(port, tuple) else port.data
+            if npos > 1:  # this beat's position of the word
+                data = data.word_select(addr[: npos.bit_length() - 1], L * LW)
             vals = []
             if bias is not None:  # a per-word table (one word per group: HW == 1) added lane by lane
                 tab, bw = bias

@@ -16,15 +16,15 @@ from hypothesis import strategies as st
 
 from firstspike.cli import main
 from firstspike.hw.generate import generate
-from firstspike.hw.plan import HardwareError, fan_out, plan_core
+from firstspike.hw.plan import HardwareError, fan_out, fan_out_words, plan_core
 from firstspike.quantize.golden import GoldenModel
 from firstspike.quantize.modelfile import Layer, save
 from firstspike.sim.pysim import run_pysim
 from firstspike.sim.vectors import compare_streams, expected, random_images, random_tables
 
 
-def check_core(tables, images, lanes: int, stall_seed: int | None) -> None:
-    plan = plan_core(tables, lanes=lanes)
+def check_core(tables, images, lanes: int, stall_seed: int | None, positions: int = 1) -> None:
+    plan = plan_core(tables, lanes=lanes, positions=positions)
     got = run_pysim(plan, images, stall_seed=stall_seed)
     want = expected(tables, images)
     assert compare_streams(tables, got.stream, want.stream) == {k: 0 for k in compare_streams(tables, want.stream, want.stream)}
@@ -84,6 +84,24 @@ def test_fan_out_tables_match_brute_force() -> None:
                         assert f.n == len(pairs)
                         for i, (ky, oy) in enumerate(pairs):
                             assert (f.k0 + i * s, f.o0 - i) == (ky, oy)
+
+
+def test_fan_out_over_position_pairs_matches_brute_force() -> None:
+    """Words of two positions (x, x+1): each input reaches word columns o0, o0-1, ... and, in
+    word column c, position p through kernel column k0 + 2i - p (valid ones only; the rest
+    of the word's weights are outside the kernel)."""
+    for size in range(1, 10):
+        for k in range(1, 6):
+            for p in range(k):
+                out = size + 2 * p - k + 1
+                if out < 2 or out % 2:
+                    continue
+                for x, f in enumerate(fan_out_words(size, out, k, p, 2)):
+                    want = {(x + p - kx, kx) for kx in range(k) if 0 <= x + p - kx < out}  # (output, kernel column)
+                    got = [{(2 * (f.o0 - i) + pos, f.k0 + 2 * i - pos) for pos in range(2) if 0 <= f.k0 + 2 * i - pos < k}
+                           for i in range(f.n)]  # fmt: skip
+                    assert set().union(*got) == want and all(got)  # every word visited has a synapse
+                    assert all(0 <= o < out for o, _ in set().union(*got))
 
 
 def test_early_exit_same_class_fewer_cycles() -> None:
@@ -287,6 +305,49 @@ def test_window_skipping_saves_cycles_and_changes_no_value() -> None:
     assert (runs[True].cycles < runs[False].cycles).all(), (runs[True].cycles, runs[False].cycles)
 
 
+def test_position_pairs_save_cycles_and_change_no_value() -> None:
+    """positions=2: the pooled conv layers keep (x, x+1) in one state word (half the words,
+    twice the width, weight columns KW + 1 of two positions); the output layer and a
+    layer whose pooling does not tile an even width keep one. Same values as positions=1,
+    fewer cycles on every image, with spike pairs on and off."""
+    from firstspike.quantize.modelfile import DECISIONS, ModelTables, accumulator_bounds
+
+    T, rng = 16, np.random.default_rng(8)
+    c0 = Layer(kind="conv", in_shape=(1, 8, 8), out_shape=(6, 8, 8), kernel=(3, 3), stride=1, padding=1,
+               weights=np.where(rng.random((6, 1, 3, 3)) < 0.7, 1, -1).astype(np.int32), thresholds=np.array([2, 4, 6, 3, 5, 7]),
+               weight_bits=1)  # fmt: skip
+    p0 = Layer(kind="pool", in_shape=(6, 8, 8), out_shape=(6, 4, 4), kernel=(2, 2), stride=2)
+    c1 = Layer(kind="conv", in_shape=(6, 4, 4), out_shape=(2, 4, 4), kernel=(5, 5), stride=1, padding=2,
+               weights=np.where(rng.random((2, 6, 5, 5)) < 0.6, 1, -1).astype(np.int32), thresholds=np.array([30, 50]),
+               weight_bits=1)  # fmt: skip
+    p1 = Layer(kind="pool", in_shape=(2, 4, 4), out_shape=(2, 2, 2), kernel=(2, 2), stride=2)
+    fc = Layer(kind="fc", in_shape=(2, 2, 2), out_shape=(3, 1, 1), kernel=(2, 2), stride=1, padding=0,
+               weights=np.where(rng.random((3, 2, 2, 2)) < 0.5, 1, -1).astype(np.int32), thresholds=np.array([3, 3, 3]),
+               weight_bits=1)  # fmt: skip
+    for ly in (c0, c1, fc):
+        ly.slope_bits, ly.potential_bits = accumulator_bounds(ly.weights, T)
+    table = np.floor((255 - np.arange(256)) * T / 256).astype(np.int32)
+    table[0] = T
+    tables = ModelTables(name="positions", T=T, input_shape=(1, 8, 8), input_table=table, layers=[c0, p0, c1, p1, fc],
+                         decision=dict(DECISIONS["margin"]))  # fmt: skip
+    images = np.random.default_rng(9).integers(0, 256, size=(3, 1, 8, 8)).astype(np.uint8)
+    want = expected(tables, images)
+    for pairs in (True, False):
+        plans = {pos: plan_core(tables, lanes=6, positions=pos, spike_pairs=pairs) for pos in (1, 2)}
+        assert [lp.positions for lp in plans[2].layers] == [2, 2, 1]
+        mem = {pos: {mm["name"]: mm for mm in plans[pos].summary()["memories"]} for pos in (1, 2)}
+        assert mem[2]["layer0.state"]["depth"] * 2 == mem[1]["layer0.state"]["depth"]
+        assert mem[2]["layer0.state"]["width"] == 2 * mem[1]["layer0.state"]["width"]
+        assert mem[2]["layer0.weights"]["depth"] == 1 * 3 * 4 and mem[1]["layer0.weights"]["depth"] == 1 * 3 * 3
+        runs = {pos: run_pysim(plan, images, stall_seed=3) for pos, plan in plans.items()}
+        for got in runs.values():
+            assert compare_streams(tables, got.stream, want.stream) == {k: 0 for k in compare_streams(tables, want.stream, want.stream)}
+            np.testing.assert_array_equal(got.classes, want.classes)
+        assert (runs[2].cycles < runs[1].cycles).all(), (runs[2].cycles, runs[1].cycles)
+    with pytest.raises(HardwareError, match="positions"):
+        plan_core(tables, positions=3)
+
+
 def test_window_skipping_keeps_falling_potentials() -> None:
     """A neuron whose slope is negative for a while, then positive: its window must be visited
     while V falls (a core that skipped it would fire at step 10 instead of 13)."""
@@ -336,6 +397,60 @@ def _paired_tables():
                        decision=dict(DECISIONS["margin"]))  # fmt: skip
 
 
+def _position_tables(rng: np.random.Generator, wbits: int):
+    """Conv layers whose min-pooling tiles an even width (both can take position pairs), one
+    to two of them with random kernel, padding, channels, then fc: the cases of
+    ``position_pairs_fit``, with thresholds drawn like ``random_tables``'."""
+    from firstspike.quantize.modelfile import DECISIONS, ModelTables, accumulator_bounds, clip_thresholds
+
+    T = int(rng.integers(3, 20))
+
+    def layer(kind: str, ins: tuple, co: int, k: tuple, pad: int, out: tuple) -> Layer:
+        if wbits == 1:
+            w = np.where(rng.random((co, ins[0], *k)) < rng.uniform(0.3, 0.8), 1, -1)
+        else:
+            w = rng.integers(-(1 << (wbits - 1)), 1 << (wbits - 1), size=(co, ins[0], *k))
+        fan = ins[0] * k[0] * k[1]
+        thr = np.round(rng.normal(rng.uniform(0.05, 2) * np.sqrt(fan) * T / 4, T * np.sqrt(fan) / 4 + 1, size=co)).astype(np.int64)
+        thr[rng.random(co) < 0.1] = 0
+        thr = clip_thresholds(thr, w, T)
+        ly = Layer(kind=kind, in_shape=ins, out_shape=out, kernel=k, stride=1, padding=pad, weights=w.astype(np.int32),
+                   thresholds=thr, weight_bits=wbits)  # fmt: skip
+        ly.slope_bits, ly.potential_bits = accumulator_bounds(ly.weights, T)
+        return ly
+
+    cur, layers = (int(rng.integers(1, 3)), int(rng.integers(4, 11)), int(rng.integers(4, 11))), []
+    for _ in range(int(rng.integers(1, 3))):
+        k = int(rng.integers(1, 6))
+        if (cur[2] - k + 1) % 2:  # an even output width (padding keeps its parity)
+            k = k + 1 if k < 5 else k - 1
+        pad = int(rng.integers(0, k))
+        ho, wo = cur[1] + 2 * pad - k + 1, cur[2] + 2 * pad - k + 1
+        if wo < 2 or ho < 2:
+            break
+        co = int(rng.integers(1, 6))
+        layers.append(layer("conv", cur, co, (k, k), pad, (co, ho, wo)))
+        layers.append(Layer(kind="pool", in_shape=(co, ho, wo), out_shape=(co, ho // 2, wo // 2), kernel=(2, 2), stride=2))
+        cur = (co, ho // 2, wo // 2)
+    co = int(rng.integers(2, 5))
+    layers.append(layer("fc", cur, co, (cur[1], cur[2]), 0, (co, 1, 1)))
+    table = np.sort(rng.integers(0, T + 1, 256))[::-1].astype(np.int32)
+    return ModelTables(name="positions", T=T, input_shape=(layers[0].in_shape), input_table=table, layers=layers,
+                       decision=dict(DECISIONS["margin"]))  # fmt: skip
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), lanes=st.integers(1, 6), stalls=st.booleans(), wbits=st.sampled_from([1, 1, 4]))
+def test_position_pairs_equal_golden_random_networks(seed: int, lanes: int, stalls: bool, wbits: int) -> None:
+    """Two output positions per state word (``plan_core(positions=2)``), on random networks
+    whose conv layers all take them: every value equals the golden model's."""
+    rng = np.random.default_rng(seed)
+    tables = _position_tables(rng, wbits)
+    assert all(lp.positions == 2 for lp in plan_core(tables, lanes=lanes, positions=2).layers[:-1])
+    images = random_images(rng, 2, tables.input_shape)
+    check_core(tables, images, lanes, seed if stalls else None, positions=2)
+
+
 def test_spike_pairs_save_cycles_and_change_no_value() -> None:
     """Spike pairs (the default): a layer fed by multi-lane event entries takes one spike of
     the entry's low lanes and one of its high lanes a cycle (two weight memories, one state
@@ -355,3 +470,46 @@ def test_spike_pairs_save_cycles_and_change_no_value() -> None:
         assert compare_streams(tables, got.stream, want.stream) == {k: 0 for k in compare_streams(tables, want.stream, want.stream)}
         np.testing.assert_array_equal(got.classes, want.classes)
     assert (runs[True].cycles < runs[False].cycles).all(), (runs[True].cycles, runs[False].cycles)
+
+
+def test_position_pairs_save_cycles_and_change_no_value() -> None:
+    """positions=2: the pooled conv layers keep (x, x+1) in one state word (half the words,
+    twice the width, weight columns KW + 1 of two positions); the output layer and a
+    layer whose pooling does not tile an even width keep one. Same values as positions=1,
+    fewer cycles on every image, with spike pairs on and off."""
+    from firstspike.quantize.modelfile import DECISIONS, ModelTables, accumulator_bounds
+
+    T, rng = 16, np.random.default_rng(8)
+    c0 = Layer(kind="conv", in_shape=(1, 8, 8), out_shape=(6, 8, 8), kernel=(3, 3), stride=1, padding=1,
+               weights=np.where(rng.random((6, 1, 3, 3)) < 0.7, 1, -1).astype(np.int32), thresholds=np.array([2, 4, 6, 3, 5, 7]),
+               weight_bits=1)  # fmt: skip
+    p0 = Layer(kind="pool", in_shape=(6, 8, 8), out_shape=(6, 4, 4), kernel=(2, 2), stride=2)
+    c1 = Layer(kind="conv", in_shape=(6, 4, 4), out_shape=(2, 4, 4), kernel=(5, 5), stride=1, padding=2,
+               weights=np.where(rng.random((2, 6, 5, 5)) < 0.6, 1, -1).astype(np.int32), thresholds=np.array([30, 50]),
+               weight_bits=1)  # fmt: skip
+    p1 = Layer(kind="pool", in_shape=(2, 4, 4), out_shape=(2, 2, 2), kernel=(2, 2), stride=2)
+    fc = Layer(kind="fc", in_shape=(2, 2, 2), out_shape=(3, 1, 1), kernel=(2, 2), stride=1, padding=0,
+               weights=np.where(rng.random((3, 2, 2, 2)) < 0.5, 1, -1).astype(np.int32), thresholds=np.array([3, 3, 3]),
+               weight_bits=1)  # fmt: skip
+    for ly in (c0, c1, fc):
+        ly.slope_bits, ly.potential_bits = accumulator_bounds(ly.weights, T)
+    table = np.floor((255 - np.arange(256)) * T / 256).astype(np.int32)
+    table[0] = T
+    tables = ModelTables(name="positions", T=T, input_shape=(1, 8, 8), input_table=table, layers=[c0, p0, c1, p1, fc],
+                         decision=dict(DECISIONS["margin"]))  # fmt: skip
+    images = np.random.default_rng(9).integers(0, 256, size=(3, 1, 8, 8)).astype(np.uint8)
+    want = expected(tables, images)
+    for pairs in (True, False):
+        plans = {pos: plan_core(tables, lanes=6, positions=pos, spike_pairs=pairs) for pos in (1, 2)}
+        assert [lp.positions for lp in plans[2].layers] == [2, 2, 1]
+        mem = {pos: {mm["name"]: mm for mm in plans[pos].summary()["memories"]} for pos in (1, 2)}
+        assert mem[2]["layer0.state"]["depth"] * 2 == mem[1]["layer0.state"]["depth"]
+        assert mem[2]["layer0.state"]["width"] == 2 * mem[1]["layer0.state"]["width"]
+        assert mem[2]["layer0.weights"]["depth"] == 1 * 3 * 4 and mem[1]["layer0.weights"]["depth"] == 1 * 3 * 3
+        runs = {pos: run_pysim(plan, images, stall_seed=3) for pos, plan in plans.items()}
+        for got in runs.values():
+            assert compare_streams(tables, got.stream, want.stream) == {k: 0 for k in compare_streams(tables, want.stream, want.stream)}
+            np.testing.assert_array_equal(got.classes, want.classes)
+        assert (runs[2].cycles < runs[1].cycles).all(), (runs[2].cycles, runs[1].cycles)
+    with pytest.raises(HardwareError, match="positions"):
+        plan_core(tables, positions=3)
