@@ -80,7 +80,8 @@ def _step_model(tables, plan, layer_times: list, n: int):
     """Cycles per image of today's core, modelled per step and layer (events: one cycle per
     pass, valid kernel offset and output group, plus one per pass and three per event entry,
     where a pass is one spike, or with spike pairs one of the entry's low and one of its high
-    lanes; integration: one cycle per state word; the slowest layer sets each step), and
+    lanes; integration: one cycle per state word, of one or, with position pairs, two
+    neighbouring outputs (a pass then covers a word column); the slowest layer sets each step), and
     the same with *window skipping*: a pooling window whose lanes have all fired or have slope
     0 (and that no event of the step touched) costs one cycle instead of one per word. Returns
     (model, skip) arrays of shape (n,)."""
@@ -88,7 +89,7 @@ def _step_model(tables, plan, layer_times: list, n: int):
     import torch
     import torch.nn.functional as F
 
-    from firstspike.hw.plan import fan_out
+    from firstspike.hw.plan import fan_out, fan_out_words
 
     T = tables.T
     now_l, skip_l = [], []
@@ -97,9 +98,12 @@ def _step_model(tables, plan, layer_times: list, n: int):
         tin = torch.tensor(np.asarray(layer_times[lp.index]).reshape(n, lp.Ci, lp.H, lp.W).astype(np.int64))
         tout = torch.tensor(np.asarray(layer_times[lp.index + 1]).reshape(n, lp.Co, lp.Ho, lp.Wo).astype(np.int64))
         fy = np.array([f.n for f in fan_out(lp.H, lp.Ho, lp.KH, lp.stride, lp.pad)])
-        fx = np.array([f.n for f in fan_out(lp.W, lp.Wo, lp.KW, lp.stride, lp.pad)])
+        # words an input reaches per kernel row: output columns, or with position pairs word columns
+        fxs = fan_out_words(lp.W, lp.Wo, lp.KW, lp.pad, lp.positions) if lp.positions > 1 else fan_out(lp.W, lp.Wo, lp.KW, lp.stride, lp.pad)
+        fx = np.array([f.n for f in fxs])
         fan = np.outer(fy, fx)
         k, G, L = lp.pool, lp.groups, lp.lanes
+        kk = k * k // lp.positions  # words per pooling window
         PY, PX = -(-lp.Ho // k), -(-lp.Wo // k)
         ones = torch.ones(1, lp.Ci, lp.KH, lp.KW, dtype=torch.float64)
         Gi, Li = lp.in_groups, lp.in_lanes
@@ -131,8 +135,8 @@ def _step_model(tables, plan, layer_times: list, n: int):
             tcw = tc.reshape(n, PY, k, PX, k).any(dim=2).any(dim=3)[:, None].expand(n, G, PY, PX)
             windows = G * PY * PX
             visited = np.full(n, windows) if t == 0 or lp.last else (live_prev | tcw).sum(dim=(1, 2, 3)).numpy()
-            now[:, t] = ev + windows * k * k + 4
-            skip[:, t] = ev + visited * k * k + (windows - visited) + 4
+            now[:, t] = ev + windows * kk + 4
+            skip[:, t] = ev + visited * kk + (windows - visited) + 4
             live_prev = lvw
         now_l.append(now)
         skip_l.append(skip)
@@ -165,7 +169,7 @@ def main() -> None:
         with open(model, "rb") as f:
             tables = load(model) if f.read(len(MAGIC)) == MAGIC else quantize_checkpoint(model)[0]
         g = GoldenModel(tables).run(test.images)
-        plan = plan_core(tables, lanes=lanes, debug=False)
+        plan = plan_core(tables, lanes=lanes, debug=False, positions=BOARDS[board].positions if board in BOARDS else 1)
         work = plan.work(g.layer_times)
         T, n = tables.T, len(test)
         layers = []
@@ -175,7 +179,7 @@ def main() -> None:
             act = active(tin, ly.weights.astype(np.int64), ly.thresholds.astype(np.int64), T, lp.stride, lp.pad, lp.Ho, lp.Wo)
             layers.append({"layer": lp.index, "neurons": lp.Co * lp.Ho * lp.Wo, "synaptic_updates": float(syn.mean()),
                            "sweep_neuron_updates": lp.Co * lp.Ho * lp.Wo * T, "active_neuron_steps": float(act.mean()),
-                           "event_cycles": float((syn + act).mean()) / lp.lanes})  # fmt: skip
+                           "event_cycles": float((syn + act).mean()) / (lp.lanes * lp.positions)})  # fmt: skip
         meas = next((r for r in boards if r.get("board") == board and r.get("lanes") == lanes and "cycles_mean" in r), None)
         ev = max(ly_["event_cycles"] for ly_ in layers)
         mcyc, skip = _step_model(tables, plan, g.layer_times, n)

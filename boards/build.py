@@ -109,7 +109,7 @@ class BoardTop(Elaboratable):
                              f"{self.clock_hz / 1e6:g} MHz core clock a bit; the UART needs at least {MIN_DIVISOR}: "
                              f"use {hint}, or a --clock-mhz of at least {MIN_DIVISOR * baud / 1e6:g} "
                              "(the host must use the same baud rate)")  # fmt: skip
-        self.plan = board_plan(tables, lanes, spikes, positions)
+        self.plan = board_plan(tables, lanes, spikes, positions, lutram=board.family == "ecp5")
         self.board = board
         self.baud = baud
         self.hash = model_hash(tables)

@@ -26,7 +26,9 @@ Architecture (one image at a time, all layers advance together one time step at 
   stream out in GoldenModel.run order (CorePlan.readout_segments).
 
 Per layer state is one memory word per (group, y, x): L lanes of (slope, potential, spike
-time); the weights are a ROM of one word per (input channel, ky, kx, group).
+time); the weights are a ROM of one word per (input channel, ky, kx, group). With position
+pairs (``LayerPlan.positions`` 2) a word holds (group, y, x..x+1), 2L neurons updated in one
+cycle, and a weight word two kernel columns (``LayerPlan.weight_words``).
 """
 
 from __future__ import annotations
@@ -657,7 +659,9 @@ class Core(Elaboratable):
         with m.Elif(emit | (pl_skip & pl_pv)):  # a skipped window keeps its pooled time
             m.d.sync += pidx.eq(pidx + 1)
         if lp.pool_index is not None and P.debug:
-            pm = Memory(shape=unsigned(L * tb), depth=lp.groups * lp.Hp * lp.Wp, init=[])
+            # read only by the debug readout: LUT RAM where the plan says so (block RAM is for the state)
+            pm = Memory(shape=unsigned(L * tb), depth=lp.groups * lp.Hp * lp.Wp, init=[],
+                        attrs={"ram_style": "distributed"} if P.debug_lutram else None)  # fmt: skip
             m.submodules[f"{name}_pooled"] = pm
             pw = pm.write_port(granularity=tb)
             pr = pm.read_port()

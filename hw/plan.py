@@ -181,6 +181,7 @@ class CorePlan:
     window_skip: bool = True  # hidden layers with pooling skip idle pooling windows (one cycle each)
     spike_pairs: bool = True  # layers fed by multi-lane event entries take two spikes a cycle (LayerPlan.pairs)
     positions: int = 1  # output positions per state word where a layer allows it (LayerPlan.positions)
+    debug_lutram: bool = False  # the debug port's pooled-time memories in LUT RAM (ECP5), leaving block RAM to the state
 
     @property
     def time_bits(self) -> int:
@@ -356,6 +357,7 @@ class CorePlan:
             "window_skip": self.window_skip,
             "spike_pairs": self.spike_pairs,
             "positions": self.positions,
+            "debug_lutram": self.debug_lutram,
             "time_bits": tb,
             "layers": layers,
             "memories": mems,

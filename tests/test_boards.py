@@ -546,7 +546,9 @@ def test_board_tops_elaborate(board: str) -> None:
     from firstspike.boards.build import BOARDS, BoardTop
 
     b = BOARDS[board]
-    plan = b.make_platform().prepare(BoardTop(_ice40_tables(), b, lanes=2), name="firstspike")
+    top = BoardTop(_ice40_tables(), b, lanes=2, positions=b.positions)
+    assert (top.plan.positions, top.plan.debug_lutram) == (b.positions, b.family == "ecp5")
+    plan = b.make_platform().prepare(top, name="firstspike")
     names = list(plan.files)
     assert any(n.endswith(".il") or n.endswith(".ys") for n in names), names
 

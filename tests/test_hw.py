@@ -305,49 +305,6 @@ def test_window_skipping_saves_cycles_and_changes_no_value() -> None:
     assert (runs[True].cycles < runs[False].cycles).all(), (runs[True].cycles, runs[False].cycles)
 
 
-def test_position_pairs_save_cycles_and_change_no_value() -> None:
-    """positions=2: the pooled conv layers keep (x, x+1) in one state word (half the words,
-    twice the width, weight columns KW + 1 of two positions); the output layer and a
-    layer whose pooling does not tile an even width keep one. Same values as positions=1,
-    fewer cycles on every image, with spike pairs on and off."""
-    from firstspike.quantize.modelfile import DECISIONS, ModelTables, accumulator_bounds
-
-    T, rng = 16, np.random.default_rng(8)
-    c0 = Layer(kind="conv", in_shape=(1, 8, 8), out_shape=(6, 8, 8), kernel=(3, 3), stride=1, padding=1,
-               weights=np.where(rng.random((6, 1, 3, 3)) < 0.7, 1, -1).astype(np.int32), thresholds=np.array([2, 4, 6, 3, 5, 7]),
-               weight_bits=1)  # fmt: skip
-    p0 = Layer(kind="pool", in_shape=(6, 8, 8), out_shape=(6, 4, 4), kernel=(2, 2), stride=2)
-    c1 = Layer(kind="conv", in_shape=(6, 4, 4), out_shape=(2, 4, 4), kernel=(5, 5), stride=1, padding=2,
-               weights=np.where(rng.random((2, 6, 5, 5)) < 0.6, 1, -1).astype(np.int32), thresholds=np.array([30, 50]),
-               weight_bits=1)  # fmt: skip
-    p1 = Layer(kind="pool", in_shape=(2, 4, 4), out_shape=(2, 2, 2), kernel=(2, 2), stride=2)
-    fc = Layer(kind="fc", in_shape=(2, 2, 2), out_shape=(3, 1, 1), kernel=(2, 2), stride=1, padding=0,
-               weights=np.where(rng.random((3, 2, 2, 2)) < 0.5, 1, -1).astype(np.int32), thresholds=np.array([3, 3, 3]),
-               weight_bits=1)  # fmt: skip
-    for ly in (c0, c1, fc):
-        ly.slope_bits, ly.potential_bits = accumulator_bounds(ly.weights, T)
-    table = np.floor((255 - np.arange(256)) * T / 256).astype(np.int32)
-    table[0] = T
-    tables = ModelTables(name="positions", T=T, input_shape=(1, 8, 8), input_table=table, layers=[c0, p0, c1, p1, fc],
-                         decision=dict(DECISIONS["margin"]))  # fmt: skip
-    images = np.random.default_rng(9).integers(0, 256, size=(3, 1, 8, 8)).astype(np.uint8)
-    want = expected(tables, images)
-    for pairs in (True, False):
-        plans = {pos: plan_core(tables, lanes=6, positions=pos, spike_pairs=pairs) for pos in (1, 2)}
-        assert [lp.positions for lp in plans[2].layers] == [2, 2, 1]
-        mem = {pos: {mm["name"]: mm for mm in plans[pos].summary()["memories"]} for pos in (1, 2)}
-        assert mem[2]["layer0.state"]["depth"] * 2 == mem[1]["layer0.state"]["depth"]
-        assert mem[2]["layer0.state"]["width"] == 2 * mem[1]["layer0.state"]["width"]
-        assert mem[2]["layer0.weights"]["depth"] == 1 * 3 * 4 and mem[1]["layer0.weights"]["depth"] == 1 * 3 * 3
-        runs = {pos: run_pysim(plan, images, stall_seed=3) for pos, plan in plans.items()}
-        for got in runs.values():
-            assert compare_streams(tables, got.stream, want.stream) == {k: 0 for k in compare_streams(tables, want.stream, want.stream)}
-            np.testing.assert_array_equal(got.classes, want.classes)
-        assert (runs[2].cycles < runs[1].cycles).all(), (runs[2].cycles, runs[1].cycles)
-    with pytest.raises(HardwareError, match="positions"):
-        plan_core(tables, positions=3)
-
-
 def test_window_skipping_keeps_falling_potentials() -> None:
     """A neuron whose slope is negative for a while, then positive: its window must be visited
     while V falls (a core that skipped it would fire at step 10 instead of 13)."""
@@ -513,3 +470,10 @@ def test_position_pairs_save_cycles_and_change_no_value() -> None:
         assert (runs[2].cycles < runs[1].cycles).all(), (runs[2].cycles, runs[1].cycles)
     with pytest.raises(HardwareError, match="positions"):
         plan_core(tables, positions=3)
+    # the ECP5 boards keep the readout's pooled times in LUT RAM (block RAM is for the state)
+    from firstspike.hw.generate import to_verilog
+
+    plan = plan_core(tables, lanes=6, positions=2)
+    plan.debug_lutram = True
+    text = to_verilog(plan)
+    assert text.count('ram_style = "distributed"') == 2 and "pooled" in text.split('ram_style = "distributed"')[1].splitlines()[1]
