@@ -291,7 +291,17 @@ class Core(Elaboratable):
         LW = sb + pb + tb
         HoWq = lp.Ho * Wq  # words per group
         name = f"l{lp.index}"
-        st = Memory(shape=unsigned(PL * LW), depth=lp.words, init=[])
+        # state: one memory of (slope, D, time) per neuron; with position pairs two, the slopes
+        # (written by events and integration) and (D, time) (written by integration only): wide
+        # words need no write-data multiplexer between the two kinds of update
+        split = lp.split_state
+        VW = pb + tb
+        if split:
+            sm = Memory(shape=unsigned(PL * sb), depth=lp.words, init=[])
+            m.submodules[f"{name}_slopes"] = sm
+            st = Memory(shape=unsigned(PL * VW), depth=lp.words, init=[])
+        else:
+            st = Memory(shape=unsigned(PL * LW), depth=lp.words, init=[])
         m.submodules[f"{name}_state"] = st
         # weights: one memory, or with spike pairs two (the input channels of the entries' low lanes, then of the high lanes)
         wm_rs = []
@@ -306,6 +316,9 @@ class Core(Elaboratable):
         ro_addr = Signal(idx_bits(lp.words), name=f"{name}_ro_addr")
         ro_en = Signal(name=f"{name}_ro_en")
         m.d.comb += [st_r.addr.eq(Mux(readout, ro_addr, eng_addr)), st_r.en.eq(Mux(readout, ro_en, 1))]
+        if split:
+            sm_w, sm_r = sm.write_port(), sm.read_port()
+            m.d.comb += [sm_r.addr.eq(st_r.addr), sm_r.en.eq(st_r.en)]
         busy = Signal(name=f"{name}_busy")
 
         # fan-out tables per input row / column: (count, weight-address offset, state-address offset);
@@ -382,7 +395,7 @@ class Core(Elaboratable):
         wb_first, wb_last, wb_pv = Signal(name=f"{name}_wb_first"), Signal(name=f"{name}_wb_last"), Signal(name=f"{name}_wb_pv")
         wb_g = Signal(idx_bits(G), name=f"{name}_wb_g")
         wb_py, wb_px = Signal(idx_bits(PY), name=f"{name}_wb_py"), Signal(idx_bits(PX), name=f"{name}_wb_px")
-        m.d.sync += [wb_syn.eq(0), wb_int.eq(0), wb_skip.eq(0), wb_tok.eq(0)]
+        m.d.sync += [wb_syn.eq(0), wb_int.eq(0), wb_skip.eq(0), wb_tok.eq(0), wb_pos.eq(0)]  # wb_pos: 0 outside events
         adv = Signal(name=f"{name}_adv")  # INTEG: this cycle ends the window (its last word, or a skip)
         if skip:
             # the flag of the window visited next cycle, looked up a cycle ahead (off the INTEG
@@ -591,29 +604,35 @@ class Core(Elaboratable):
         vs, lives = [], []
         for q in range(PL):  # neuron q of the word read last cycle (zeros and "silent" at step 0)
             pos, j = divmod(q, L)
-            o = q * LW
+            s_f = sm_r.data[q * sb : (q + 1) * sb] if split else word[q * LW : q * LW + sb]
+            vt_f = word[q * VW : (q + 1) * VW] if split else word[q * LW + sb : (q + 1) * LW]  # (D, time)
             s_j = Signal(signed(sb), name=f"{name}_s{q}")
             tm_j = Signal(tb, name=f"{name}_t{q}")
-            m.d.comb += [s_j.eq(Mux(first, 0, word[o : o + sb].as_signed())), tm_j.eq(Mux(first, T, word[o + sb + pb : o + LW]))]
-            p_j = Mux(first, d0_w[j * pb : (j + 1) * pb].as_signed(), word[o + sb : o + sb + pb].as_signed())
+            m.d.comb += [s_j.eq(Mux(first, 0, s_f.as_signed())), tm_j.eq(Mux(first, T, vt_f[pb:]))]
+            p_j = Mux(first, d0_w[j * pb : (j + 1) * pb].as_signed(), vt_f[:pb].as_signed())
             # this event's weight, or with spike pairs the sum of the two halves' (a half without a spike: 0)
             ws_j = [Mux(ww[q], 1, -1) if wb == 1 else ww[q * wb : (q + 1) * wb].as_signed() for ww in wwords]
             w_j = ws_j[0] if not lp.pairs else Mux(wb_use[0], ws_j[0], 0) + Mux(wb_use[1], ws_j[1], 0)
-            if PP > 1:  # a position outside the kernel adds nothing (binary weights have no 0)
+            if PP > 1:  # a position outside the kernel adds nothing (binary weights have no 0); nor does integration
                 w_j = Mux(wb_pos[pos], w_j, 0)
             ns = Signal(signed(sb), name=f"{name}_ns{q}")
             m.d.comb += ns.eq(s_j + w_j)
-            syn_word.append(Cat(ns, word[o + sb : o + LW]))  # event: slope += weight
+            syn_word.append(ns if split else Cat(ns, vt_f))  # event: slope += weight
             v = Signal(signed(pb), name=f"{name}_d{q}")  # V - threshold after this step
             m.d.comb += v.eq(p_j + s_j)
             vs.append(v)
             m.d.comb += [fire[q].eq(vmask[j] & ~v[pb - 1] & (tm_j == T)), prev[q].eq(tm_j != T)]  # V >= threshold
             lives.append(vmask[j] & (tm_j == T) & (s_j != 0))  # not fired before, V moves (and not firing now: below)
-            int_word.append(Cat(s_j, v, Mux(fire[q], t, tm_j)))  # integration: V += slope, first crossing
-        with m.If(wb_syn):
-            m.d.comb += [st_w.addr.eq(wb_addr), st_w.data.eq(Cat(*syn_word)), st_w.en.eq(1)]
-        with m.Elif(wb_int):
-            m.d.comb += [st_w.addr.eq(wb_addr), st_w.data.eq(Cat(*int_word)), st_w.en.eq(1)]
+            vt_new = Cat(v, Mux(fire[q], t, tm_j))
+            int_word.append(vt_new if split else Cat(s_j, vt_new))  # integration: V += slope, first crossing
+        if split:  # slopes: events add the weight, integration writes them back (0 at step 0: w is 0 then)
+            m.d.comb += [sm_w.addr.eq(wb_addr), sm_w.data.eq(Cat(*syn_word)), sm_w.en.eq(wb_syn | wb_int),
+                         st_w.addr.eq(wb_addr), st_w.data.eq(Cat(*int_word)), st_w.en.eq(wb_int)]  # fmt: skip
+        else:
+            with m.If(wb_syn):
+                m.d.comb += [st_w.addr.eq(wb_addr), st_w.data.eq(Cat(*syn_word)), st_w.en.eq(1)]
+            with m.Elif(wb_int):
+                m.d.comb += [st_w.addr.eq(wb_addr), st_w.data.eq(Cat(*int_word)), st_w.en.eq(1)]
 
         # pooling window, one cycle after the writeback (a register stage: the state read, the
         # add and the threshold compare are one path, the pooling and the event write another):
@@ -670,7 +689,8 @@ class Core(Elaboratable):
                 m.d.comb += pw.en.eq(Mux(first, (1 << L) - 1, newp))
             ro_ports[f"layer{lp.pool_index}"] = _Seg(pr, L, G, lp.Co, lp.Hp * lp.Wp, tb, 0, tb, False)
         if P.debug:
-            ro_ports[f"layer{lp.index}"] = _Seg((st_r, ro_addr, ro_en), L, G, lp.Co, lp.Ho * lp.Wo, LW, sb + pb, tb, False, positions=PP)
+            sw, so = (VW, pb) if split else (LW, sb + pb)  # a lane's width in the state word, its time's offset
+            ro_ports[f"layer{lp.index}"] = _Seg((st_r, ro_addr, ro_en), L, G, lp.Co, lp.Ho * lp.Wo, sw, so, tb, False, positions=PP)
 
         # ---- outputs: next layer's event bank, or the decision ------------------------------
         dec = None
@@ -700,6 +720,7 @@ class Core(Elaboratable):
                          *[dec.words.payload.thr[j].eq(thr_w[j * pb : (j + 1) * pb].as_signed()) for j in range(L)]]  # fmt: skip
             if P.debug:
                 # V(T-1) = D + threshold: the readout adds the word's thresholds back
+                assert not split
                 ro_ports["v_last"] = _Seg((st_r, ro_addr, ro_en), L, G, lp.Co, 1, LW, sb, pb, True, (thr_t, pb))
         return busy, nsrc, dec
 

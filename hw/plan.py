@@ -97,6 +97,12 @@ class LayerPlan:
     positions: int = 1  # P: output positions (x, x+1) per state word, updated in the same cycle (1 or 2)
 
     @property
+    def split_state(self) -> bool:
+        """With position pairs the state is two memories, slopes and (D, time): events write
+        only the first, so the wide words need no write-data multiplexer."""
+        return self.positions > 1
+
+    @property
     def Wq(self) -> int:
         """State words per output row (Wo / positions)."""
         return self.Wo // self.positions
@@ -334,7 +340,12 @@ class CorePlan:
                 suffix = ("_lo", "_hi")[k] if len(chans) > 1 else ""
                 mems.append({"name": f"{p}.weights{suffix}", "depth": lp.weight_depth(len(cs)),
                              "width": lp.positions * lp.lanes * lp.weight_bits})  # fmt: skip
-            mems.append({"name": f"{p}.state", "depth": lp.words, "width": lp.positions * lp.lanes * (lp.lane_bits + tb)})
+            n = lp.positions * lp.lanes
+            if lp.split_state:
+                mems.append({"name": f"{p}.slopes", "depth": lp.words, "width": n * lp.slope_bits})
+                mems.append({"name": f"{p}.state", "depth": lp.words, "width": n * (lp.potential_bits + tb)})
+            else:
+                mems.append({"name": f"{p}.state", "depth": lp.words, "width": n * (lp.lane_bits + tb)})
             if lp.pool_index is not None and self.debug:
                 mems.append({"name": f"{p}.pooled", "depth": lp.groups * lp.Hp * lp.Wp, "width": lp.lanes * tb})
             if not lp.last:

@@ -461,7 +461,9 @@ def test_position_pairs_save_cycles_and_change_no_value() -> None:
         assert [lp.positions for lp in plans[2].layers] == [2, 2, 1]
         mem = {pos: {mm["name"]: mm for mm in plans[pos].summary()["memories"]} for pos in (1, 2)}
         assert mem[2]["layer0.state"]["depth"] * 2 == mem[1]["layer0.state"]["depth"]
-        assert mem[2]["layer0.state"]["width"] == 2 * mem[1]["layer0.state"]["width"]
+        # two memories: slopes, and (D, time); together twice the width
+        assert mem[2]["layer0.state"]["width"] + mem[2]["layer0.slopes"]["width"] == 2 * mem[1]["layer0.state"]["width"]
+        assert "layer0.slopes" not in mem[1] and "layer4.slopes" not in mem[2]
         assert mem[2]["layer0.weights"]["depth"] == 1 * 3 * 4 and mem[1]["layer0.weights"]["depth"] == 1 * 3 * 3
         runs = {pos: run_pysim(plan, images, stall_seed=3) for pos, plan in plans.items()}
         for got in runs.values():
