@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--runs", default=DEFAULT, help="BOARD:CHECKPOINT_OR_MODEL:LANES,...")
     ap.add_argument("--cycles-images", type=int, default=200, help="RTL images per model (fewer for slow cores: see --max-cycles)")
     ap.add_argument("--virtual-images", type=int, default=50)
+    ap.add_argument("--positions", type=int, default=None, choices=[1, 2], help="output positions per state word (default: the board's)")
+    ap.add_argument("--spikes", action=argparse.BooleanOptionalAction, default=None, help="spike readout (default: the board's)")
     ap.add_argument("--max-cycles", type=float, default=2e8, help="cap on simulated cycles per model and run kind")
     args = ap.parse_args()
 
@@ -63,7 +65,7 @@ def main() -> None:
         with open(model, "rb") as f:
             tables = load(model) if f.read(len(MAGIC)) == MAGIC else quantize_checkpoint(model)[0]
         try:
-            r = build(tables, board, ROOT / "build" / "boards-bench", lanes=lanes)
+            r = build(tables, board, ROOT / "build" / "boards-bench", lanes=lanes, positions=args.positions, spikes=args.spikes)
         except BuildError as e:  # a measured failure is a result too
             log.warning("%s", e)
             runs.append({"board": board, "model": tables.name, "checkpoint": repo_path(model), "lanes": lanes, "T": tables.T, "error": str(e)})
@@ -135,7 +137,8 @@ def main() -> None:
             "build_seconds": r["build_seconds"], "memory_bits": r["memory_bits"],
         })  # fmt: skip
         log.info("%s", runs[-1])
-    write_result("boards", {"runs": merge_runs("boards", runs, lambda r: (r["board"], r.get("checkpoint")))})
+    write_result("boards", {"runs": merge_runs("boards", runs, lambda r: (r["board"], r.get("checkpoint"), r.get("positions", 1),
+                                                                          r.get("spikes")))})  # fmt: skip
     import report
 
     report.render_docs()

@@ -248,7 +248,8 @@ def render_docs() -> Path:
             res = r_["resources"]
             lines.append(
                 f"| {r_['board']} ({r_['device']}) | {r_['model']} (T={r_['T']}) | {r_['lanes']}"
-                f"{' (early exit)' if r_.get('early_exit') else ''} | "
+                f"{' x 2 positions' if r_.get('positions', 1) > 1 else ''}{' (early exit)' if r_.get('early_exit') else ''}"
+                f"{'' if r_.get('spikes', True) else ', no spike readout'} | "
                 f"{res['luts']['used']}/{res['luts']['available']} | {res['bram']['used']}/{res['bram']['available']} | "
                 f"{r_['fmax_mhz']:.1f} / {r_['clock_mhz']:.0f} | {100 * r_['golden_accuracy']:.2f}% | {r_['cycles_mean']:.0f} | "
                 f"{r_['images_per_s_at_fmax']:.0f} | {r_['images_per_s_at_board_clock']:.0f} | {_uart(r_)} | "

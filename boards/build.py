@@ -72,9 +72,9 @@ BOARDS = {
     # timing); the OrangeCrab (speed grade 8, Fmax 72.2 MHz when built for 60) at 66 MHz from its
     # 48 MHz (PLL: 48 x 11 / 8; 3 Mbaud = 22 cycles a bit)
     "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader",
-                   208 * 18432, 83640, core_clock_hz=50e6, lanes=64, positions=2, program_args=("-b", "ulx3s")),
+                   208 * 18432, 83640, core_clock_hz=50e6, lanes=64, program_args=("-b", "ulx3s")),
     "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85FPlatform", 48e6, 1,
-                        "dfu-util", 208 * 18432, 83640, core_clock_hz=66e6, lanes=64, positions=2, program_args=("-a", "0", "-D")),
+                        "dfu-util", 208 * 18432, 83640, core_clock_hz=66e6, lanes=64, program_args=("-a", "0", "-D")),
 }  # fmt: skip
 
 
@@ -109,7 +109,8 @@ class BoardTop(Elaboratable):
                              f"{self.clock_hz / 1e6:g} MHz core clock a bit; the UART needs at least {MIN_DIVISOR}: "
                              f"use {hint}, or a --clock-mhz of at least {MIN_DIVISOR * baud / 1e6:g} "
                              "(the host must use the same baud rate)")  # fmt: skip
-        self.plan = board_plan(tables, lanes, spikes, positions, lutram=board.family == "ecp5")
+        # with position pairs the ECP5's block RAM goes to the state: the readout's pooled times to LUT RAM
+        self.plan = board_plan(tables, lanes, spikes, positions, lutram=board.family == "ecp5" and positions > 1)
         self.board = board
         self.baud = baud
         self.hash = model_hash(tables)
@@ -181,7 +182,7 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     ``Board.core_clock_hz``). ``spikes``: build in the spike
     readout (every layer's spike times over the UART; None: the board's default, on for ECP5,
     off for the iCE40UP5K whose block RAM it would overfill). ``positions``: output positions per
-    state word (None: the board's default, 2 on the ECP5 boards). Raise BuildError naming what to
+    state word (None: the board's default, 1). Raise BuildError naming what to
     shrink if it does not fit or misses the core clock."""
     if board not in BOARDS:
         raise BuildError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")

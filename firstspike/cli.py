@@ -114,7 +114,8 @@ def _add_bitstream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lanes", type=int, default=None, help="core lanes (default: the board's: icebreaker 2, ulx3s 64, "
                    "orangecrab 64)")
     p.add_argument("--positions", type=int, choices=[1, 2], default=None,
-                   help=POSITIONS_HELP + " (default: the board's: icebreaker 1, ulx3s 2, orangecrab 2)")
+                   help=POSITIONS_HELP + " (default 1; 2 on the ECP5 boards with --no-spikes: csnn at 64 lanes meets "
+                   "50 MHz on the ULX3S)")
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"UART baud rate (default {DEFAULT_BAUD:,})")
     p.add_argument("--clock-mhz", type=float, default=None,
                    help="core clock in MHz, made by the board's PLL from the board clock (default: icebreaker 24, "
