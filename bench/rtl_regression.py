@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=0, help="first N test images (0 = all)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--lanes", type=int, default=64)
-    ap.add_argument("--positions", type=int, default=2, choices=[1, 2], help="output positions per state word (the ECP5 boards': 2)")
+    ap.add_argument("--positions", type=int, default=1, choices=[1, 2], help="output positions per state word (plan_core)")
     ap.add_argument("--sim", default="verilator", choices=["verilator", "icarus"])
     ap.add_argument("--name", default="rtl_regression")
     args = ap.parse_args()
