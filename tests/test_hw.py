@@ -335,8 +335,6 @@ def test_window_skipping_keeps_falling_potentials() -> None:
 def _paired_tables():
     """conv 1x1 x6 (channels j and j+3 fire at the same step: entries of two spikes, one in
     each half of the lanes) -> conv 5x5 x2 (25 offsets a spike: the slowest layer) -> fc 3."""
-    from firstspike.quantize.modelfile import DECISIONS, ModelTables, accumulator_bounds
-
     T, rng = 16, np.random.default_rng(5)
     c0 = Layer(kind="conv", in_shape=(1, 6, 6), out_shape=(6, 6, 6), kernel=(1, 1), stride=1, padding=0,
                weights=np.ones((6, 1, 1, 1), np.int32), thresholds=np.array([1, 2, 3, 1, 2, 3]), weight_bits=1)  # fmt: skip
@@ -346,11 +344,20 @@ def _paired_tables():
     fc = Layer(kind="fc", in_shape=(2, 6, 6), out_shape=(3, 1, 1), kernel=(6, 6), stride=1, padding=0,
                weights=np.where(rng.random((3, 2, 6, 6)) < 0.5, 1, -1).astype(np.int32), thresholds=np.array([30, 30, 30]),
                weight_bits=1)  # fmt: skip
-    for ly in (c0, c1, fc):
-        ly.slope_bits, ly.potential_bits = accumulator_bounds(ly.weights, T)
+    return _binary_tables("paired", T, (1, 6, 6), [c0, c1, fc])
+
+
+def _binary_tables(name: str, T: int, input_shape: tuple, layers: list):
+    """Model tables of hand-built layers: their accumulator widths, the linear input table
+    (pixel 0 silent), the margin decision rule."""
+    from firstspike.quantize.modelfile import DECISIONS, ModelTables, accumulator_bounds
+
+    for ly in layers:
+        if ly.kind != "pool":
+            ly.slope_bits, ly.potential_bits = accumulator_bounds(ly.weights, T)
     table = np.floor((255 - np.arange(256)) * T / 256).astype(np.int32)
     table[0] = T
-    return ModelTables(name="paired", T=T, input_shape=(1, 6, 6), input_table=table, layers=[c0, c1, fc],
+    return ModelTables(name=name, T=T, input_shape=input_shape, input_table=table, layers=layers,
                        decision=dict(DECISIONS["margin"]))  # fmt: skip
 
 
@@ -434,8 +441,6 @@ def test_position_pairs_save_cycles_and_change_no_value() -> None:
     twice the width, weight columns KW + 1 of two positions); the output layer and a
     layer whose pooling does not tile an even width keep one. Same values as positions=1,
     fewer cycles on every image, with spike pairs on and off."""
-    from firstspike.quantize.modelfile import DECISIONS, ModelTables, accumulator_bounds
-
     T, rng = 16, np.random.default_rng(8)
     c0 = Layer(kind="conv", in_shape=(1, 8, 8), out_shape=(6, 8, 8), kernel=(3, 3), stride=1, padding=1,
                weights=np.where(rng.random((6, 1, 3, 3)) < 0.7, 1, -1).astype(np.int32), thresholds=np.array([2, 4, 6, 3, 5, 7]),
@@ -448,12 +453,7 @@ def test_position_pairs_save_cycles_and_change_no_value() -> None:
     fc = Layer(kind="fc", in_shape=(2, 2, 2), out_shape=(3, 1, 1), kernel=(2, 2), stride=1, padding=0,
                weights=np.where(rng.random((3, 2, 2, 2)) < 0.5, 1, -1).astype(np.int32), thresholds=np.array([3, 3, 3]),
                weight_bits=1)  # fmt: skip
-    for ly in (c0, c1, fc):
-        ly.slope_bits, ly.potential_bits = accumulator_bounds(ly.weights, T)
-    table = np.floor((255 - np.arange(256)) * T / 256).astype(np.int32)
-    table[0] = T
-    tables = ModelTables(name="positions", T=T, input_shape=(1, 8, 8), input_table=table, layers=[c0, p0, c1, p1, fc],
-                         decision=dict(DECISIONS["margin"]))  # fmt: skip
+    tables = _binary_tables("positions", T, (1, 8, 8), [c0, p0, c1, p1, fc])
     images = np.random.default_rng(9).integers(0, 256, size=(3, 1, 8, 8)).astype(np.uint8)
     want = expected(tables, images)
     for pairs in (True, False):
