@@ -170,7 +170,8 @@ def render_docs() -> Path:
                   "cycle counts differing from RTL | accuracy (= golden) | cycles/image | wall time | date, commit |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in gl["runs"]:
-            lines.append(f"| `{r['model']}` (T={r['T']}) | {r['family']} | {r['lanes']} | {r['bram_cells']} | {r['images']} | "
+            pos = f" x {r['positions']} positions" if r.get("positions", 1) > 1 else ""
+            lines.append(f"| `{r['model']}` (T={r['T']}) | {r['family']} | {r['lanes']}{pos} | {r['bram_cells']} | {r['images']} | "
                          f"**{r['total_mismatches']}** | {r['values_compared']:,} | {r['cycle_mismatches_vs_rtl']} | "
                          f"{100 * r['rtl_accuracy']:.2f}% ({100 * r['golden_accuracy']:.2f}%) | {r['cycles_mean']:,.0f} | "
                          f"{r['wall_minutes']:.1f} min | {r['date']}, {r['commit']} |")  # fmt: skip
