@@ -99,8 +99,7 @@ def _step_model(tables, plan, layer_times: list, n: int):
         tout = torch.tensor(np.asarray(layer_times[lp.index + 1]).reshape(n, lp.Co, lp.Ho, lp.Wo).astype(np.int64))
         fy = np.array([f.n for f in fan_out(lp.H, lp.Ho, lp.KH, lp.stride, lp.pad)])
         # words an input reaches per kernel row: output columns, or with position pairs word columns
-        fxs = fan_out_words(lp.W, lp.Wo, lp.KW, lp.pad, lp.positions) if lp.positions > 1 else fan_out(lp.W, lp.Wo, lp.KW, lp.stride, lp.pad)
-        fx = np.array([f.n for f in fxs])
+        fx = np.array([f.n for f in fan_out_words(lp.W, lp.Wo, lp.KW, lp.stride, lp.pad, lp.positions)])
         fan = np.outer(fy, fx)
         k, G, L = lp.pool, lp.groups, lp.lanes
         kk = k * k // lp.positions  # words per pooling window

@@ -324,7 +324,7 @@ class Core(Elaboratable):
         # fan-out tables per input row / column: (count, weight-address offset, state-address offset);
         # columns in state words (with position pairs a word column and a weight column of two positions)
         fy = fan_out(lp.H, lp.Ho, lp.KH, lp.stride, lp.pad)
-        fx = fan_out_words(lp.W, lp.Wo, lp.KW, lp.pad, PP) if PP > 1 else fan_out(lp.W, lp.Wo, lp.KW, lp.stride, lp.pad)
+        fx = fan_out_words(lp.W, lp.Wo, lp.KW, lp.stride, lp.pad, PP)
         KC = lp.kx_cols  # weight columns per kernel row
         wa_bits, sa_bits = idx_bits(lp.weight_depth(lp.Ci)) + 1, idx_bits(lp.words) + 1
         ny_t = _table([f.n for f in fy], ubits(lp.KH))

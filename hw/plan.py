@@ -46,13 +46,14 @@ def fan_out(size_in: int, size_out: int, k: int, stride: int, pad: int) -> list[
     return rows
 
 
-def fan_out_words(size_in: int, size_out: int, k: int, pad: int, positions: int) -> list[FanOut]:
-    """Like ``fan_out`` (stride 1) over state words of ``positions`` neighbouring outputs: per
+def fan_out_words(size_in: int, size_out: int, k: int, stride: int, pad: int, positions: int) -> list[FanOut]:
+    """``fan_out`` over state words of ``positions`` neighbouring outputs (stride 1 when more than one): per
     input coordinate the word columns it reaches, as (weight column of the first word, count,
     first word column); the word column decreases by 1 and the weight column grows by
     ``positions`` per step (``LayerPlan.weight_words``: column c, position p = kernel column c - p)."""
     if positions == 1:
-        return fan_out(size_in, size_out, k, 1, pad)
+        return fan_out(size_in, size_out, k, stride, pad)
+    assert stride == 1, "position pairs need stride 1 (position_pairs_fit)"
     rows = []
     for f in fan_out(size_in, size_out, k, 1, pad):
         if f.n == 0:

@@ -96,7 +96,7 @@ def test_fan_out_over_position_pairs_matches_brute_force() -> None:
                 out = size + 2 * p - k + 1
                 if out < 2 or out % 2:
                     continue
-                for x, f in enumerate(fan_out_words(size, out, k, p, 2)):
+                for x, f in enumerate(fan_out_words(size, out, k, 1, p, 2)):
                     want = {(x + p - kx, kx) for kx in range(k) if 0 <= x + p - kx < out}  # (output, kernel column)
                     got = [{(2 * (f.o0 - i) + pos, f.k0 + 2 * i - pos) for pos in range(2) if 0 <= f.k0 + 2 * i - pos < k}
                            for i in range(f.n)]  # fmt: skip
