@@ -10,7 +10,7 @@ import torch
 
 from firstspike.errors import ConfigError
 from firstspike.train.model import CSNN, LayerSpec, load_config
-from firstspike.train.trainer import TrainConfig, init_from_checkpoint, load_checkpoint, model_from_checkpoint, train
+from firstspike.train.trainer import TrainConfig, init_from_checkpoint, load_checkpoint, model_from_checkpoint, shift_images, train
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +39,33 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
     for run, seed in (("a", 3), ("b", 3), ("c", 4)):
         tc = TrainConfig.from_dict(table)
         tc.epochs, tc.train_subset, tc.test_subset, tc.progress, tc.seed = 1, 256, 50, False, seed
+        train(cfg, tc, tmp_path / run, resume=False)
+        states.append(load_checkpoint(tmp_path / run / "checkpoint.pt")["state_dict"])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0] if k.endswith("weight"))
+
+
+def test_random_translations(tmp_path: Path) -> None:
+    """augment_shift: every image moves by its own (dy, dx) within the bound, pixels from outside
+    are 0, nothing else changes; a run with it is reproducible and differs from one without."""
+    x = torch.randint(1, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    y = shift_images(x, 2, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    offsets = set()
+    for a, b in zip(x, y):
+        hits = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                if torch.equal(b[0], torch.nn.functional.pad(a[0], (2, 2, 2, 2))[2 - dy : 30 - dy, 2 - dx : 30 - dx])]  # fmt: skip
+        assert len(hits) == 1, hits
+        offsets.add(hits[0])
+    assert len(offsets) > 5  # the offsets vary from image to image
+    assert torch.equal(shift_images(x, 0, torch.Generator()), x)
+    with pytest.raises(ConfigError, match="augment_shift"):
+        TrainConfig.from_dict({"augment_shift": -1})
+    cfg, table = load_config("csnn_tiny")
+    states = []
+    for run, shift in (("a", 2), ("b", 2), ("c", 0)):
+        tc = TrainConfig.from_dict(table)
+        tc.epochs, tc.train_subset, tc.test_subset, tc.progress, tc.augment_shift = 1, 256, 50, False, shift
         train(cfg, tc, tmp_path / run, resume=False)
         states.append(load_checkpoint(tmp_path / run / "checkpoint.pt")["state_dict"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -67,6 +67,7 @@ class TrainConfig:
     #   them (not on the test set), chosen when the run ends
     test_subset: int = 0
     calib_images: int = 512
+    augment_shift: int = 0  # > 0: translate each training image by a random (dy, dx) in [-N, N] pixels (zero fill)
     freeze: str = ""  # diagnostics: comma-separated spiking-layer indices (0 = first) not to train
     latency: str = "rho"  # linearisation of dt/dV: rho (STiDi-BP) | channel | true (see functional.latency_slope)
     calib: str = "auto"  # data-driven init: "positive" | "median" (see CSNN.calibrate) | "auto": median for binary, positive for real
@@ -84,6 +85,8 @@ class TrainConfig:
         tc = TrainConfig(**d)
         if tc.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer must be 'adam' or 'sgd', not {tc.optimizer!r}")
+        if tc.augment_shift < 0:
+            raise ConfigError(f"augment_shift must be >= 0 pixels, not {tc.augment_shift}")
         if tc.schedule not in ("cosine", "step", "none"):
             raise ConfigError(f"schedule must be cosine, step or none, not {tc.schedule!r}")
         return tc
@@ -194,6 +197,18 @@ def evaluate(model: CSNN, images: torch.Tensor, labels: torch.Tensor, batch: int
 def _tensors(split, subset: int) -> tuple[torch.Tensor, torch.Tensor]:
     part = split.head(subset)
     return torch.from_numpy(part.images.copy()), torch.from_numpy(part.labels.copy())
+
+
+def shift_images(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
+    """Each image of ``x`` (N, C, H, W) moved by its own random integer (dy, dx) in
+    [-max_shift, max_shift]; pixels moved in from outside are 0 (black: no spike)."""
+    if max_shift <= 0:
+        return x
+    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    s = max_shift
+    padded = torch.nn.functional.pad(x, (s, s, s, s))
+    d = torch.randint(0, 2 * s + 1, (n, 2), generator=g).tolist()
+    return torch.stack([padded[i, ..., dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(d)])
 
 
 def _make_optimizer(model: torch.nn.Module, tc: TrainConfig, opt: torch.optim.Optimizer | None = None):
@@ -315,13 +330,14 @@ def train(
         g = torch.Generator().manual_seed(tc.seed * 100003 + epoch)
         perm = torch.randperm(len(y_train), generator=g)
         perm = perm[rank::world]  # each process its own shard, same number of steps
+        g_aug = torch.Generator().manual_seed(tc.seed * 7919 + epoch * 31 + rank + 1)
         steps = len(perm) // tc.batch_size
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not (tc.progress and rank == 0))
         run_loss = run_correct = run_n = 0.0
         diag = _Diag(model) if tc.diagnostics else None
         for s in bar:
             bi = perm[s * tc.batch_size : (s + 1) * tc.batch_size]
-            xb, yb = x_train[bi].to(device), y_train[bi].to(device)
+            xb, yb = shift_images(x_train[bi], tc.augment_shift, g_aug).to(device), y_train[bi].to(device)
             outs = ddp_model(xb, all_layers=True)
             t_out = outs[-1].flatten(1)
             t_goal = tc.t_goal * T if tc.t_goal < 1 else None
