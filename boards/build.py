@@ -109,8 +109,7 @@ class BoardTop(Elaboratable):
                              f"{self.clock_hz / 1e6:g} MHz core clock a bit; the UART needs at least {MIN_DIVISOR}: "
                              f"use {hint}, or a --clock-mhz of at least {MIN_DIVISOR * baud / 1e6:g} "
                              "(the host must use the same baud rate)")  # fmt: skip
-        # with position pairs the ECP5's block RAM goes to the state: the readout's pooled times to LUT RAM
-        self.plan = board_plan(tables, lanes, spikes, positions, lutram=board.family == "ecp5" and positions > 1)
+        self.plan = board_plan(tables, lanes, spikes, positions)
         self.board = board
         self.baud = baud
         self.hash = model_hash(tables)

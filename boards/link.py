@@ -19,15 +19,12 @@ from firstspike.hw.plan import CorePlan, HardwareError, plan_core
 from firstspike.quantize.modelfile import ModelTables, tables_sha256
 
 
-def board_plan(tables: ModelTables, lanes: int, spikes: bool, positions: int = 1, lutram: bool = False) -> CorePlan:
+def board_plan(tables: ModelTables, lanes: int, spikes: bool, positions: int = 1) -> CorePlan:
     """The core a board runs: early exit (it stops at the first output spike: the same class,
     fired flag and time, fewer cycles) and, with the spike readout, the debug port; there a
     CLASSIFY_SPIKES request runs all T steps (the readout needs full runs), the others exit
-    early. ``positions``: output positions per state word (plan_core). ``lutram``: the readout's
-    pooled-time memories in LUT RAM (the ECP5's; the iCE40 has none)."""
-    plan = plan_core(tables, lanes=lanes, debug=spikes, early_exit=True, positions=positions)
-    plan.debug_lutram = lutram
-    return plan
+    early. ``positions``: output positions per state word (plan_core)."""
+    return plan_core(tables, lanes=lanes, debug=spikes, early_exit=True, positions=positions)
 
 
 def model_hash(tables: ModelTables) -> bytes:

@@ -188,7 +188,6 @@ class CorePlan:
     window_skip: bool = True  # hidden layers with pooling skip idle pooling windows (one cycle each)
     spike_pairs: bool = True  # layers fed by multi-lane event entries take two spikes a cycle (LayerPlan.pairs)
     positions: int = 1  # output positions per state word where a layer allows it (LayerPlan.positions)
-    debug_lutram: bool = False  # the debug port's pooled-time memories in LUT RAM (ECP5), leaving block RAM to the state
 
     @property
     def time_bits(self) -> int:
@@ -347,8 +346,6 @@ class CorePlan:
                 mems.append({"name": f"{p}.state", "depth": lp.words, "width": n * (lp.potential_bits + tb)})
             else:
                 mems.append({"name": f"{p}.state", "depth": lp.words, "width": n * (lp.lane_bits + tb)})
-            if lp.pool_index is not None and self.debug:
-                mems.append({"name": f"{p}.pooled", "depth": lp.groups * lp.Hp * lp.Wp, "width": lp.lanes * tb})
             if not lp.last:
                 w = idx_bits(lp.groups) + idx_bits(lp.Hp) + idx_bits(lp.Wp) + lp.lanes
                 mems.append({"name": f"{p}.events", "depth": 2 * lp.entries_per_step, "width": w})
@@ -369,7 +366,6 @@ class CorePlan:
             "window_skip": self.window_skip,
             "spike_pairs": self.spike_pairs,
             "positions": self.positions,
-            "debug_lutram": self.debug_lutram,
             "time_bits": tb,
             "layers": layers,
             "memories": mems,

@@ -46,7 +46,7 @@ CASES = (
     MemCase(5, 784, reads=((False, True),)),  # input spike times (read enable)
     MemCase(18, 1024, init_seed=1),  # 18-bit words, initial contents
     MemCase(26, 512, reads=((False, True),)),  # layer state: one x36 word, read enable
-    MemCase(40, 300, granularity=5, window=8),  # pooled times: 5-bit write lanes
+    MemCase(40, 300, granularity=5, window=8),  # 5-bit write lanes
     MemCase(12, 64, reads=((True, False),), window=4),  # bucket heads: transparent read
     MemCase(16, 2000, init_seed=2, writable=False),  # weight ROM
     MemCase(72, 256, init_seed=3),  # wider than one block
