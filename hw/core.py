@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib.memory import Memory
 
 from firstspike.hw.decision import Decision, lowest_set
@@ -352,6 +352,7 @@ class Core(Elaboratable):
         e_g = Signal(idx_bits(lp.in_groups), name=f"{name}_e_g")
         e_y, e_x = Signal(idx_bits(lp.H), name=f"{name}_e_y"), Signal(idx_bits(lp.W), name=f"{name}_e_x")
         e_mask = Signal(Lin, name=f"{name}_e_mask")
+        e_reach = Signal(name=f"{name}_e_reach")  # the entry reaches some output (its fan-out rows and columns), set on LATCH
         more = Signal(name=f"{name}_more")
         ptr = Signal(src.nb if src.kind == "bucket" else 1, name=f"{name}_ptr")
         idx = Signal(idx_bits(max(2, src.entries + 1)) if src.kind == "bank" else 1, name=f"{name}_idx")
@@ -414,6 +415,9 @@ class Core(Elaboratable):
             with m.If(wb_syn):
                 m.d.sync += flags.bit_select(wb_fidx, 1).eq(1)
 
+        def reaches(y: Value, x: Value) -> Value:  # an input at (y, x) has some output in the kernel's reach
+            return _table([int(f.n != 0) for f in fy], 1)[y] & _table([int(f.n != 0) for f in fx], 1)[x]
+
         fsm_name = f"{name}_fsm"
         with m.FSM(name=fsm_name):
             with m.State("IDLE"):
@@ -457,7 +461,7 @@ class Core(Elaboratable):
                             fields.append(nd[o : o + wdt])
                             o += wdt
                     m.d.sync += [e_x.eq(fields[0]), e_y.eq(fields[1]), e_g.eq(fields[2]), e_mask.eq(1),
-                                 ptr.eq(fields[3]), more.eq(fields[4])]  # fmt: skip
+                                 ptr.eq(fields[3]), more.eq(fields[4]), e_reach.eq(reaches(fields[1], fields[0]))]  # fmt: skip
                     m.next = "LANE"
             else:
                 with m.State("FETCH"):
@@ -474,14 +478,15 @@ class Core(Elaboratable):
                     for wdt in (src.xb, src.yb, src.gb, src.lanes):
                         fields.append(d[o : o + wdt])
                         o += wdt
-                    m.d.sync += [e_x.eq(fields[0]), e_y.eq(fields[1]), e_g.eq(fields[2]), e_mask.eq(fields[3])]
+                    m.d.sync += [e_x.eq(fields[0]), e_y.eq(fields[1]), e_g.eq(fields[2]), e_mask.eq(fields[3]),
+                                 e_reach.eq(reaches(fields[1], fields[0]))]  # fmt: skip
                     m.next = "LANE"
             with m.State("LANE"):
                 m.d.sync += e_mask.eq(Cat(*[(hm & (hm - 1))[: len(hm)] for hm in h_masks]))  # the spikes taken now leave
                 ny, nx = ny_t[e_y], nx_t[e_x]
                 with m.If(e_mask == 0):
                     m.next = "FETCH"
-                with m.Elif((ny != 0) & (nx != 0)):
+                with m.Elif(e_reach):
                     bases = [gin_ts[k][e_g] + li_ts[k][lis[k]] + wy_t[e_y] for k in range(len(halves))]
                     srow = sy_t[e_y] + sx_t[e_x]
                     m.d.sync += [wa_row.eq(bases[0]), wa_col.eq(bases[0] + wx_t[e_x]), wa_x0.eq(wx_t[e_x]), sa_row.eq(srow), sa_col.eq(srow),
