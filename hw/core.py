@@ -33,35 +33,16 @@ cycle, and a weight word two kernel columns (``LayerPlan.weight_words``).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib.memory import Memory
 
 from firstspike.hw.decision import Decision, lowest_set
 from firstspike.hw.plan import CorePlan, LayerPlan, fan_out, fan_out_words, idx_bits, ubits
+from firstspike.hw.readout import Readout, Segment
 
 
 def _table(values: list[int], width: int) -> Array:
     return Array(Const(int(v) & ((1 << width) - 1), width) for v in values)
-
-
-class _Seg(NamedTuple):
-    """One debug-readout segment: where its words are and how a beat's values sit in them."""
-
-    port: Any  # a read port, or (a layer's state read port, its address, its enable) shared with the engine
-    lanes: int  # values per beat
-    groups: int
-    Co: int
-    HW: int  # positions per group (one beat each)
-    LW: int  # bits per lane in the word
-    off: int  # the value's offset inside a lane
-    bits: int
-    signed: bool
-    bias: tuple | None = None  # (per-group table, width) added lane by lane (V = D + threshold)
-    positions: int = 1  # positions per memory word (a beat selects one)
-    window: tuple | None = None  # a pooled layer read from its input's state: (k, Wq, Ho, Hp, Wp); a beat
-    #   is the minimum over its window's k x k / positions words (HW counts words, not beats)
 
 
 class _Src:
@@ -198,14 +179,14 @@ class Core(Elaboratable):
             with m.Else():
                 m.d.sync += ld_x.eq(ld_x + 1)
 
-        ro_ports: dict[str, _Seg] = {}  # segment name -> where and how its words are read
+        ro_ports: dict[str, Segment] = {}  # segment name -> where and how its words are read
         if P.debug:
             tmem = Memory(shape=unsigned(tb), depth=N, init=[])
             m.submodules.in_times = tmem
             tw = tmem.write_port()
             tr = tmem.read_port()
             m.d.comb += [tw.addr.eq(ld_n), tw.data.eq(tt), tw.en.eq(accept)]
-            ro_ports["input"] = _Seg(tr, 1, C, C, H * W, tb, 0, tb, False)
+            ro_ports["input"] = Segment(tr, 1, C, C, H * W, tb, 0, tb, False)
 
         # ---- spiking layers ----------------------------------------------------------------
         src = _Src("bucket", heads_r=heads_r, head_addr=l0_head_addr, nodes_r=nodes_r,
@@ -278,7 +259,11 @@ class Core(Elaboratable):
                 m.d.sync += self.busy.eq(0)
                 m.next = "IDLE"
         if P.debug:
-            self._readout(m, P, ro_ports, ro_start, readout, ro_done)
+            ro = Readout([ro_ports[name] for name, _ in P.readout_segments()], P.debug_lanes)
+            m.submodules.readout = ro
+            m.d.comb += [ro.start.eq(ro_start), ro.active.eq(readout), ro_done.eq(ro.done),
+                         self.dbg_valid.eq(ro.beats.valid), ro.beats.ready.eq(self.dbg_ready),
+                         self.dbg_data.eq(ro.beats.payload.data), self.dbg_last.eq(ro.beats.payload.last)]  # fmt: skip
         return m
 
     # ------------------------------------------------------------------------------------
@@ -681,9 +666,9 @@ class Core(Elaboratable):
 
         if P.debug:
             sw, so = (VW, pb) if split else (LW, sb + pb)  # a lane's width in the state word, its time's offset
-            ro_ports[f"layer{lp.index}"] = _Seg((st_r, ro_addr, ro_en), L, G, lp.Co, lp.Ho * lp.Wo, sw, so, tb, False, positions=PP)
+            ro_ports[f"layer{lp.index}"] = Segment((st_r, ro_addr, ro_en), L, G, lp.Co, lp.Ho * lp.Wo, sw, so, tb, False, positions=PP)
             if lp.pool_index is not None:  # a pooled time is its window's earliest spike: read from the state
-                ro_ports[f"layer{lp.pool_index}"] = _Seg((st_r, ro_addr, ro_en), L, G, lp.Co, lp.Hp * lp.Wp * k * kq, sw, so, tb,
+                ro_ports[f"layer{lp.pool_index}"] = Segment((st_r, ro_addr, ro_en), L, G, lp.Co, lp.Hp * lp.Wp * k * kq, sw, so, tb,
                                                          False, positions=PP, window=(k, Wq, lp.Ho, lp.Hp, lp.Wp))  # fmt: skip
 
         # ---- outputs: next layer's event bank, or the decision ------------------------------
@@ -715,140 +700,5 @@ class Core(Elaboratable):
             if P.debug:
                 # V(T-1) = D + threshold: the readout adds the word's thresholds back
                 assert not split
-                ro_ports["v_last"] = _Seg((st_r, ro_addr, ro_en), L, G, lp.Co, 1, LW, sb, pb, True, (thr_t, pb))
+                ro_ports["v_last"] = Segment((st_r, ro_addr, ro_en), L, G, lp.Co, 1, LW, sb, pb, True, (thr_t, pb))
         return busy, nsrc, dec
-
-    # ------------------------------------------------------------------------------------
-    def _readout(self, m: Module, P: CorePlan, ro_ports: dict, ro_start: Signal, active: Signal, ro_done: Signal) -> None:
-        """Stream every segment word by word (memory order (group, y, x)), one word per cycle
-        while ``dbg_ready`` is high; a beat holds the word's L lanes as signed 32-bit values
-        (lane j in bits 32j..32j+31; CorePlan.unpack_debug restores (c, y, x) order). A word of
-        two positions is read twice, a beat per position (beat index // 2 is the word). A
-        pooled layer has no memory: its beat is the earliest time over its window's state
-        words, read one a cycle (``_Seg.window``)."""
-        segs = [ro_ports[name] for name, _ in P.readout_segments()]
-        S = len(segs)
-        seg = Signal(idx_bits(S))
-        addr = Signal(idx_bits(max(s.groups * s.HW for s in segs)) + 1)  # word (or beat) of the segment
-        last = Signal()
-        issue = Signal()
-        sub_last = Signal()  # the current word completes a beat (inside a pooled window: its last word)
-        n_seg, n_addr = Signal.like(seg, name="ro_n_seg"), Signal.like(addr, name="ro_n_addr")
-        m.d.comb += [n_seg.eq(seg), n_addr.eq(addr + 1), sub_last.eq(1)]
-        for si, sg in enumerate(segs):
-            with m.If((seg == si) & (addr == sg.groups * sg.HW - 1)):
-                if si == S - 1:
-                    m.d.comb += last.eq(1)
-                else:
-                    m.d.comb += [n_seg.eq(si + 1), n_addr.eq(0)]
-        iaddr = Signal.like(addr, name="ro_issue_addr")
-        iseg = Signal.like(seg, name="ro_issue_seg")
-        with m.If(ro_start):
-            m.d.comb += [iaddr.eq(0), iseg.eq(0)]
-        with m.Else():
-            m.d.comb += [iaddr.eq(n_addr), iseg.eq(n_seg)]
-        # pooled windows: counters of the current word, the next word's state address
-        win_addr, win_first = {}, {}
-        for si, sg in enumerate(segs):
-            if sg.window is not None:
-                win_addr[si], win_first[si] = self._window_walk(m, si, sg, seg == si, iseg == si, issue, ro_start | (n_seg != seg), sub_last)
-        # drive the read ports: issue the next word's address
-        ports: dict[int, list[int]] = {}
-        for si, s in enumerate(segs):
-            ports.setdefault(id(s.port[0] if isinstance(s.port, tuple) else s.port), []).append(si)
-        for sis in ports.values():
-            port = segs[sis[0]].port
-            sel = Cat(*[iseg == si for si in sis]).any() & issue
-            a = None
-            for si in sis:
-                ai = win_addr[si] if si in win_addr else iaddr[segs[si].positions.bit_length() - 1 :]
-                a = ai if a is None else Mux(iseg == si, ai, a)
-            if isinstance(port, tuple):  # a layer's state memory, shared with its engine
-                _, pa, pe = port
-                m.d.comb += [pa.eq(a), pe.eq(sel)]
-            else:
-                m.d.comb += [port.addr.eq(a), port.en.eq(sel)]
-        # the current word (its read was issued last cycle; held while not ready)
-        advance = Signal()
-        for si, (port, L, G, Co, HW, LW, off, nbits, sgn, bias, npos, window) in enumerate(segs):
-            data = port[0].data if isinstance(port, tuple) else port.data
-            if npos > 1 and window is None:  # this beat's position of the word
-                data = data.word_select(addr[: npos.bit_length() - 1], L * LW)
-            vals = []
-            if bias is not None:  # a per-word table (one word per group: HW == 1) added lane by lane
-                tab, bw = bias
-                bword = Signal(L * bw, name=f"ro_s{si}_bias")
-                m.d.comb += bword.eq(tab[addr])
-            for j in range(L):
-                v = Signal(signed(32), name=f"ro_s{si}_v{j}")
-                if window is not None:  # earliest over the word's positions and the window's earlier words
-                    acc = Signal(nbits, name=f"ro_s{si}_acc{j}")
-                    cur = acc
-                    for pos in range(npos):
-                        f = data[(pos * L + j) * LW + off :][:nbits]
-                        take = (f < cur) if pos else (win_first[si] | (f < cur))  # a window's first word ignores acc
-                        cur = Mux(take, f, cur)
-                    mn = Signal(nbits, name=f"ro_s{si}_min{j}")
-                    m.d.comb += [mn.eq(cur), v.eq(mn)]
-                    with m.If(advance & (seg == si)):
-                        m.d.sync += acc.eq(mn)
-                    vals.append(v)
-                    continue
-                f = data[j * LW + off : j * LW + off + nbits]
-                if bias is None:
-                    m.d.comb += v.eq(f.as_signed() if sgn else f)
-                else:
-                    m.d.comb += v.eq(f.as_signed() + bword[j * bw : (j + 1) * bw].as_signed())
-                vals.append(v)
-            with m.If(seg == si):
-                m.d.comb += self.dbg_data.eq(Cat(*vals))
-        valid = Signal()
-        m.d.comb += [self.dbg_valid.eq(valid & active & sub_last), self.dbg_last.eq(last)]
-        m.d.comb += advance.eq(active & valid & (self.dbg_ready | ~sub_last))
-        with m.If(ro_start):
-            m.d.comb += issue.eq(1)
-            m.d.sync += [seg.eq(0), addr.eq(0), valid.eq(1)]
-        with m.Elif(advance):
-            with m.If(last):
-                m.d.sync += valid.eq(0)
-                m.d.comb += ro_done.eq(1)
-            with m.Else():
-                m.d.comb += issue.eq(1)
-                m.d.sync += [seg.eq(n_seg), addr.eq(n_addr)]
-
-    @staticmethod
-    def _window_walk(m: Module, si: int, sg: _Seg, here: Signal, next_here: Signal, issue: Signal, enter: Signal,
-                     sub_last: Signal) -> tuple[Signal, Signal]:  # fmt: skip
-        """Walk a pooled segment's windows over its layer's state words: (group, py, px), then
-        the window's rows r and word columns c. Returns the next word's address (issued with
-        ``issue`` while ``next_here``) and "the current word is its window's first"; drives
-        ``sub_last`` while ``here``."""
-        k, Wq, Ho, Hp, Wp = sg.window
-        kc = k // sg.positions  # words per window row
-        ab = idx_bits(sg.groups * Ho * Wq) + 1
-        c, r = Signal(ubits(kc), name=f"ro_s{si}_c"), Signal(ubits(k), name=f"ro_s{si}_r")
-        px, py = Signal(ubits(Wp), name=f"ro_s{si}_px"), Signal(ubits(Hp), name=f"ro_s{si}_py")
-        wa, ra, wb, rb = (Signal(ab, name=f"ro_s{si}_{n}") for n in ("wa", "ra", "wb", "rb"))  # word, row, window, row block
-        regs = (c, r, px, py, wa, ra, wb, rb)
-        nxt = [Signal.like(x, name=f"{x.name}_n") for x in regs]
-        n_c, n_r, n_px, n_py, n_wa, n_ra, n_wb, n_rb = nxt
-        m.d.comb += [n.eq(x) for n, x in zip(nxt, regs)]
-        with m.If(enter):  # the segment's first word: all 0
-            m.d.comb += [n.eq(0) for n in nxt]
-        with m.Elif(c != kc - 1):
-            m.d.comb += [n_c.eq(c + 1), n_wa.eq(wa + 1)]
-        with m.Elif(r != k - 1):
-            m.d.comb += [n_c.eq(0), n_r.eq(r + 1), n_ra.eq(ra + Wq), n_wa.eq(ra + Wq)]
-        with m.Elif(px != Wp - 1):
-            m.d.comb += [n_c.eq(0), n_r.eq(0), n_px.eq(px + 1), n_wb.eq(wb + kc), n_ra.eq(wb + kc), n_wa.eq(wb + kc)]
-        with m.Elif(py != Hp - 1):
-            m.d.comb += [n_c.eq(0), n_r.eq(0), n_px.eq(0), n_py.eq(py + 1),
-                         *[n.eq(rb + k * Wq) for n in (n_rb, n_wb, n_ra, n_wa)]]  # fmt: skip
-        with m.Else():  # the next group (rb is its last row block's)
-            nxt_g = rb + (Ho - (Hp - 1) * k) * Wq
-            m.d.comb += [n_c.eq(0), n_r.eq(0), n_px.eq(0), n_py.eq(0), *[n.eq(nxt_g) for n in (n_rb, n_wb, n_ra, n_wa)]]
-        with m.If(issue & next_here):
-            m.d.sync += [x.eq(n) for x, n in zip(regs, nxt)]
-        with m.If(here):
-            m.d.comb += sub_last.eq((c == kc - 1) & (r == k - 1))
-        return n_wa, (c == 0) & (r == 0)

@@ -289,6 +289,97 @@ def test_decision_unit_equals_the_rule(seed: int, lanes: int, classes: int, marg
     assert got == {"fired": int(fire_t.min() < T), "cls": int(want), "time": int(min(fire_t.min(), T))}
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), positions=st.sampled_from([1, 2]), k=st.integers(1, 3), stalls=st.booleans())
+def test_readout_component_streams_every_segment(seed: int, positions: int, k: int, stalls: bool) -> None:
+    """The readout component alone, on memories of random words: a plain segment (signed
+    values at an offset, with a per-group bias table), a state memory read position by position
+    and the pooled segment over that same memory (the minimum over each window's words and
+    positions), with random backpressure; beats, order and ``last`` against numpy."""
+    from amaranth.hdl import Module, Signal, unsigned
+    from amaranth.lib.memory import Memory
+    from amaranth.sim import Simulator
+
+    from firstspike.hw.core import _table
+    from firstspike.hw.readout import Readout, Segment
+
+    rng = np.random.default_rng(seed)
+    L, G, tb = int(rng.integers(1, 4)), int(rng.integers(1, 3)), 4
+    kk = 2 if positions == 2 else k  # a window of two positions is whole words
+    Hp, Wp = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    Ho = Hp * kk + int(rng.integers(0, 2))  # rows past the last window are not pooled
+    Wo = Wp * kk + (int(rng.integers(0, 2)) if positions == 1 else 0)
+    Wq, LW, off = Wo // positions, 3 + tb, 3
+    # memory A: G x 1 words of L signed 6-bit values at bit 1 of 8-bit lanes, plus a bias per group and lane
+    a_words = rng.integers(0, 1 << (8 * L), size=G, dtype=np.uint64) if L < 8 else None
+    a_words = [int(w) for w in a_words]
+    bias = rng.integers(-20, 20, size=(G, L))
+    # memory B: the state, G x Ho x Wq words of positions x L lanes of (3 junk bits, a time)
+    times = rng.integers(0, 1 << tb, size=(G, Ho, Wq, positions, L))
+    junk = rng.integers(0, 8, size=times.shape)
+    b_words = []
+    for g in range(G):
+        for y in range(Ho):
+            for x in range(Wq):
+                w = 0
+                for pos in range(positions):
+                    for j in range(L):
+                        w |= (int(junk[g, y, x, pos, j]) | int(times[g, y, x, pos, j]) << off) << ((pos * L + j) * LW)
+                b_words.append(w)
+    m = Module()
+    ma = Memory(shape=unsigned(8 * L), depth=G, init=a_words)
+    mb = Memory(shape=unsigned(positions * L * LW), depth=len(b_words), init=b_words)
+    m.submodules.ma, m.submodules.mb = ma, mb
+    ra, rb = ma.read_port(), mb.read_port()
+    pa, pe = Signal.like(rb.addr), Signal()
+    m.d.comb += [rb.addr.eq(pa), rb.en.eq(pe)]
+    btab = _table([sum((int(bias[g, j]) & 0xFF) << (8 * j) for j in range(L)) for g in range(G)], 8 * L)
+    segs = [Segment(ra, L, G, G * L, 1, 8, 1, 6, True, (btab, 8)),
+            Segment((rb, pa, pe), L, G, G * L, Ho * Wo, LW, off, tb, False, positions=positions),
+            Segment((rb, pa, pe), L, G, G * L, Hp * Wp * kk * (kk // positions), LW, off, tb, False, positions=positions,
+                    window=(kk, Wq, Ho, Hp, Wp))]  # fmt: skip
+    dut = Readout(segs, L)
+    m.submodules.dut = dut
+    # expected beats
+    want = []
+    for g in range(G):
+        fields = [(a_words[g] >> (8 * j + 1)) & 63 for j in range(L)]
+        want.append([(f - 64 if f >= 32 else f) + int(bias[g, j]) for j, f in enumerate(fields)])
+    for g in range(G):
+        for y in range(Ho):
+            for x in range(Wq):
+                want += [list(map(int, times[g, y, x, pos])) for pos in range(positions)]
+    for g in range(G):
+        for py in range(Hp):
+            for px in range(Wp):
+                win = times[g, py * kk : (py + 1) * kk, px * (kk // positions) : (px + 1) * (kk // positions)]
+                want.append(list(map(int, win.reshape(-1, L).min(axis=0))))
+    got, lasts, dones = [], [], []
+
+    async def bench(ctx) -> None:
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        ctx.set(dut.active, 1)
+        for _ in range(20 * len(want) + 50):
+            ready = not stalls or rng.random() < 0.6
+            ctx.set(dut.beats.ready, ready)
+            if ctx.get(dut.done):  # with the last beat's handshake
+                dones.append(len(got) + 1)
+            if ready and ctx.get(dut.beats.valid):
+                d = ctx.get(dut.beats.payload.data)
+                got.append([((d >> (32 * j)) & 0xFFFFFFFF) - ((d >> (32 * j + 31)) & 1) * (1 << 32) for j in range(L)])
+                lasts.append(ctx.get(dut.beats.payload.last))
+            await ctx.tick()
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == want
+    assert lasts == [0] * (len(want) - 1) + [1] and dones == [len(want)]
+
+
 def test_window_skipping_saves_cycles_and_changes_no_value() -> None:
     """Idle pooling windows (every neuron fired or at slope 0, no event this step) cost one
     cycle instead of k*k: the same spike times, potentials and classes as without, fewer
