@@ -96,12 +96,14 @@ class LayerPlan:
     weights: np.ndarray = field(repr=False)  # (Co, Ci, KH, KW) int
     thresholds: np.ndarray = field(repr=False)  # (Co,) int
     positions: int = 1  # P: output positions (x, x+1) per state word, updated in the same cycle (1 or 2)
+    split: bool = False  # with position pairs, the state in two memories (plan_core's split_state)
 
     @property
     def split_state(self) -> bool:
-        """With position pairs the state is two memories, slopes and (D, time): events write
-        only the first, so the wide words need no write-data multiplexer."""
-        return self.positions > 1
+        """With position pairs and ``split``, the state is two memories, slopes and (D, time):
+        events write only the first, so the wide words need no write-data multiplexer (fewer
+        LUTs; off by default: docs/hardware.md, "Position pairs")."""
+        return self.positions > 1 and self.split
 
     @property
     def Wq(self) -> int:
@@ -388,13 +390,14 @@ def image_cycles(tables: ModelTables, compute_cycles: float) -> float:
 
 def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_exit: bool = False,
               max_memory_bits: int = 64_000_000, window_skip: bool = True, spike_pairs: bool = True,
-              positions: int = 1) -> CorePlan:  # fmt: skip
+              positions: int = 1, split_state: bool = False) -> CorePlan:  # fmt: skip
     """Size a core for ``tables``; raise HardwareError naming the problem and the fix. ``spike_pairs``:
     a layer fed by event entries of two or more lanes takes a spike of the entry's low and one of
     its high lanes in the same cycle (two weight memories, one state update with both weights).
     ``positions`` 2: every layer that allows it (``position_pairs_fit``) keeps two neighbouring
     output positions (x, x+1) per state word and updates both in one cycle (twice the adders and
-    state width, fewer words: about 3/5 of the synaptic cycles of a 5-wide kernel, half the sweep)."""
+    state width, fewer words: about 3/5 of the synaptic cycles of a 5-wide kernel, half the sweep);
+    ``split_state``: those layers keep slopes and (D, time) in two memories (LayerPlan.split_state)."""
     if not isinstance(lanes, int) or not 1 <= lanes <= 256:
         raise HardwareError(f"lanes={lanes!r}: choose 1..256 output channels per cycle")
     if positions not in (1, 2):
@@ -436,7 +439,7 @@ def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_ex
             weights=np.asarray(ly.weights, dtype=np.int64), thresholds=thr,
         )
         if positions == 2 and position_pairs_fit(lp):
-            lp.positions = 2
+            lp.positions, lp.split = 2, split_state
         if pool > 1 and (lp.Hp < 1 or lp.Wp < 1):
             raise HardwareError(f"layer {pidx}: pooling {pool}x{pool} of a {Ho}x{Wo} map leaves nothing")
         plans.append(lp)

@@ -23,8 +23,8 @@ from firstspike.sim.pysim import run_pysim
 from firstspike.sim.vectors import compare_streams, expected, random_images, random_tables
 
 
-def check_core(tables, images, lanes: int, stall_seed: int | None, positions: int = 1) -> None:
-    plan = plan_core(tables, lanes=lanes, positions=positions)
+def check_core(tables, images, lanes: int, stall_seed: int | None, positions: int = 1, split_state: bool = False) -> None:
+    plan = plan_core(tables, lanes=lanes, positions=positions, split_state=split_state)
     got = run_pysim(plan, images, stall_seed=stall_seed)
     want = expected(tables, images)
     assert compare_streams(tables, got.stream, want.stream) == {k: 0 for k in compare_streams(tables, want.stream, want.stream)}
@@ -495,15 +495,17 @@ def _position_tables(rng: np.random.Generator, wbits: int):
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32 - 1), lanes=st.integers(1, 6), stalls=st.booleans(), wbits=st.sampled_from([1, 1, 4]))
-def test_position_pairs_equal_golden_random_networks(seed: int, lanes: int, stalls: bool, wbits: int) -> None:
-    """Two output positions per state word (``plan_core(positions=2)``), on random networks
-    whose conv layers all take them: every value equals the golden model's."""
+@given(seed=st.integers(0, 2**32 - 1), lanes=st.integers(1, 6), stalls=st.booleans(), wbits=st.sampled_from([1, 1, 4]),
+       split=st.booleans())  # fmt: skip
+def test_position_pairs_equal_golden_random_networks(seed: int, lanes: int, stalls: bool, wbits: int, split: bool) -> None:
+    """Two output positions per state word (``plan_core(positions=2)``, state in one memory or
+    split in two), on random networks whose conv layers all take them: every value equals the
+    golden model's."""
     rng = np.random.default_rng(seed)
     tables = _position_tables(rng, wbits)
     assert all(lp.positions == 2 for lp in plan_core(tables, lanes=lanes, positions=2).layers[:-1])
     images = random_images(rng, 2, tables.input_shape)
-    check_core(tables, images, lanes, seed if stalls else None, positions=2)
+    check_core(tables, images, lanes, seed if stalls else None, positions=2, split_state=split)
 
 
 def test_spike_pairs_save_cycles_and_change_no_value() -> None:
@@ -547,14 +549,15 @@ def test_position_pairs_save_cycles_and_change_no_value() -> None:
     tables = _binary_tables("positions", T, (1, 8, 8), [c0, p0, c1, p1, fc])
     images = np.random.default_rng(9).integers(0, 256, size=(3, 1, 8, 8)).astype(np.uint8)
     want = expected(tables, images)
-    for pairs in (True, False):
-        plans = {pos: plan_core(tables, lanes=6, positions=pos, spike_pairs=pairs) for pos in (1, 2)}
+    for pairs, split in ((True, True), (False, False)):
+        plans = {pos: plan_core(tables, lanes=6, positions=pos, spike_pairs=pairs, split_state=split) for pos in (1, 2)}
         assert [lp.positions for lp in plans[2].layers] == [2, 2, 1]
         mem = {pos: {mm["name"]: mm for mm in plans[pos].summary()["memories"]} for pos in (1, 2)}
         assert mem[2]["layer0.state"]["depth"] * 2 == mem[1]["layer0.state"]["depth"]
-        # two memories: slopes, and (D, time); together twice the width
-        assert mem[2]["layer0.state"]["width"] + mem[2]["layer0.slopes"]["width"] == 2 * mem[1]["layer0.state"]["width"]
-        assert "layer0.slopes" not in mem[1] and "layer4.slopes" not in mem[2]
+        # twice the width: in one memory, or split in two (slopes, and (D, time))
+        width2 = mem[2]["layer0.state"]["width"] + (mem[2]["layer0.slopes"]["width"] if split else 0)
+        assert width2 == 2 * mem[1]["layer0.state"]["width"]
+        assert ("layer0.slopes" in mem[2]) == split and "layer0.slopes" not in mem[1] and "layer4.slopes" not in mem[2]
         assert mem[2]["layer0.weights"]["depth"] == 1 * 3 * 4 and mem[1]["layer0.weights"]["depth"] == 1 * 3 * 3
         runs = {pos: run_pysim(plan, images, stall_seed=3) for pos, plan in plans.items()}
         for got in runs.values():
