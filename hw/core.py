@@ -375,7 +375,7 @@ class Core(Elaboratable):
         widx = Signal(idx_bits(NWIN + 1), name=f"{name}_widx")  # window being visited
         s_oy, s_ox, s_ox0 = (Signal(idx_bits(max(lp.Ho, lp.Wo)), name=f"{name}_{n}") for n in ("s_oy", "s_ox", "s_ox0"))
         wb_fidx = Signal.like(widx, name=f"{name}_wb_fidx")  # window of the word an event updates
-        wb_skip, wb_tok = Signal(name=f"{name}_wb_skip"), Signal(name=f"{name}_wb_tok")
+        wb_tok = Signal(name=f"{name}_wb_tok")
         wb_widx = Signal.like(widx, name=f"{name}_wb_widx")
         # writeback pipeline tags
         wb_syn, wb_int = Signal(name=f"{name}_wb_syn"), Signal(name=f"{name}_wb_int")
@@ -383,7 +383,7 @@ class Core(Elaboratable):
         wb_first, wb_last, wb_pv = Signal(name=f"{name}_wb_first"), Signal(name=f"{name}_wb_last"), Signal(name=f"{name}_wb_pv")
         wb_g = Signal(idx_bits(G), name=f"{name}_wb_g")
         wb_py, wb_px = Signal(idx_bits(PY), name=f"{name}_wb_py"), Signal(idx_bits(PX), name=f"{name}_wb_px")
-        m.d.sync += [wb_syn.eq(0), wb_int.eq(0), wb_skip.eq(0), wb_tok.eq(0), wb_pos.eq(0)]  # wb_pos: 0 outside events
+        m.d.sync += [wb_syn.eq(0), wb_int.eq(0), wb_tok.eq(0), wb_pos.eq(0)]  # wb_pos: 0 outside events
         adv = Signal(name=f"{name}_adv")  # INTEG: this cycle ends the window (its last word, or a skip)
         if skip:
             # the flag of the window visited next cycle, looked up a cycle ahead (off the INTEG
@@ -540,7 +540,6 @@ class Core(Elaboratable):
                     with m.If(adv):
                         m.d.sync += widx.eq(widx + 1)
                 with m.If(idle):
-                    m.d.sync += wb_skip.eq(1)
                     m.d.comb += adv.eq(1)
                 with m.Else():
                     m.d.comb += eng_addr.eq(addr)
@@ -642,8 +641,6 @@ class Core(Elaboratable):
             return out
 
         pl_fire, pl_prev = by_lane(pl_fire_q), by_lane(pl_prev_q)
-        pl_skip = Signal(name=f"{name}_pl_skip")
-        m.d.sync += pl_skip.eq(wb_skip)
         if skip:  # the window's flag after its visit: some valid word of it has a live lane
             pl_tok, pl_lives = Signal(name=f"{name}_pl_tok"), Signal(PL, name=f"{name}_pl_lives")
             pl_widx = Signal.like(widx, name=f"{name}_pl_widx")
