@@ -1,56 +1,36 @@
-"""The event-driven time-to-first-spike core, in Amaranth, generated from a CorePlan.
+"""The event-driven time-to-first-spike core, in Amaranth, generated from a CorePlan: a small
+top that composes one component per block (one image at a time, all layers advance together
+one time step at a time):
 
-Architecture (one image at a time, all layers advance together one time step at a time):
+* ``InputEncoder`` (hw/encoder.py): each pixel p becomes the spike time table[p] while it
+  streams in; pixels that spike are pushed on a per-time-step linked list, so the first layer
+  later walks exactly the events of one step.
+* ``LayerEngine`` (hw/layer.py), one per conv or fc layer: per step, the input events of the
+  step before add their weights to the slopes of their fan-out, then every neuron word
+  integrates (V += slope, first crossing records t, min-time pooling by window) and the new
+  spikes become the next layer's event entries; every layer runs its step concurrently, and
+  a step ends when all are done.
+* ``Decision`` (hw/decision.py): the earliest output spike (lowest class on ties); if none
+  fires, the largest V(T-1) - threshold (model files' "max-margin"; older "max-potential"
+  files: the largest V(T-1)), lowest class on ties. Optional early exit when the decision is
+  known (with the debug port: chosen per image by ``exit_early``).
+* ``Readout`` (hw/readout.py, the debug port): after the result, every layer's spike times and
+  the output potentials stream out in GoldenModel.run order (CorePlan.readout_segments).
 
-* Input: each pixel p becomes the spike time table[p] while it streams in; pixels that
-  spike are pushed on a per-time-step linked list (bucket heads + next pointers), so the
-  first layer later walks exactly the events of one step, in no particular order within it.
-* Spiking layer (conv or fc), per step t, like the golden model:
-  1. events: every input event of step t-1 adds its weight (+-1 or fixed-point) to the
-     slope of each neuron of its fan-out; one cycle updates ``L`` output channels (the
-     lanes) of one output position; only valid kernel offsets are visited;
-  2. integration: every neuron word (L lanes) is read once, V += slope, first crossing of
-     the threshold records t; words are visited pooling window by pooling window, so the
-     min-time pooling is "some lane of the window fires now and none fired before";
-     newly fired (pooled) lanes become one event entry (group, y, x, lane mask) for the
-     next layer, written to a two-bank buffer (bank t%2 written while bank (t-1)%2 is read).
-     Window skipping (hidden layers with pooling, ``plan.window_skip``): a flag per pooling
-     window says whether any of its neurons can still change (not fired and slope != 0, or
-     reached by an event this step); a window without it costs one cycle instead of k*k.
-* Every layer runs its step concurrently; a step ends when all are done.
-* Decision: the earliest output spike (lowest class on ties); if none fires, the largest
-  V(T-1) - threshold (model files' "max-margin"; older "max-potential" files: the largest
-  V(T-1)), lowest class on ties. Optional early exit when the decision is known (with the
-  debug port: chosen per image by ``exit_early``).
-* Debug port: after the result, every layer's spike times and the output potentials
-  stream out in GoldenModel.run order (CorePlan.readout_segments).
-
-Per layer state is one memory word per (group, y, x): L lanes of (slope, potential, spike
-time); the weights are a ROM of one word per (input channel, ky, kx, group). With position
-pairs (``LayerPlan.positions`` 2) a word holds (group, y, x..x+1), 2L neurons updated in one
-cycle, and a weight word two kernel columns (``LayerPlan.weight_words``).
+The control here: load (clear the buckets, take the pixels), steps until T or early exit, the
+result, the readout.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal, Value, signed, unsigned
-from amaranth.lib.memory import Memory
+from amaranth.hdl import Cat, Elaboratable, Module, Signal
+from amaranth.lib import wiring
 
-from firstspike.hw.decision import Decision, lowest_set
-from firstspike.hw.plan import CorePlan, LayerPlan, fan_out, fan_out_words, idx_bits, ubits
+from firstspike.hw.decision import Decision
+from firstspike.hw.encoder import InputEncoder, _table  # noqa: F401 (_table: re-exported for tests)
+from firstspike.hw.layer import LayerEngine
+from firstspike.hw.plan import CorePlan, idx_bits
 from firstspike.hw.readout import Readout, Segment
-
-
-def _table(values: list[int], width: int) -> Array:
-    return Array(Const(int(v) & ((1 << width) - 1), width) for v in values)
-
-
-class _Src:
-    """How a layer reaches its input events: the input buckets or the previous layer's bank."""
-
-    def __init__(self, kind: str, **kw):
-        self.kind = kind
-        self.__dict__.update(kw)
 
 
 class Core(Elaboratable):
@@ -109,95 +89,48 @@ class Core(Elaboratable):
         return p
 
     # ------------------------------------------------------------------------------------
-    def elaborate(self, platform) -> Module:  # noqa: C901 (one generator, read top to bottom)
+    def elaborate(self, platform) -> Module:
         P = self.plan
         m = Module()
         T, tb = P.T, P.time_bits
         C, H, W = P.input_shape
-        N = P.n_inputs
-        nb = P.input_node_addr_bits  # a node's address: the pixel's index, or its packed (c, y, x)
-        packed = P.input_packed
-        fx, fy, fc = P.input_fields()
 
         t = Signal(tb)  # current step
         first = Signal()
         m.d.comb += first.eq(t == 0)
         go = Signal()  # 1-cycle: every stage starts step t
-        loading = Signal()
         readout = Signal()
         ro_start = Signal()
         ro_sel = Signal()  # the debug readout owns the layers' state read ports
         m.d.comb += ro_sel.eq(readout | ro_start)
 
-        # ---- input: spike-time table and per-step buckets ------------------------------
-        heads = Memory(shape=unsigned(nb + 1), depth=T, init=[])
-        n_depth, n_width = P.input_nodes_shape  # packed: a node is its next pointer, addressed by (c, y, x)
-        nodes = Memory(shape=unsigned(n_width), depth=n_depth, init=[])
-        m.submodules.in_heads = heads
-        m.submodules.in_nodes = nodes
-        heads_w = heads.write_port()
-        heads_r = heads.read_port(transparent_for=(heads_w,))
-        nodes_w = nodes.write_port()
-        nodes_r = nodes.read_port()
-        table = _table(P.input_table, tb)
-
-        ld_n = Signal(nb)
-        ld_c, ld_y, ld_x = Signal(idx_bits(C)), Signal(idx_bits(H)), Signal(idx_bits(W))
-        clr = Signal(idx_bits(T))
-        tt = Signal(tb)
-        accept = Signal()
-        m.d.comb += accept.eq(self.pix_valid & self.pix_ready)
-        if self.time_input:
-            m.d.comb += tt.eq(Mux(self.pix_time, Mux(self.pix_data >= T, T, self.pix_data), table[self.pix_data]))
-        else:
-            m.d.comb += tt.eq(table[self.pix_data])
-        s2_valid, s2_n, s2_t = Signal(), Signal(nb), Signal(tb)
-        m.d.sync += [s2_valid.eq(accept & (tt != T)), s2_t.eq(tt)]
-        if packed:
-            m.d.sync += s2_n.eq(Cat(ld_x[:fx], ld_y[:fy], ld_c[:fc]))
-            node = heads_r.data
-        else:
-            s2_xyc = Signal(len(ld_x) + len(ld_y) + len(ld_c))
-            m.d.sync += [s2_n.eq(ld_n), s2_xyc.eq(Cat(ld_x, ld_y, ld_c))]
-            node = Cat(s2_xyc, heads_r.data)
-        l0_head_addr = Signal(idx_bits(T))
-        m.d.comb += heads_r.addr.eq(Mux(loading, tt, l0_head_addr))
-        m.d.comb += [nodes_w.addr.eq(s2_n), nodes_w.data.eq(node), nodes_w.en.eq(s2_valid)]
-        clearing = Signal()
-        with m.If(clearing):
-            m.d.comb += [heads_w.addr.eq(clr), heads_w.data.eq(0), heads_w.en.eq(1)]
-        with m.Else():
-            m.d.comb += [heads_w.addr.eq(s2_t), heads_w.data.eq(Cat(s2_n, Const(1, 1))), heads_w.en.eq(s2_valid)]
-        with m.If(accept):
-            m.d.sync += ld_n.eq(ld_n + 1)
-            with m.If(ld_x == W - 1):
-                m.d.sync += ld_x.eq(0)
-                with m.If(ld_y == H - 1):
-                    m.d.sync += [ld_y.eq(0), ld_c.eq(ld_c + 1)]
-                with m.Else():
-                    m.d.sync += ld_y.eq(ld_y + 1)
-            with m.Else():
-                m.d.sync += ld_x.eq(ld_x + 1)
-
+        # ---- input: the encoder (spike times, per-step event lists) -------------------------
+        enc = InputEncoder(P, self.time_input)
+        m.submodules.encoder = enc
+        m.d.comb += [enc.pixels.valid.eq(self.pix_valid), self.pix_ready.eq(enc.pixels.ready),
+                     enc.pixels.payload.data.eq(self.pix_data), enc.pixels.payload.time.eq(self.pix_time)]  # fmt: skip
         ro_ports: dict[str, Segment] = {}  # segment name -> where and how its words are read
         if P.debug:
-            tmem = Memory(shape=unsigned(tb), depth=N, init=[])
-            m.submodules.in_times = tmem
-            tw = tmem.write_port()
-            tr = tmem.read_port()
-            m.d.comb += [tw.addr.eq(ld_n), tw.data.eq(tt), tw.en.eq(accept)]
-            ro_ports["input"] = Segment(tr, 1, C, C, H * W, tb, 0, tb, False)
+            ro_ports["input"] = Segment(enc.times_port(), 1, C, C, H * W, tb, 0, tb, False)
 
-        # ---- spiking layers ----------------------------------------------------------------
-        src = _Src("bucket", heads_r=heads_r, head_addr=l0_head_addr, nodes_r=nodes_r,
-                   xb=idx_bits(W), yb=idx_bits(H), cb=idx_bits(C), nb=nb, packed=packed, fields=(fx, fy, fc))  # fmt: skip
+        # ---- spiking layers, then the decision --------------------------------------------
         busy_all = []
-        dec = None
+        prev = None
         for lp in P.layers:
-            busy, src, d = self._layer(m, lp, src, t, first, go, ro_sel, ro_ports)
-            busy_all.append(busy)
-            dec = d or dec
-        assert dec is not None
+            eng = LayerEngine(P, lp, prev.lp if prev else None)
+            m.submodules[f"layer{lp.index}"] = eng
+            m.d.comb += [eng.go.eq(go), eng.t.eq(t)]
+            wiring.connect(m, enc.lists if prev is None else prev.events_out, eng.events)
+            if P.debug:
+                m.d.comb += eng.readout.eq(ro_sel)
+                ro_ports.update(eng.segments())
+            busy_all.append(eng.busy)
+            prev = eng
+        out = P.layers[-1]
+        dec = Decision(out.lanes, out.groups, P.num_classes, out.potential_bits, tb, T, margin=P.silent_margin)
+        m.submodules.decision = dec
+        wiring.connect(m, prev.words, dec.words)
+        m.d.comb += dec.clear.eq(go & first)
 
         # ---- control -------------------------------------------------------------------
         cycles = Signal(32)
@@ -211,19 +144,13 @@ class Core(Elaboratable):
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [clr.eq(0), self.busy.eq(1), cycles.eq(0)]
+                    m.d.comb += enc.start.eq(1)
+                    m.d.sync += [self.busy.eq(1), cycles.eq(0)]
                     if P.early_exit and P.debug:
                         m.d.sync += early.eq(self.exit_early)
-                    m.next = "CLEAR"
-            with m.State("CLEAR"):
-                m.d.comb += clearing.eq(1)
-                m.d.sync += clr.eq(clr + 1)
-                with m.If(clr == T - 1):
-                    m.d.sync += [ld_n.eq(0), ld_c.eq(0), ld_y.eq(0), ld_x.eq(0)]
                     m.next = "LOAD"
-            with m.State("LOAD"):
-                m.d.comb += [loading.eq(1), self.pix_ready.eq(1)]
-                with m.If(accept & (ld_n == N - 1)):
+            with m.State("LOAD"):  # the encoder clears its buckets, then takes the pixels
+                with m.If(enc.loaded):
                     m.d.sync += t.eq(0)
                     m.next = "GO"
             with m.State("GO"):  # also lets the last pixel's bucket write land
@@ -265,437 +192,3 @@ class Core(Elaboratable):
                          self.dbg_valid.eq(ro.beats.valid), ro.beats.ready.eq(self.dbg_ready),
                          self.dbg_data.eq(ro.beats.payload.data), self.dbg_last.eq(ro.beats.payload.last)]  # fmt: skip
         return m
-
-    # ------------------------------------------------------------------------------------
-    def _layer(self, m: Module, lp: LayerPlan, src: _Src, t: Signal, first: Signal, go: Signal,
-               readout: Signal, ro_ports: dict) -> tuple:  # fmt: skip
-        P = self.plan
-        T, tb = P.T, P.time_bits
-        L, G = lp.lanes, lp.groups
-        PP, Wq = lp.positions, lp.Wq  # output positions per state word, words per output row
-        PL = PP * L  # neurons per state word
-        sb, pb, wb = lp.slope_bits, lp.potential_bits, lp.weight_bits
-        LW = sb + pb + tb
-        HoWq = lp.Ho * Wq  # words per group
-        name = f"l{lp.index}"
-        # state: one memory of (slope, D, time) per neuron; with position pairs two, the slopes
-        # (written by events and integration) and (D, time) (written by integration only): wide
-        # words need no write-data multiplexer between the two kinds of update
-        split = lp.split_state
-        VW = pb + tb
-        if split:
-            sm = Memory(shape=unsigned(PL * sb), depth=lp.words, init=[])
-            m.submodules[f"{name}_slopes"] = sm
-            st = Memory(shape=unsigned(PL * VW), depth=lp.words, init=[])
-        else:
-            st = Memory(shape=unsigned(PL * LW), depth=lp.words, init=[])
-        m.submodules[f"{name}_state"] = st
-        # weights: one memory, or with spike pairs two (the input channels of the entries' low lanes, then of the high lanes)
-        wm_rs = []
-        chans = lp.weight_channels()
-        for k, cs in enumerate(chans):
-            wm = Memory(shape=unsigned(PL * wb), depth=lp.weight_depth(len(cs)), init=lp.weight_words(cs))
-            m.submodules[f"{name}_weights" + (("_lo", "_hi")[k] if len(chans) > 1 else "")] = wm
-            wm_rs.append(wm.read_port())
-        st_w = st.write_port()
-        st_r = st.read_port()
-        eng_addr = Signal(idx_bits(lp.words), name=f"{name}_eng_addr")
-        ro_addr = Signal(idx_bits(lp.words), name=f"{name}_ro_addr")
-        ro_en = Signal(name=f"{name}_ro_en")
-        m.d.comb += [st_r.addr.eq(Mux(readout, ro_addr, eng_addr)), st_r.en.eq(Mux(readout, ro_en, 1))]
-        if split:
-            sm_w, sm_r = sm.write_port(), sm.read_port()
-            m.d.comb += [sm_r.addr.eq(st_r.addr), sm_r.en.eq(st_r.en)]
-        busy = Signal(name=f"{name}_busy")
-
-        # fan-out tables per input row / column: (count, weight-address offset, state-address offset);
-        # columns in state words (with position pairs a word column and a weight column of two positions)
-        fy = fan_out(lp.H, lp.Ho, lp.KH, lp.stride, lp.pad)
-        fx = fan_out_words(lp.W, lp.Wo, lp.KW, lp.stride, lp.pad, PP)
-        KC = lp.kx_cols  # weight columns per kernel row
-        wa_bits, sa_bits = idx_bits(lp.weight_depth(lp.Ci)) + 1, idx_bits(lp.words) + 1
-        ny_t = _table([f.n for f in fy], ubits(lp.KH))
-        nx_t = _table([f.n for f in fx], ubits(lp.KW))
-        wy_t = _table([f.k0 * KC * G for f in fy], wa_bits)
-        wx_t = _table([f.k0 * G for f in fx], wa_bits)
-        sy_t = _table([f.o0 * Wq for f in fy], sa_bits)
-        sx_t = _table([f.o0 for f in fx], sa_bits)
-        KKG = lp.KH * KC * G
-        # position pairs: the word's weight column c; position p uses kernel column c - p, so the
-        # even position adds nothing at c = KW and the odd one nothing at c = 0
-        kxc = Signal(ubits(KC), name=f"{name}_kxc")
-        kxc0 = Signal(ubits(KC), name=f"{name}_kxc0")
-        kc_t = _table([f.k0 for f in fx], ubits(KC))
-        wb_pos = Signal(PP, name=f"{name}_wb_pos")
-        # per weight memory: the address of (entry group, lane within that memory's half)
-        halves = [(0, lp.pair_split), (lp.pair_split, lp.in_lanes)] if lp.pairs else [(0, lp.in_lanes)]
-        gin_ts = [_table([g * (hi - lo) * KKG for g in range(lp.in_groups)], wa_bits) for lo, hi in halves]
-        li_ts = [_table([j * KKG for j in range(hi - lo)], wa_bits) for lo, hi in halves]
-
-        # current event entry
-        Lin = lp.in_lanes
-        e_g = Signal(idx_bits(lp.in_groups), name=f"{name}_e_g")
-        e_y, e_x = Signal(idx_bits(lp.H), name=f"{name}_e_y"), Signal(idx_bits(lp.W), name=f"{name}_e_x")
-        e_mask = Signal(Lin, name=f"{name}_e_mask")
-        e_reach = Signal(name=f"{name}_e_reach")  # the entry reaches some output (its fan-out rows and columns), set on LATCH
-        more = Signal(name=f"{name}_more")
-        ptr = Signal(src.nb if src.kind == "bucket" else 1, name=f"{name}_ptr")
-        idx = Signal(idx_bits(max(2, src.entries + 1)) if src.kind == "bank" else 1, name=f"{name}_idx")
-        # the spike(s) taken next: the lowest set lane of each half of the entry's mask
-        h_masks = [e_mask[lo:hi] for lo, hi in halves]
-        lis = [lowest_set(m, hm, hi - lo, f"{name}_li{k}") for k, (hm, (lo, hi)) in enumerate(zip(h_masks, halves))]
-        # synapse loop
-        ky_i, kx_i = Signal(ubits(lp.KH), name=f"{name}_kyi"), Signal(ubits(lp.KW), name=f"{name}_kxi")
-        n_y, n_x = Signal(ubits(lp.KH), name=f"{name}_ny"), Signal(ubits(lp.KW), name=f"{name}_nx")
-        g = Signal(idx_bits(G), name=f"{name}_g")
-        wa_row, wa_col = Signal(wa_bits, name=f"{name}_wa_row"), Signal(wa_bits, name=f"{name}_wa_col")
-        # with spike pairs the high half's spike: its weight addresses step with wa_row / wa_col
-        wh_row, wh_col = Signal(wa_bits, name=f"{name}_wh_row"), Signal(wa_bits, name=f"{name}_wh_col")
-        use = Signal(len(halves), name=f"{name}_use")  # which halves hold a spike of this pass
-        wb_use = Signal(len(halves), name=f"{name}_wb_use")
-        wa_x0 = Signal(wa_bits, name=f"{name}_wa_x0")
-        sa_row, sa_col, sa_g = (Signal(sa_bits, name=f"{name}_{n}") for n in ("sa_row", "sa_col", "sa_g"))
-        # integration loop over pooling windows
-        k = lp.pool
-        kq = k // PP  # words per window row (a window's positions are whole words: position_pairs_fit)
-        PY, PX = -(-lp.Ho // k), -(-lp.Wo // k)
-        ig = Signal(idx_bits(G), name=f"{name}_ig")
-        py, px = Signal(idx_bits(PY), name=f"{name}_py"), Signal(idx_bits(PX), name=f"{name}_px")
-        dy, dx = Signal(idx_bits(k), name=f"{name}_dy"), Signal(idx_bits(kq), name=f"{name}_dx")
-        pyk, pxk = Signal(ubits(PY * k), name=f"{name}_pyk"), Signal(ubits(PX * kq), name=f"{name}_pxk")
-        gbase, rowb = Signal(sa_bits, name=f"{name}_gbase"), Signal(sa_bits + ubits(k * Wq), name=f"{name}_rowb")
-        dyw_t = _table([d * Wq for d in range(k)], ubits(k * Wq))
-        # window skipping (hidden layers with pooling): one flag per pooling window, "some neuron
-        # of it can still change": set by every event that reaches one of its words, written at
-        # the end of each visit (some lane not fired and slope != 0); a window whose flag is
-        # clear costs one cycle instead of k*k (its neurons keep V: slope 0, or they have fired)
-        skip = P.window_skip and k > 1 and not lp.last
-        NWIN = G * PY * PX
-        flags = Signal(max(1, NWIN), name=f"{name}_flags")
-        widx = Signal(idx_bits(NWIN + 1), name=f"{name}_widx")  # window being visited
-        s_oy, s_ox, s_ox0 = (Signal(idx_bits(max(lp.Ho, lp.Wo)), name=f"{name}_{n}") for n in ("s_oy", "s_ox", "s_ox0"))
-        wb_fidx = Signal.like(widx, name=f"{name}_wb_fidx")  # window of the word an event updates
-        wb_tok = Signal(name=f"{name}_wb_tok")
-        wb_widx = Signal.like(widx, name=f"{name}_wb_widx")
-        # writeback pipeline tags
-        wb_syn, wb_int = Signal(name=f"{name}_wb_syn"), Signal(name=f"{name}_wb_int")
-        wb_addr = Signal(idx_bits(lp.words), name=f"{name}_wb_addr")
-        wb_first, wb_last, wb_pv = Signal(name=f"{name}_wb_first"), Signal(name=f"{name}_wb_last"), Signal(name=f"{name}_wb_pv")
-        wb_g = Signal(idx_bits(G), name=f"{name}_wb_g")
-        wb_py, wb_px = Signal(idx_bits(PY), name=f"{name}_wb_py"), Signal(idx_bits(PX), name=f"{name}_wb_px")
-        m.d.sync += [wb_syn.eq(0), wb_int.eq(0), wb_tok.eq(0), wb_pos.eq(0)]  # wb_pos: 0 outside events
-        adv = Signal(name=f"{name}_adv")  # INTEG: this cycle ends the window (its last word, or a skip)
-        if skip:
-            # the flag of the window visited next cycle, looked up a cycle ahead (off the INTEG
-            # path): this window's or the next one's, as this cycle ends a window or not; the
-            # flags of windows not yet visited do not change while a layer integrates
-            f_this, f_next, adv_q = Signal(name=f"{name}_f_this"), Signal(name=f"{name}_f_next"), Signal(name=f"{name}_adv_q")
-            m.d.sync += [f_this.eq(flags.bit_select(widx, 1)), f_next.eq(flags.bit_select(widx + 1, 1)), adv_q.eq(adv)]
-            flag_cur = Mux(adv_q, f_next, f_this)
-            oy0_t = _table([f.o0 for f in fy], len(s_oy))
-            ox0_t = _table([f.o0 for f in fx], len(s_ox))
-            gw_t = _table([gg * PY * PX for gg in range(G)], len(widx))
-            win_y_t = _table([(o // k) * PX for o in range(lp.Ho)], len(widx))
-            win_x_t = _table([o * PP // k for o in range(Wq)], len(widx))  # by word column
-            with m.If(wb_syn):
-                m.d.sync += flags.bit_select(wb_fidx, 1).eq(1)
-
-        def reaches(y: Value, x: Value) -> Value:  # an input at (y, x) has some output in the kernel's reach
-            return _table([int(f.n != 0) for f in fy], 1)[y] & _table([int(f.n != 0) for f in fx], 1)[x]
-
-        fsm_name = f"{name}_fsm"
-        with m.FSM(name=fsm_name):
-            with m.State("IDLE"):
-                with m.If(go):
-                    m.d.sync += busy.eq(1)
-                    m.next = "START"
-            with m.State("START"):
-                m.d.sync += [ig.eq(0), py.eq(0), px.eq(0), dy.eq(0), dx.eq(0), pyk.eq(0), pxk.eq(0), gbase.eq(0),
-                             rowb.eq(0), widx.eq(0)]  # fmt: skip
-                with m.If(first):
-                    m.next = "INTEG"
-                with m.Else():
-                    if src.kind == "bucket":
-                        m.d.comb += src.head_addr.eq(t - 1)
-                        m.next = "HEAD"
-                    else:
-                        m.d.sync += idx.eq(0)
-                        m.next = "FETCH"
-            if src.kind == "bucket":
-                with m.State("HEAD"):
-                    hd = src.heads_r.data
-                    m.d.sync += [more.eq(hd[src.nb]), ptr.eq(hd[: src.nb])]
-                    m.next = "FETCH"
-                with m.State("FETCH"):
-                    m.d.comb += src.nodes_r.addr.eq(ptr)
-                    with m.If(more):
-                        m.next = "LATCH"
-                    with m.Else():
-                        m.next = "INTEG"
-                with m.State("LATCH"):
-                    nd = src.nodes_r.data
-                    o = 0
-                    fields = []
-                    if src.packed:  # (x, y, c) is the node's own address; it holds the next pointer
-                        for wdt in src.fields:
-                            fields.append(ptr[o : o + wdt] if wdt else Const(0, 1))
-                            o += wdt
-                        fields += [nd[: src.nb], nd[src.nb]]
-                    else:
-                        for wdt in (src.xb, src.yb, src.cb, src.nb, 1):
-                            fields.append(nd[o : o + wdt])
-                            o += wdt
-                    m.d.sync += [e_x.eq(fields[0]), e_y.eq(fields[1]), e_g.eq(fields[2]), e_mask.eq(1),
-                                 ptr.eq(fields[3]), more.eq(fields[4]), e_reach.eq(reaches(fields[1], fields[0]))]  # fmt: skip
-                    m.next = "LANE"
-            else:
-                with m.State("FETCH"):
-                    m.d.comb += src.bank_r.addr.eq(Mux(t[0], 0, src.entries) + idx)
-                    with m.If(idx == src.count):
-                        m.next = "INTEG"
-                    with m.Else():
-                        m.d.sync += idx.eq(idx + 1)
-                        m.next = "LATCH"
-                with m.State("LATCH"):
-                    d = src.bank_r.data
-                    o = 0
-                    fields = []
-                    for wdt in (src.xb, src.yb, src.gb, src.lanes):
-                        fields.append(d[o : o + wdt])
-                        o += wdt
-                    m.d.sync += [e_x.eq(fields[0]), e_y.eq(fields[1]), e_g.eq(fields[2]), e_mask.eq(fields[3]),
-                                 e_reach.eq(reaches(fields[1], fields[0]))]  # fmt: skip
-                    m.next = "LANE"
-            with m.State("LANE"):
-                m.d.sync += e_mask.eq(Cat(*[(hm & (hm - 1))[: len(hm)] for hm in h_masks]))  # the spikes taken now leave
-                ny, nx = ny_t[e_y], nx_t[e_x]
-                with m.If(e_mask == 0):
-                    m.next = "FETCH"
-                with m.Elif(e_reach):
-                    bases = [gin_ts[k][e_g] + li_ts[k][lis[k]] + wy_t[e_y] for k in range(len(halves))]
-                    srow = sy_t[e_y] + sx_t[e_x]
-                    m.d.sync += [wa_row.eq(bases[0]), wa_col.eq(bases[0] + wx_t[e_x]), wa_x0.eq(wx_t[e_x]), sa_row.eq(srow), sa_col.eq(srow),
-                                 sa_g.eq(srow), ky_i.eq(0), kx_i.eq(0), g.eq(0), n_y.eq(ny), n_x.eq(nx),
-                                 use.eq(Cat(*[hm != 0 for hm in h_masks]))]  # fmt: skip
-                    if lp.pairs:
-                        m.d.sync += [wh_row.eq(bases[1]), wh_col.eq(bases[1] + wx_t[e_x])]
-                    if skip:
-                        m.d.sync += [s_oy.eq(oy0_t[e_y]), s_ox.eq(ox0_t[e_x]), s_ox0.eq(ox0_t[e_x])]
-                    if PP > 1:
-                        m.d.sync += [kxc.eq(kc_t[e_x]), kxc0.eq(kc_t[e_x])]
-                    m.next = "SYN"
-            with m.State("SYN"):
-                m.d.comb += [wm_rs[0].addr.eq(wa_col + g), eng_addr.eq(sa_g)]
-                if lp.pairs:
-                    m.d.comb += wm_rs[1].addr.eq(wh_col + g)
-                m.d.sync += [wb_syn.eq(1), wb_addr.eq(sa_g), wb_use.eq(use)]
-                if PP > 1:
-                    m.d.sync += wb_pos.eq(Cat(kxc != lp.KW, kxc != 0))
-                if skip:
-                    m.d.sync += wb_fidx.eq(gw_t[g] + win_y_t[s_oy] + win_x_t[s_ox])
-                s = lp.stride
-                with m.If(g != G - 1):
-                    m.d.sync += [g.eq(g + 1), sa_g.eq(sa_g + HoWq)]
-                with m.Else():
-                    m.d.sync += g.eq(0)
-                    with m.If(kx_i != n_x - 1):
-                        cs = s * PP * G  # next word column: the weight column moves by stride x positions
-                        m.d.sync += [kx_i.eq(kx_i + 1), wa_col.eq(wa_col + cs), sa_col.eq(sa_col - 1), sa_g.eq(sa_col - 1)]
-                        if lp.pairs:
-                            m.d.sync += wh_col.eq(wh_col + cs)
-                        if PP > 1:
-                            m.d.sync += kxc.eq(kxc + PP)
-                        if skip:
-                            m.d.sync += s_ox.eq(s_ox - 1)
-                    with m.Else():
-                        m.d.sync += kx_i.eq(0)
-                        with m.If(ky_i != n_y - 1):
-                            wr = wa_row + s * KC * G
-                            sr = sa_row - Wq
-                            m.d.sync += [ky_i.eq(ky_i + 1), wa_row.eq(wr), wa_col.eq(wr + wa_x0),
-                                         sa_row.eq(sr), sa_col.eq(sr), sa_g.eq(sr)]  # fmt: skip
-                            if PP > 1:
-                                m.d.sync += kxc.eq(kxc0)
-                            if lp.pairs:
-                                wr_h = wh_row + s * KC * G
-                                m.d.sync += [wh_row.eq(wr_h), wh_col.eq(wr_h + wa_x0)]
-                            if skip:
-                                m.d.sync += [s_oy.eq(s_oy - 1), s_ox.eq(s_ox0)]
-                        with m.Else():
-                            m.next = "LANE"
-            with m.State("INTEG"):
-                oy, ox = pyk + dy, pxk + dx
-                addr = rowb + dyw_t[dy] + ox
-                valid = Const(1, 1)
-                if PY * k != lp.Ho:
-                    valid = valid & (oy < lp.Ho)
-                if PX * kq != Wq:
-                    valid = valid & (ox < Wq)
-                m.d.sync += [wb_addr.eq(addr), wb_first.eq((dy == 0) & (dx == 0)), wb_last.eq((dy == k - 1) & (dx == kq - 1)),
-                             wb_pv.eq((py < lp.Hp) & (px < lp.Wp)), wb_g.eq(ig), wb_py.eq(py), wb_px.eq(px)]  # fmt: skip
-                idle = Const(0, 1)
-                if skip:
-                    idle = (dy == 0) & (dx == 0) & ~first & ~flag_cur
-                    m.d.sync += wb_widx.eq(widx)
-                    with m.If(adv):
-                        m.d.sync += widx.eq(widx + 1)
-                with m.If(idle):
-                    m.d.comb += adv.eq(1)
-                with m.Else():
-                    m.d.comb += eng_addr.eq(addr)
-                    m.d.sync += [wb_int.eq(valid), wb_tok.eq(1)]
-                    with m.If(dx != kq - 1):
-                        m.d.sync += dx.eq(dx + 1)
-                    with m.Else():
-                        m.d.sync += dx.eq(0)
-                        with m.If(dy != k - 1):
-                            m.d.sync += dy.eq(dy + 1)
-                        with m.Else():
-                            m.d.sync += dy.eq(0)
-                            m.d.comb += adv.eq(1)
-                with m.If(adv):
-                    with m.If(px != PX - 1):
-                        m.d.sync += [px.eq(px + 1), pxk.eq(pxk + kq)]
-                    with m.Else():
-                        m.d.sync += [px.eq(0), pxk.eq(0)]
-                        with m.If(py != PY - 1):
-                            m.d.sync += [py.eq(py + 1), pyk.eq(pyk + k), rowb.eq(rowb + k * Wq)]
-                        with m.Else():
-                            m.d.sync += [py.eq(0), pyk.eq(0)]
-                            with m.If(ig != G - 1):
-                                m.d.sync += [ig.eq(ig + 1), gbase.eq(gbase + HoWq), rowb.eq(gbase + HoWq)]
-                            with m.Else():
-                                m.next = "DRAIN"
-            with m.State("DRAIN"):  # the last writeback lands this cycle
-                m.next = "DRAIN2"
-            with m.State("DRAIN2"):  # and its pooling window's event
-                m.d.sync += busy.eq(0)
-                m.next = "IDLE"
-
-        # ---- writeback -----------------------------------------------------------------
-        word = st_r.data
-        wwords = [r.data for r in wm_rs]
-        valid_masks = _table([sum(1 << j for j in range(L) if gg * L + j < lp.Co) for gg in range(G)], L)
-        def lane_words(per_channel) -> Array:  # one pb-bit field per lane, a word per group
-            return _table([sum((int(per_channel[gg * L + j]) & ((1 << pb) - 1)) << (j * pb)
-                               for j in range(L) if gg * L + j < lp.Co) for gg in range(G)], L * pb)  # fmt: skip
-
-        thr_t = lane_words(lp.thresholds)
-        thr_w = Signal(L * pb, name=f"{name}_thr")
-        m.d.comb += thr_w.eq(thr_t[wb_g])
-        # the state's potential field holds D = V - threshold: -threshold before the first step
-        d0_t = lane_words(-lp.thresholds)
-        d0_w = Signal(L * pb, name=f"{name}_d0")
-        m.d.comb += d0_w.eq(d0_t[wb_g])
-        vmask = Signal(L, name=f"{name}_vmask")
-        m.d.comb += vmask.eq(valid_masks[wb_g])
-        syn_word, int_word = [], []
-        fire = Signal(PL, name=f"{name}_fire")  # per neuron of the word: position-major (p * L + lane)
-        prev = Signal(PL, name=f"{name}_prev")
-        vs, lives = [], []
-        for q in range(PL):  # neuron q of the word read last cycle (zeros and "silent" at step 0)
-            pos, j = divmod(q, L)
-            s_f = sm_r.data[q * sb : (q + 1) * sb] if split else word[q * LW : q * LW + sb]
-            vt_f = word[q * VW : (q + 1) * VW] if split else word[q * LW + sb : (q + 1) * LW]  # (D, time)
-            s_j = Signal(signed(sb), name=f"{name}_s{q}")
-            tm_j = Signal(tb, name=f"{name}_t{q}")
-            m.d.comb += [s_j.eq(Mux(first, 0, s_f.as_signed())), tm_j.eq(Mux(first, T, vt_f[pb:]))]
-            p_j = Mux(first, d0_w[j * pb : (j + 1) * pb].as_signed(), vt_f[:pb].as_signed())
-            # this event's weight, or with spike pairs the sum of the two halves' (a half without a spike: 0)
-            ws_j = [Mux(ww[q], 1, -1) if wb == 1 else ww[q * wb : (q + 1) * wb].as_signed() for ww in wwords]
-            w_j = ws_j[0] if not lp.pairs else Mux(wb_use[0], ws_j[0], 0) + Mux(wb_use[1], ws_j[1], 0)
-            if PP > 1:  # a position outside the kernel adds nothing (binary weights have no 0); nor does integration
-                w_j = Mux(wb_pos[pos], w_j, 0)
-            ns = Signal(signed(sb), name=f"{name}_ns{q}")
-            m.d.comb += ns.eq(s_j + w_j)
-            syn_word.append(ns if split else Cat(ns, vt_f))  # event: slope += weight
-            v = Signal(signed(pb), name=f"{name}_d{q}")  # V - threshold after this step
-            m.d.comb += v.eq(p_j + s_j)
-            vs.append(v)
-            m.d.comb += [fire[q].eq(vmask[j] & ~v[pb - 1] & (tm_j == T)), prev[q].eq(tm_j != T)]  # V >= threshold
-            lives.append(vmask[j] & (tm_j == T) & (s_j != 0))  # not fired before, V moves (and not firing now: below)
-            vt_new = Cat(v, Mux(fire[q], t, tm_j))
-            int_word.append(vt_new if split else Cat(s_j, vt_new))  # integration: V += slope, first crossing
-        if split:  # slopes: events add the weight, integration writes them back (0 at step 0: w is 0 then)
-            m.d.comb += [sm_w.addr.eq(wb_addr), sm_w.data.eq(Cat(*syn_word)), sm_w.en.eq(wb_syn | wb_int),
-                         st_w.addr.eq(wb_addr), st_w.data.eq(Cat(*int_word)), st_w.en.eq(wb_int)]  # fmt: skip
-        else:
-            with m.If(wb_syn):
-                m.d.comb += [st_w.addr.eq(wb_addr), st_w.data.eq(Cat(*syn_word)), st_w.en.eq(1)]
-            with m.Elif(wb_int):
-                m.d.comb += [st_w.addr.eq(wb_addr), st_w.data.eq(Cat(*int_word)), st_w.en.eq(1)]
-
-        # pooling window, one cycle after the writeback (a register stage: the state read, the
-        # add and the threshold compare are one path, the pooling and the event write another):
-        # some lane fires now and none of the window fired before
-        pl_int, pl_first, pl_last, pl_pv = (Signal(name=f"{name}_pl_{n}") for n in ("int", "first", "last", "pv"))
-        pl_fire_q, pl_prev_q = Signal(PL, name=f"{name}_pl_fire_q"), Signal(PL, name=f"{name}_pl_prev_q")
-        pl_g, pl_py, pl_px = Signal.like(wb_g, name=f"{name}_pl_g"), Signal.like(wb_py, name=f"{name}_pl_py"), Signal.like(wb_px, name=f"{name}_pl_px")
-        m.d.sync += [pl_int.eq(wb_int), pl_first.eq(wb_first), pl_last.eq(wb_last), pl_pv.eq(wb_pv), pl_fire_q.eq(fire),
-                     pl_prev_q.eq(prev), pl_g.eq(wb_g), pl_py.eq(wb_py), pl_px.eq(wb_px)]  # fmt: skip
-
-        def by_lane(v: Signal) -> Signal:  # per lane: some position of the word (both in the same pooling window)
-            out = v[:L]
-            for pos in range(1, PP):
-                out = out | v[pos * L : (pos + 1) * L]
-            return out
-
-        pl_fire, pl_prev = by_lane(pl_fire_q), by_lane(pl_prev_q)
-        if skip:  # the window's flag after its visit: some valid word of it has a live lane
-            pl_tok, pl_lives = Signal(name=f"{name}_pl_tok"), Signal(PL, name=f"{name}_pl_lives")
-            pl_widx = Signal.like(widx, name=f"{name}_pl_widx")
-            win_live, cur_live = Signal(name=f"{name}_win_live"), Signal(name=f"{name}_cur_live")
-            m.d.sync += [pl_tok.eq(wb_tok), pl_lives.eq(Mux(wb_int, Cat(*lives), 0)), pl_widx.eq(wb_widx)]
-            pl_live = (pl_lives & ~pl_fire_q).any()  # a neuron that can still cross and did not fire now
-            m.d.comb += cur_live.eq(Mux(pl_first, pl_live, win_live | pl_live))
-            with m.If(pl_tok):
-                m.d.sync += win_live.eq(cur_live)
-                with m.If(pl_last):
-                    m.d.sync += flags.bit_select(pl_widx, 1).eq(cur_live)
-        win_f, win_p = Signal(L, name=f"{name}_win_f"), Signal(L, name=f"{name}_win_p")
-        cur_f, cur_p = Signal(L, name=f"{name}_cur_f"), Signal(L, name=f"{name}_cur_p")
-        m.d.comb += [cur_f.eq(Mux(pl_first, pl_fire, win_f | pl_fire)), cur_p.eq(Mux(pl_first, pl_prev, win_p | pl_prev))]
-        with m.If(pl_int):
-            m.d.sync += [win_f.eq(cur_f), win_p.eq(cur_p)]
-        newp = Signal(L, name=f"{name}_newp")
-        m.d.comb += newp.eq(Mux(pl_int & pl_last & pl_pv, cur_f & ~cur_p, 0))
-        emit = pl_int & pl_last & pl_pv
-
-        if P.debug:
-            sw, so = (VW, pb) if split else (LW, sb + pb)  # a lane's width in the state word, its time's offset
-            ro_ports[f"layer{lp.index}"] = Segment((st_r, ro_addr, ro_en), L, G, lp.Co, lp.Ho * lp.Wo, sw, so, tb, False, positions=PP)
-            if lp.pool_index is not None:  # a pooled time is its window's earliest spike: read from the state
-                ro_ports[f"layer{lp.pool_index}"] = Segment((st_r, ro_addr, ro_en), L, G, lp.Co, lp.Hp * lp.Wp * k * kq, sw, so, tb,
-                                                         False, positions=PP, window=(k, Wq, lp.Ho, lp.Hp, lp.Wp))  # fmt: skip
-
-        # ---- outputs: next layer's event bank, or the decision ------------------------------
-        dec = None
-        nsrc = None
-        if not lp.last:
-            E = lp.entries_per_step
-            xb, yb, gb = idx_bits(lp.Wp), idx_bits(lp.Hp), idx_bits(G)
-            bank = Memory(shape=unsigned(xb + yb + gb + L), depth=2 * E, init=[])
-            m.submodules[f"{name}_events"] = bank
-            bw = bank.write_port()
-            br = bank.read_port()
-            cnt_cur = Signal(idx_bits(E + 1), name=f"{name}_cnt_cur")
-            cnt_prev = Signal(idx_bits(E + 1), name=f"{name}_cnt_prev")
-            with m.If(go):
-                m.d.sync += [cnt_prev.eq(Mux(first, 0, cnt_cur)), cnt_cur.eq(0)]
-            with m.Elif(emit & (newp != 0)):
-                m.d.sync += cnt_cur.eq(cnt_cur + 1)
-            m.d.comb += [bw.addr.eq(Mux(t[0], E, 0) + cnt_cur), bw.data.eq(Cat(pl_px[:xb], pl_py[:yb], pl_g[:gb], newp)),
-                         bw.en.eq(emit & (newp != 0))]  # fmt: skip
-            nsrc = _Src("bank", bank_r=br, count=cnt_prev, entries=E, xb=xb, yb=yb, gb=gb, lanes=L)
-        else:
-            dec = Decision(L, G, P.num_classes, pb, tb, T, margin=P.silent_margin)
-            m.submodules.decision = dec
-            m.d.comb += [dec.clear.eq(go & first), dec.words.valid.eq(wb_int), dec.words.payload.group.eq(wb_g),
-                         dec.words.payload.t.eq(t), dec.words.payload.fire.eq(fire), dec.words.payload.valid.eq(vmask),
-                         *[dec.words.payload.dist[j].eq(vs[j]) for j in range(L)],
-                         *[dec.words.payload.thr[j].eq(thr_w[j * pb : (j + 1) * pb].as_signed()) for j in range(L)]]  # fmt: skip
-            if P.debug:
-                # V(T-1) = D + threshold: the readout adds the word's thresholds back
-                assert not split
-                ro_ports["v_last"] = Segment((st_r, ro_addr, ro_en), L, G, lp.Co, 1, LW, sb, pb, True, (thr_t, pb))
-        return busy, nsrc, dec

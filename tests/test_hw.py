@@ -290,6 +290,176 @@ def test_decision_unit_equals_the_rule(seed: int, lanes: int, classes: int, marg
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), lanes=st.integers(1, 4), positions=st.sampled_from([1, 2]))
+def test_layer_engine_alone_equals_golden(seed: int, lanes: int, positions: int) -> None:
+    """One hidden layer's engine alone, fed its input entries step by step from a memory (the
+    golden model's spikes of the layer before it, grouped into entries as that layer's engine
+    emits them): the entries it emits for the next layer at every step (as sets: their order
+    within a step is the engine's) and, at the end, every neuron's spike time in its state,
+    read through the readout port, equal the golden model's."""
+    from amaranth.hdl import Module, Signal, unsigned
+    from amaranth.lib.memory import Memory
+    from amaranth.sim import Simulator
+
+    from firstspike.hw.core import _table
+    from firstspike.hw.layer import LayerEngine
+
+    rng = np.random.default_rng(seed)
+    while True:  # a network with a hidden layer fed by another layer's entries
+        tables = random_tables(rng, max_layers=2, max_channels=6, in_channels=int(rng.integers(1, 3)))
+        plan = plan_core(tables, lanes=lanes, debug=True, positions=positions)
+        if len(plan.layers) >= 3:
+            break
+    src, lp = plan.layers[0], plan.layers[1]
+    T, L, PP = tables.T, lp.lanes, lp.positions
+    image = random_images(rng, 1, tables.input_shape)
+    times = GoldenModel(tables).run(image).layer_times
+    t_in = times[lp.index][0]  # (Ci, H, W): the spikes of the layer before (after its pooling)
+    t_out = times[(lp.pool_index if lp.pool_index is not None else lp.index) + 1][0]  # what this layer emits
+    t_neur = times[lp.index + 1][0]  # every neuron of this layer
+
+    def entries(tt: np.ndarray, lanes_: int, groups: int, step: int) -> set:
+        return {(g, y, x, sum(1 << j for j in range(lanes_) if g * lanes_ + j < tt.shape[0] and tt[g * lanes_ + j, y, x] == step))
+                for g in range(groups) for y in range(tt.shape[1]) for x in range(tt.shape[2])
+                if any(g * lanes_ + j < tt.shape[0] and tt[g * lanes_ + j, y, x] == step for j in range(lanes_))}  # fmt: skip
+
+    # the input: every step's entries in a memory, E_in per step
+    E = src.entries_per_step
+    xb, yb, gb = (len(f) for f in (Signal(range(max(2, src.Wp))), Signal(range(max(2, src.Hp))), Signal(range(max(2, src.groups)))))
+    words, counts = [0] * (T * E), []
+    for s in range(T):
+        es = sorted(entries(t_in, src.lanes, src.groups, s))
+        counts.append(len(es))
+        for i, (g, y, x, mask) in enumerate(es):
+            words[s * E + i] = x | y << xb | g << (xb + yb) | mask << (xb + yb + gb)
+    m = Module()
+    eng = LayerEngine(plan, lp, src)
+    m.submodules.eng = eng
+    mem = Memory(shape=unsigned(xb + yb + gb + src.lanes), depth=T * E, init=words)
+    m.submodules.mem = mem
+    rp = mem.read_port()
+    t = Signal(range(T + 1))
+    cnt = _table(counts, len(eng.events.count))
+    m.d.comb += [eng.t.eq(t), rp.addr.eq((t - 1) * E + eng.events.addr), eng.events.data.as_value().eq(rp.data),
+                 eng.events.count.eq(cnt[t - 1])]  # fmt: skip
+    got_entries: dict[int, set] = {}
+    got_times = np.full_like(t_neur, -1)
+
+    async def bench(ctx) -> None:
+        for s in range(T):
+            ctx.set(t, s)
+            ctx.set(eng.go, 1)
+            await ctx.tick()
+            ctx.set(eng.go, 0)
+            n = 0
+            while ctx.get(eng.busy):
+                await ctx.tick()
+                n += 1
+                assert n < 100_000
+            if s > 0:  # the entries of step s - 1 (the bank the next layer reads during step s)
+                got = set()
+                for i in range(ctx.get(eng.events_out.count)):
+                    ctx.set(eng.events_out.addr, i)
+                    await ctx.tick()
+                    d = eng.events_out.data
+                    got.add((ctx.get(d.g), ctx.get(d.y), ctx.get(d.x), ctx.get(d.mask)))
+                got_entries[s - 1] = got
+        seg = eng.segments()[f"layer{lp.index}"]
+        ctx.set(eng.readout, 1)
+        ctx.set(eng.ro_en, 1)
+        for a in range(lp.words):
+            ctx.set(eng.ro_addr, a)
+            await ctx.tick()
+            w = ctx.get(eng.state)
+            g, rest = divmod(a, lp.Ho * lp.Wq)
+            y, xq = divmod(rest, lp.Wq)
+            for q in range(PP * L):
+                pos, j = divmod(q, L)
+                if g * L + j < lp.Co:
+                    got_times[g * L + j, y, xq * PP + pos] = (w >> (q * seg.LW + seg.off)) & ((1 << seg.bits) - 1)
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    for s in range(T - 1):
+        assert got_entries[s] == entries(t_out, L, lp.groups, s), f"step {s}"
+    np.testing.assert_array_equal(got_times, t_neur)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), channels=st.integers(1, 3), time_input=st.booleans(), stalls=st.booleans())
+def test_input_encoder_lists_every_spiking_pixel_once(seed: int, channels: int, time_input: bool, stalls: bool) -> None:
+    """The input encoder alone, two images in a row (the second must not see the first's
+    events): after ``loaded``, walking bucket t's list (head, then node by node) gives exactly
+    the pixels whose spike time is t, each once, with their (c, y, x); the kept spike times
+    are the table's (or the beat's own time); no pixel is taken while the buckets clear."""
+    from amaranth.sim import Simulator
+
+    from firstspike.hw.encoder import InputEncoder
+
+    rng = np.random.default_rng(seed)
+    tables = random_tables(rng, in_channels=channels, T=int(rng.integers(2, 40)))
+    plan = plan_core(tables, lanes=1, debug=True)
+    T, (C, H, W) = tables.T, tables.input_shape
+    dut = InputEncoder(plan, time_input=time_input)
+    lut = np.asarray(plan.input_table)
+    images = [random_images(rng, 1, tables.input_shape)[0].reshape(-1) for _ in range(2)]
+    got: list[tuple[dict, list]] = []
+
+    async def bench(ctx) -> None:
+        for img in images:
+            flags = rng.random(img.size) < (0.5 if time_input else 0.0)
+            beats = np.where(flags, rng.integers(0, T + 3, img.size), img)  # a time >= T: silent
+            want_t = np.where(flags, np.minimum(beats, T), lut[img])
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            n, cycles, loaded = 0, 0, 0
+            while n < img.size:
+                stall = stalls and rng.random() < 0.3
+                ctx.set(dut.pixels.valid, int(not stall))
+                ctx.set(dut.pixels.payload.data, int(beats[n]))
+                ctx.set(dut.pixels.payload.time, int(flags[n]))
+                taken = ctx.get(dut.pixels.ready) and not stall
+                loaded += ctx.get(dut.loaded)
+                assert cycles >= T or not ctx.get(dut.pixels.ready)  # the T buckets clear first
+                await ctx.tick()
+                n, cycles = n + int(taken), cycles + 1
+            ctx.set(dut.pixels.valid, 0)
+            assert loaded == 1  # with the last pixel, once
+            await ctx.tick()  # the last bucket write lands
+            lists = {}
+            for t in range(T):
+                ctx.set(dut.lists.head_addr, t)
+                await ctx.tick()
+                ptr, more, lst = ctx.get(dut.lists.head.ptr), ctx.get(dut.lists.head.valid), []
+                while more and len(lst) <= img.size:
+                    ctx.set(dut.lists.node_addr, ptr)
+                    await ctx.tick()
+                    lst.append((ctx.get(dut.lists.node.c), ctx.get(dut.lists.node.y), ctx.get(dut.lists.node.x)))
+                    ptr, more = ctx.get(dut.lists.node.next), ctx.get(dut.lists.node.more)
+                lists[t] = lst
+            kept = []
+            ctx.set(dut.times_en, 1)
+            for i in range(img.size):
+                ctx.set(dut.times_addr, i)
+                await ctx.tick()
+                kept.append(ctx.get(dut.times))
+            got.append((lists, kept, want_t))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    for lists, kept, want_t in got:
+        cyx = [(c, y, x) for c in range(C) for y in range(H) for x in range(W)]
+        for t in range(T):
+            assert sorted(lists[t]) == sorted(p for p, tt in zip(cyx, want_t) if tt == t)
+        assert kept == [int(v) for v in want_t]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), positions=st.sampled_from([1, 2]), k=st.integers(1, 3), stalls=st.booleans())
 def test_readout_component_streams_every_segment(seed: int, positions: int, k: int, stalls: bool) -> None:
     """The readout component alone, on memories of random words: a plain segment (signed
