@@ -74,25 +74,26 @@ def main() -> None:
 
         spikes = bool(r["spikes"])  # plain requests exit early; with the readout, CLASSIFY_SPIKES runs full windows
         pos = int(r.get("positions", 1))
-        sk = (tables_sha256(tables), lanes, r["uart_divisor"], spikes, pos)
+        rr = bool(r.get("read_reg", False))
+        sk = (tables_sha256(tables), lanes, r["uart_divisor"], spikes, pos, rr)
         if sk not in shared:
             golden = GoldenModel(tables)
-            work = plan_core(tables, lanes=lanes, debug=False, positions=pos).work(golden.run(test.head(20).images).layer_times)
+            work = plan_core(tables, lanes=lanes, debug=False, positions=pos, read_reg=rr).work(golden.run(test.head(20).images).layer_times)
             est = float(work["cycle_bound_concurrent"].mean()) * 1.1  # a guess of cycles/image to size the runs
             n_rtl = int(max(10, min(args.cycles_images, args.max_cycles / est)))
             n_virt = int(max(4, min(args.virtual_images, args.max_cycles / 4 / est)))
             sub = test.head(n_rtl)
             rep = verify(tables, sub.images, sub.labels, sim="verilator", jobs=2, lanes=lanes,
-                         build_root=ROOT / "build" / "sim", progress=False, positions=pos)  # fmt: skip
+                         build_root=ROOT / "build" / "sim", progress=False, positions=pos, read_reg=rr)  # fmt: skip
             # the board's core exits early on plain requests: its cycles (and classes) from that core
             eb = rtl_build(tables, lanes=lanes, debug=False, early_exit=True, build_root=ROOT / "build" / "sim",
-                           max_images=n_rtl, positions=pos)  # fmt: skip
+                           max_images=n_rtl, positions=pos, read_reg=rr)  # fmt: skip
             er = run_images(eb, sub.images)
             cycles, early_mm = er.cycles, int((er.classes != golden.classify(sub.images)).sum())
             vsub = test.head(n_virt)
             # the virtual board at this board's UART divisor: its exchanges take the real board's cycles
             with VirtualBoard(tables, lanes=lanes, build_root=ROOT / "build" / "virtual", divisor=r["uart_divisor"],
-                              spikes=spikes, positions=pos) as vb, \
+                              spikes=spikes, positions=pos, read_reg=rr) as vb, \
                     BoardRuntime(vb.port, timeout=120) as rt:  # fmt: skip
                 vres = rt.run(vsub.images, tables=tables)  # compact frames where the model allows them (T <= 128)
                 spk = rt.run(vsub.images[:1], spikes=True, tables=tables) if spikes else None
@@ -128,7 +129,7 @@ def main() -> None:
         runs.append({
             "board": board, "device": r["device"], "model": tables.name, "checkpoint": repo_path(model), "lanes": lanes, "T": tables.T,
             "resources": r["resources"], "fmax_mhz": r["fmax_mhz"], "clock_mhz": clk / 1e6,
-            "board_clock_mhz": r.get("board_clock_mhz"), "spikes": r.get("spikes"), "positions": pos, **sh,
+            "board_clock_mhz": r.get("board_clock_mhz"), "spikes": r.get("spikes"), "positions": pos, "read_reg": rr, **sh,
             "images_per_s_at_fmax": fmax / per_image if fmax else None,
             "images_per_s_at_board_clock": clk / per_image,
             "images_per_s_over_uart": 1 / (uart_s + per_image / clk), "baud": r["baud"],

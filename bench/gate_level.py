@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--families", default="ice40,ecp5")
     ap.add_argument("--lanes", type=int, default=2)
     ap.add_argument("--positions", type=int, default=1, choices=[1, 2], help="output positions per state word")
+    ap.add_argument("--read-reg", action="store_true", help="registered state reads (the icebreaker's core)")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
 
@@ -57,13 +58,13 @@ def main() -> None:
     chunk = max(1, -(-args.images // args.jobs))
     t0 = time.perf_counter()
     ref = rtl.verify(tables, images, labels, sim="verilator", jobs=args.jobs, lanes=args.lanes, chunk=chunk,
-                     build_root=build_root, positions=args.positions)  # fmt: skip
+                     build_root=build_root, positions=args.positions, read_reg=args.read_reg)  # fmt: skip
     rtl_s = time.perf_counter() - t0
     rows = []
     for fam in args.families.split(","):
         t0 = time.perf_counter()
         rep = rtl.verify(tables, images, labels, sim="verilator", jobs=args.jobs, lanes=args.lanes, chunk=chunk,
-                         build_root=build_root, gate_level=fam, positions=args.positions)  # fmt: skip
+                         build_root=build_root, gate_level=fam, positions=args.positions, read_reg=args.read_reg)  # fmt: skip
         netlist = (rep.build_dir / "src" / f"gl_{fam}.v").read_text()
         d = rep.as_dict()
         d.update(model=model, dataset=args.dataset, family=fam, T=tables.T, total_mismatches=rep.total_mismatches,
@@ -75,10 +76,10 @@ def main() -> None:
         rows.append(d)
     old = json.loads((RESULTS / "gate_level.json").read_text()).get("runs", []) if (RESULTS / "gate_level.json").exists() else []
     def key(r: dict) -> tuple:
-        return r["model"], r["family"], r["lanes"], r.get("positions", 1)
+        return r["model"], r["family"], r["lanes"], r.get("positions", 1), r.get("read_reg", False)
 
     for r in rows:
-        r["positions"] = args.positions
+        r["positions"], r["read_reg"] = args.positions, args.read_reg
     keys = {key(r) for r in rows}
     runs = [r for r in old if key(r) not in keys] + rows
     write_result("gate_level", {"runs": runs})

@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--lanes", type=int, default=64)
     ap.add_argument("--positions", type=int, default=1, choices=[1, 2], help="output positions per state word (plan_core)")
+    ap.add_argument("--read-reg", action="store_true", help="registered state reads (plan_core; the icebreaker's core)")
     ap.add_argument("--sim", default="verilator", choices=["verilator", "icarus"])
     ap.add_argument("--name", default="rtl_regression")
     args = ap.parse_args()
@@ -54,11 +55,11 @@ def main() -> None:
     tables = load(args.model) if is_fsm else quantize_checkpoint(args.model)[0]
     test = load_split(args.dataset, "test").head(args.images)
     rep = verify(tables, test.images, test.labels, sim=args.sim, jobs=args.jobs, lanes=args.lanes,
-                 build_root=ROOT / "build" / "sim", positions=args.positions)  # fmt: skip
+                 build_root=ROOT / "build" / "sim", positions=args.positions, read_reg=args.read_reg)  # fmt: skip
     d = rep.as_dict()
     log.info("%s", d)
     # the lower bound per image, from the golden model's spike times
-    plan = plan_core(tables, lanes=args.lanes, positions=args.positions)
+    plan = plan_core(tables, lanes=args.lanes, positions=args.positions, read_reg=args.read_reg)
     times = GoldenModel(tables).run(test.images[:, None]).layer_times
     work = plan.work(times)
     bound = work["cycle_bound"]
@@ -68,7 +69,7 @@ def main() -> None:
     sim_cycles = float(rep.cycles.sum())
     d.update({
         "model": repo_path(args.model),
-        "dataset": args.dataset, "jobs": args.jobs, "positions": args.positions,
+        "dataset": args.dataset, "jobs": args.jobs, "positions": args.positions, "read_reg": args.read_reg,
         "total_mismatches": rep.total_mismatches,
         "bound_mean": float(bound.mean()), "bound_p99": float(np.percentile(bound, 99)),
         "ratio_mean": float(ratio.mean()), "ratio_p99": float(np.percentile(ratio, 99)), "ratio_max": float(ratio.max()),

@@ -48,6 +48,8 @@ class Board:
     lanes: int = 2  # default lanes (--lanes): the most that meet the default core clock with the csnn model
     spikes: bool = True  # spike readout built in by default (the UP5K's 30 EBR leave no room for its memories)
     positions: int = 1  # default output positions per state word (--positions; plan_core)
+    read_reg: bool = False  # registered state reads (plan_core read_reg): one more pipeline stage for clock
+    pnr_seeds: tuple[int | None, ...] = (None,)  # nextpnr placement seeds (None: its default), tried in turn while the core clock is missed
     program_args: tuple[str, ...] = ()  # programmer arguments before the bitstream (`deploy`)
 
     @property
@@ -63,10 +65,11 @@ class Board:
 
 
 BOARDS = {
-    # the iCE40 core reaches 27 MHz (its integration path: block RAM read, add, threshold compare):
-    # the default 24 MHz comes from the PLL (SB_PLL40_PAD, 12 x 64 / 32)
+    # with registered state reads (read_reg) the iCE40 core of csnn_ice40 at 2 lanes reaches 31.2 MHz when
+    # built for 30 (29.3 without them): the default 30 MHz comes from the PLL (SB_PLL40_PAD, 12 x 80 / 32)
     "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "amaranth_boards.icebreaker.ICEBreakerPlatform", 12e6, 2, "iceprog",
-                        30 * 4096, 5280, core_clock_hz=24e6, spikes=False),
+                        30 * 4096, 5280, core_clock_hz=30e6, spikes=False, read_reg=True,
+                        pnr_seeds=(None, 1, 2)),
     # csnn at 64 lanes (speed grade 6): Fmax 52.4-53.5 MHz when built for 50 MHz: the ULX3S runs it at
     # 50 MHz from its 25 MHz (PLL: 25 x 2; 3 Mbaud = 16 2/3 cycles a bit, the UART's fractional bit
     # timing); the OrangeCrab (speed grade 8, Fmax 72.2 MHz when built for 60) at 66 MHz from its
@@ -95,7 +98,7 @@ class BoardTop(Elaboratable):
     """The core behind the UART link; LEDs: busy, then the last class's low bits."""
 
     def __init__(self, tables: ModelTables, board: Board, lanes: int, baud: int = P.DEFAULT_BAUD,
-                 clock_mhz: float | None = None, spikes: bool = True, positions: int = 1):  # fmt: skip
+                 clock_mhz: float | None = None, spikes: bool = True, positions: int = 1, read_reg: bool = False):  # fmt: skip
         self._MustUse__silence = True  # a top refused here is never elaborated: no "unused" warning
         self.clock_hz, self.pll = core_clock(board, clock_mhz)  # the core clock: the board's, or a PLL's
         # UART bit time in core clock cycles, exact (PLL clocks are ratios of small integers):
@@ -109,7 +112,7 @@ class BoardTop(Elaboratable):
                              f"{self.clock_hz / 1e6:g} MHz core clock a bit; the UART needs at least {MIN_DIVISOR}: "
                              f"use {hint}, or a --clock-mhz of at least {MIN_DIVISOR * baud / 1e6:g} "
                              "(the host must use the same baud rate)")  # fmt: skip
-        self.plan = board_plan(tables, lanes, spikes, positions)
+        self.plan = board_plan(tables, lanes, spikes, positions, read_reg)
         self.board = board
         self.baud = baud
         self.hash = model_hash(tables)
@@ -174,14 +177,15 @@ def _utilisation(report: dict, family: str) -> dict:
 
 def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out_dir: str | os.PathLike = "build/boards",
           lanes: int | None = None, baud: int = P.DEFAULT_BAUD, clock_mhz: float | None = None,
-          spikes: bool | None = None, positions: int | None = None) -> dict:  # fmt: skip
+          spikes: bool | None = None, positions: int | None = None, read_reg: bool | None = None) -> dict:  # fmt: skip
     """Synthesise, place and route, pack; write OUT/BOARD/firstspike.bit(.bin) and
     OUT/BOARD/build.json. ``lanes`` None: the board's default (``Board.lanes``). ``clock_mhz``:
     the core clock (made by the PLL from the board clock; None: the board's default,
     ``Board.core_clock_hz``). ``spikes``: build in the spike
     readout (every layer's spike times over the UART; None: the board's default, on for ECP5,
     off for the iCE40UP5K whose block RAM it would overfill). ``positions``: output positions per
-    state word (None: the board's default, 1). Raise BuildError naming what to
+    state word (None: the board's default, 1). ``read_reg``: registered state reads (None: the
+    board's default). Raise BuildError naming what to
     shrink if it does not fit or misses the core clock."""
     if board not in BOARDS:
         raise BuildError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
@@ -190,8 +194,10 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     spikes = b.spikes if spikes is None else spikes
     lanes = b.lanes if lanes is None else lanes
     positions = b.positions if positions is None else positions
+    read_reg = b.read_reg if read_reg is None else read_reg
     tables = model if isinstance(model, ModelTables) else load(model)
-    top = BoardTop(tables, b, lanes=lanes, baud=baud, clock_mhz=clock_mhz, spikes=spikes, positions=positions)
+    top = BoardTop(tables, b, lanes=lanes, baud=baud, clock_mhz=clock_mhz, spikes=spikes, positions=positions,
+                   read_reg=read_reg)  # fmt: skip
     core_mhz = top.clock_hz / 1e6
     if top.pll is not None:
         log.info("%s: core clock %g MHz from a PLL on the %g MHz board clock (requested %g MHz; %s)", board, core_mhz,
@@ -210,24 +216,34 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     os.environ.update(env)
     cwd = os.getcwd()
     t0 = time.perf_counter()
-    os.chdir(out)  # YoWASP tools are sandboxed to the working directory: relative paths only
+    work = out / "work"
+
+    def tool_log() -> str:
+        return "".join(f.read_text(errors="replace") for f in sorted(work.glob("*.tim")) + sorted(work.glob("*.rpt")))
+
     try:
-        platform.build(top, name="firstspike", build_dir="work", do_program=False,
-                       nextpnr_opts="--report report.json")  # fmt: skip
-        ok, err = True, ""
-    except Exception as e:
-        ok, err = False, str(e)
+        for n, seed in enumerate(b.pnr_seeds):  # placement seeds: the next one only when the clock was missed
+            os.chdir(out)  # YoWASP tools are sandboxed to the working directory: relative paths only
+            try:
+                platform.build(top, name="firstspike", build_dir="work", do_program=False,
+                               nextpnr_opts="--report report.json" + (f" --seed {seed}" if seed is not None else ""))  # fmt: skip
+                ok, err = True, ""
+            except Exception as e:
+                ok, err = False, str(e)
+            finally:
+                os.chdir(cwd)
+            fail = None if ok else fmax_failure(err + tool_log())
+            if not fail or n == len(b.pnr_seeds) - 1:
+                break
+            log.warning("%s: Fmax %g MHz misses the %g MHz core clock with nextpnr's seed %s: placing again with --seed %s",
+                        board, fail[0], fail[1], "default" if seed is None else seed, b.pnr_seeds[n + 1])  # fmt: skip
     finally:
-        os.chdir(cwd)
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    work = out / "work"
-    logtext = ""
-    for f in sorted(work.glob("*.tim")) + sorted(work.glob("*.rpt")):
-        logtext += f.read_text(errors="replace")
+    logtext = tool_log()
     rep_path = work / "report.json"
     if not ok:
         text = err + logtext
@@ -244,7 +260,7 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     res = _utilisation(report, b.family)
     bit = work / ("firstspike.bin" if b.family == "ice40" else "firstspike.bit")
     res.update({"board": board, "device": b.device, "clock_mhz": core_mhz, "board_clock_mhz": b.clock_hz / 1e6,
-                "pll": top.pll.as_dict() if top.pll else None, "uart_divisor": divisor_json(top.divisor), "lanes": lanes, "positions": positions, "baud": baud, "spikes": spikes,
+                "pll": top.pll.as_dict() if top.pll else None, "uart_divisor": divisor_json(top.divisor), "lanes": lanes, "positions": positions, "read_reg": read_reg, "pnr_seed": seed, "baud": baud, "spikes": spikes,
                 "model": tables.name, "model_sha256_prefix": top.hash.hex(), "bitstream": str(bit),
                 "build_seconds": round(time.perf_counter() - t0, 1), "memory_bits": top.plan.summary()["memory_bits"]})  # fmt: skip
     clk_fmax = [v["achieved_mhz"] for v in res["fmax"].values()]
@@ -280,7 +296,7 @@ def _fmax_fix(b: Board, fmax_mhz: float) -> str:
 
 def deploy(model: str | os.PathLike, board: str, port: str | None = None, out_dir: str | os.PathLike = "build/boards",
            lanes: int | None = None, baud: int = P.DEFAULT_BAUD, check_images: int = 0, clock_mhz: float | None = None,
-           spikes: bool | None = None, positions: int | None = None) -> dict:  # fmt: skip
+           spikes: bool | None = None, positions: int | None = None, read_reg: bool | None = None) -> dict:  # fmt: skip
     """Build the bitstream, program the board with its open programmer, then (with ``port``)
     check over UART that it runs this model file. Raises BuildError/BoardError with the fix
     when the programmer or the board is missing."""
@@ -288,7 +304,8 @@ def deploy(model: str | os.PathLike, board: str, port: str | None = None, out_di
 
     from firstspike.boards.runtime import BoardRuntime
 
-    r = build(model, board, out_dir, lanes=lanes, baud=baud, clock_mhz=clock_mhz, spikes=spikes, positions=positions)
+    r = build(model, board, out_dir, lanes=lanes, baud=baud, clock_mhz=clock_mhz, spikes=spikes, positions=positions,
+              read_reg=read_reg)  # fmt: skip
     b = BOARDS[board]
     bit = Path(r["bitstream"])
     if b.programmer == "dfu-util" and shutil.which("dfu-suffix"):

@@ -19,12 +19,12 @@ from firstspike.hw.plan import CorePlan, HardwareError, plan_core
 from firstspike.quantize.modelfile import ModelTables, tables_sha256
 
 
-def board_plan(tables: ModelTables, lanes: int, spikes: bool, positions: int = 1) -> CorePlan:
+def board_plan(tables: ModelTables, lanes: int, spikes: bool, positions: int = 1, read_reg: bool = False) -> CorePlan:
     """The core a board runs: early exit (it stops at the first output spike: the same class,
     fired flag and time, fewer cycles) and, with the spike readout, the debug port; there a
     CLASSIFY_SPIKES request runs all T steps (the readout needs full runs), the others exit
-    early. ``positions``: output positions per state word (plan_core)."""
-    return plan_core(tables, lanes=lanes, debug=spikes, early_exit=True, positions=positions)
+    early. ``positions``: output positions per state word, ``read_reg``: registered state reads (plan_core)."""
+    return plan_core(tables, lanes=lanes, debug=spikes, early_exit=True, positions=positions, read_reg=read_reg)
 
 
 def model_hash(tables: ModelTables) -> bytes:

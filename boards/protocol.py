@@ -40,8 +40,8 @@ import numpy as np
 
 DELIM = 0x00
 # 3 Mbaud: the fastest rate of the ULX3S's FT231X (3 MHz / 1), which the iCEBreaker's FT2232H
-# makes exactly too (12 MHz / 4); 8, 16 2/3 and 20 cycles a bit at the default core clocks
-# (iCEBreaker 24 MHz, ULX3S 50 MHz and OrangeCrab 66 MHz from their PLLs; the UART times
+# makes exactly too (12 MHz / 4); 10, 16 2/3 and 22 cycles a bit at the default core clocks
+# (iCEBreaker 30 MHz, ULX3S 50 MHz and OrangeCrab 66 MHz from their PLLs; the UART times
 # fractional bits, boards/uart.py); 26x 115200
 DEFAULT_BAUD = 3_000_000
 CLASSIFY = 0x01

@@ -92,11 +92,12 @@ class VirtualBoard:
 
     def __init__(self, tables: ModelTables, lanes: int = 8, build_root: str | os.PathLike = "build/virtual",
                  p_drop: float = 0.0, p_flip: float = 0.0, seed: int = 1, start_timeout: float = 120.0,
-                 spikes: bool = True, divisor: Divisor = VIRTUAL_DIVISOR, positions: int = 1):  # fmt: skip
+                 spikes: bool = True, divisor: Divisor = VIRTUAL_DIVISOR, positions: int = 1,
+                 read_reg: bool = False):  # fmt: skip
         check_simulator("verilator")
         self.tables = tables
         self.divisor = divisor = bit_time(divisor)  # exact (a Fraction)
-        self.plan = board_plan(tables, lanes, spikes, positions)  # as BoardTop plans it
+        self.plan = board_plan(tables, lanes, spikes, positions, read_reg)  # as BoardTop plans it
         self.link = BoardLink(self.plan, divisor, model_hash(tables))
         self.top = VirtualTop(self.link)
         self.build_root = Path(build_root).resolve()

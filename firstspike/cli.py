@@ -89,6 +89,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 POSITIONS_HELP = ("output positions per state word in the layers that allow it (stride-1 conv with even pooling): "
                   "2 updates neighbours x, x+1 in one cycle (twice the adders and state width, fewer cycles)")
+READ_REG_HELP = ("register the state and weight reads before the add: one more pipeline stage (a higher Fmax, "
+                 "more flip-flops, one more cycle a step)")
 
 
 def _add_hw(sub: argparse._SubParsersAction) -> None:
@@ -102,6 +104,7 @@ def _add_hw(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", default="build/hw", help="output folder")
     p.add_argument("--lanes", type=int, default=16, help="output channels updated per cycle (area vs speed)")
     p.add_argument("--positions", type=int, choices=[1, 2], default=1, help=POSITIONS_HELP)
+    p.add_argument("--read-reg", action="store_true", help=READ_REG_HELP)
     p.add_argument("--no-debug", action="store_true", help="leave out the debug port (every layer's spike times)")
     p.add_argument("--early-exit", action="store_true", help="stop once the class is known (with the debug port: per image, where the exit_early input is high at start)")
 
@@ -116,6 +119,8 @@ def _add_bitstream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--positions", type=int, choices=[1, 2], default=None,
                    help=POSITIONS_HELP + " (default 1; 2 on the ECP5 boards with --no-spikes: csnn at 64 lanes meets "
                    "50 MHz on the ULX3S)")
+    p.add_argument("--read-reg", action=argparse.BooleanOptionalAction, default=None,
+                   help=READ_REG_HELP + " (default: the board's: on for the icebreaker)")
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"UART baud rate (default {DEFAULT_BAUD:,})")
     p.add_argument("--clock-mhz", type=float, default=None,
                    help="core clock in MHz, made by the board's PLL from the board clock (default: icebreaker 24, "
@@ -165,6 +170,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel simulations")
     p.add_argument("--lanes", type=int, default=16)
     p.add_argument("--positions", type=int, choices=[1, 2], default=1, help=POSITIONS_HELP)
+    p.add_argument("--read-reg", action="store_true", help=READ_REG_HELP + " (as the icebreaker's build)")
     p.add_argument("--chunk", type=int, default=250, help="images per simulation run")
     p.add_argument("--dataset", default=None, help="mnist or fashion-mnist (default: the model's)")
     p.add_argument("--data-dir", default=None, help="folder of standard IDX files")
@@ -396,7 +402,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def cmd_hw(a: argparse.Namespace) -> int:
     from firstspike.hw.generate import generate
 
-    s = generate(a.model, a.out, lanes=a.lanes, debug=not a.no_debug, early_exit=a.early_exit, positions=a.positions)
+    s = generate(a.model, a.out, lanes=a.lanes, debug=not a.no_debug, early_exit=a.early_exit, positions=a.positions,
+                 read_reg=a.read_reg)  # fmt: skip
     print(f"wrote {Path(a.out) / s['verilog']} and {Path(a.out) / 'core.json'}: {len(s['layers'])} spiking layers, "
           f"lanes={s['lanes']}, {s['memory_bits'] / 1000:.1f} kbit of memories")  # fmt: skip
     return 0
@@ -406,7 +413,7 @@ def cmd_build(a: argparse.Namespace) -> int:
     from firstspike.boards.build import build
 
     r = build(a.model, a.board, a.out, lanes=a.lanes, baud=a.baud, spikes=a.spikes, clock_mhz=a.clock_mhz,
-              positions=a.positions)
+              positions=a.positions, read_reg=a.read_reg)
     res = ", ".join(f"{k} {v['used']}/{v['available']}" for k, v in r["resources"].items() if v)
     clk = f"core clock {r['clock_mhz']:g} MHz" + (f" (PLL from {r['board_clock_mhz']:g} MHz)" if r["pll"] else "")
     print(f"{a.board}: {r['bitstream']} ({res}; Fmax {r['fmax_mhz']} MHz, {clk}; {r['build_seconds']:.0f} s)")
@@ -417,7 +424,7 @@ def cmd_deploy(a: argparse.Namespace) -> int:
     from firstspike.boards.build import deploy
 
     r = deploy(a.model, a.board, a.port, a.out, lanes=a.lanes, baud=a.baud, spikes=a.spikes, clock_mhz=a.clock_mhz,
-               positions=a.positions)
+               positions=a.positions, read_reg=a.read_reg)
     print(f"{a.board}: programmed {r['bitstream']}" + (f"; board reports {r['board_info']}" if "board_info" in r else ""))
     return 0
 
@@ -437,7 +444,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
     for sim in sims:
         r = verify(tables, split.images, split.labels, sim=sim, jobs=a.jobs, lanes=a.lanes, chunk=a.chunk,
                    build_root=a.build_dir, progress=not a.no_progress, gate_level=a.gate_level,
-                   positions=a.positions)  # fmt: skip
+                   positions=a.positions, read_reg=a.read_reg)  # fmt: skip
         d = r.as_dict()
         d.update(model=str(a.model), dataset=dataset)
         out.append(d)

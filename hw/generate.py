@@ -34,11 +34,11 @@ def to_verilog(plan: CorePlan, name: str = TOP) -> str:
 
 
 def generate(model: str | os.PathLike | ModelTables, out_dir: str | os.PathLike, lanes: int = 16, debug: bool = True,
-             early_exit: bool = False, positions: int = 1) -> dict:  # fmt: skip
+             early_exit: bool = False, positions: int = 1, read_reg: bool = False) -> dict:  # fmt: skip
     """Write OUT/firstspike_core.v and OUT/core.json; return the summary. Both files are
     written only once the Verilog exists (nothing half-written on failure)."""
     tables = model if isinstance(model, ModelTables) else load(model)
-    plan = plan_core(tables, lanes=lanes, debug=debug, early_exit=early_exit, positions=positions)
+    plan = plan_core(tables, lanes=lanes, debug=debug, early_exit=early_exit, positions=positions, read_reg=read_reg)
     t0 = time.perf_counter()
     text = to_verilog(plan)
     out = Path(out_dir)

@@ -54,6 +54,32 @@ def _lane_words(lp: LayerPlan, per_channel) -> Array:
                        for j in range(L) if gg * L + j < lp.Co) for gg in range(G)], L * pb)  # fmt: skip
 
 
+def _stage(m: Module, v: Value) -> Signal:
+    """``v`` one cycle later."""
+    r = Signal(len(v), name=f"{getattr(v, 'name', 'v')}_r")
+    m.d.sync += r.eq(v)
+    return r
+
+
+def _forwarded(m: Module, raw: Value, addr: Value, wport, name: str, first: Value, init: Value) -> Signal:
+    """The word read at ``addr`` last cycle (``raw``, the memory's output), registered, with the
+    writes it missed forwarded: the write of this cycle (``wport``'s, which lands after the
+    read) and the one of last cycle (the read came in the same cycle, and the port is not
+    transparent); ``init`` instead while ``first`` (step 0: the state before the image)."""
+    q = Signal(len(raw), name=name)
+    p_en, p_addr, p_data = Signal(name=f"{name}_pen"), Signal.like(wport.addr, name=f"{name}_paddr"), Signal(len(raw), name=f"{name}_pdata")
+    m.d.sync += [p_en.eq(wport.en), p_addr.eq(wport.addr), p_data.eq(wport.data)]
+    with m.If(first):
+        m.d.sync += q.eq(init)
+    with m.Elif(wport.en & (wport.addr == addr)):
+        m.d.sync += q.eq(wport.data)
+    with m.Elif(p_en & (p_addr == addr)):
+        m.d.sync += q.eq(p_data)
+    with m.Else():
+        m.d.sync += q.eq(raw)
+    return q
+
+
 class LayerEngine(wiring.Component):
     """One spiking layer ``lp`` of the core ``plan``; ``src`` is the layer before it (None: the
     first layer, fed by the input encoder's lists). Ports: ``go`` / ``t`` / ``busy`` (one step),
@@ -386,7 +412,10 @@ class LayerEngine(wiring.Component):
                                 m.d.sync += [ig.eq(ig + 1), gbase.eq(gbase + HoWq), rowb.eq(gbase + HoWq)]
                             with m.Else():
                                 m.next = "DRAIN"
-            with m.State("DRAIN"):  # the last writeback lands this cycle
+            if lp.read_reg:
+                with m.State("DRAIN"):  # the last read is registered
+                    m.next = "DRAIN1"
+            with m.State("DRAIN1" if lp.read_reg else "DRAIN"):  # the last writeback lands this cycle
                 m.next = "DRAIN2"
             with m.State("DRAIN2"):  # and its pooling window's event
                 m.d.sync += busy.eq(0)
@@ -395,12 +424,47 @@ class LayerEngine(wiring.Component):
         # ---- writeback -----------------------------------------------------------------
         word = st_r.data
         wwords = [r.data for r in wm_rs]
+        s_word = sm_r.data if split else None
         valid_masks = _table([sum(1 << j for j in range(L) if gg * L + j < lp.Co) for gg in range(G)], L)
         thr_t = self.thresholds
-        thr_w = Signal(L * pb, name=f"{name}_thr")
-        m.d.comb += thr_w.eq(thr_t[wb_g])
         # the state's potential field holds D = V - threshold: -threshold before the first step
         d0_t = _lane_words(lp, -lp.thresholds)
+
+        def weight(q: int, ww_: list, use: Value, pos_en: Value) -> Value:
+            """Neuron q's weight of this event, or with spike pairs the sum of the two halves' (a half without a spike: 0)."""
+            pos = q // L
+            ws_j = [Mux(ww[q], 1, -1) if wb == 1 else ww[q * wb : (q + 1) * wb].as_signed() for ww in ww_]
+            w_j = ws_j[0] if not lp.pairs else Mux(use[0], ws_j[0], 0) + Mux(use[1], ws_j[1], 0)
+            if PP > 1:  # a position outside the kernel adds nothing (binary weights have no 0); nor does integration
+                w_j = Mux(pos_en[pos], w_j, 0)
+            return w_j
+
+        zero_first = first  # at step 0 the state reads as slope 0, D = -threshold, silent
+        if lp.read_reg:
+            # one more stage: the words read last cycle are registered, and so are the tags that
+            # go with them; a read misses the writes of its own cycle and of the next (the block
+            # RAM is not transparent), so those two are forwarded into the register. Step 0's
+            # initial state and each event's weights are made before that register too, so the
+            # stage after it is only the add, the threshold's sign and the write
+            a1, g1 = wb_addr, wb_g
+            d0_1 = Signal(L * pb, name=f"{name}_d0_1")
+            m.d.comb += d0_1.eq(d0_t[g1])
+            if split:
+                init = Cat(*[Cat(d0_1[(q % L) * pb :][:pb], Const(T, tb)) for q in range(PL)])
+                s_word = _forwarded(m, s_word, a1, sm_w, f"{name}_sq", first, Const(0, len(s_word)))
+            else:
+                init = Cat(*[Cat(Const(0, sb), d0_1[(q % L) * pb :][:pb], Const(T, tb)) for q in range(PL)])
+            word = _forwarded(m, word, a1, st_w, f"{name}_q", first, init)
+            w_regs = []
+            for q in range(PL):
+                w_q = Signal(signed(max(wb, 2) + 1), name=f"{name}_w{q}")
+                m.d.sync += w_q.eq(weight(q, wwords, wb_use, wb_pos))
+                w_regs.append(w_q)
+            zero_first = Const(0, 1)
+            wb_syn, wb_int, wb_tok, wb_widx, wb_addr, wb_first, wb_last, wb_pv, wb_g, wb_py, wb_px = (
+                _stage(m, v) for v in (wb_syn, wb_int, wb_tok, wb_widx, wb_addr, wb_first, wb_last, wb_pv, wb_g, wb_py, wb_px))  # fmt: skip
+        thr_w = Signal(L * pb, name=f"{name}_thr")
+        m.d.comb += thr_w.eq(thr_t[wb_g])
         d0_w = Signal(L * pb, name=f"{name}_d0")
         m.d.comb += d0_w.eq(d0_t[wb_g])
         vmask = Signal(L, name=f"{name}_vmask")
@@ -410,18 +474,14 @@ class LayerEngine(wiring.Component):
         prev = Signal(PL, name=f"{name}_prev")
         vs, lives = [], []
         for q in range(PL):  # neuron q of the word read last cycle (zeros and "silent" at step 0)
-            pos, j = divmod(q, L)
-            s_f = sm_r.data[q * sb : (q + 1) * sb] if split else word[q * LW : q * LW + sb]
+            j = q % L
+            s_f = s_word[q * sb : (q + 1) * sb] if split else word[q * LW : q * LW + sb]
             vt_f = word[q * VW : (q + 1) * VW] if split else word[q * LW + sb : (q + 1) * LW]  # (D, time)
             s_j = Signal(signed(sb), name=f"{name}_s{q}")
             tm_j = Signal(tb, name=f"{name}_t{q}")
-            m.d.comb += [s_j.eq(Mux(first, 0, s_f.as_signed())), tm_j.eq(Mux(first, T, vt_f[pb:]))]
-            p_j = Mux(first, d0_w[j * pb : (j + 1) * pb].as_signed(), vt_f[:pb].as_signed())
-            # this event's weight, or with spike pairs the sum of the two halves' (a half without a spike: 0)
-            ws_j = [Mux(ww[q], 1, -1) if wb == 1 else ww[q * wb : (q + 1) * wb].as_signed() for ww in wwords]
-            w_j = ws_j[0] if not lp.pairs else Mux(wb_use[0], ws_j[0], 0) + Mux(wb_use[1], ws_j[1], 0)
-            if PP > 1:  # a position outside the kernel adds nothing (binary weights have no 0); nor does integration
-                w_j = Mux(wb_pos[pos], w_j, 0)
+            m.d.comb += [s_j.eq(Mux(zero_first, 0, s_f.as_signed())), tm_j.eq(Mux(zero_first, T, vt_f[pb:]))]
+            p_j = Mux(zero_first, d0_w[j * pb : (j + 1) * pb].as_signed(), vt_f[:pb].as_signed())
+            w_j = w_regs[q] if lp.read_reg else weight(q, wwords, wb_use, wb_pos)
             ns = Signal(signed(sb), name=f"{name}_ns{q}")
             m.d.comb += ns.eq(s_j + w_j)
             syn_word.append(ns if split else Cat(ns, vt_f))  # event: slope += weight

@@ -97,6 +97,7 @@ class LayerPlan:
     thresholds: np.ndarray = field(repr=False)  # (Co,) int
     positions: int = 1  # P: output positions (x, x+1) per state word, updated in the same cycle (1 or 2)
     split: bool = False  # with position pairs, the state in two memories (plan_core's split_state)
+    read_reg: bool = False  # the state and weight reads are registered before the add (plan_core's read_reg)
 
     @property
     def split_state(self) -> bool:
@@ -390,14 +391,17 @@ def image_cycles(tables: ModelTables, compute_cycles: float) -> float:
 
 def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_exit: bool = False,
               max_memory_bits: int = 64_000_000, window_skip: bool = True, spike_pairs: bool = True,
-              positions: int = 1, split_state: bool = False) -> CorePlan:  # fmt: skip
+              positions: int = 1, split_state: bool = False, read_reg: bool = False) -> CorePlan:  # fmt: skip
     """Size a core for ``tables``; raise HardwareError naming the problem and the fix. ``spike_pairs``:
     a layer fed by event entries of two or more lanes takes a spike of the entry's low and one of
     its high lanes in the same cycle (two weight memories, one state update with both weights).
     ``positions`` 2: every layer that allows it (``position_pairs_fit``) keeps two neighbouring
     output positions (x, x+1) per state word and updates both in one cycle (twice the adders and
     state width, fewer words: about 3/5 of the synaptic cycles of a 5-wide kernel, half the sweep);
-    ``split_state``: those layers keep slopes and (D, time) in two memories (LayerPlan.split_state)."""
+    ``split_state``: those layers keep slopes and (D, time) in two memories (LayerPlan.split_state).
+    ``read_reg``: every layer registers its state and weight reads before the add (one more
+    pipeline stage, with forwarding of the two writes a read can miss: the block RAM's
+    clock-to-out and its routing leave the read-add-write path; one more cycle a step)."""
     if not isinstance(lanes, int) or not 1 <= lanes <= 256:
         raise HardwareError(f"lanes={lanes!r}: choose 1..256 output channels per cycle")
     if positions not in (1, 2):
@@ -436,7 +440,7 @@ def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_ex
             potential_bits=pb, lanes=L, groups=G, pool=pool, Hp=Ho // pool, Wp=Wo // pool,
             pool_index=pidx, in_lanes=prev_lanes, in_groups=prev_groups, last=last,
             pairs=spike_pairs and bool(plans) and prev_lanes >= 2,
-            weights=np.asarray(ly.weights, dtype=np.int64), thresholds=thr,
+            weights=np.asarray(ly.weights, dtype=np.int64), thresholds=thr, read_reg=read_reg,
         )
         if positions == 2 and position_pairs_fit(lp):
             lp.positions, lp.split = 2, split_state

@@ -173,7 +173,7 @@ def gate_level_args(family: str) -> list[str]:
 
 def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: bool = True, early_exit: bool = False,
           build_root: str | os.PathLike = "build/sim", max_images: int = 500, gate_level: str | None = None,
-          positions: int = 1) -> RtlBuild:  # fmt: skip
+          positions: int = 1, read_reg: bool = False) -> RtlBuild:  # fmt: skip
     """Generate the core's Verilog and the harness and compile them (cached by content hash).
     ``gate_level`` ('ice40' or 'ecp5', Verilator only): simulate Yosys's post-synthesis
     netlist of the core with the family's cell models instead of the RTL."""
@@ -183,7 +183,7 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
         raise SimulatorError("a core with both the debug port and early exit chooses per image (its exit_early input, "
                              "driven by the board link): simulate it on the virtual board, or pass debug=False")  # fmt: skip
     check_simulator(sim)
-    plan = plan_core(tables, lanes=lanes, debug=debug, early_exit=early_exit, positions=positions)
+    plan = plan_core(tables, lanes=lanes, debug=debug, early_exit=early_exit, positions=positions, read_reg=read_reg)
     core_v = to_verilog(plan)
     harness_v = harness_verilog(plan, TOP, max_images)
     models = "".join((Path(__file__).parent / "cells" / f).read_text() for f in CELL_MODELS.get(gate_level or "", {}).values())
@@ -353,14 +353,15 @@ class VerifyReport:
 
 def verify(tables: ModelTables, images: np.ndarray, labels: np.ndarray | None = None, sim: str = "verilator",
            jobs: int = 1, lanes: int = 16, chunk: int = 250, build_root: str | os.PathLike = "build/sim",
-           progress: bool = True, gate_level: str | None = None, positions: int = 1) -> VerifyReport:  # fmt: skip
+           progress: bool = True, gate_level: str | None = None, positions: int = 1,
+           read_reg: bool = False) -> VerifyReport:  # fmt: skip
     """Run ``images`` through the RTL in ``jobs`` parallel simulations and compare every
     layer's spike times, the output potentials and the class with the golden model."""
     t0 = time.perf_counter()
     want = expected(tables, images)  # first: wrong images fail before minutes of compiling
     golden_seconds = time.perf_counter() - t0
     b = build(tables, sim=sim, lanes=lanes, debug=True, build_root=build_root, max_images=chunk, gate_level=gate_level,
-              positions=positions)
+              positions=positions, read_reg=read_reg)
     n = len(images)
     chunk = max(1, min(chunk, math.ceil(n / max(1, jobs))))
     parts = [(i, images[i : i + chunk]) for i in range(0, n, chunk)]

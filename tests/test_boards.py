@@ -517,9 +517,30 @@ def test_icebreaker_build_of_the_small_model_fits(tmp_path) -> None:
     res = r["resources"]
     for k in ("luts", "bram"):
         assert 0 < res[k]["used"] <= res[k]["available"], res
-    assert r["fmax_mhz"] >= r["clock_mhz"] == 24.0  # the PLL-made default core clock is met
+    assert r["fmax_mhz"] >= r["clock_mhz"] == 30.0 and r["read_reg"]  # the PLL-made default core clock is met
     assert Path(r["bitstream"]).stat().st_size > 100_000
     assert json.loads((tmp_path / "icebreaker" / "build.json").read_text())["model_sha256_prefix"] == r["model_sha256_prefix"]
+
+
+def test_build_tries_the_next_placement_seed_when_the_clock_is_missed(tmp_path, monkeypatch) -> None:
+    """A build that misses its core clock places again with the board's next nextpnr seed (the
+    default first, then --seed N), and fails naming the clock only after the last one."""
+    import dataclasses
+
+    import firstspike.boards.build as B
+
+    calls = []
+
+    def fake_build(self, top, **kw) -> None:  # nextpnr's timing failure, as the tools report it
+        calls.append(kw["nextpnr_opts"])
+        raise RuntimeError("Info: Max frequency for clock 'clk': 29.10 MHz (FAIL at 30.00 MHz)")
+
+    board = dataclasses.replace(B.BOARDS["icebreaker"], pnr_seeds=(None, 4, 7))
+    monkeypatch.setitem(B.BOARDS, "icebreaker", board)
+    monkeypatch.setattr(type(board.make_platform()), "build", fake_build)
+    with pytest.raises(B.BuildError, match="Fmax 29.1 MHz misses the 30 MHz core clock"):
+        B.build(_ice40_tables(), "icebreaker", tmp_path)
+    assert calls == ["--report report.json", "--report report.json --seed 4", "--report report.json --seed 7"]
 
 
 def test_build_refuses_unknown_board_and_designs_too_big(tmp_path) -> None:
@@ -604,7 +625,7 @@ def test_board_core_clocks_and_their_refusals(tmp_path) -> None:
     assert core_clock(BOARDS["orangecrab"])[0] == 66e6 and core_clock(BOARDS["orangecrab"])[1] is not None  # 48 MHz x 11 / 8
     assert core_clock(BOARDS["orangecrab"], 24)[0] == 24e6 and core_clock(BOARDS["orangecrab"], 24)[1] is not None
     assert core_clock(BOARDS["ulx3s"])[0] == 50e6 and core_clock(BOARDS["ulx3s"])[1].clkfb_div == 2  # PLL: 25 x 2
-    assert core_clock(BOARDS["ulx3s"], 25) == (25e6, None) and core_clock(BOARDS["icebreaker"])[0] == 24e6
+    assert core_clock(BOARDS["ulx3s"], 25) == (25e6, None) and core_clock(BOARDS["icebreaker"])[0] == 30e6
     assert core_clock(BOARDS["orangecrab"], 48) == (48e6, None)  # the board clock itself: no PLL
     assert core_clock(BOARDS["icebreaker"], 12) == (12e6, None)
     with pytest.raises(BuildError, match=r"icebreaker: --clock-mhz 8: the iCE40 PLL makes 16-275 MHz, not 8 MHz"):
@@ -632,19 +653,19 @@ def test_fmax_failure_reads_the_routed_figure() -> None:
 
 
 def test_ice40_pll_matches_icepll_and_elaborates_on_the_clock_pin() -> None:
-    """`icepll -i 12 -o 18` and `-o 24` (icestorm) print DIVR 0, DIVF 47 / 63, DIVQ 5, FILTER_RANGE 1;
+    """`icepll -i 12 -o 18`, `-o 24` and `-o 30` (icestorm) print DIVR 0, DIVF 47 / 63 / 79, DIVQ 5, FILTER_RANGE 1;
     the iCEBreaker top puts SB_PLL40_PAD on the 12 MHz pin itself and its UART divisor follows."""
     from firstspike.boards.build import BOARDS, BoardTop
     from firstspike.boards.clocks import ClockError, ice40_pll
 
-    for f, divf in ((18e6, 47), (24e6, 63)):
+    for f, divf in ((18e6, 47), (24e6, 63), (30e6, 79)):
         p = ice40_pll(12e6, f)
         assert (p.divr, p.divf, p.divq, p.filter_range, p.f_out_hz) == (0, divf, 5, 1, f)
         assert 533e6 <= p.f_vco_hz <= 1066e6
     with pytest.raises(ClockError, match="16-275 MHz"):
         ice40_pll(12e6, 10e6)
     top = BoardTop(_ice40_tables(), BOARDS["icebreaker"], lanes=2, spikes=False)
-    assert top.clock_hz == 24e6 and top.divisor == 8  # 3 Mbaud
+    assert top.clock_hz == 30e6 and top.divisor == 10  # 3 Mbaud
     il = BOARDS["icebreaker"].make_platform().prepare(top, name="firstspike").files["firstspike.il"]
     assert "cell \\SB_PLL40_PAD" in il and "connect \\PACKAGEPIN \\clk12_0__io" in il
 

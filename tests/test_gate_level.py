@@ -68,13 +68,15 @@ def test_block_ram_check_fails_on_yosys_blackbox(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["ice40", "ecp5"])
 def test_gate_level_trained_ice40_model(family: str, build_root: Path) -> None:
-    """The trained iCEBreaker network (issue 11's failing case) at the board's 2 lanes:
-    netlist = golden model on every value, and = RTL on cycles."""
+    """The trained iCEBreaker network (issue 11's failing case) at the board's 2 lanes (on the
+    iCE40 with the board's registered state reads): netlist = golden model on every value, and
+    = RTL on cycles."""
     tables, _ = quantize_checkpoint(ICE40_MODEL)
     test = load_split("mnist", "test")
     idx = np.linspace(0, len(test) - 1, 4).astype(int)
     images = test.images[idx][:, None]
-    gl = rtl.build(tables, sim="verilator", lanes=2, build_root=build_root, max_images=4, gate_level=family)
+    rr = family == "ice40"
+    gl = rtl.build(tables, sim="verilator", lanes=2, build_root=build_root, max_images=4, gate_level=family, read_reg=rr)
     netlist = (gl.build_dir / "src" / f"gl_{family}.v").read_text()
     assert len(re.findall(rf"^\s+{BRAM[family]}\b", netlist, re.M)) >= 8  # its memories are block RAM
     res = rtl.run_images(gl, images)
@@ -82,7 +84,7 @@ def test_gate_level_trained_ice40_model(family: str, build_root: Path) -> None:
     mism = compare_streams(tables, res.stream, want.stream)
     assert sum(mism.values()) == 0, mism
     np.testing.assert_array_equal(res.classes, want.classes)
-    ref = rtl.run_images(rtl.build(tables, sim="verilator", lanes=2, build_root=build_root, max_images=4), images)
+    ref = rtl.run_images(rtl.build(tables, sim="verilator", lanes=2, build_root=build_root, max_images=4, read_reg=rr), images)
     np.testing.assert_array_equal(res.cycles, ref.cycles)
 
 

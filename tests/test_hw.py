@@ -23,8 +23,8 @@ from firstspike.sim.pysim import run_pysim
 from firstspike.sim.vectors import compare_streams, expected, random_images, random_tables
 
 
-def check_core(tables, images, lanes: int, stall_seed: int | None, positions: int = 1, split_state: bool = False) -> None:
-    plan = plan_core(tables, lanes=lanes, positions=positions, split_state=split_state)
+def check_core(tables, images, lanes: int, stall_seed: int | None, **plan_kw) -> None:
+    plan = plan_core(tables, lanes=lanes, **plan_kw)
     got = run_pysim(plan, images, stall_seed=stall_seed)
     want = expected(tables, images)
     assert compare_streams(tables, got.stream, want.stream) == {k: 0 for k in compare_streams(tables, want.stream, want.stream)}
@@ -35,12 +35,27 @@ def check_core(tables, images, lanes: int, stall_seed: int | None, positions: in
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32 - 1), lanes=st.integers(1, 8), stalls=st.booleans(), wbits=st.sampled_from([1, 1, 1, 4]))
-def test_core_equals_golden_random_networks(seed: int, lanes: int, stalls: bool, wbits: int) -> None:
+@given(seed=st.integers(0, 2**32 - 1), lanes=st.integers(1, 8), stalls=st.booleans(), wbits=st.sampled_from([1, 1, 1, 4]),
+       read_reg=st.booleans())
+def test_core_equals_golden_random_networks(seed: int, lanes: int, stalls: bool, wbits: int, read_reg: bool) -> None:
     rng = np.random.default_rng(seed)
     tables = random_tables(rng, weight_bits=wbits, max_channels=5, in_channels=int(rng.integers(1, 3)))
     images = random_images(rng, 2, tables.input_shape)
-    check_core(tables, images, lanes, seed if stalls else None)
+    check_core(tables, images, lanes, seed if stalls else None, read_reg=read_reg)
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_registered_reads_forward_the_writes_they_miss(pairs: bool) -> None:
+    """With registered reads (``read_reg``) a state word can be read again two cycles after an
+    update to it was read, before that update is written: an entry of several spikes into a
+    layer with one group, whose fan-out is a single word (the fc output layer, or a conv input at
+    a corner). Many spikes per entry (high thresholds reached by dense inputs, 8 lanes) make
+    that common; the forwarded write must make every value equal the golden model's."""
+    for seed in range(6):
+        rng = np.random.default_rng(1000 + seed)
+        tables = random_tables(rng, max_channels=5, in_channels=2, fire_bias=0.3)
+        images = random_images(rng, 2, tables.input_shape)
+        check_core(tables, images, 8, None, read_reg=True, spike_pairs=pairs)
 
 
 def test_random_networks_cover_pooling_padding_stride_and_silence() -> None:
@@ -666,16 +681,17 @@ def _position_tables(rng: np.random.Generator, wbits: int):
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), lanes=st.integers(1, 6), stalls=st.booleans(), wbits=st.sampled_from([1, 1, 4]),
-       split=st.booleans())  # fmt: skip
-def test_position_pairs_equal_golden_random_networks(seed: int, lanes: int, stalls: bool, wbits: int, split: bool) -> None:
+       split=st.booleans(), read_reg=st.booleans())  # fmt: skip
+def test_position_pairs_equal_golden_random_networks(seed: int, lanes: int, stalls: bool, wbits: int, split: bool,
+                                                     read_reg: bool) -> None:  # fmt: skip
     """Two output positions per state word (``plan_core(positions=2)``, state in one memory or
-    split in two), on random networks whose conv layers all take them: every value equals the
-    golden model's."""
+    split in two, reads registered or not), on random networks whose conv layers all take them:
+    every value equals the golden model's."""
     rng = np.random.default_rng(seed)
     tables = _position_tables(rng, wbits)
     assert all(lp.positions == 2 for lp in plan_core(tables, lanes=lanes, positions=2).layers[:-1])
     images = random_images(rng, 2, tables.input_shape)
-    check_core(tables, images, lanes, seed if stalls else None, positions=2, split_state=split)
+    check_core(tables, images, lanes, seed if stalls else None, positions=2, split_state=split, read_reg=read_reg)
 
 
 def test_spike_pairs_save_cycles_and_change_no_value() -> None:

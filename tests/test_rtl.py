@@ -51,10 +51,11 @@ def assert_exact(tables, res: rtl.SimResult, images: np.ndarray) -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_random_networks_batch_and_handshake(sim: str, seed: int, build_root: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(1000 + seed)
-    # seed 1: binary hidden layers with a 3-bit output layer (NetConfig.out_weight_bits)
+    # seed 1: binary hidden layers with a 3-bit output layer (NetConfig.out_weight_bits); seeds 0 and 2: registered
+    # state reads (plan_core read_reg, the iCEBreaker's core)
     tables = random_tables(rng, weight_bits=4 if seed == 2 else 1, in_channels=1 + seed % 2, out_weight_bits=3 if seed == 1 else None)
     images = random_images(rng, 4, tables.input_shape)
-    b = rtl.build(tables, sim=sim, lanes=int(rng.integers(1, 5)), build_root=build_root, max_images=16)
+    b = rtl.build(tables, sim=sim, lanes=int(rng.integers(1, 5)), build_root=build_root, max_images=16, read_reg=seed != 1)
     assert_exact(tables, rtl.run_images(b, images, tmp_path / "batch"), images)
     assert_exact(tables, rtl.run_images(b, images, tmp_path / "hs", testcase="handshake", stall_seed=seed), images)
 
