@@ -102,7 +102,7 @@ class LayerEngine(wiring.Component):
         else:
             sig["events_out"] = Out(bank_signature(lp))
         if plan.debug:
-            width = lp.positions * lp.lanes * (lp.potential_bits + plan.time_bits + (0 if lp.split_state else lp.slope_bits))
+            width = lp.positions * lp.lanes * lp.state_lane(plan.time_bits)[0]
             sig |= {"readout": In(1), "ro_addr": In(idx_bits(lp.words)), "ro_en": In(1), "state": Out(width)}
         super().__init__(sig)
 
@@ -113,7 +113,7 @@ class LayerEngine(wiring.Component):
         tb, L, G, PP = P.time_bits, lp.lanes, lp.groups, lp.positions
         sb, pb = lp.slope_bits, lp.potential_bits
         port = (SimpleNamespace(data=self.state), self.ro_addr, self.ro_en)
-        sw, so = (pb + tb, pb) if lp.split_state else (sb + pb + tb, sb + pb)  # a lane's width in the state word, its time's offset
+        sw, so = lp.state_lane(tb)
         segs = {f"layer{lp.index}": Segment(port, L, G, lp.Co, lp.Ho * lp.Wo, sw, so, tb, False, positions=PP)}
         if lp.pool_index is not None:  # a pooled time is its window's earliest spike: read from the state
             k = lp.pool

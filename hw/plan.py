@@ -124,6 +124,12 @@ class LayerPlan:
     def lane_bits(self) -> int:
         return self.slope_bits + self.potential_bits
 
+    def state_lane(self, time_bits: int) -> tuple[int, int]:
+        """(bits of one neuron in a state word, its spike time's offset in them): (slope, D, time),
+        or (D, time) in the state memory of a split layer (its slopes are in a memory of their own)."""
+        sb, pb = self.slope_bits, self.potential_bits
+        return (pb + time_bits, pb) if self.split_state else (sb + pb + time_bits, sb + pb)
+
     @property
     def words(self) -> int:
         return self.groups * self.Ho * self.Wq
@@ -346,9 +352,7 @@ class CorePlan:
             n = lp.positions * lp.lanes
             if lp.split_state:
                 mems.append({"name": f"{p}.slopes", "depth": lp.words, "width": n * lp.slope_bits})
-                mems.append({"name": f"{p}.state", "depth": lp.words, "width": n * (lp.potential_bits + tb)})
-            else:
-                mems.append({"name": f"{p}.state", "depth": lp.words, "width": n * (lp.lane_bits + tb)})
+            mems.append({"name": f"{p}.state", "depth": lp.words, "width": n * lp.state_lane(tb)[0]})
             if not lp.last:
                 w = idx_bits(lp.groups) + idx_bits(lp.Hp) + idx_bits(lp.Wp) + lp.lanes
                 mems.append({"name": f"{p}.events", "depth": 2 * lp.entries_per_step, "width": w})
