@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--virtual-images", type=int, default=50)
     ap.add_argument("--positions", type=int, default=None, choices=[1, 2], help="output positions per state word (default: the board's)")
     ap.add_argument("--spikes", action=argparse.BooleanOptionalAction, default=None, help="spike readout (default: the board's)")
+    ap.add_argument("--clock-mhz", type=float, default=None, help="core clock of every run (default: the board's)")
     ap.add_argument("--max-cycles", type=float, default=2e8, help="cap on simulated cycles per model and run kind")
     args = ap.parse_args()
 
@@ -65,7 +66,8 @@ def main() -> None:
         with open(model, "rb") as f:
             tables = load(model) if f.read(len(MAGIC)) == MAGIC else quantize_checkpoint(model)[0]
         try:
-            r = build(tables, board, ROOT / "build" / "boards-bench", lanes=lanes, positions=args.positions, spikes=args.spikes)
+            r = build(tables, board, ROOT / "build" / "boards-bench", lanes=lanes, positions=args.positions, spikes=args.spikes,
+                      clock_mhz=args.clock_mhz)  # fmt: skip
         except BuildError as e:  # a measured failure is a result too
             log.warning("%s", e)
             runs.append({"board": board, "model": tables.name, "checkpoint": repo_path(model), "lanes": lanes, "T": tables.T, "error": str(e)})

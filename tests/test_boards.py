@@ -524,7 +524,8 @@ def test_icebreaker_build_of_the_small_model_fits(tmp_path) -> None:
 
 def test_build_tries_the_next_placement_seed_when_the_clock_is_missed(tmp_path, monkeypatch) -> None:
     """A build that misses its core clock places again with the board's next nextpnr seed (the
-    default first, then --seed N), and fails naming the clock only after the last one."""
+    default first, then --seed N), each on a fresh platform, and fails naming the clock only after
+    the last one."""
     import dataclasses
 
     import firstspike.boards.build as B
@@ -532,6 +533,7 @@ def test_build_tries_the_next_placement_seed_when_the_clock_is_missed(tmp_path, 
     calls = []
 
     def fake_build(self, top, **kw) -> None:  # nextpnr's timing failure, as the tools report it
+        self.prepare(top, name="firstspike")  # what a real build does first: once per platform (a reused one refuses)
         calls.append(kw["nextpnr_opts"])
         raise RuntimeError("Info: Max frequency for clock 'clk': 29.10 MHz (FAIL at 30.00 MHz)")
 
@@ -540,7 +542,44 @@ def test_build_tries_the_next_placement_seed_when_the_clock_is_missed(tmp_path, 
     monkeypatch.setattr(type(board.make_platform()), "build", fake_build)
     with pytest.raises(B.BuildError, match="Fmax 29.1 MHz misses the 30 MHz core clock"):
         B.build(_ice40_tables(), "icebreaker", tmp_path)
-    assert calls == ["--report report.json", "--report report.json --seed 4", "--report report.json --seed 7"]
+    opts = "--report report.json --timing-allow-fail"
+    assert calls == [opts, f"{opts} --seed 4", f"{opts} --seed 7"]
+
+
+def test_a_missed_clock_names_the_critical_path_and_leaves_no_bitstream(tmp_path, monkeypatch) -> None:
+    """nextpnr runs with --timing-allow-fail, so its report holds the critical path of a design that
+    misses the core clock: the refusal names the path's ends in the design's names, and the
+    bitstream nextpnr's run still packed is removed (no build.json of it either)."""
+    import dataclasses
+
+    import firstspike.boards.build as B
+
+    seg = lambda t, d, a, z: {"type": t, "delay": d, "from": {"cell": a}, "to": {"cell": z}}
+    report = {"fmax": {"$glbnet$pll.clk": {"achieved": 27.5, "constraint": 30.0}}, "critical_paths": [
+        {"from": "<async>", "to": "posedge $glbnet$pll.clk", "path": [seg("routing", 99.0, "rx", "link.rx_q")]},
+        {"from": "posedge $glbnet$pll.clk", "to": "posedge $glbnet$pll.clk", "path": [
+            seg("clk-to-q", 2.0, "link.core.layer2.state$286.0.3", "link.core.layer2.state$286.0.3"),
+            seg("routing", 4.5, "link.core.layer2.state$286.0.3", "link.core.layer2.d_LUT4_Z"),
+            seg("logic", 0.5, "link.core.layer2.d_LUT4_Z", "link.core.layer2.d_LUT4_Z"),
+            seg("routing", 1.5, "link.core.layer2.d_LUT4_Z", "link.core.layer2.wdata_SB_DFF_Q"),
+            seg("setup", 0.2, "link.core.layer2.wdata_SB_DFF_Q", "link.core.layer2.wdata_SB_DFF_Q")]}]}  # fmt: skip
+
+    def fake_build(self, top, **kw) -> None:  # a routed design under its clock, packed anyway
+        (Path("work")).mkdir(exist_ok=True)
+        Path("work/report.json").write_text(json.dumps(report))
+        Path("work/firstspike.bin").write_bytes(b"\0" * 16)
+
+    board = dataclasses.replace(B.BOARDS["icebreaker"], pnr_seeds=(None,))
+    monkeypatch.setitem(B.BOARDS, "icebreaker", board)
+    monkeypatch.setattr(type(board.make_platform()), "build", fake_build)
+    (tmp_path / "icebreaker").mkdir()
+    (tmp_path / "icebreaker" / "build.json").write_text("{}")  # an earlier build's
+    with pytest.raises(B.BuildError, match=r"Fmax 27.5 MHz misses the 30 MHz core clock \(critical path: "
+                       r"link.core.layer2.state -> link.core.layer2.wdata, 8.7 ns, 6.0 ns of it routing, 1 logic level\)"):  # fmt: skip
+        B.build(_ice40_tables(), "icebreaker", tmp_path)
+    assert not (tmp_path / "icebreaker" / "work" / "firstspike.bin").exists()
+    assert not (tmp_path / "icebreaker" / "build.json").exists()
+    assert B.critical_path({"critical_paths": []}) is None
 
 
 def test_build_refuses_unknown_board_and_designs_too_big(tmp_path) -> None:
