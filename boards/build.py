@@ -268,8 +268,7 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
                 "pll": top.pll.as_dict() if top.pll else None, "uart_divisor": divisor_json(top.divisor), "lanes": lanes, "positions": positions, "read_reg": read_reg, "pnr_seed": seed, "baud": baud, "spikes": spikes,
                 "model": tables.name, "model_sha256_prefix": top.hash.hex(), "bitstream": str(bit),
                 "build_seconds": round(time.perf_counter() - t0, 1), "memory_bits": top.plan.summary()["memory_bits"]})  # fmt: skip
-    clk_fmax = [v["achieved_mhz"] for v in res["fmax"].values()]
-    res["fmax_mhz"] = min(clk_fmax) if clk_fmax else None
+    res["fmax_mhz"] = _fmax_mhz(report)
     (out / "build.json").write_text(json.dumps(res, indent=1) + "\n")
     return res
 
@@ -287,12 +286,16 @@ def fmax_failure(log: str) -> tuple[float, float] | None:
     return (float(fails[-1][0]), float(fails[-1][1])) if fails else None
 
 
+def _fmax_mhz(report: dict) -> float | None:
+    """The slowest clock's Fmax in nextpnr's JSON report (MHz, two decimals); None without clocks."""
+    got = [round(v["achieved"], 2) for v in report.get("fmax", {}).values()]
+    return min(got) if got else None
+
+
 def _report_miss(report_path: Path, core_mhz: float) -> tuple[float, float] | None:
     """(achieved, required) MHz when nextpnr's report (``--report``) shows the core clock missed."""
-    if not report_path.exists():
-        return None
-    got = [v["achieved"] for v in json.loads(report_path.read_text()).get("fmax", {}).values()]
-    return (round(min(got), 2), core_mhz) if got and min(got) < core_mhz else None
+    fmax = _fmax_mhz(json.loads(report_path.read_text())) if report_path.exists() else None
+    return (fmax, core_mhz) if fmax is not None and fmax < core_mhz else None
 
 
 def _design_name(cell: str) -> str:
