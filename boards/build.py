@@ -70,12 +70,13 @@ BOARDS = {
     "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "amaranth_boards.icebreaker.ICEBreakerPlatform", 12e6, 2, "iceprog",
                         30 * 4096, 5280, core_clock_hz=30e6, spikes=False, read_reg=True,
                         pnr_seeds=(None, 1, 2)),
-    # csnn at 64 lanes (speed grade 6): Fmax 52.4-53.5 MHz when built for 50 MHz: the ULX3S runs it at
-    # 50 MHz from its 25 MHz (PLL: 25 x 2; 3 Mbaud = 16 2/3 cycles a bit, the UART's fractional bit
-    # timing); the OrangeCrab (speed grade 8, Fmax 72.2 MHz when built for 60) at 66 MHz from its
-    # 48 MHz (PLL: 48 x 11 / 8; 3 Mbaud = 22 cycles a bit)
+    # csnn at 64 lanes with two output positions per state word and the spike readout (speed grade 6):
+    # 18,847 cycles an image, Fmax 45.4 MHz when built for 45 (48.1 when built for 50; one position:
+    # 29,946 cycles, Fmax 52.4-53.5 at 50): the ULX3S runs it at 45 MHz from its 25 MHz (PLL: 25 x 9 / 5;
+    # 3 Mbaud = 15 cycles a bit); the OrangeCrab (speed grade 8, one position: Fmax 72.2 MHz when
+    # built for 60) at 66 MHz from its 48 MHz (PLL: 48 x 11 / 8; 3 Mbaud = 22 cycles a bit)
     "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader",
-                   208 * 18432, 83640, core_clock_hz=50e6, lanes=64, program_args=("-b", "ulx3s")),
+                   208 * 18432, 83640, core_clock_hz=45e6, lanes=64, positions=2, program_args=("-b", "ulx3s")),
     "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85FPlatform", 48e6, 1,
                         "dfu-util", 208 * 18432, 83640, core_clock_hz=66e6, lanes=64, program_args=("-a", "0", "-D")),
 }  # fmt: skip
@@ -175,6 +176,19 @@ def _utilisation(report: dict, family: str) -> dict:
     return {"resources": out, "cells": cells, "fmax": fmax}
 
 
+def default_positions(tables: ModelTables, b: Board, lanes: int, spikes: bool, read_reg: bool) -> int:
+    """The board's default output positions per state word, or 1 where the core with them
+    would not fit the block RAM (two positions take more memory words) and one position does."""
+    if b.positions > 1:
+        need = board_plan(tables, lanes, spikes, b.positions, read_reg).summary()["memory_bits"]
+        if need > b.bram_bits:
+            log.warning("%s: %d output positions per state word need %.0f kbit of memories, more than the %.0f kbit "
+                        "of block RAM: building with one (--positions 1)", b.name, b.positions, need / 1000,
+                        b.bram_bits / 1000)  # fmt: skip
+            return 1
+    return b.positions
+
+
 def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out_dir: str | os.PathLike = "build/boards",
           lanes: int | None = None, baud: int = P.DEFAULT_BAUD, clock_mhz: float | None = None,
           spikes: bool | None = None, positions: int | None = None, read_reg: bool | None = None) -> dict:  # fmt: skip
@@ -184,7 +198,8 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     ``Board.core_clock_hz``). ``spikes``: build in the spike
     readout (every layer's spike times over the UART; None: the board's default, on for ECP5,
     off for the iCE40UP5K whose block RAM it would overfill). ``positions``: output positions per
-    state word (None: the board's default, 1). ``read_reg``: registered state reads (None: the
+    state word (None: the board's default, ``Board.positions``, or 1 where that does not fit the
+    block RAM: default_positions). ``read_reg``: registered state reads (None: the
     board's default). Raise BuildError naming what to
     shrink if it does not fit or misses the core clock."""
     if board not in BOARDS:
@@ -193,9 +208,10 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     core_clock(b, clock_mhz)  # refuse a clock the board cannot make before loading the model
     spikes = b.spikes if spikes is None else spikes
     lanes = b.lanes if lanes is None else lanes
-    positions = b.positions if positions is None else positions
     read_reg = b.read_reg if read_reg is None else read_reg
     tables = model if isinstance(model, ModelTables) else load(model)
+    if positions is None:
+        positions = default_positions(tables, b, lanes, spikes, read_reg)
     top = BoardTop(tables, b, lanes=lanes, baud=baud, clock_mhz=clock_mhz, spikes=spikes, positions=positions,
                    read_reg=read_reg)  # fmt: skip
     core_mhz = top.clock_hz / 1e6

@@ -117,14 +117,13 @@ def _add_bitstream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lanes", type=int, default=None, help="core lanes (default: the board's: icebreaker 2, ulx3s 64, "
                    "orangecrab 64)")
     p.add_argument("--positions", type=int, choices=[1, 2], default=None,
-                   help=POSITIONS_HELP + " (default 1; 2 on the ECP5 boards with --no-spikes: csnn at 64 lanes meets "
-                   "50 MHz on the ULX3S)")
+                   help=POSITIONS_HELP + " (default: the board's: 2 on the ulx3s where it fits the block RAM, else 1)")
     p.add_argument("--read-reg", action=argparse.BooleanOptionalAction, default=None,
                    help=READ_REG_HELP + " (default: the board's: on for the icebreaker)")
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"UART baud rate (default {DEFAULT_BAUD:,})")
     p.add_argument("--clock-mhz", type=float, default=None,
-                   help="core clock in MHz, made by the board's PLL from the board clock (default: icebreaker 24, "
-                   "ulx3s 50, orangecrab 66)")
+                   help="core clock in MHz, made by the board's PLL from the board clock (default: icebreaker 30, "
+                   "ulx3s 45, orangecrab 66)")
     p.add_argument("--spikes", action=argparse.BooleanOptionalAction, default=None,
                    help="build in the spike readout: every layer's spike times over the UART (default: on for the "
                    "ECP5 boards, off for the icebreaker, whose block RAM is too small for it)")

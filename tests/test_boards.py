@@ -613,6 +613,31 @@ def test_board_tops_elaborate(board: str) -> None:
     assert any(n.endswith(".il") or n.endswith(".ys") for n in names), names
 
 
+def test_default_positions_fall_back_to_one_when_two_do_not_fit() -> None:
+    """The ULX3S builds two output positions per state word by default (the default csnn at 64
+    lanes: 188 / 208 DP16KD); a network whose two-position core would overfill the block RAM
+    while one position fits gets one, with a warning, instead of a refused build."""
+    import dataclasses
+
+    import torch
+
+    from firstspike.boards.build import BOARDS, default_positions
+    from firstspike.boards.link import board_plan
+    from firstspike.quantize.export import tables_from_model
+    from firstspike.train.model import CSNN, load_config
+
+    cfg, _ = load_config("csnn")
+    torch.manual_seed(0)
+    tables = tables_from_model(CSNN(cfg))
+    b = BOARDS["ulx3s"]
+    assert b.positions == 2 and default_positions(tables, b, b.lanes, True, False) == 2
+    need = {pos: board_plan(tables, b.lanes, True, pos).summary()["memory_bits"] for pos in (1, 2)}
+    assert need[1] < need[2] <= b.bram_bits, need
+    small = dataclasses.replace(b, bram_bits=(need[1] + need[2]) // 2)
+    assert default_positions(tables, small, b.lanes, True, False) == 1
+    assert default_positions(tables, BOARDS["icebreaker"], 2, False, True) == 1  # its default: one
+
+
 # ---- clocking: the ECP5 PLL that makes the core clock --------------------------------------
 @pytest.mark.parametrize("f_in", [12e6, 25e6, 48e6])
 def test_ecp5_pll_parameters_stay_within_the_limits(f_in: float) -> None:
@@ -663,7 +688,7 @@ def test_board_core_clocks_and_their_refusals(tmp_path) -> None:
 
     assert core_clock(BOARDS["orangecrab"])[0] == 66e6 and core_clock(BOARDS["orangecrab"])[1] is not None  # 48 MHz x 11 / 8
     assert core_clock(BOARDS["orangecrab"], 24)[0] == 24e6 and core_clock(BOARDS["orangecrab"], 24)[1] is not None
-    assert core_clock(BOARDS["ulx3s"])[0] == 50e6 and core_clock(BOARDS["ulx3s"])[1].clkfb_div == 2  # PLL: 25 x 2
+    assert core_clock(BOARDS["ulx3s"])[0] == 45e6 and core_clock(BOARDS["ulx3s"])[1].clkfb_div == 9  # PLL: 25 x 9 / 5
     assert core_clock(BOARDS["ulx3s"], 25) == (25e6, None) and core_clock(BOARDS["icebreaker"])[0] == 30e6
     assert core_clock(BOARDS["orangecrab"], 48) == (48e6, None)  # the board clock itself: no PLL
     assert core_clock(BOARDS["icebreaker"], 12) == (12e6, None)
@@ -712,12 +737,12 @@ def test_ice40_pll_matches_icepll_and_elaborates_on_the_clock_pin() -> None:
 def test_pll_board_tops_elaborate_with_the_core_clock() -> None:
     """OrangeCrab at --clock-mhz 24: EHXPLLL 48 -> 24 MHz drives the core, the UART divisor
     follows the core clock, and the PLL output carries the LPF clock constraint; the ULX3S at its
-    default 50 MHz (25 x 2; 3 Mbaud: 16 2/3 cycles a bit) and at --clock-mhz 16 (15.625 MHz: 5 5/24
+    default 45 MHz (25 x 9 / 5; 3 Mbaud: 15 cycles a bit), at --clock-mhz 50 (16 2/3) and at --clock-mhz 16 (15.625 MHz: 5 5/24
     cycles a bit) too; the ULX3S at its 25 MHz board clock has no PLL."""
     from firstspike.boards.build import BOARDS, BoardTop
     from firstspike.cli import build_parser
 
-    for board, mhz, baud, want_hz, div in [("orangecrab", 24, None, 24e6, 8), ("ulx3s", None, None, 50e6, Fraction(50, 3)),
+    for board, mhz, baud, want_hz, div in [("orangecrab", 24, None, 24e6, 8), ("ulx3s", None, None, 45e6, 15), ("ulx3s", 50, None, 50e6, Fraction(50, 3)),
                                            ("ulx3s", 16, None, 15.625e6, Fraction(125, 24)), ("ulx3s", 16, 500_000, 15.625e6, 31.25)]:  # fmt: skip
         b = BOARDS[board]
         top = BoardTop(_ice40_tables(), b, lanes=2, clock_mhz=mhz, **({"baud": baud} if baud else {}))
