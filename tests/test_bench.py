@@ -24,3 +24,34 @@ def test_merge_runs_keeps_each_runs_own_date_and_commit(tmp_path, monkeypatch) -
     assert rows["a"] == {"board": "a", "x": 1, "date": "2026-01-01T00:00:00+00:00", "commit": "old1234"}
     assert rows["b"]["x"] == 3 and rows["b"]["commit"] == common.git_rev() and rows["b"]["date"] > "2026-01-01"
     assert len(merged) == 2
+
+
+def test_probe_readouts_see_what_the_spike_times_carry_and_no_more() -> None:
+    """bench/accuracy_probe.py's readouts on synthetic spike times (T = 16, three classes): a
+    class coded by which features fire early is read by every readout; a class coded only by
+    times after T/2 is invisible to the potentials at T/2 (relu(T/2 - t) = 0) but read at T-1;
+    labels independent of the times stay near chance on held-out samples."""
+    import numpy as np
+    import torch
+
+    from accuracy_probe import probe_readouts
+
+    T, rng = 16, np.random.default_rng(0)
+
+    def data(n: int, early: tuple[int, int], late: tuple[int, int], informative: bool = True):
+        y = rng.integers(0, 3, n)
+        t = rng.integers(*late, size=(n, 12))
+        own = np.arange(12)[None, :] // 4 == (y if informative else rng.integers(0, 3, n))[:, None]
+        t = np.where(own, rng.integers(*early, size=(n, 12)), t)
+        return torch.from_numpy(t.astype(np.int16)), torch.from_numpy(y.astype(np.int64))
+
+    def accs(early, late, informative=True) -> dict[str, float]:
+        (ftr, ytr), (fte, yte) = data(600, early, late, informative), data(300, early, late, informative)
+        return {r["readout"]: r["test_acc"] for r in probe_readouts(ftr, ytr, fte, yte, T, epochs=40, lr=1e-2)}
+
+    easy = accs((1, 5), (12, T + 1))  # own features fire by step 4, the others from 12 on or never
+    assert all(a >= 0.95 for a in easy.values()), easy
+    hidden = accs((9, 11), (13, T + 1))  # own features at 9-10, others at 13-16: all after T/2 = 8
+    assert hidden["linear, V(T/2)"] < 0.5 and hidden["linear, V(T-1)"] >= 0.95, hidden
+    noise = accs((1, 5), (12, T + 1), informative=False)
+    assert all(a < 0.5 for a in noise.values()), noise
