@@ -181,3 +181,7 @@ def test_potential_loss_gradients_are_exact() -> None:
     w_ok[2] = 1.0  # V_2(t*) = 12 * 9 = 108 >> theta, the others -108
     assert float(potential_loss(t_out[:1], t0, w_ok, theta, torch.tensor([2]), T, margin, t_star)) == 0.0
     assert float(potential_loss(t_out[:1], t0, w_ok, theta, torch.tensor([3]), T, margin, t_star)) > 0.0
+    # ce_weight: the cross-entropy of z / ce_temp on top, an error even where the hinge is met
+    zc = torch.where(torch.arange(5) == 2, 108.0, -108.0).double() / theta - 1
+    ce = float(potential_loss(t_out[:1], t0, w_ok, theta, torch.tensor([2]), T, margin, t_star, ce_weight=0.5, ce_temp=4.0))
+    assert ce == pytest.approx(0.5 * float(F.cross_entropy(zc.view(1, -1) / 4.0, torch.tensor([2])))) and ce > 0

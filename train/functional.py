@@ -207,6 +207,8 @@ def potential_loss(
     t_star: float | None = None,
     stride: int = 1,
     pad: int = 0,
+    ce_weight: float = 0.0,
+    ce_temp: float = 0.1,
 ) -> torch.Tensor:
     """Output loss on the potentials at a decision time t* (the forward pass is unchanged).
 
@@ -220,7 +222,9 @@ def potential_loss(
     over the batch. V_k(t*) = sum_i w_ki max(0, t* - t_i) is linear in the weights, so its
     gradients are exact: dV/dw_ki = max(0, t* - t_i), dV/dt_i = -w_ki [t_i < t*] (the
     STiDi-BP formulas with every output evaluated at the common time t* instead of its own
-    spike time); the hidden layers below keep the STiDi-BP backward."""
+    spike time); the hidden layers below keep the STiDi-BP backward. ``ce_weight`` > 0 adds
+    that much cross-entropy of the logits z / ``ce_temp``: an error on every image, also on those
+    whose hinge is met."""
     if t_star is None:
         tau = t_out.detach().flatten(1).min(dim=1).values.clamp(max=float(T - 1))
     else:
@@ -230,7 +234,10 @@ def potential_loss(
     z = (v - theta) / theta
     onehot = F.one_hot(labels, z.shape[1]).to(z.dtype)
     h = onehot * F.relu(margin - z) + (1 - onehot) * F.relu(margin + z)
-    return h.sum(dim=1).mean()
+    loss = h.sum(dim=1).mean()
+    if ce_weight > 0:
+        loss = loss + ce_weight * F.cross_entropy(z / ce_temp, labels)
+    return loss
 
 
 def silence_penalty(hidden: list[torch.Tensor], T: int, fire_min: float) -> torch.Tensor:

@@ -47,6 +47,8 @@ class TrainConfig:
     gamma: float = 3.0  # loss margin (time steps)
     loss: str = "relative"  # relative | ce | tce (functional.spike_loss) | potential (functional.potential_loss)
     margin: float = 0.1  # potential loss: hinge margin, a fraction of the threshold
+    ce_weight: float = 0.0  # potential loss: + this x cross-entropy of z / ce_temp (an error on every image)
+    ce_temp: float = 0.1  # potential loss: temperature of that cross-entropy, in fractions of the threshold
     t_goal: float = 1.0  # relative loss: deadline for the earliest output; potential loss: the decision time t*; fractions of T (1 = none / the earliest output spike)
     norm_grad: bool = False  # L2-normalise each layer's dL/dV per sample (S4NN style)
     norm_mode: str = "sample"  # with norm_grad: "sample" (each sample unit norm) | "batch" (unit RMS over the batch)
@@ -344,7 +346,7 @@ def train(
             if tc.loss == "potential":
                 out_layer = model.layers[-1]
                 loss = potential_loss(t_out, outs[-2], out_layer.effective()[0], float(out_layer.theta), yb, T,
-                                      tc.margin, t_goal, out_layer.stride, out_layer.padding)  # fmt: skip
+                                      tc.margin, t_goal, out_layer.stride, out_layer.padding, tc.ce_weight, tc.ce_temp)  # fmt: skip
             else:
                 loss = spike_loss(t_out, yb, T, tc.gamma, tc.loss, t_goal)
             total = loss
