@@ -76,6 +76,30 @@ def probe_readouts(f_tr, y_tr, f_te, y_te, T: int, epochs: int, seed: int = 0, l
     return out
 
 
+def decision_check(model, f: "torch.Tensor", shape: list[int], y: "torch.Tensor") -> dict[str, float]:
+    """On the output layer as exported (integer weights and thresholds), from its input spike
+    times ``f`` (N, features): the fraction of images where a wrong output crosses its threshold
+    before t* = T/2 and is back under it at t* (what the potential loss does not see), and the
+    accuracy of the class with the largest (V(t*) - threshold) / threshold."""
+    import torch
+    import torch.nn.functional as F
+
+    out, T = model.layers[-1], model.T
+    _, w, thr = out.effective()
+    w, thr = w.double(), thr.double().view(1, -1, 1)
+    early = right = 0
+    with torch.no_grad():
+        for i in range(0, len(f), 1000):
+            t_in = f[i : i + 1000].double().view(-1, *shape)
+            v = torch.stack([F.conv2d(F.relu(t - t_in), w, stride=out.stride, padding=out.padding).flatten(1)
+                             for t in range(T // 2 + 1)], 2)  # (B, classes, t = 0 .. T/2)  # fmt: skip
+            crossed, under = (v[:, :, : T // 2] >= thr).any(2), v[:, :, T // 2] < thr[:, :, 0]
+            wrong = F.one_hot(y[i : i + 1000], v.shape[1]) == 0
+            early += int((crossed & under & wrong).any(1).sum())
+            right += int((((v[:, :, T // 2] - thr[:, :, 0]) / thr[:, :, 0]).argmax(1) == y[i : i + 1000]).sum())
+    return {"wrong_crossed_before_t_star_and_under_at_it": early / len(f), "acc_largest_relative_margin_at_t_star": right / len(f)}
+
+
 def main() -> None:
     setup_logging()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,11 +130,14 @@ def main() -> None:
         with torch.no_grad():
             for i in tqdm(range(0, len(images), 1000), desc=f"features ({what})"):
                 x = torch.from_numpy(images[i : i + 1000].copy())
-                feats.append(model(x, all_layers=True)[-2].flatten(1).to(torch.int16))
+                t_in = model(x, all_layers=True)[-2]
+                shape[:] = t_in.shape[1:]
+                feats.append(t_in.flatten(1).to(torch.int16))
                 if classify:
                     classes.append(model.classify(x)[0])
         return torch.cat(feats), (torch.cat(classes) if classify else None)
 
+    shape: list[int] = []  # (C, H, W) of the output layer's input
     t0 = time.perf_counter()
     f_tr, _ = features(train.images, "train", False)
     f_te, own = features(test.images, "test", True)
@@ -120,12 +147,14 @@ def main() -> None:
     log.info("%s: %d features into the output layer, %.1f%% silent; the network's own test accuracy %.2f%%",
              Path(args.model).name, f_tr.shape[1], 100 * silent, 100 * own_acc)  # fmt: skip
 
+    dec = decision_check(model, f_te, shape, y_te)
+    log.info("decision check: %s", dec)
     out = probe_readouts(f_tr, y_tr, f_te, y_te, T, args.epochs, args.seed)
     for r in out:
         log.info("%-36s train %.2f%%  test %.2f%%", r["readout"], 100 * r["train_acc"], 100 * r["test_acc"])
     rec = {"model": repo_path(args.model), "dataset": args.dataset, "T": T, "features": int(f_tr.shape[1]),
            "silent_fraction": silent, "network_test_acc": own_acc, "train_images": len(train), "epochs": args.epochs,
-           "probes": out, "seconds": round(time.perf_counter() - t0, 1), "commit": git_rev()}  # fmt: skip
+           "decision_check": dec, "probes": out, "seconds": round(time.perf_counter() - t0, 1), "commit": git_rev()}  # fmt: skip
     path = RESULTS / "accuracy_probe.json"
     old = json.loads(path.read_text()) if path.is_file() else {"benchmark": "accuracy_probe", "runs": []}
     old["runs"] = [r for r in old["runs"] if (r["model"], r["dataset"]) != (rec["model"], rec["dataset"])] + [rec]
