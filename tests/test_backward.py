@@ -185,3 +185,9 @@ def test_potential_loss_gradients_are_exact() -> None:
     zc = torch.where(torch.arange(5) == 2, 108.0, -108.0).double() / theta - 1
     ce = float(potential_loss(t_out[:1], t0, w_ok, theta, torch.tensor([2]), T, margin, t_star, ce_weight=0.5, ce_temp=4.0))
     assert ce == pytest.approx(0.5 * float(F.cross_entropy(zc.view(1, -1) / 4.0, torch.tensor([2])))) and ce > 0
+    # its error reaches the input times only with ce_hidden (else the output layer alone learns from it)
+    for hidden in (False, True):
+        ti = t0.clone().requires_grad_()
+        potential_loss(t_out[:1], ti, w_ok, theta, torch.tensor([2]), T, margin, t_star, ce_weight=0.5, ce_temp=4.0,
+                       ce_hidden=hidden).backward()  # fmt: skip
+        assert (ti.grad.abs().sum() > 0) == hidden

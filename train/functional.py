@@ -209,6 +209,7 @@ def potential_loss(
     pad: int = 0,
     ce_weight: float = 0.0,
     ce_temp: float = 0.1,
+    ce_hidden: bool = False,
 ) -> torch.Tensor:
     """Output loss on the potentials at a decision time t* (the forward pass is unchanged).
 
@@ -224,7 +225,7 @@ def potential_loss(
     STiDi-BP formulas with every output evaluated at the common time t* instead of its own
     spike time); the hidden layers below keep the STiDi-BP backward. ``ce_weight`` > 0 adds
     that much cross-entropy of the logits z / ``ce_temp``: an error on every image, also on those
-    whose hinge is met."""
+    whose hinge is met; it trains the output layer only (its inputs detached), unless ``ce_hidden``."""
     if t_star is None:
         tau = t_out.detach().flatten(1).min(dim=1).values.clamp(max=float(T - 1))
     else:
@@ -236,7 +237,8 @@ def potential_loss(
     h = onehot * F.relu(margin - z) + (1 - onehot) * F.relu(margin + z)
     loss = h.sum(dim=1).mean()
     if ce_weight > 0:
-        loss = loss + ce_weight * F.cross_entropy(z / ce_temp, labels)
+        zc = z if ce_hidden else (F.conv2d(x.detach().to(w_eff.dtype), w_eff, stride=stride, padding=pad).flatten(1) - theta) / theta
+        loss = loss + ce_weight * F.cross_entropy(zc / ce_temp, labels)
     return loss
 
 

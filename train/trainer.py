@@ -49,6 +49,7 @@ class TrainConfig:
     margin: float = 0.1  # potential loss: hinge margin, a fraction of the threshold
     ce_weight: float = 0.0  # potential loss: + this x cross-entropy of z / ce_temp (an error on every image)
     ce_temp: float = 0.1  # potential loss: temperature of that cross-entropy, in fractions of the threshold
+    ce_hidden: bool = False  # potential loss: that cross-entropy's error also into the hidden layers (else the output layer only)
     t_goal: float = 1.0  # relative loss: deadline for the earliest output; potential loss: the decision time t*; fractions of T (1 = none / the earliest output spike)
     norm_grad: bool = False  # L2-normalise each layer's dL/dV per sample (S4NN style)
     norm_mode: str = "sample"  # with norm_grad: "sample" (each sample unit norm) | "batch" (unit RMS over the batch)
@@ -346,7 +347,7 @@ def train(
             if tc.loss == "potential":
                 out_layer = model.layers[-1]
                 loss = potential_loss(t_out, outs[-2], out_layer.effective()[0], float(out_layer.theta), yb, T,
-                                      tc.margin, t_goal, out_layer.stride, out_layer.padding, tc.ce_weight, tc.ce_temp)  # fmt: skip
+                                      tc.margin, t_goal, out_layer.stride, out_layer.padding, tc.ce_weight, tc.ce_temp, tc.ce_hidden)  # fmt: skip
             else:
                 loss = spike_loss(t_out, yb, T, tc.gamma, tc.loss, t_goal)
             total = loss
