@@ -566,6 +566,7 @@ def test_a_missed_clock_names_the_critical_path_and_leaves_no_bitstream(tmp_path
             seg("setup", 0.2, "link.core.layer2.wdata_SB_DFF_Q", "link.core.layer2.wdata_SB_DFF_Q")]}]}  # fmt: skip
 
     def fake_build(self, top, **kw) -> None:  # a routed design under its clock, packed anyway
+        self.prepare(top, name="firstspike")
         (Path("work")).mkdir(exist_ok=True)
         Path("work/report.json").write_text(json.dumps(report))
         Path("work/firstspike.bin").write_bytes(b"\0" * 16)
