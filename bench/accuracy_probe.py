@@ -85,14 +85,12 @@ def decision_check(model, f: "torch.Tensor", shape: list[int], y: "torch.Tensor"
     import torch.nn.functional as F
 
     out, T = model.layers[-1], model.T
-    _, w, thr = out.effective()
-    w, thr = w.double(), thr.double().view(1, -1, 1)
+    thr = out.effective()[2].double().view(1, -1, 1)
     early = right = 0
     with torch.no_grad():
         for i in range(0, len(f), 1000):
-            t_in = f[i : i + 1000].double().view(-1, *shape)
-            v = torch.stack([F.conv2d(F.relu(t - t_in), w, stride=out.stride, padding=out.padding).flatten(1)
-                             for t in range(T // 2 + 1)], 2)  # (B, classes, t = 0 .. T/2)  # fmt: skip
+            t_in = f[i : i + 1000].view(-1, *shape)
+            v = torch.stack([out.potential_at(t_in, t).flatten(1) for t in range(T // 2 + 1)], 2)  # (B, classes, t = 0 .. T/2)
             crossed, under = (v[:, :, : T // 2] >= thr).any(2), v[:, :, T // 2] < thr[:, :, 0]
             wrong = F.one_hot(y[i : i + 1000], v.shape[1]) == 0
             early += int((crossed & under & wrong).any(1).sum())
@@ -130,11 +128,11 @@ def main() -> None:
         with torch.no_grad():
             for i in tqdm(range(0, len(images), 1000), desc=f"features ({what})"):
                 x = torch.from_numpy(images[i : i + 1000].copy())
-                t_in = model(x, all_layers=True)[-2]
-                shape[:] = t_in.shape[1:]
-                feats.append(t_in.flatten(1).to(torch.int16))
-                if classify:
-                    classes.append(model.classify(x)[0])
+                outs = model(x, all_layers=True)
+                shape[:] = outs[-2].shape[1:]
+                feats.append(outs[-2].flatten(1).to(torch.int16))
+                if classify:  # the model's decision rule on the same forward pass
+                    classes.append(model.decide(outs[-1].flatten(1), outs[-2]))
         return torch.cat(feats), (torch.cat(classes) if classify else None)
 
     shape: list[int] = []  # (C, H, W) of the output layer's input
