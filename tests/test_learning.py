@@ -185,3 +185,42 @@ def test_binary_network_starts_from_a_real_one() -> None:
     longer.layers.append(LayerSpec(kind="fc", channels=10))
     with pytest.raises(ConfigError, match="init_from: the checkpoint's layers"):
         init_from_checkpoint(CSNN(longer), ck)
+
+
+@pytest.mark.parametrize("bits", [0, 2])
+def test_refit_trains_only_the_output_layer_and_resumes(tmp_path: Path, bits: int) -> None:
+    """refit_epochs: after the main epochs the output layer alone trains on the kept model's
+    frozen hidden layers (cross-entropy on its potentials), with ``refit_out_weight_bits`` at a
+    new width (2: ternary, saved in the checkpoint's architecture); a run stopped at the boundary
+    or inside the refit and resumed ends bit-identical to one run straight through."""
+    cfg, table = load_config("csnn_tiny")
+    table = {**table, "loss": "potential", "t_goal": 0.5, "ema": 0.9}
+    with pytest.raises(ConfigError, match="refit_epochs needs loss = 'potential'"):
+        TrainConfig.from_dict({**table, "loss": "relative", "refit_epochs": 1})
+    with pytest.raises(ConfigError, match="refit_out_weight_bits=2: choose 1..8 with refit_epochs > 0"):
+        TrainConfig.from_dict({**table, "refit_out_weight_bits": 2})
+
+    def run(out: Path, epochs: int, refit: int, resume: bool) -> dict:
+        tc = TrainConfig.from_dict({**table, "refit_epochs": refit, "refit_out_weight_bits": bits if refit else 0})
+        tc.epochs, tc.train_subset, tc.test_subset, tc.progress = epochs, 256, 50, False
+        return train(cfg, tc, out, resume=resume)
+
+    main = run(tmp_path / "a", 1, 0, False)["state_dict"]
+    resumed = run(tmp_path / "a", 1, 1, True)  # stopped at the boundary, then the refit
+    assert [bool(h.get("refit")) for h in resumed["history"]] == [False, True]
+    sd, out_keys = resumed["state_dict"], [k for k in main if k.startswith("layers.4.")]
+    assert out_keys and all(torch.equal(sd[k], main[k]) for k in main if k not in out_keys)  # hidden layers frozen
+    assert not torch.equal(sd["layers.4.weight"], main["layers.4.weight"])  # the output layer trained
+    model = model_from_checkpoint(resumed)
+    assert resumed["net"]["out_weight_bits"] == model.spiking_layers()[-1].weight_bits == max(bits, 1)
+    values = set(model.spiking_layers()[-1].integer_weights()[0].unique().tolist())
+    assert values <= {-1, 0, 1}
+    if bits:  # the latent weights restarted at the +-1 weights (the same network), then moved a little
+        assert (main["layers.4.weight"].abs() < 0.5).any() and (sd["layers.4.weight"].abs() > 0.5).all()
+    run(tmp_path / "b", 1, 1, False)
+    inside = run(tmp_path / "c", 1, 2, False)
+    run(tmp_path / "d", 1, 1, False), run(tmp_path / "d", 1, 2, True)  # stopped inside the refit
+    for other in ("b", "d"):
+        ck = load_checkpoint(tmp_path / other / "checkpoint.pt")
+        ref = resumed["state_dict"] if other == "b" else inside["state_dict"]
+        assert all(torch.equal(ck["state_dict"][k], ref[k]) for k in ref), other

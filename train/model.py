@@ -156,16 +156,20 @@ class SpikingLayer(nn.Module):
     def __init__(self, cin: int, cout: int, kh: int, kw: int, stride: int, padding: int, cfg: NetConfig,
                  weight_bits: int = 1):  # fmt: skip
         super().__init__()
-        self.qmax = (1 << (weight_bits - 1)) - 1 if weight_bits > 1 else 1  # binary: sign, else round(w * qmax)
+        self.set_weight_bits(weight_bits)
         self.stride, self.padding = stride, padding
         self.T = cfg.T
         self.binary = cfg.mode == "binary"
         self.clip = cfg.clip
         self.weight = nn.Parameter(torch.empty(cout, cin, kh, kw).uniform_(-1.0, 1.0))
         self.register_buffer("theta", torch.tensor(float(cfg.theta * cfg.T), dtype=torch.float64))
-        self.weight_bits = weight_bits  # exported width of the integer weights (binary mode)
         if self.binary:
             self.log_alpha = nn.Parameter(torch.zeros(cout if cfg.per_channel_alpha else 1))
+
+    def set_weight_bits(self, bits: int) -> None:
+        """Width of the exported integer weights (binary mode): 1 = sign, k > 1 = round(w * qmax)."""
+        self.weight_bits = bits
+        self.qmax = (1 << (bits - 1)) - 1 if bits > 1 else 1
 
     def per_channel(self) -> bool:
         return (not self.binary) or self.log_alpha.numel() > 1

@@ -11,7 +11,7 @@ import pickle
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,12 @@ class TrainConfig:
     calib: str = "auto"  # data-driven init: "positive" | "median" (see CSNN.calibrate) | "auto": median for binary, positive for real
     init_from: str = ""  # a checkpoint of the same layers to start from instead of the calibration (e.g. a
     #   real-valued run for a binary one: latent weights w / max|w| and alpha = mean|w| per channel)
+    refit_epochs: int = 0  # > 0: after ``epochs``, this many epochs that train the output layer only, on the
+    #   kept model's frozen hidden layers (potential loss + refit_ce_weight x cross-entropy; a fresh
+    #   schedule and weight average); the held-out images choose among all epochs (docs/accuracy.md)
+    refit_ce_weight: float = 1.0  # the cross-entropy weight (ce_weight) of those refit epochs
+    refit_out_weight_bits: int = 0  # > 0: the output layer's weight width from the refit on (the model's
+    #   out_weight_bits, e.g. 2: ternary); its latent weights restart at its integer weights / qmax
     eval_batch: int = 500
     progress: bool = True
 
@@ -86,13 +92,23 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown [train] settings {sorted(unknown)}; known: {sorted(names)}")
         tc = TrainConfig(**d)
+        tc.validate()
+        return tc
+
+    def validate(self) -> None:
+        tc = self
         if tc.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer must be 'adam' or 'sgd', not {tc.optimizer!r}")
         if tc.augment_shift < 0:
             raise ConfigError(f"augment_shift must be >= 0 pixels, not {tc.augment_shift}")
         if tc.schedule not in ("cosine", "step", "none"):
             raise ConfigError(f"schedule must be cosine, step or none, not {tc.schedule!r}")
-        return tc
+        if tc.refit_epochs < 0:
+            raise ConfigError(f"refit_epochs must be >= 0, not {tc.refit_epochs}")
+        if tc.refit_epochs and tc.loss != "potential":
+            raise ConfigError(f"refit_epochs needs loss = 'potential' (the refit trains its hinge and cross-entropy), not {tc.loss!r}")
+        if not 0 <= tc.refit_out_weight_bits <= 8 or (tc.refit_out_weight_bits and not tc.refit_epochs):
+            raise ConfigError(f"refit_out_weight_bits={tc.refit_out_weight_bits}: choose 1..8 with refit_epochs > 0, or 0 (keep the width)")
 
 
 # --- distributed helpers ------------------------------------------------------------------
@@ -244,6 +260,32 @@ def _make_optimizer(model: torch.nn.Module, tc: TrainConfig, opt: torch.optim.Op
     return opt, sched
 
 
+def _refit_net(net_cfg: NetConfig, tc: TrainConfig) -> NetConfig:
+    """The architecture the refit epochs train and save (the output width may change)."""
+    if not tc.refit_out_weight_bits or tc.refit_out_weight_bits == net_cfg.out_weight_bits:
+        return net_cfg
+    if net_cfg.mode != "binary":
+        raise ConfigError("refit_out_weight_bits applies to binary networks; leave it 0 in real mode")
+    return replace(net_cfg, out_weight_bits=tc.refit_out_weight_bits)
+
+
+def _enter_refit(model: CSNN, tc: TrainConfig, new_width: bool = False):
+    """The refit phase: every spiking layer but the output frozen (``new_width``: the output
+    layer first gets the refit's weight width, its latent weights restarting at its integer
+    weights / qmax, the same network); an optimizer and schedule for the output layer over
+    ``tc.refit_epochs``."""
+    out = model.spiking_layers()[-1]
+    if tc.refit_out_weight_bits and out.weight_bits != tc.refit_out_weight_bits:
+        if new_width:
+            with torch.no_grad():
+                out.weight.copy_(out.sign() / out.qmax)
+        out.set_weight_bits(tc.refit_out_weight_bits)
+    for m in model.spiking_layers()[:-1]:
+        for p in m.parameters():
+            p.requires_grad_(False)
+    return _make_optimizer(model, replace(tc, epochs=tc.refit_epochs))
+
+
 def train(
     net_cfg: NetConfig,
     tc: TrainConfig,
@@ -253,8 +295,11 @@ def train(
     """Train and write ``out_dir/checkpoint.pt`` (after every epoch, atomically) and
     ``out_dir/history.json``. With ``resume`` an existing checkpoint there is continued.
     Returns the final checkpoint payload."""
+    tc.validate()
     rank, world = dist_info()
     out = Path(out_dir)
+    n_epochs = tc.epochs + tc.refit_epochs
+    refit_cfg = _refit_net(net_cfg, tc)
     ck_path = out / "checkpoint.pt"
     device = pick_device(tc.device, rank)
     seed_everything(tc.seed)
@@ -294,31 +339,37 @@ def train(
 
     if resuming:
         ck = load_checkpoint(ck_path)
-        if NetConfig.from_dict(ck["net"]).to_dict() != net_cfg.to_dict():  # settings added later take their defaults
+        start_epoch, history = ck["epoch"], ck["history"]
+        in_refit = tc.refit_epochs > 0 and start_epoch > tc.epochs  # a refit under way continues
+        if NetConfig.from_dict(ck["net"]).to_dict() != (refit_cfg if in_refit else net_cfg).to_dict():  # settings added later take their defaults
             raise CheckpointError(f"{ck_path} was trained with another architecture; use a new --out or --no-resume")
         # a run that ended on an earlier epoch (val_images) continues from its last one
+        prev_best = ck.get("best")
         model.load_state_dict(ck.get("last_state_dict", ck["state_dict"]))
         ema_init = {n: p.detach().clone() for n, p in model.named_parameters()}
         if "train_state_dict" in ck:  # the saved model is the average; training continues from the raw weights
             model.load_state_dict(ck["train_state_dict"])
-        try:
-            opt.load_state_dict(ck["optimizer"])
-        except ValueError as e:
-            raise CheckpointError(f"{ck_path}: its optimizer state does not fit this trainer ({e}); use --no-resume") from e
-        start_epoch, history = ck["epoch"], ck["history"]
-        prev_best = ck.get("best")
+        if in_refit:
+            opt, sched = _enter_refit(model, tc)
+        if not (tc.refit_epochs > 0 and start_epoch == tc.epochs):  # (at the boundary the refit starts afresh below)
+            try:
+                opt.load_state_dict(ck["optimizer"])
+            except ValueError as e:
+                raise CheckpointError(f"{ck_path}: its optimizer state does not fit this trainer ({e}); use --no-resume") from e
         # rebuild the schedule for this run's epoch count (it may extend the finished run)
+        phase_tc, done = (replace(tc, epochs=tc.refit_epochs), start_epoch - tc.epochs) if in_refit else (tc, start_epoch)
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] = tc.lr * group.get("lr_scale", 1.0)
-        opt, sched = _make_optimizer(model, tc, opt)
+        opt, sched = _make_optimizer(model, phase_tc, opt)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for _ in range(start_epoch):
+            for _ in range(done):
                 sched.step()
         torch.set_rng_state(ck["rng"])
         log.info("resumed %s at epoch %d", ck_path, start_epoch)
 
-    ema, ema_steps = None, start_epoch * max(1, len(y_train) // max(1, world) // tc.batch_size)
+    phase_start = tc.epochs if tc.refit_epochs > 0 and start_epoch > tc.epochs else 0  # the refit's average starts afresh
+    ema, ema_steps = None, (start_epoch - phase_start) * max(1, len(y_train) // max(1, world) // tc.batch_size)
     if tc.ema > 0:
         ema = ema_init if resuming else {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -327,7 +378,20 @@ def train(
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)  # broadcasts rank 0's weights
 
     T = net_cfg.T
-    for epoch in range(start_epoch, tc.epochs):
+    kept = (prev_best or {}).get("state_dict") or (ck["state_dict"] if resuming else None)  # the model a refit starts from
+    for epoch in range(start_epoch, n_epochs):
+        refit = epoch >= tc.epochs
+        if refit and epoch == tc.epochs:  # the refit begins: from the kept model, output layer only
+            model.load_state_dict(kept)
+            opt, sched = _enter_refit(model, tc, new_width=True)
+            if refit_cfg is not net_cfg:  # earlier epochs' models have another output width: not candidates
+                prev_best = None
+            if tc.ema > 0:
+                ema, ema_steps = {n: p.detach().clone() for n, p in model.named_parameters()}, 0
+            if world > 1:  # DDP registers the parameters that train when it is built
+                ddp_model = torch.nn.parallel.DistributedDataParallel(model)
+            log.info("refit: %d epochs of the output layer on the frozen hidden layers (cross-entropy weight %g)",
+                     tc.refit_epochs, tc.refit_ce_weight)  # fmt: skip
         model.train()
         t0 = time.time()
         g = torch.Generator().manual_seed(tc.seed * 100003 + epoch)
@@ -335,7 +399,7 @@ def train(
         perm = perm[rank::world]  # each process its own shard, same number of steps
         g_aug = torch.Generator().manual_seed(tc.seed * 7919 + epoch * 31 + rank + 1)
         steps = len(perm) // tc.batch_size
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not (tc.progress and rank == 0))
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{n_epochs}", disable=not (tc.progress and rank == 0))
         run_loss = run_correct = run_n = 0.0
         diag = _Diag(model) if tc.diagnostics else None
         for s in bar:
@@ -347,11 +411,12 @@ def train(
             if tc.loss == "potential":
                 out_layer = model.layers[-1]
                 loss = potential_loss(t_out, outs[-2], out_layer.effective()[0], float(out_layer.theta), yb, T,
-                                      tc.margin, t_goal, out_layer.stride, out_layer.padding, tc.ce_weight, tc.ce_temp, tc.ce_hidden)  # fmt: skip
+                                      tc.margin, t_goal, out_layer.stride, out_layer.padding,
+                                      tc.refit_ce_weight if refit else tc.ce_weight, tc.ce_temp, tc.ce_hidden)  # fmt: skip
             else:
                 loss = spike_loss(t_out, yb, T, tc.gamma, tc.loss, t_goal)
             total = loss
-            if tc.fire_weight > 0 and tc.homeostasis <= 0:
+            if tc.fire_weight > 0 and tc.homeostasis <= 0 and not refit:
                 hidden = [o for k, o in zip(model.kinds[:-1], outs[1:-1]) if k != "pool"]
                 if hidden:
                     total = loss + tc.fire_weight * silence_penalty(hidden, T, tc.fire_min)
@@ -360,7 +425,7 @@ def train(
             if diag is not None:
                 diag.step(model, t_out, yb, T, tc.gamma, t_goal)
             opt.step()
-            if tc.homeostasis > 0:
+            if tc.homeostasis > 0 and not refit:
                 _homeostasis(model, outs, T, tc.fire_min, tc.homeostasis)
             if tc.clamp_weights and net_cfg.mode == "binary":
                 with torch.no_grad():
@@ -371,7 +436,8 @@ def train(
                 d = min(tc.ema, ema_steps / (ema_steps + 9.0))
                 with torch.no_grad():
                     for n, p in model.named_parameters():
-                        ema[n].mul_(d).add_(p.detach(), alpha=1.0 - d)
+                        if p.requires_grad:  # (a frozen one stays bit-exact: no rounding of an average)
+                            ema[n].mul_(d).add_(p.detach(), alpha=1.0 - d)
             with torch.no_grad():
                 # the model's decision rule (earliest spike; if none fires, largest V(T-1))
                 pred = model.decide(t_out, outs[-2])
@@ -401,12 +467,14 @@ def train(
         }
         if val_acc is not None:
             rec["val_acc"] = val_acc
+        if refit:
+            rec["refit"] = True
         if diag is not None:
             rec["diag"] = diag.summary(model, x_test[:1000].to(device), y_test[:1000])
         history.append(rec)
         log.info(
             "epoch %d/%d: loss %.4f train %.2f%% test %.2f%% (%.0f s) fire %s",
-            epoch + 1, tc.epochs, rec["train_loss"], 100 * rec["train_acc"], 100 * test_acc, rec["seconds"],
+            epoch + 1, n_epochs, rec["train_loss"], 100 * rec["train_acc"], 100 * test_acc, rec["seconds"],
             ", ".join(f"{100 * f:.0f}%" for f in fire),
         )  # fmt: skip
         if diag is not None:
@@ -414,7 +482,7 @@ def train(
         payload = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
-            "net": net_cfg.to_dict(),
+            "net": (refit_cfg if refit else net_cfg).to_dict(),
             "train": asdict(tc),
             "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             "optimizer": opt.state_dict(),
@@ -428,12 +496,13 @@ def train(
             best = prev_best if prev_best is not None and prev_best["val_acc"] >= val_acc else {
                 "epoch": epoch + 1, "val_acc": val_acc, "test_acc": test_acc, "state_dict": payload["state_dict"]}
             payload["best"] = prev_best = best
-            if epoch + 1 == tc.epochs and best["epoch"] != epoch + 1:  # the run ends: keep the best epoch's model
+            if epoch + 1 == n_epochs and best["epoch"] != epoch + 1:  # the run ends: keep the best epoch's model
                 payload["last_state_dict"] = payload["state_dict"]  # what a resumed run continues from
                 payload["state_dict"], payload["test_acc"] = best["state_dict"], best["test_acc"]
                 payload["selected_epoch"] = best["epoch"]
                 log.info("kept epoch %d (validation %.2f%%, test %.2f%%) over the last (validation %.2f%%, test %.2f%%)",
                          best["epoch"], 100 * best["val_acc"], 100 * best["test_acc"], 100 * val_acc, 100 * test_acc)  # fmt: skip
+        kept = prev_best["state_dict"] if val_acc is not None else payload["state_dict"]
         if raw_state is not None:
             payload["train_state_dict"] = raw_state
             model.load_state_dict(raw_state)
@@ -443,7 +512,7 @@ def train(
     if world > 1:
         dist.barrier()
     if not history:
-        raise CheckpointError(f"nothing to do: {ck_path} already holds {start_epoch} epochs (asked for {tc.epochs})")
+        raise CheckpointError(f"nothing to do: {ck_path} already holds {start_epoch} epochs (asked for {n_epochs})")
     return load_checkpoint(ck_path) if rank == 0 or ck_path.is_file() else {}
 
 
