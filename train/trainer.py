@@ -335,12 +335,13 @@ def train(
             model.calibrate(x_train[idx].to(device), calib)
     opt, sched = _make_optimizer(model, tc)
     start_epoch, history = 0, []
+    in_refit = False  # a resumed refit under way continues
     prev_best: dict[str, Any] | None = None  # with val_images: the best epoch so far
 
     if resuming:
         ck = load_checkpoint(ck_path)
         start_epoch, history = ck["epoch"], ck["history"]
-        in_refit = tc.refit_epochs > 0 and start_epoch > tc.epochs  # a refit under way continues
+        in_refit = tc.refit_epochs > 0 and start_epoch > tc.epochs
         if NetConfig.from_dict(ck["net"]).to_dict() != (refit_cfg if in_refit else net_cfg).to_dict():  # settings added later take their defaults
             raise CheckpointError(f"{ck_path} was trained with another architecture; use a new --out or --no-resume")
         # a run that ended on an earlier epoch (val_images) continues from its last one
@@ -368,7 +369,7 @@ def train(
         torch.set_rng_state(ck["rng"])
         log.info("resumed %s at epoch %d", ck_path, start_epoch)
 
-    phase_start = tc.epochs if tc.refit_epochs > 0 and start_epoch > tc.epochs else 0  # the refit's average starts afresh
+    phase_start = tc.epochs if in_refit else 0  # the refit's average starts afresh
     ema, ema_steps = None, (start_epoch - phase_start) * max(1, len(y_train) // max(1, world) // tc.batch_size)
     if tc.ema > 0:
         ema = ema_init if resuming else {n: p.detach().clone() for n, p in model.named_parameters()}
