@@ -34,7 +34,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/train", help="output folder (checkpoint, history)")
     p.add_argument("--mode", choices=["binary", "real"], help="weight mode (default: from config)")
     p.add_argument("--T", type=int, help="time steps per layer window (default: from config)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="training epochs (default: the config's); the output refit's come after")
+    p.add_argument("--refit-epochs", type=int, help="epochs of the output refit after them (default: the config's; 0: none)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", choices=["adam", "sgd"])
@@ -194,6 +195,7 @@ def _add_flow(sub: argparse._SubParsersAction) -> None:
         f"Steps: {', '.join(STEP_NAMES)}.",
     )
     helps = {"out": "run folder", "config": "architecture (built-in name or TOML)", "epochs": "binary training epochs (default: the config's)",
+             "refit_epochs": "output-refit epochs after them (default: the config's; 0: none)",
              "real_epochs": "epochs of the float real-valued rung (0: skip it)", "lr": "learning rate (default: config's)",
              "train_subset": "first N training images (0: all)", "test_subset": "first N test images (0: all)",
              "lanes": "core lanes (RTL and bitstreams)", "boards": "comma-separated boards to build (empty: none)",
@@ -292,11 +294,13 @@ def cmd_train(a: argparse.Namespace) -> int:
         "dataset": a.dataset, "data_dir": a.data_dir, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
         "optimizer": a.optimizer, "schedule": a.schedule, "loss": a.loss, "gamma": a.gamma, "seed": a.seed,
         "device": a.device, "backend": a.backend, "train_subset": a.train_subset, "test_subset": a.test_subset,
-        "val_images": a.val_images,
+        "val_images": a.val_images, "refit_epochs": a.refit_epochs,
     }  # fmt: skip
     for k, v in overrides.items():
         if v is not None:
             setattr(tc, k, v)
+    if a.refit_epochs == 0:  # no refit: the output keeps the architecture's width
+        tc.refit_out_weight_bits = 0
     tc.progress = not a.no_progress
     ck = train(net_cfg, tc, a.out, resume=not a.no_resume)
     if ck:

@@ -56,6 +56,7 @@ class FlowConfig:
     dataset: str = "mnist"
     data_dir: str | None = None
     epochs: int | None = None  # binary training epochs (None: the config's, 15 for csnn_ice40)
+    refit_epochs: int | None = None  # then the output refit's epochs (None: the config's, 3 for csnn_ice40; 0: none)
     lr: float | None = None  # None: the config's
     # float real-valued rung (0: skip the step): csnn_ice40's real-valued recipe reaches 93.96%
     # in 4 epochs (the binary network 95.43% in 15; docs/accuracy.md)
@@ -118,7 +119,7 @@ class Context:
 
 
 # --- the steps -------------------------------------------------------------------------------
-def _train(ctx: Context, mode: str, epochs: int | None) -> dict[str, Any]:
+def _train(ctx: Context, mode: str, epochs: int | None, refit_epochs: int | None = None) -> dict[str, Any]:
     from firstspike.train.model import load_config
     from firstspike.train.trainer import TrainConfig, train
 
@@ -130,6 +131,11 @@ def _train(ctx: Context, mode: str, epochs: int | None) -> dict[str, Any]:
     tc.dataset, tc.data_dir, tc.seed = c.dataset, c.data_dir, c.seed
     if epochs is not None:
         tc.epochs = epochs
+    if mode == "real":  # the float rung: the config's recipe over real_epochs (the refit is a binary phase)
+        tc.refit_epochs, tc.refit_out_weight_bits = 0, 0
+    elif refit_epochs is not None:
+        tc.refit_epochs = refit_epochs
+        tc.refit_out_weight_bits = tc.refit_out_weight_bits if refit_epochs else 0
     tc.train_subset, tc.test_subset, tc.progress = c.train_subset, c.test_subset, c.progress
     if c.lr is not None:
         tc.lr = c.lr
@@ -138,7 +144,7 @@ def _train(ctx: Context, mode: str, epochs: int | None) -> dict[str, Any]:
             "history": [{k: h[k] for k in ("epoch", "train_acc", "test_acc", "seconds") if k in h} for h in ck.get("history", [])]}  # fmt: skip
 
 
-def _train_params(c: FlowConfig, epochs: int | None) -> dict[str, Any]:
+def _train_params(c: FlowConfig, epochs: int | None, **extra: Any) -> dict[str, Any]:
     from firstspike.data import resolve_dir
 
     cfg_path = Path(c.config)
@@ -147,7 +153,7 @@ def _train_params(c: FlowConfig, epochs: int | None) -> dict[str, Any]:
     folder = resolve_dir(c.dataset, c.data_dir)
     data = sorted((p.name, _file_hash(p)) for p in folder.iterdir() if p.is_file() and "ubyte" in p.name)
     return {"config": c.config, "config_sha": _file_hash(cfg_path) if cfg_path.exists() else None, "data": data,
-            "epochs": epochs, "lr": c.lr, "train_subset": c.train_subset, "test_subset": c.test_subset, "seed": c.seed}  # fmt: skip
+            "epochs": epochs, "lr": c.lr, "train_subset": c.train_subset, "test_subset": c.test_subset, "seed": c.seed, **extra}  # fmt: skip
 
 
 def step_train_real(ctx: Context) -> dict[str, Any]:
@@ -155,7 +161,7 @@ def step_train_real(ctx: Context) -> dict[str, Any]:
 
 
 def step_train(ctx: Context) -> dict[str, Any]:
-    return _train(ctx, "binary", ctx.cfg.epochs)
+    return _train(ctx, "binary", ctx.cfg.epochs, ctx.cfg.refit_epochs)
 
 
 def step_quantize(ctx: Context) -> dict[str, Any]:
@@ -322,7 +328,7 @@ def _p(*names: str) -> Callable[[FlowConfig], dict[str, Any]]:
 STEPS: list[Step] = [
     Step("train_real", (), lambda c: _train_params(c, c.real_epochs), step_train_real, "float real-valued network",
          lambda c: c.real_epochs > 0),
-    Step("train", (), lambda c: _train_params(c, c.epochs), step_train, "binary network, STiDi-BP"),
+    Step("train", (), lambda c: _train_params(c, c.epochs, **({"refit_epochs": c.refit_epochs} if c.refit_epochs is not None else {})), step_train, "binary network, STiDi-BP"),
     Step("quantize", ("train",), _p(), step_quantize, "model file"),
     Step("golden", ("quantize",), _p("test_subset", "lanes"), step_golden, "integer golden model"),
     Step("hw", ("quantize",), _p("lanes"), step_hw, "Verilog of the core"),

@@ -503,10 +503,11 @@ def _ice40_tables():
 
     from firstspike.quantize.export import tables_from_model
     from firstspike.train.model import CSNN, load_config
+    from firstspike.train.trainer import TrainConfig, refit_net_config
 
-    cfg, _ = load_config("csnn_ice40")
-    torch.manual_seed(0)
-    return tables_from_model(CSNN(cfg))
+    cfg, table = load_config("csnn_ice40")
+    torch.manual_seed(0)  # the architecture its training saves (the refit's ternary output layer)
+    return tables_from_model(CSNN(refit_net_config(cfg, TrainConfig.from_dict(table))))
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ MNIST images must be clearly better than chance (10%) on held-out test images.""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,7 @@ def test_refit_trains_only_the_output_layer_and_resumes(tmp_path: Path, bits: in
         ck = load_checkpoint(tmp_path / other / "checkpoint.pt")
         ref = resumed["state_dict"] if other == "b" else inside["state_dict"]
         assert all(torch.equal(ck["state_dict"][k], ref[k]) for k in ref), other
+    real_tc = TrainConfig.from_dict({**table, "refit_epochs": 1, "refit_out_weight_bits": bits})
+    real_tc.epochs, real_tc.train_subset, real_tc.test_subset, real_tc.progress = 1, 256, 50, False
+    real = train(dataclasses.replace(cfg, mode="real"), real_tc, tmp_path / "real", resume=False)
+    assert len(real["history"]) == 1 and real["net"]["out_weight_bits"] == cfg.out_weight_bits  # real mode: no refit

@@ -78,7 +78,8 @@ class TrainConfig:
     #   real-valued run for a binary one: latent weights w / max|w| and alpha = mean|w| per channel)
     refit_epochs: int = 0  # > 0: after ``epochs``, this many epochs that train the output layer only, on the
     #   kept model's frozen hidden layers (potential loss + refit_ce_weight x cross-entropy; a fresh
-    #   schedule and weight average); the held-out images choose among all epochs (docs/accuracy.md)
+    #   schedule and weight average); the held-out images choose among all epochs (docs/accuracy.md);
+    #   binary mode only (real mode skips it, with a warning)
     refit_ce_weight: float = 1.0  # the cross-entropy weight (ce_weight) of those refit epochs
     refit_out_weight_bits: int = 0  # > 0: the output layer's weight width from the refit on (the model's
     #   out_weight_bits, e.g. 2: ternary); its latent weights restart at its integer weights / qmax
@@ -260,12 +261,10 @@ def _make_optimizer(model: torch.nn.Module, tc: TrainConfig, opt: torch.optim.Op
     return opt, sched
 
 
-def _refit_net(net_cfg: NetConfig, tc: TrainConfig) -> NetConfig:
+def refit_net_config(net_cfg: NetConfig, tc: TrainConfig) -> NetConfig:
     """The architecture the refit epochs train and save (the output width may change)."""
     if not tc.refit_out_weight_bits or tc.refit_out_weight_bits == net_cfg.out_weight_bits:
         return net_cfg
-    if net_cfg.mode != "binary":
-        raise ConfigError("refit_out_weight_bits applies to binary networks; leave it 0 in real mode")
     return replace(net_cfg, out_weight_bits=tc.refit_out_weight_bits)
 
 
@@ -295,11 +294,15 @@ def train(
     """Train and write ``out_dir/checkpoint.pt`` (after every epoch, atomically) and
     ``out_dir/history.json``. With ``resume`` an existing checkpoint there is continued.
     Returns the final checkpoint payload."""
+    if net_cfg.mode != "binary" and tc.refit_epochs:
+        log.info("the output refit (refit_epochs=%d) is a phase of binary training: %s mode trains %d epochs without it",
+                 tc.refit_epochs, net_cfg.mode, tc.epochs)  # fmt: skip
+        tc = replace(tc, refit_epochs=0, refit_out_weight_bits=0)
     tc.validate()
     rank, world = dist_info()
     out = Path(out_dir)
     n_epochs = tc.epochs + tc.refit_epochs
-    refit_cfg = _refit_net(net_cfg, tc)
+    refit_cfg = refit_net_config(net_cfg, tc)
     ck_path = out / "checkpoint.pt"
     device = pick_device(tc.device, rank)
     seed_everything(tc.seed)
