@@ -130,7 +130,7 @@ def main() -> None:
         uart_s = link_bytes * 10 / r["baud"]
         runs.append({
             "board": board, "device": r["device"], "model": tables.name, "checkpoint": repo_path(model), "lanes": lanes, "T": tables.T,
-            "resources": r["resources"], "fmax_mhz": r["fmax_mhz"], "clock_mhz": clk / 1e6,
+            "model_sha256_prefix": r["model_sha256_prefix"], "resources": r["resources"], "fmax_mhz": r["fmax_mhz"], "clock_mhz": clk / 1e6,
             "board_clock_mhz": r.get("board_clock_mhz"), "spikes": r.get("spikes"), "positions": pos, "read_reg": rr, **sh,
             "images_per_s_at_fmax": fmax / per_image if fmax else None,
             "images_per_s_at_board_clock": clk / per_image,
@@ -141,7 +141,7 @@ def main() -> None:
         })  # fmt: skip
         log.info("%s", runs[-1])
     write_result("boards", {"runs": merge_runs("boards", runs, lambda r: (r["board"], r.get("checkpoint"), r.get("positions", 1),
-                                                                          r.get("spikes")))})  # fmt: skip
+                                                                          r.get("spikes")), model_field="checkpoint")})  # fmt: skip
     import report
 
     report.render_docs()

@@ -52,10 +52,13 @@ def repo_path(path: str | os.PathLike) -> str:
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
 
 
-def merge_runs(name: str, runs: list[dict[str, Any]], key) -> list[dict[str, Any]]:
+def merge_runs(name: str, runs: list[dict[str, Any]], key, model_field: str | None = None) -> list[dict[str, Any]]:
     """``runs`` with the runs stored in bench/results/NAME.json whose ``key(run)`` none of
     them has (re-running part of a benchmark keeps the rest of its results). Every run keeps
-    its own ``date`` and ``commit``: new runs get now's, kept runs without them the file's."""
+    its own ``date`` and ``commit``: new runs get now's, kept runs without them the file's.
+    With ``model_field`` (the field naming the checkpoint), stored runs of a checkpoint path
+    whose ``model_sha256_prefix`` differs from the new runs' are dropped: they measured an
+    earlier file at that path (runs recorded without a hash are kept)."""
     path = RESULTS / f"{name}.json"
     stored = json.loads(path.read_text()) if path.is_file() else {}
     old = stored.get("runs", [])
@@ -66,6 +69,13 @@ def merge_runs(name: str, runs: list[dict[str, Any]], key) -> list[dict[str, Any
     for r in runs:
         r.setdefault("date", now)
         r.setdefault("commit", rev)
+    if model_field:
+        sha = {r[model_field]: r["model_sha256_prefix"] for r in runs if r.get("model_sha256_prefix")}
+        stale = [r for r in old if r.get("model_sha256_prefix") and sha.get(r.get(model_field), r["model_sha256_prefix"]) != r["model_sha256_prefix"]]
+        for r in stale:
+            logging.getLogger("bench").warning("%s: dropped a run of an earlier %s (model %s, now %s)", name, r[model_field],
+                                               r["model_sha256_prefix"], sha[r[model_field]])  # fmt: skip
+        old = [r for r in old if not any(r is s_ for s_ in stale)]
     mine = {key(r) for r in runs}
     return [r for r in old if key(r) not in mine] + runs
 

@@ -13,7 +13,6 @@ each trained model, both families, at the lanes the boards build.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, git_rev, setup_logging, repo_path, write_result  # noqa: E402
+from common import RESULTS, ROOT, git_rev, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.gate_level")
 BRAM = {"ice40": "SB_RAM40_4K", "ecp5": "DP16KD"}
@@ -44,7 +43,7 @@ def main() -> None:
 
     from firstspike.data import load_split
     from firstspike.quantize.export import quantize_checkpoint
-    from firstspike.quantize.modelfile import MAGIC, load
+    from firstspike.quantize.modelfile import MAGIC, load, tables_sha256
     from firstspike.sim import rtl
 
     with open(args.model, "rb") as f:
@@ -74,15 +73,12 @@ def main() -> None:
         log.info("%s %s: %d mismatches, %d cycle mismatches vs RTL, %d images", model, fam, d["total_mismatches"],
                  d["cycle_mismatches_vs_rtl"], d["images"])  # fmt: skip
         rows.append(d)
-    old = json.loads((RESULTS / "gate_level.json").read_text()).get("runs", []) if (RESULTS / "gate_level.json").exists() else []
     def key(r: dict) -> tuple:
         return r["model"], r["family"], r["lanes"], r.get("positions", 1), r.get("read_reg", False)
 
     for r in rows:
-        r["positions"], r["read_reg"] = args.positions, args.read_reg
-    keys = {key(r) for r in rows}
-    runs = [r for r in old if key(r) not in keys] + rows
-    write_result("gate_level", {"runs": runs})
+        r["positions"], r["read_reg"], r["model_sha256_prefix"] = args.positions, args.read_reg, tables_sha256(tables)[:16]
+    write_result("gate_level", {"runs": merge_runs("gate_level", rows, key, model_field="model")})
     from report import render_docs
 
     render_docs()

@@ -59,7 +59,7 @@ class FlowConfig:
     refit_epochs: int | None = None  # then the output refit's epochs (None: the config's, 3 for csnn_ice40; 0: none)
     lr: float | None = None  # None: the config's
     # float real-valued rung (0: skip the step): csnn_ice40's real-valued recipe reaches 93.96%
-    # in 4 epochs (the binary network 95.43% in 15; docs/accuracy.md)
+    # in 4 epochs (the binary network 96.21% in 15 + 3 refit epochs; docs/accuracy.md)
     real_epochs: int = 4
     train_subset: int = 0  # 0: all training images
     test_subset: int = 0  # 0: all test images (golden model, float accuracy)

@@ -26,6 +26,24 @@ def test_merge_runs_keeps_each_runs_own_date_and_commit(tmp_path, monkeypatch) -
     assert len(merged) == 2
 
 
+def test_merge_runs_drops_runs_of_an_earlier_file_at_the_same_path(tmp_path, monkeypatch) -> None:
+    """A checkpoint replaced at its path (a retrained bench/results/ice40_binary.pt): the new
+    runs of that path drop its stored runs with another model hash, also those under other keys
+    (they measured the old model); runs of other paths, and runs stored without a hash, stay."""
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    old = [{"model": "m.pt", "family": "ice40", "model_sha256_prefix": "aa"},
+           {"model": "m.pt", "family": "ecp5", "model_sha256_prefix": "aa"},
+           {"model": "m.pt", "family": "ecp5", "lanes": 64},
+           {"model": "n.pt", "family": "ecp5", "model_sha256_prefix": "cc"}]  # fmt: skip
+    (tmp_path / "gl.json").write_text(json.dumps({"runs": old}))
+    new = [{"model": "m.pt", "family": "ice40", "model_sha256_prefix": "bb"}]
+    merged = common.merge_runs("gl", new, key=lambda r: (r["model"], r["family"], r.get("lanes")), model_field="model")
+    assert [(r["model"], r["family"], r.get("model_sha256_prefix")) for r in merged] == [
+        ("m.pt", "ecp5", None), ("n.pt", "ecp5", "cc"), ("m.pt", "ice40", "bb")]  # fmt: skip
+    same = common.merge_runs("gl", [{**old[0], "x": 1}], key=lambda r: (r["model"], r["family"], r.get("lanes")), model_field="model")
+    assert len(same) == 4  # the same model re-measured: only its own row replaced
+
+
 def test_probe_readouts_see_what_the_spike_times_carry_and_no_more() -> None:
     """bench/accuracy_probe.py's readouts on synthetic spike times (T = 16, three classes): a
     class coded by which features fire early is read by every readout; a class coded only by
