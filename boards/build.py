@@ -335,10 +335,8 @@ def critical_path(report: dict) -> str | None:
 def _fmax_fix(b: Board, fmax_mhz: float) -> str:
     """What to change when the design misses its core clock."""
     shorten = "fewer lanes (--lanes), or a smaller network (fewer input channels per layer)"
-    if b.family == "ecp5":
-        return (f"Lower the core clock (--clock-mhz, e.g. {max(int(fmax_mhz * 0.9), 4)}: a PLL makes it from the "
-                f"{b.clock_hz / 1e6:g} MHz board clock) or shorten the datapath: {shorten}")
-    return f"Shorten the datapath: {shorten}"
+    return (f"Lower the core clock (--clock-mhz, e.g. {max(int(fmax_mhz * 0.9), 4)}: a PLL makes it from the "
+            f"{b.clock_hz / 1e6:g} MHz board clock) or shorten the datapath: {shorten}")
 
 
 def deploy(model: str | os.PathLike, board: str, port: str | None = None, out_dir: str | os.PathLike = "build/boards",

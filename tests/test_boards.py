@@ -584,7 +584,8 @@ def test_a_missed_clock_names_the_critical_path_and_leaves_no_bitstream(tmp_path
     (tmp_path / "icebreaker").mkdir()
     (tmp_path / "icebreaker" / "build.json").write_text("{}")  # an earlier build's
     with pytest.raises(B.BuildError, match=r"Fmax 27.5 MHz misses the 30 MHz core clock \(critical path: "
-                       r"link.core.layer2.state -> link.core.layer2.wdata, 8.7 ns, 6.0 ns of it routing, 1 logic level\)"):  # fmt: skip
+                       r"link.core.layer2.state -> link.core.layer2.wdata, 8.7 ns, 6.0 ns of it routing, 1 logic level\)\. "
+                       r"Lower the core clock \(--clock-mhz, e.g. 24: a PLL makes it from the 12 MHz board clock\)"):  # fmt: skip
         B.build(_ice40_tables(), "icebreaker", tmp_path)
     assert not (tmp_path / "icebreaker" / "work" / "firstspike.bin").exists()
     assert not (tmp_path / "icebreaker" / "build.json").exists()
