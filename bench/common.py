@@ -71,11 +71,13 @@ def merge_runs(name: str, runs: list[dict[str, Any]], key, model_field: str | No
         r.setdefault("commit", rev)
     if model_field:
         sha = {r[model_field]: r["model_sha256_prefix"] for r in runs if r.get("model_sha256_prefix")}
-        stale = [r for r in old if r.get("model_sha256_prefix") and sha.get(r.get(model_field), r["model_sha256_prefix"]) != r["model_sha256_prefix"]]
-        for r in stale:
+        def stale(r: dict[str, Any]) -> bool:
+            return bool(r.get("model_sha256_prefix")) and sha.get(r.get(model_field), r["model_sha256_prefix"]) != r["model_sha256_prefix"]
+
+        for r in filter(stale, old):
             logging.getLogger("bench").warning("%s: dropped a run of an earlier %s (model %s, now %s)", name, r[model_field],
                                                r["model_sha256_prefix"], sha[r[model_field]])  # fmt: skip
-        old = [r for r in old if not any(r is s_ for s_ in stale)]
+        old = [r for r in old if not stale(r)]
     mine = {key(r) for r in runs}
     return [r for r in old if key(r) not in mine] + runs
 

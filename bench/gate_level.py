@@ -43,7 +43,8 @@ def main() -> None:
 
     from firstspike.data import load_split
     from firstspike.quantize.export import quantize_checkpoint
-    from firstspike.quantize.modelfile import MAGIC, load, tables_sha256
+    from firstspike.boards.link import model_hash
+    from firstspike.quantize.modelfile import MAGIC, load
     from firstspike.sim import rtl
 
     with open(args.model, "rb") as f:
@@ -77,7 +78,7 @@ def main() -> None:
         return r["model"], r["family"], r["lanes"], r.get("positions", 1), r.get("read_reg", False)
 
     for r in rows:
-        r["positions"], r["read_reg"], r["model_sha256_prefix"] = args.positions, args.read_reg, tables_sha256(tables)[:16]
+        r["positions"], r["read_reg"], r["model_sha256_prefix"] = args.positions, args.read_reg, model_hash(tables).hex()  # as board builds record it
     write_result("gate_level", {"runs": merge_runs("gate_level", rows, key, model_field="model")})
     from report import render_docs
 

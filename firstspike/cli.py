@@ -294,13 +294,13 @@ def cmd_train(a: argparse.Namespace) -> int:
         "dataset": a.dataset, "data_dir": a.data_dir, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
         "optimizer": a.optimizer, "schedule": a.schedule, "loss": a.loss, "gamma": a.gamma, "seed": a.seed,
         "device": a.device, "backend": a.backend, "train_subset": a.train_subset, "test_subset": a.test_subset,
-        "val_images": a.val_images, "refit_epochs": a.refit_epochs,
+        "val_images": a.val_images,
     }  # fmt: skip
     for k, v in overrides.items():
         if v is not None:
             setattr(tc, k, v)
-    if a.refit_epochs == 0:  # no refit: the output keeps the architecture's width
-        tc.refit_out_weight_bits = 0
+    if a.refit_epochs is not None:
+        tc = tc.with_refit_epochs(a.refit_epochs)
     tc.progress = not a.no_progress
     ck = train(net_cfg, tc, a.out, resume=not a.no_resume)
     if ck:

@@ -131,11 +131,8 @@ def _train(ctx: Context, mode: str, epochs: int | None, refit_epochs: int | None
     tc.dataset, tc.data_dir, tc.seed = c.dataset, c.data_dir, c.seed
     if epochs is not None:
         tc.epochs = epochs
-    if mode == "real":  # the float rung: the config's recipe over real_epochs (the refit is a binary phase)
-        tc.refit_epochs, tc.refit_out_weight_bits = 0, 0
-    elif refit_epochs is not None:
-        tc.refit_epochs = refit_epochs
-        tc.refit_out_weight_bits = tc.refit_out_weight_bits if refit_epochs else 0
+    if refit_epochs is not None:  # (the float rung passes none: real mode skips the refit)
+        tc = tc.with_refit_epochs(refit_epochs)
     tc.train_subset, tc.test_subset, tc.progress = c.train_subset, c.test_subset, c.progress
     if c.lr is not None:
         tc.lr = c.lr

@@ -79,7 +79,7 @@ class TrainConfig:
     refit_epochs: int = 0  # > 0: after ``epochs``, this many epochs that train the output layer only, on the
     #   kept model's frozen hidden layers (potential loss + refit_ce_weight x cross-entropy; a fresh
     #   schedule and weight average); the held-out images choose among all epochs (docs/accuracy.md);
-    #   binary mode only (real mode skips it, with a warning)
+    #   binary mode only (real mode skips it, and logs that)
     refit_ce_weight: float = 1.0  # the cross-entropy weight (ce_weight) of those refit epochs
     refit_out_weight_bits: int = 0  # > 0: the output layer's weight width from the refit on (the model's
     #   out_weight_bits, e.g. 2: ternary); its latent weights restart at its integer weights / qmax
@@ -95,6 +95,10 @@ class TrainConfig:
         tc = TrainConfig(**d)
         tc.validate()
         return tc
+
+    def with_refit_epochs(self, n: int) -> "TrainConfig":
+        """This config with ``n`` refit epochs (0: no refit, and the output keeps its width)."""
+        return replace(self, refit_epochs=n, refit_out_weight_bits=self.refit_out_weight_bits if n else 0)
 
     def validate(self) -> None:
         tc = self
@@ -297,7 +301,7 @@ def train(
     if net_cfg.mode != "binary" and tc.refit_epochs:
         log.info("the output refit (refit_epochs=%d) is a phase of binary training: %s mode trains %d epochs without it",
                  tc.refit_epochs, net_cfg.mode, tc.epochs)  # fmt: skip
-        tc = replace(tc, refit_epochs=0, refit_out_weight_bits=0)
+        tc = tc.with_refit_epochs(0)
     tc.validate()
     rank, world = dist_info()
     out = Path(out_dir)
