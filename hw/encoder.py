@@ -56,8 +56,8 @@ def list_signature(plan: CorePlan) -> wiring.Signature:
 
 class InputEncoder(wiring.Component):
     """``start`` (a pulse) clears the T buckets (T cycles), then takes ``pixels`` (one a cycle, in
-    (c, y, x) order) until the image's last, when ``loaded`` pulses (with the last pixel's
-    transfer); the last bucket write lands the cycle after. ``lists``: the buckets, read by the
+    (c, y, x) order) until the image's last; ``loaded`` pulses the cycle after the last pixel's
+    transfer, and the last bucket write lands the cycle after that. ``lists``: the buckets, read by the
     first layer (``list_signature``). With ``plan.debug``
     the pixels' spike times are kept for the readout (``times_port``)."""
 
@@ -110,17 +110,22 @@ class InputEncoder(wiring.Component):
         else:
             m.d.comb += tt.eq(table[px.payload.data])
 
-        # push: the bucket's head is read while the pixel is taken, the node and the head written a cycle later
+        # push, three stages: the pixel's spike time is registered as it is taken (s1, so the input
+        # stream and the table stay out of the heads memory's address path), its bucket's head is
+        # read (s1), the node and the head are written (s2; a read of the same head in that cycle
+        # sees the write)
+        s1_valid, s1_last, s1_n, s1_t = Signal(), Signal(), Signal(nb), Signal(tb)
         s2_valid, s2_n, s2_t = Signal(), Signal(nb), Signal(tb)
-        m.d.sync += [s2_valid.eq(accept & (tt != T)), s2_t.eq(tt)]
+        m.d.sync += [s1_valid.eq(accept), s1_last.eq(accept & (ld_n == N - 1)), s1_t.eq(tt)]
+        m.d.sync += [s2_valid.eq(s1_valid & (s1_t != T)), s2_t.eq(s1_t), s2_n.eq(s1_n)]
         if packed:
-            m.d.sync += s2_n.eq(Cat(ld_x[:fx], ld_y[:fy], ld_c[:fc]))
+            m.d.sync += s1_n.eq(Cat(ld_x[:fx], ld_y[:fy], ld_c[:fc]))
             node_word = heads_r.data
         else:
-            s2_xyc = Signal(len(ld_x) + len(ld_y) + len(ld_c))
-            m.d.sync += [s2_n.eq(ld_n), s2_xyc.eq(Cat(ld_x, ld_y, ld_c))]
+            s1_xyc, s2_xyc = Signal(len(ld_x) + len(ld_y) + len(ld_c)), Signal(len(ld_x) + len(ld_y) + len(ld_c))
+            m.d.sync += [s1_n.eq(ld_n), s1_xyc.eq(Cat(ld_x, ld_y, ld_c)), s2_xyc.eq(s1_xyc)]
             node_word = Cat(s2_xyc, heads_r.data)
-        m.d.comb += heads_r.addr.eq(Mux(loading, tt, self.lists.head_addr))
+        m.d.comb += [heads_r.addr.eq(Mux(s1_valid, s1_t, self.lists.head_addr)), self.loaded.eq(s1_last)]
         m.d.comb += [nodes_w.addr.eq(s2_n), nodes_w.data.eq(node_word), nodes_w.en.eq(s2_valid)]
         with m.If(clearing):
             m.d.comb += [heads_w.addr.eq(clr), heads_w.data.eq(0), heads_w.en.eq(1)]
@@ -175,6 +180,5 @@ class InputEncoder(wiring.Component):
             with m.State("LOAD"):
                 m.d.comb += loading.eq(1)
                 with m.If(accept & (ld_n == N - 1)):
-                    m.d.comb += self.loaded.eq(1)
                     m.next = "IDLE"
         return m

@@ -512,15 +512,12 @@ def _ice40_tables():
 
 @pytest.mark.slow
 def test_icebreaker_build_of_the_small_model_fits(tmp_path) -> None:
-    """The committed iCEBreaker model (what `make demo` trains: csnn_ice40, seed 0, ternary
-    output layer) fits the UP5K and meets the default 30 MHz core clock. (A random ternary
-    csnn_ice40 network misses it by 1-3%: 29.09 / 29.28 / 29.57 MHz with the three placement
-    seeds; docs/boards.md.)"""
+    """A csnn_ice40 network (random weights, the ternary output layer its training saves) fits
+    the UP5K and meets the default 30 MHz core clock: any model of that architecture, not only
+    the committed one (33.1 MHz with the first placement seed; docs/boards.md)."""
     from firstspike.boards.build import build
-    from firstspike.quantize.export import quantize_checkpoint
 
-    tables = quantize_checkpoint(Path(__file__).resolve().parents[1] / "bench" / "results" / "ice40_binary.pt")[0]
-    r = build(tables, "icebreaker", tmp_path, lanes=2)
+    r = build(_ice40_tables(), "icebreaker", tmp_path, lanes=2)
     res = r["resources"]
     for k in ("luts", "bram"):
         assert 0 < res[k]["used"] <= res[k]["available"], res

@@ -442,7 +442,10 @@ def test_input_encoder_lists_every_spiking_pixel_once(seed: int, channels: int, 
                 await ctx.tick()
                 n, cycles = n + int(taken), cycles + 1
             ctx.set(dut.pixels.valid, 0)
-            assert loaded == 1  # with the last pixel, once
+            assert loaded == 0  # not before the last pixel is taken
+            assert ctx.get(dut.loaded) == 1  # the cycle after it, once
+            await ctx.tick()
+            assert ctx.get(dut.loaded) == 0
             await ctx.tick()  # the last bucket write lands
             lists = {}
             for t in range(T):
