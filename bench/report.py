@@ -171,6 +171,7 @@ def render_docs() -> Path:
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in gl["runs"]:
             pos = f" x {r['positions']} positions" if r.get("positions", 1) > 1 else ""
+            pos += ", registered reads" if r.get("read_reg") else ""
             lines.append(f"| `{r['model']}` (T={r['T']}) | {r['family']} | {r['lanes']}{pos} | {r['bram_cells']} | {r['images']} | "
                          f"**{r['total_mismatches']}** | {r['values_compared']:,} | {r['cycle_mismatches_vs_rtl']} | "
                          f"{100 * r['rtl_accuracy']:.2f}% ({100 * r['golden_accuracy']:.2f}%) | {r['cycles_mean']:,.0f} | "
