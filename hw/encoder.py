@@ -116,14 +116,17 @@ class InputEncoder(wiring.Component):
         # sees the write)
         s1_valid, s1_last, s1_n, s1_t = Signal(), Signal(), Signal(nb), Signal(tb)
         s2_valid, s2_n, s2_t = Signal(), Signal(nb), Signal(tb)
-        m.d.sync += [s1_valid.eq(accept), s1_last.eq(accept & (ld_n == N - 1)), s1_t.eq(tt)]
+        last = Signal()  # this beat is the image's last pixel
+        m.d.comb += last.eq(accept & (ld_n == N - 1))
+        m.d.sync += [s1_valid.eq(accept), s1_last.eq(last), s1_t.eq(tt)]
         m.d.sync += [s2_valid.eq(s1_valid & (s1_t != T)), s2_t.eq(s1_t), s2_n.eq(s1_n)]
         if packed:
             m.d.sync += s1_n.eq(Cat(ld_x[:fx], ld_y[:fy], ld_c[:fc]))
             node_word = heads_r.data
         else:
-            s1_xyc, s2_xyc = Signal(len(ld_x) + len(ld_y) + len(ld_c)), Signal(len(ld_x) + len(ld_y) + len(ld_c))
-            m.d.sync += [s1_n.eq(ld_n), s1_xyc.eq(Cat(ld_x, ld_y, ld_c)), s2_xyc.eq(s1_xyc)]
+            xyc = Cat(ld_x, ld_y, ld_c)
+            s1_xyc, s2_xyc = Signal(len(xyc)), Signal(len(xyc))
+            m.d.sync += [s1_n.eq(ld_n), s1_xyc.eq(xyc), s2_xyc.eq(s1_xyc)]
             node_word = Cat(s2_xyc, heads_r.data)
         m.d.comb += [heads_r.addr.eq(Mux(s1_valid, s1_t, self.lists.head_addr)), self.loaded.eq(s1_last)]
         m.d.comb += [nodes_w.addr.eq(s2_n), nodes_w.data.eq(node_word), nodes_w.en.eq(s2_valid)]
@@ -179,6 +182,6 @@ class InputEncoder(wiring.Component):
                     m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += loading.eq(1)
-                with m.If(accept & (ld_n == N - 1)):
+                with m.If(last):
                     m.next = "IDLE"
         return m
