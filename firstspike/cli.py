@@ -199,7 +199,8 @@ def _add_flow(sub: argparse._SubParsersAction) -> None:
              "real_epochs": "epochs of the float real-valued rung (0: skip it)", "lr": "learning rate (default: config's)",
              "train_subset": "first N training images (0: all)", "test_subset": "first N test images (0: all)",
              "lanes": "core lanes (RTL and bitstreams)", "boards": "comma-separated boards to build (empty: none)",
-             "port": "serial port of a real board running this model", "jobs": "parallel simulations",
+             "port": "serial port of a real board running this model",
+             "jobs": "steps run at once (worker processes), and parallel simulations within a step",
              "gate_family": "FPGA families simulated at gate level (auto: those of --boards)"}  # fmt: skip
     for f in dataclasses.fields(FlowConfig):
         if f.name == "progress":

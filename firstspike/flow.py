@@ -6,6 +6,9 @@ its parameters and the content hashes of what the steps it reads wrote (the trai
 config file and the dataset files), so a step runs again exactly when something it depends
 on changed, like a build system. Steps run in a scratch folder that is renamed into place
 only when they succeed: a failed or interrupted step leaves nothing half-written.
+With ``jobs`` > 1, steps whose inputs are ready run at once in worker processes, longest
+first (the two training rungs side by side, then the bitstream build beside the gate-level
+and RTL simulations), like ``make -j``; ``jobs`` = 1 runs them one after the other in this process.
 
     train_real   float real-valued network (the top rung of the report)
     train        binary network (STiDi-BP)
@@ -30,6 +33,8 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -73,7 +78,7 @@ class FlowConfig:
     virtual_images: int = 20
     port: str | None = None  # a real board's serial port
     port_images: int = 100
-    jobs: int = 2
+    jobs: int = 2  # steps run at once (worker processes), and parallel simulations within a step
     progress: bool = True
 
 
@@ -85,6 +90,7 @@ class Step:
     run: Callable[["Context"], dict[str, Any]]
     doc: str = ""
     enabled: Callable[[FlowConfig], bool] = lambda c: True
+    cost: int = 1  # rough relative run time: of the steps ready at once, the costliest start first
 
 
 @dataclass
@@ -324,22 +330,22 @@ def _p(*names: str) -> Callable[[FlowConfig], dict[str, Any]]:
 
 STEPS: list[Step] = [
     Step("train_real", (), lambda c: _train_params(c, c.real_epochs), step_train_real, "float real-valued network",
-         lambda c: c.real_epochs > 0),
-    Step("train", (), lambda c: _train_params(c, c.epochs, **({"refit_epochs": c.refit_epochs} if c.refit_epochs is not None else {})), step_train, "binary network, STiDi-BP"),
+         lambda c: c.real_epochs > 0, cost=30),
+    Step("train", (), lambda c: _train_params(c, c.epochs, **({"refit_epochs": c.refit_epochs} if c.refit_epochs is not None else {})), step_train, "binary network, STiDi-BP", cost=100),
     Step("quantize", ("train",), _p(), step_quantize, "model file"),
-    Step("golden", ("quantize",), _p("test_subset", "lanes"), step_golden, "integer golden model"),
+    Step("golden", ("quantize",), _p("test_subset", "lanes"), step_golden, "integer golden model", cost=2),
     Step("hw", ("quantize",), _p("lanes"), step_hw, "Verilog of the core"),
     Step("verilator", ("quantize",), _p("verilator_images", "lanes", "test_subset"), step_verilator, "RTL on Verilator",
-         lambda c: c.verilator_images > 0),
+         lambda c: c.verilator_images > 0, cost=4),
     Step("icarus", ("quantize",), _p("icarus_images", "lanes", "test_subset"), step_icarus, "RTL on Icarus",
          lambda c: c.icarus_images > 0),
     Step("gate_level", ("quantize",), lambda c: {**_p("gate_images", "lanes", "test_subset")(c), "families": gate_families(c)},
          step_gate_level,
-         "Yosys netlist on Verilator", lambda c: c.gate_images > 0),
-    Step("build", ("quantize",), _p("boards", "lanes"), step_build, "bitstreams", lambda c: bool(c.boards)),
+         "Yosys netlist on Verilator", lambda c: c.gate_images > 0, cost=10),
+    Step("build", ("quantize",), _p("boards", "lanes"), step_build, "bitstreams", lambda c: bool(c.boards), cost=10),
     Step("virtual", ("quantize",), _p("virtual_images", "lanes", "test_subset"), step_virtual, "virtual board",
-         lambda c: c.virtual_images > 0),
-    Step("board", ("quantize",), _p("port", "port_images", "test_subset"), step_board, "real board", lambda c: bool(c.port)),
+         lambda c: c.virtual_images > 0, cost=4),
+    Step("board", ("quantize",), _p("port", "port_images", "test_subset"), step_board, "real board", lambda c: bool(c.port), cost=4),
 ]  # fmt: skip
 REPORT = Step("report", (), _p(), step_report, "report.md + report.html")
 STEP_NAMES = [s.name for s in STEPS] + [REPORT.name]
@@ -408,54 +414,162 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+class _Inline:
+    """The executor of ``jobs`` = 1: each step runs at once in this process."""
+
+    slots = 1
+
+    def submit(self, step: Step, ctx: Context) -> Future:
+        f: Future = Future()
+        try:
+            f.set_result(step.run(ctx))
+        except BaseException as e:  # (re-raised by the scheduler, after the step's cleanup)
+            f.set_exception(e)
+        return f
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _worker_init(log_queue: Any, level: int, threads: int) -> None:
+    """A step worker: its log records go to the flow's handlers (console filter and
+    flow.log) through ``log_queue``; its numeric libraries use ``threads`` threads, so
+    steps running side by side do not oversubscribe the cores."""
+    import logging.handlers
+
+    for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
+    root.setLevel(level)
+
+
+def _run_in_worker(name: str, ctx: Context) -> dict[str, Any]:
+    return next(s for s in [*STEPS, REPORT] if s.name == name).run(ctx)
+
+
+class _Workers:
+    """The executor of ``jobs`` > 1: a pool of ``jobs`` worker processes (spawned: the
+    numeric libraries' thread pools are not fork-safe), their logging relayed here."""
+
+    def __init__(self, jobs: int) -> None:
+        import logging.handlers
+        import multiprocessing
+
+        mp = multiprocessing.get_context("spawn")
+        self.slots = jobs
+        self.queue = mp.Queue()
+        root = logging.getLogger()
+        self.listener = logging.handlers.QueueListener(self.queue, *root.handlers, respect_handler_level=True)
+        self.listener.start()
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        self.pool = ProcessPoolExecutor(jobs, mp_context=mp, initializer=_worker_init,
+                                        initargs=(self.queue, root.getEffectiveLevel(), threads))  # fmt: skip
+
+    def submit(self, step: Step, ctx: Context) -> Future:
+        return self.pool.submit(_run_in_worker, step.name, ctx)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.listener.stop()
+        self.queue.close()
+
+
 def run_flow(cfg: FlowConfig, skip: tuple[str, ...] = (), rerun: tuple[str, ...] = (), only: tuple[str, ...] = ()
              ) -> dict[str, Any]:  # fmt: skip
-    """Run (or reuse) every enabled step in order; returns the state (per step: status,
-    key, seconds, metrics). ``skip``: steps not to run; ``rerun``: steps to run even if
-    cached; ``only``: run just these (their inputs must exist)."""
+    """Run (or reuse) every enabled step, each once the steps it reads are done (``cfg.jobs``
+    at once, costliest first), the report last; returns the state (per step: status, key,
+    seconds, metrics). ``skip``: steps not to run; ``rerun``: steps to run even if cached;
+    ``only``: run just these (their inputs must exist). A failed step leaves nothing behind;
+    the steps running beside it finish and are kept, none starts after it, and its error is raised."""
     for n in (*skip, *rerun, *only):
         if n not in STEP_NAMES:
             raise FlowError(f"unknown step {n!r}: the steps are {', '.join(STEP_NAMES)}")
+    if cfg.jobs < 1:
+        raise FlowError(f"jobs={cfg.jobs}: run at least one step at a time (--jobs 1 or more)")
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
     state = load_state(root)
     state["config"] = dataclasses.asdict(cfg)
     content = {n: s.get("content") for n, s in state["steps"].items()}
-    for step in [*STEPS, REPORT]:
-        rec = state["steps"].get(step.name, {})
-        if not step.enabled(cfg):
-            state["steps"].pop(step.name, None)
-            continue
-        if step.name in skip or (only and step.name not in only):
-            if rec:
-                rec["status"] = "skipped" if step.name in skip else "kept"
-            continue
-        key = _key(step, cfg, content)
-        if step is not REPORT and step.name not in rerun and rec.get("key") == key and (root / step.name).is_dir():
-            rec["status"] = "cached"
-            log.info("%-10s cached (%s)", step.name, key[:12])
-            continue
-        work = root / f".{step.name}.partial"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        log.info("%-10s running: %s", step.name, step.doc)
-        t0 = time.perf_counter()
-        try:
-            metrics = step.run(Context(cfg, root, work, state))
-        except BaseException:
+    resolved = {s.name for s in STEPS if not s.enabled(cfg)}
+    for n in resolved:
+        state["steps"].pop(n, None)
+    report = dataclasses.replace(REPORT, deps=tuple(s.name for s in STEPS), cost=0)  # after every other step
+    todo = sorted((s for s in [*STEPS, report] if s.name not in resolved), key=lambda s: -s.cost)  # (stable)
+    running: dict[Future, tuple[Step, str, Path, float, bool]] = {}
+    error: BaseException | None = None
+    t_origin = time.perf_counter()
+    executor: _Inline | _Workers | None = None
+    try:
+        while todo or running:
+            progressed = error is None  # (a step resolved at once may make others ready)
+            while progressed:
+                progressed = False
+                for step in [s for s in todo if all(d in resolved for d in s.deps)]:
+                    rec = state["steps"].get(step.name, {})
+                    passed_over = step.name in skip or (only and step.name not in only)
+                    key = "" if passed_over else _key(step, cfg, content)
+                    cached = step is not report and step.name not in rerun and rec.get("key") == key and (root / step.name).is_dir()
+                    if passed_over or cached:
+                        if cached:
+                            rec["status"] = "cached"
+                            log.info("%-10s cached (%s)", step.name, key[:12])
+                        elif rec:
+                            rec["status"] = "skipped" if step.name in skip else "kept"
+                        resolved.add(step.name)
+                    else:
+                        if executor is None:
+                            executor = _Workers(cfg.jobs) if cfg.jobs > 1 else _Inline()
+                        if len(running) >= executor.slots:
+                            continue  # (a later ready step may still be cached)
+                        work = root / f".{step.name}.partial"
+                        shutil.rmtree(work, ignore_errors=True)
+                        work.mkdir(parents=True)
+                        bar = cfg.progress and not any(r[4] for r in running.values())  # one progress bar at a time
+                        snapshot = json.loads(json.dumps(state, default=_json_default))
+                        log.info("%-10s running: %s", step.name, step.doc)
+                        t0 = time.perf_counter()
+                        running[executor.submit(step, Context(dataclasses.replace(cfg, progress=bar), root, work, snapshot))] = (
+                            step, key, work, t0, bar)  # fmt: skip
+                    todo.remove(step)
+                    progressed = True
+                    break
+            if not running:
+                if error is not None or not todo:
+                    break
+                raise FlowError(f"steps {[s.name for s in todo]} wait for steps that never run")  # (a bug in STEPS)
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                step, key, work, t0, _ = running.pop(fut)
+                exc = fut.exception()
+                if exc is not None:
+                    shutil.rmtree(work, ignore_errors=True)
+                    if isinstance(exc, BrokenProcessPool):
+                        exc = FlowError(f"step {step.name!r}: its worker process died (out of memory?); run it again with --jobs 1")
+                    if error is not None:
+                        log.error("%s failed too: %s", step.name, exc)
+                    error = error or exc
+                    continue
+                dest = root / step.name
+                if dest.exists():
+                    shutil.rmtree(dest)
+                os.replace(work, dest)
+                content[step.name] = _folder_hash(dest)
+                resolved.add(step.name)
+                state["steps"][step.name] = {"status": "ran", "key": key, "content": content[step.name],
+                                             "seconds": round(time.perf_counter() - t0, 1), "started_s": round(t0 - t_origin, 1),
+                                             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                             "metrics": _moved(fut.result(), work, dest)}  # fmt: skip
+                _save_state(root, state)
+    finally:  # (interrupted: no scratch folder stays)
+        if executor is not None:
+            executor.shutdown()
+        for _, _, work, _, _ in running.values():
             shutil.rmtree(work, ignore_errors=True)
-            raise
-        dest = root / step.name
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(work, dest)
-        metrics = _moved(metrics, work, dest)
-        content[step.name] = _folder_hash(dest)
-        state["steps"][step.name] = {"status": "ran", "key": key, "content": content[step.name],
-                                     "seconds": round(time.perf_counter() - t0, 1),
-                                     "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "metrics": metrics}  # fmt: skip
-        _save_state(root, state)
     _save_state(root, state)
+    if error is not None:
+        raise error
     return state
 
 

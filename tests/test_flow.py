@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import subprocess
 import time
@@ -40,6 +41,9 @@ def test_every_step_runs_and_every_rung_is_exact(run: tuple[FlowConfig, dict]) -
     assert [n for n in F.STEP_NAMES if n in steps] == ["train_real", "train", "quantize", "golden", "hw", "verilator",
                                                         "icarus", "virtual", "report"]  # fmt: skip
     assert all(s["status"] == "ran" for s in steps.values())
+    # two jobs (the default): the two training rungs ran side by side, each in its worker
+    tr, tb = steps["train_real"], steps["train"]
+    assert tr["started_s"] < tb["started_s"] + tb["seconds"] and tb["started_s"] < tr["started_s"] + tr["seconds"]
     g = steps["golden"]["metrics"]
     assert g["images"] == 200 and g["float_values_compared"] > 200 * 784
     assert g["float_spike_mismatches"] == 0 and g["float_class_mismatches"] == 0
@@ -82,12 +86,35 @@ def test_failed_step_leaves_nothing_half_written(run: tuple[FlowConfig, dict], m
         raise RuntimeError("simulator crashed")
 
     monkeypatch.setattr(step, "run", boom)
-    with pytest.raises(RuntimeError, match="crashed"):
-        run_flow(dataclasses.replace(cfg, icarus_images=2, verilator_images=2))
+    with pytest.raises(RuntimeError, match="crashed"):  # (one job: the patched step runs in this process)
+        run_flow(dataclasses.replace(cfg, icarus_images=2, verilator_images=2, jobs=1))
     root = Path(cfg.out)
     assert not list(root.glob(".*.partial"))
     assert json.loads((root / "flow.json").read_text())["steps"]["icarus"]["key"] == before["key"]
     assert (root / "icarus" / "cycles.npy").is_file() and not (root / "icarus" / "partial.txt").exists()
+
+
+def test_a_failing_worker_step_raises_its_error_and_leaves_nothing_behind(run: tuple[FlowConfig, dict], tmp_path: Path) -> None:
+    """Two jobs: a step failing in its worker process (here Verilator and Icarus, side by side,
+    on a tampered model file) raises its own error type here; the failed steps' records stay
+    as they were, nothing starts after them (the report), no scratch folder is left."""
+    from firstspike.quantize.modelfile import ModelFileError
+
+    cfg, _ = run
+    root = tmp_path / "run"
+    shutil.copytree(cfg.out, root)
+    cfg = dataclasses.replace(cfg, out=str(root), jobs=2)
+    before = json.loads((root / "flow.json").read_text())["steps"]
+    fsm = root / "quantize" / "model.fsm"
+    fsm.write_bytes(fsm.read_bytes()[:-7])  # truncated behind the cache's back
+    with pytest.raises(ModelFileError, match="model.fsm"):
+        run_flow(dataclasses.replace(cfg, icarus_images=2, verilator_images=2))
+    after = json.loads((root / "flow.json").read_text())["steps"]
+    assert not list(root.glob(".*.partial"))
+    assert after["icarus"]["key"] == before["icarus"]["key"] and after["verilator"]["key"] == before["verilator"]["key"]
+    assert after["report"]["key"] == before["report"]["key"]  # nothing ran after the failure
+    with pytest.raises(FlowError, match="jobs=0"):
+        run_flow(dataclasses.replace(cfg, jobs=0))
 
 
 def test_unknown_step_and_missing_inputs_are_clear_errors(tmp_path: Path) -> None:
@@ -142,14 +169,18 @@ def test_report_renders_in_headless_chromium(run: tuple[FlowConfig, dict], tmp_p
     assert "Accuracy at every rung" in dom and dom.count("<img") == 6
 
 
-def test_cli_flow_and_report(run: tuple[FlowConfig, dict], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_flow_and_report(run: tuple[FlowConfig, dict], tmp_path: Path, capsys: pytest.CaptureFixture,
+                             caplog: pytest.LogCaptureFixture) -> None:
     cfg, _ = run
+    caplog.set_level(logging.INFO)  # (as the command line's own logging set-up)
     args = ["flow", "--out", cfg.out, "--epochs", "1", "--real-epochs", "1", "--train-subset", "600", "--test-subset", "200",
             "--verilator-images", "2", "--icarus-images", "1", "--gate-images", "0", "--boards", "", "--virtual-images", "8",
-            "--no-progress"]  # fmt: skip
+            "--no-progress", "--rerun", "train_real"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "train       cached" in out and "report.html" in out
+    assert "train       cached" in out and "train_real  ran" in out and "report.html" in out
+    flow_log = (Path(cfg.out) / "flow.log").read_text()
+    assert "train_real running" in flow_log and "epoch 1/1" in flow_log  # the worker's log lines reach flow.log
     assert main(["report", cfg.out, "-o", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "report.html").is_file()
 
