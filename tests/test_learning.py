@@ -4,6 +4,7 @@ MNIST images must be clearly better than chance (10%) on held-out test images.""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -196,8 +197,8 @@ def test_refit_trains_only_the_output_layer_and_resumes(tmp_path: Path, bits: in
     or inside the refit and resumed ends bit-identical to one run straight through."""
     cfg, table = load_config("csnn_tiny")
     table = {**table, "loss": "potential", "t_goal": 0.5, "ema": 0.9}
-    with pytest.raises(ConfigError, match="refit_epochs needs loss = 'potential'"):
-        TrainConfig.from_dict({**table, "loss": "relative", "refit_epochs": 1})
+    with pytest.raises(ConfigError, match="refit_t_goal=1.5: a fraction of T"):
+        TrainConfig.from_dict({**table, "refit_epochs": 1, "refit_t_goal": 1.5})
     with pytest.raises(ConfigError, match="refit_out_weight_bits=2: choose 1..8 with refit_epochs > 0"):
         TrainConfig.from_dict({**table, "refit_out_weight_bits": 2})
 
@@ -225,7 +226,28 @@ def test_refit_trains_only_the_output_layer_and_resumes(tmp_path: Path, bits: in
         ck = load_checkpoint(tmp_path / other / "checkpoint.pt")
         ref = resumed["state_dict"] if other == "b" else inside["state_dict"]
         assert all(torch.equal(ck["state_dict"][k], ref[k]) for k in ref), other
-    real_tc = TrainConfig.from_dict({**table, "refit_epochs": 1, "refit_out_weight_bits": bits})
+    real_tc = TrainConfig.from_dict({**table, "refit_epochs": 1, "refit_out_weight_bits": bits})  # fmt: skip
     real_tc.epochs, real_tc.train_subset, real_tc.test_subset, real_tc.progress = 1, 256, 50, False
     real = train(dataclasses.replace(cfg, mode="real"), real_tc, tmp_path / "real", resume=False)
     assert len(real["history"]) == 1 and real["net"]["out_weight_bits"] == cfg.out_weight_bits  # real mode: no refit
+
+
+def test_refit_after_a_spike_time_loss_trains_the_potentials_at_its_own_time(tmp_path: Path) -> None:
+    """A main phase with the relative spike-time loss (csnn_fashion's) is followed by a refit
+    with the potential loss at ``refit_t_goal``: the same kept model refitted at two decision
+    times gives two output layers, on the same frozen hidden layers."""
+    cfg, table = load_config("csnn_tiny")
+    table = {**table, "loss": "relative", "t_goal": 1.0, "ema": 0.9}
+
+    def run(out: Path, refit: int, t_goal: float) -> dict:
+        tc = TrainConfig.from_dict({**table, "refit_epochs": refit, "refit_out_weight_bits": 2 if refit else 0,
+                                    "refit_t_goal": t_goal})  # fmt: skip
+        tc.epochs, tc.train_subset, tc.test_subset, tc.progress = 1, 256, 50, False
+        return train(cfg, tc, out, resume=True)
+
+    main = run(tmp_path / "early", 0, 0.0)["state_dict"]
+    shutil.copytree(tmp_path / "early", tmp_path / "late")
+    early, late = run(tmp_path / "early", 1, 0.3)["state_dict"], run(tmp_path / "late", 1, 0.9)["state_dict"]
+    hidden = [k for k in main if not k.startswith("layers.4.")]
+    assert all(torch.equal(early[k], main[k]) and torch.equal(late[k], main[k]) for k in hidden)
+    assert not torch.equal(early["layers.4.weight"], late["layers.4.weight"])

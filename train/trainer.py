@@ -77,12 +77,15 @@ class TrainConfig:
     init_from: str = ""  # a checkpoint of the same layers to start from instead of the calibration (e.g. a
     #   real-valued run for a binary one: latent weights w / max|w| and alpha = mean|w| per channel)
     refit_epochs: int = 0  # > 0: after ``epochs``, this many epochs that train the output layer only, on the
-    #   kept model's frozen hidden layers (potential loss + refit_ce_weight x cross-entropy; a fresh
+    #   kept model's frozen hidden layers (potential loss + refit_ce_weight x cross-entropy, whatever the
+    #   main epochs' loss; a fresh
     #   schedule and weight average); the held-out images choose among all epochs (docs/accuracy.md);
     #   binary mode only (real mode skips it, and logs that)
     refit_ce_weight: float = 1.0  # the cross-entropy weight (ce_weight) of those refit epochs
     refit_out_weight_bits: int = 0  # > 0: the output layer's weight width from the refit on (the model's
     #   out_weight_bits, e.g. 2: ternary); its latent weights restart at its integer weights / qmax
+    refit_t_goal: float = 0.0  # the refit's decision time t* of its potential loss, a fraction of T (0: t_goal;
+    #   with the spike-time losses, whose t_goal is a deadline, choose it: t_goal >= 1 would mean none)
     eval_batch: int = 500
     progress: bool = True
 
@@ -110,8 +113,8 @@ class TrainConfig:
             raise ConfigError(f"schedule must be cosine, step or none, not {tc.schedule!r}")
         if tc.refit_epochs < 0:
             raise ConfigError(f"refit_epochs must be >= 0, not {tc.refit_epochs}")
-        if tc.refit_epochs and tc.loss != "potential":
-            raise ConfigError(f"refit_epochs needs loss = 'potential' (the refit trains its hinge and cross-entropy), not {tc.loss!r}")
+        if not 0.0 <= tc.refit_t_goal <= 1.0:
+            raise ConfigError(f"refit_t_goal={tc.refit_t_goal}: a fraction of T in (0, 1], or 0 (the main phase's t_goal)")
         if not 0 <= tc.refit_out_weight_bits <= 8 or (tc.refit_out_weight_bits and not tc.refit_epochs):
             raise ConfigError(f"refit_out_weight_bits={tc.refit_out_weight_bits}: choose 1..8 with refit_epochs > 0, or 0 (keep the width)")
 
@@ -398,8 +401,10 @@ def train(
                 ema, ema_steps = {n: p.detach().clone() for n, p in model.named_parameters()}, 0
             if world > 1:  # DDP registers the parameters that train when it is built
                 ddp_model = torch.nn.parallel.DistributedDataParallel(model)
-            log.info("refit: %d epochs of the output layer on the frozen hidden layers (cross-entropy weight %g)",
-                     tc.refit_epochs, tc.refit_ce_weight)  # fmt: skip
+            t_frac = tc.refit_t_goal or tc.t_goal
+            log.info("refit: %d epochs of the output layer on the frozen hidden layers (potential loss at t* = %s, "
+                     "cross-entropy weight %g)", tc.refit_epochs, f"{t_frac:g} T" if t_frac < 1 else "the first spike",
+                     tc.refit_ce_weight)  # fmt: skip
         model.train()
         t0 = time.time()
         g = torch.Generator().manual_seed(tc.seed * 100003 + epoch)
@@ -415,8 +420,9 @@ def train(
             xb, yb = shift_images(x_train[bi], tc.augment_shift, g_aug).to(device), y_train[bi].to(device)
             outs = ddp_model(xb, all_layers=True)
             t_out = outs[-1].flatten(1)
-            t_goal = tc.t_goal * T if tc.t_goal < 1 else None
-            if tc.loss == "potential":
+            t_frac = (tc.refit_t_goal or tc.t_goal) if refit else tc.t_goal
+            t_goal = t_frac * T if t_frac < 1 else None
+            if tc.loss == "potential" or refit:  # (the refit trains the output's potentials, whatever the main loss)
                 out_layer = model.layers[-1]
                 loss = potential_loss(t_out, outs[-2], out_layer.effective()[0], float(out_layer.theta), yb, T,
                                       tc.margin, t_goal, out_layer.stride, out_layer.padding,
