@@ -586,7 +586,7 @@ def total_mismatches(state: dict[str, Any]) -> int:
 
 
 def summary_lines(state: dict[str, Any]) -> list[str]:
-    """One line per step: status, seconds, headline figure."""
+    """One line per step: status, seconds, when it started (steps that ran in this call), headline figure."""
     out = []
     for name in STEP_NAMES:
         s = state["steps"].get(name)
@@ -610,5 +610,6 @@ def summary_lines(state: dict[str, Any]) -> list[str]:
             head = f"{m['class_mismatches']} class mismatches on {m['images']} images, {m['retries']} retries"
         elif name == "report":
             head = ", ".join(m["files"][:2])
-        out.append(f"{name:<11} {s['status']:<8} {s.get('seconds', 0):>7.1f} s  {head}")
+        start = f"  from {s['started_s']:>6.1f} s" if s["status"] == "ran" and "started_s" in s else " " * 16
+        out.append(f"{name:<11} {s['status']:<8} {s.get('seconds', 0):>7.1f} s{start}  {head}")
     return out
