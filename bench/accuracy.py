@@ -67,7 +67,7 @@ def main() -> None:
     import torch
 
     from firstspike.data import load_split
-    from firstspike.train.trainer import TrainConfig, evaluate, load_checkpoint, model_from_checkpoint, train
+    from firstspike.train.trainer import TrainConfig, evaluate, load_checkpoint, model_from_checkpoint, refit_net_config, train
 
     results = []
     for spec in args.runs.split(","):
@@ -88,7 +88,11 @@ def main() -> None:
             done = load_checkpoint(RESULTS / f"{stem}.pt")
         else:
             done = load_checkpoint(out / "checkpoint.pt") if (out / "checkpoint.pt").is_file() else None
-        if args.evaluate or done is not None and NetConfig.from_dict(done["net"]).to_dict() == cfg.to_dict() and done["epoch"] >= tc.epochs:
+        if mode != "binary":
+            tc = tc.with_refit_epochs(0)  # (the output refit is a phase of binary training)
+        finished_net = refit_net_config(cfg, tc).to_dict()  # a finished run's architecture (after its refit)
+        if args.evaluate or (done is not None and NetConfig.from_dict(done["net"]).to_dict() == finished_net
+                             and done["epoch"] >= tc.epochs + tc.refit_epochs):  # fmt: skip
             log.info("%s: already trained for %d epochs, evaluating it as it is", out, done["epoch"])
             ck = done  # a finished run (e.g. continued in the background): nothing to train
             # evaluated again: its checkpoint's figure may predate the current decision rule
