@@ -44,7 +44,7 @@ demo: setup
 	$(PY) -m firstspike flow --out runs/demo $(DEMO_FLAGS)
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20 tests
 
 bench: setup
 	$(PY) bench/train_speed.py
