@@ -255,10 +255,12 @@ def _make_optimizer(model: torch.nn.Module, tc: TrainConfig, opt: torch.optim.Op
             groups.append({"params": alphas, "lr_scale": tc.alpha_lr_scale})
         for g in groups:
             g["lr"] = tc.lr * g["lr_scale"]
+        # foreach: one call per step for all parameters (PyTorch's CPU default loops over them in
+        # Python, a tenth of a batch-8 step here); the same values (checked bit for bit over 300 steps)
         if tc.optimizer == "adam":
-            opt = torch.optim.Adam(groups, lr=tc.lr, weight_decay=tc.weight_decay)
+            opt = torch.optim.Adam(groups, lr=tc.lr, weight_decay=tc.weight_decay, foreach=True)
         else:
-            opt = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+            opt = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay, foreach=True)
     if tc.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, tc.epochs))
     elif tc.schedule == "step":
