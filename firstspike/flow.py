@@ -460,11 +460,11 @@ class _Workers:
         self.slots = jobs
         self.queue = mp.Queue()
         root = logging.getLogger()
-        self.listener = logging.handlers.QueueListener(self.queue, *root.handlers, respect_handler_level=True)
-        self.listener.start()
         threads = max(1, (os.cpu_count() or 1) // jobs)
         self.pool = ProcessPoolExecutor(jobs, mp_context=mp, initializer=_worker_init,
                                         initargs=(self.queue, root.getEffectiveLevel(), threads))  # fmt: skip
+        self.listener = logging.handlers.QueueListener(self.queue, *root.handlers, respect_handler_level=True)
+        self.listener.start()
 
     def submit(self, step: Step, ctx: Context) -> Future:
         return self.pool.submit(_run_in_worker, step.name, ctx)
@@ -473,6 +473,17 @@ class _Workers:
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.listener.stop()
         self.queue.close()
+
+
+def _executor(jobs: int) -> _Inline | _Workers:
+    """Worker processes for ``jobs`` > 1; this process where there is one job, or where
+    worker processes cannot start (no shared memory for their queue, say)."""
+    if jobs > 1:
+        try:
+            return _Workers(jobs)
+        except OSError as e:
+            log.warning("cannot start %d worker processes (%s): the steps run one after the other", jobs, e)
+    return _Inline()
 
 
 def run_flow(cfg: FlowConfig, skip: tuple[str, ...] = (), rerun: tuple[str, ...] = (), only: tuple[str, ...] = ()
@@ -520,7 +531,7 @@ def run_flow(cfg: FlowConfig, skip: tuple[str, ...] = (), rerun: tuple[str, ...]
                         resolved.add(step.name)
                     else:
                         if executor is None:
-                            executor = _Workers(cfg.jobs) if cfg.jobs > 1 else _Inline()
+                            executor = _executor(cfg.jobs)
                         if len(running) >= executor.slots:
                             continue  # (a later ready step may still be cached)
                         work = root / f".{step.name}.partial"

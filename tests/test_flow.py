@@ -117,6 +117,23 @@ def test_a_failing_worker_step_raises_its_error_and_leaves_nothing_behind(run: t
         run_flow(dataclasses.replace(cfg, jobs=0))
 
 
+def test_without_worker_processes_the_steps_run_here(run: tuple[FlowConfig, dict], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Where worker processes cannot start (no shared memory for their queue, say), two jobs
+    fall back to one step at a time in this process, with a warning."""
+    cfg, _ = run
+    root = tmp_path / "run"
+    shutil.copytree(cfg.out, root)
+
+    def no_shm(self, jobs):
+        raise OSError("[Errno 38] Function not implemented: /dev/shm")
+
+    monkeypatch.setattr(F._Workers, "__init__", no_shm)
+    st = run_flow(dataclasses.replace(cfg, out=str(root), jobs=2), rerun=("quantize",))
+    assert st["steps"]["quantize"]["status"] == "ran" and st["steps"]["report"]["status"] == "ran"
+    assert "cannot start 2 worker processes" in caplog.text
+
+
 def test_unknown_step_and_missing_inputs_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(FlowError, match="unknown step 'trian'"):
         run_flow(small_config(tmp_path), skip=("trian",))
