@@ -88,8 +88,7 @@ def main() -> None:
             done = load_checkpoint(RESULTS / f"{stem}.pt")
         else:
             done = load_checkpoint(out / "checkpoint.pt") if (out / "checkpoint.pt").is_file() else None
-        if mode != "binary":
-            tc = tc.with_refit_epochs(0)  # (the output refit is a phase of binary training)
+        tc = tc.for_mode(mode)
         finished_net = refit_net_config(cfg, tc).to_dict()  # a finished run's architecture (after its refit)
         if args.evaluate or (done is not None and NetConfig.from_dict(done["net"]).to_dict() == finished_net
                              and done["epoch"] >= tc.epochs + tc.refit_epochs):  # fmt: skip

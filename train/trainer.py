@@ -99,6 +99,10 @@ class TrainConfig:
         tc.validate()
         return tc
 
+    def for_mode(self, mode: str) -> "TrainConfig":
+        """This config as ``mode`` trains it: the output refit is a phase of binary training (none in real mode)."""
+        return self if mode == "binary" else self.with_refit_epochs(0)
+
     def with_refit_epochs(self, n: int) -> "TrainConfig":
         """This config with ``n`` refit epochs (0: no refit, and the output keeps its width)."""
         return replace(self, refit_epochs=n, refit_out_weight_bits=self.refit_out_weight_bits if n else 0)
@@ -306,7 +310,7 @@ def train(
     if net_cfg.mode != "binary" and tc.refit_epochs:
         log.info("the output refit (refit_epochs=%d) is a phase of binary training: %s mode trains %d epochs without it",
                  tc.refit_epochs, net_cfg.mode, tc.epochs)  # fmt: skip
-        tc = tc.with_refit_epochs(0)
+        tc = tc.for_mode(net_cfg.mode)
     tc.validate()
     rank, world = dist_info()
     out = Path(out_dir)
@@ -394,6 +398,8 @@ def train(
     kept = (prev_best or {}).get("state_dict") or (ck["state_dict"] if resuming else None)  # the model a refit starts from
     for epoch in range(start_epoch, n_epochs):
         refit = epoch >= tc.epochs
+        t_frac = (tc.refit_t_goal or tc.t_goal) if refit else tc.t_goal  # the loss's deadline / decision time
+        t_goal = t_frac * T if t_frac < 1 else None
         if refit and epoch == tc.epochs:  # the refit begins: from the kept model, output layer only
             model.load_state_dict(kept)
             opt, sched = _enter_refit(model, tc, new_width=True)
@@ -403,7 +409,6 @@ def train(
                 ema, ema_steps = {n: p.detach().clone() for n, p in model.named_parameters()}, 0
             if world > 1:  # DDP registers the parameters that train when it is built
                 ddp_model = torch.nn.parallel.DistributedDataParallel(model)
-            t_frac = tc.refit_t_goal or tc.t_goal
             log.info("refit: %d epochs of the output layer on the frozen hidden layers (potential loss at t* = %s, "
                      "cross-entropy weight %g)", tc.refit_epochs, f"{t_frac:g} T" if t_frac < 1 else "the first spike",
                      tc.refit_ce_weight)  # fmt: skip
@@ -422,8 +427,6 @@ def train(
             xb, yb = shift_images(x_train[bi], tc.augment_shift, g_aug).to(device), y_train[bi].to(device)
             outs = ddp_model(xb, all_layers=True)
             t_out = outs[-1].flatten(1)
-            t_frac = (tc.refit_t_goal or tc.t_goal) if refit else tc.t_goal
-            t_goal = t_frac * T if t_frac < 1 else None
             if tc.loss == "potential" or refit:  # (the refit trains the output's potentials, whatever the main loss)
                 out_layer = model.layers[-1]
                 loss = potential_loss(t_out, outs[-2], out_layer.effective()[0], float(out_layer.theta), yb, T,
