@@ -7,13 +7,13 @@ STAMP := $(VENV)/.firstspike-setup
 APT_PACKAGES := iverilog dataset-fashion-mnist chromium
 export PYTHONHASHSEED := 0
 
-.PHONY: setup apt demo test test-fast bench clean help
+.PHONY: setup apt demo test bench clean help
 
 help:
 	@echo "make demo   - set up (apt packages, venv, pinned pip packages) and run the whole flow (firstspike flow):"
 	@echo "              train -> model file -> Verilog -> Verilator/Icarus/gate level -> iCEBreaker bitstream ->"
 	@echo "              virtual board -> runs/demo/report/report.html"
-	@echo "make test   - set up the same way and run the test suite"
+	@echo "make test   - set up the same way and run the test suite (one worker per core: TEST_JOBS=N to choose)"
 	@echo "make bench  - run the benchmarks (writes bench/results/*.json and docs/benchmarks.md)"
 
 apt:
@@ -43,8 +43,12 @@ DEMO_FLAGS ?= --epochs 5 --refit-epochs 1
 demo: setup
 	$(PY) -m firstspike flow --out runs/demo $(DEMO_FLAGS)
 
+# the suite runs on one pytest-xdist worker per core (at most 8; tests/conftest.py keeps
+# the tests that share a costly fixture on one worker): `make test TEST_JOBS=0` runs it here, serially
+TEST_JOBS ?= auto
+
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --durations=20 tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20 -n $(TEST_JOBS) --maxprocesses 8 --dist loadgroup tests
 
 bench: setup
 	$(PY) bench/train_speed.py

@@ -12,7 +12,9 @@ of the core: `memory_check("ecp5")` is what showed that Yosys's DP16KD is a blac
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from amaranth.back import verilog
 from amaranth.hdl import Cat, Elaboratable, Module, Signal
 from amaranth.lib.memory import Memory
 
-from firstspike.sim.rtl import SimulatorError, check_simulator, gate_level_args, synthesize_netlist
+from firstspike.sim.rtl import SimulatorError, check_simulator, gate_level_args, gate_level_models, synthesize_netlist
 
 log = logging.getLogger(__name__)
 TOP = "fs_memcheck"
@@ -151,15 +153,24 @@ int main(int argc, char** argv) {
 """
 
 
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
 def _run_verilator(sources: list[Path], work: Path, extra: list[str], name: str) -> list[str]:
-    odir = work / f"obj_{name}"
+    """Build (once per content: a second check in the same folder reuses it) and run one side."""
     (work / "main.cpp").write_text(MAIN_CPP)
+    key = _digest(name, *extra, MAIN_CPP, *(s.read_text() for s in sources))
+    odir = work / f"obj_{name}_{key}"
     cmd = ["verilator", "--cc", "--exe", "--build", "-j", "2", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign",
            "fast", "--x-initial", "fast", "-O0", "-CFLAGS", "-O0", "-Mdir", str(odir), "--prefix", "Vtb", "--top-module", f"{TOP}_tb",
            "-o", "sim", *extra, str(work / "main.cpp"), *map(str, sources)]  # fmt: skip
-    r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
-    if r.returncode:
-        raise SimulatorError(f"Verilator failed to build the memory check ({name}): {(r.stderr or r.stdout)[-1500:]}")
+    if not (odir / ".built").exists():
+        shutil.rmtree(odir, ignore_errors=True)
+        r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+        if r.returncode:
+            raise SimulatorError(f"Verilator failed to build the memory check ({name}): {(r.stderr or r.stdout)[-1500:]}")
+        (odir / ".built").touch()
     r = subprocess.run([str(odir / "sim")], cwd=work, capture_output=True, text=True)
     if r.returncode:
         raise SimulatorError(f"memory check simulation ({name}) failed: {(r.stderr or r.stdout)[-1500:]}")
@@ -190,7 +201,7 @@ def memory_check(family: str, work: str | Path, cycles: int = 4000, cases: tuple
     design = MemTorture(cases)
     (work / f"{TOP}.v").write_text(verilog.convert(design, name=TOP, ports=[design.rd], emit_src=False))
     (work / "tb.v").write_text(TB.format(w=len(design.rd) - 1, top=TOP, cycles=cycles))
-    netlist, *models = synthesize_netlist(work, family, TOP, replace_blackboxes)
+    netlist, *models = _synthesize(work, family, replace_blackboxes)
     text = netlist.read_text()
     cells: dict[str, int] = {}
     for m in re.finditer(r"^\s+(DP16KD|SB_RAM40_4K|TRELLIS_DPR16X4|SB_SPRAM256KA)\s", text, re.M):
@@ -216,6 +227,20 @@ def memory_check(family: str, work: str | Path, cycles: int = 4000, cases: tuple
         a, b = bad[0]
         first = f"cycle {a.split()[0]}: {', '.join(_which(design, a, b))}"
     return MemCheckReport(family, cycles, len(bad), first, per_case, cells, notes)
+
+
+def _synthesize(work: Path, family: str, replace_blackboxes: bool) -> list[Path]:
+    """Yosys's netlist of work/<TOP>.v for ``family`` (reused while the design is unchanged:
+    the check with and without firstspike's cell models synthesises once) and its models."""
+    stamp = work / f".gl_{family}.key"
+    key = _digest(family, (work / f"{TOP}.v").read_text())
+    netlist = work / f"gl_{family}.v"
+    if netlist.exists() and stamp.exists() and stamp.read_text() == key:
+        return [netlist, *gate_level_models(work, family, netlist, replace_blackboxes)]
+    stamp.unlink(missing_ok=True)
+    out = synthesize_netlist(work, family, TOP, replace_blackboxes)
+    stamp.write_text(key)
+    return out
 
 
 def _which(design: MemTorture, a: str, b: str) -> list[str]:

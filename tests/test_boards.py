@@ -340,7 +340,7 @@ def test_link_refuses_bad_parameters() -> None:
         BoardLink(plan_core(t, debug=False), 5)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def small() -> tuple:
     rng = np.random.default_rng(5)
     tables = random_tables(rng, side=8, T=12)

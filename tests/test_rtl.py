@@ -27,12 +27,12 @@ TRAINED = ROOT / "bench" / "results" / "mnist_binary.pt"
 SIMS = ["icarus", "verilator"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def build_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("sim-build")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def trained() -> tuple:
     tables, _ = quantize_checkpoint(TRAINED)
     test = load_split("mnist", "test")
