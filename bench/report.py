@@ -261,6 +261,21 @@ def render_docs() -> Path:
                 f"{r_['virtual_retries']} | {_spk(r_)} | {str(r_.get('date') or bd['date'])[:10]}, {r_.get('commit') or bd['commit']} |"
             )
         lines.append("")
+    dt = _load("demo_time")
+    if dt:
+        flags = dt["make_flags"] if dt["make_flags"] is not None else "the Makefile's DEMO_FLAGS"
+        lines += ["## `make demo` on a fresh clone (bench/demo_time.py)", "",
+                  f"Commit {dt['commit_timed']} cloned and run as the README says ({flags}); {_hw(dt)}; {dt['date']}. "
+                  f"The reference workload (one thread, fixed) took {dt['reference_s'][0]} s before and "
+                  f"{dt['reference_s'][1]} s after the demo.", "",
+                  f"**{dt['total_s'] / 60:.1f} min** in all (goal {dt['goal_s'] / 60:.0f}): `make setup` "
+                  f"{dt['setup_s']:.0f} s, the flow {dt['demo_s']:.0f} s; {dt['total_in_reference_units']:.0f} reference "
+                  f"units. Binary accuracy {100 * (dt['binary_accuracy'] or 0):.2f}% after {dt['epochs']} epochs"
+                  + (f", float rung {100 * dt['float_accuracy']:.2f}%." if dt.get("float_accuracy") else "."), "",
+                  "| step | starts at (s) | takes (s) |", "|---|---|---|"]  # fmt: skip
+        for n, s in dt["steps"].items():
+            lines.append(f"| {n} | {s.get('started_s', '')} | {s['seconds']} |")
+        lines += ["", "![the demo's steps on a time line](../bench/results/demo_time.png)", ""]
     lines += ["## What moved accuracy", "", "Ablations, the non-spiking ceiling and the causes of underfitting (issue 12) are "
               "written by hand in [accuracy.md](accuracy.md) (bench/accuracy_ablations.py, bench/accuracy_ceiling.py).", ""]
     DOCS.parent.mkdir(parents=True, exist_ok=True)

@@ -73,3 +73,30 @@ def test_probe_readouts_see_what_the_spike_times_carry_and_no_more() -> None:
     assert hidden["linear, V(T/2)"] < 0.5 and hidden["linear, V(T-1)"] >= 0.95, hidden
     noise = accs((1, 5), (12, T + 1), informative=False)
     assert all(a < 0.5 for a in noise.values()), noise
+
+
+def test_demo_time_result_renders_as_a_table_and_a_time_line(tmp_path, monkeypatch) -> None:
+    """bench/demo_time.py's result: docs/benchmarks.md gets the total against the goal, each
+    step's start and duration in the flow's order, and the time-line plot is drawn; the
+    reference workload runs and takes a positive time."""
+    import demo_time
+    import report
+
+    steps = {"train_real": {"seconds": 269.0, "started_s": 0.1, "status": "ran"},
+             "train": {"seconds": 471.0, "started_s": 0.1, "status": "ran"},
+             "report": {"seconds": 3.5, "started_s": 770.2, "status": "ran"}}  # fmt: skip
+    data = {"benchmark": "demo_time", "date": "2026-12-02", "commit": "abc1234", "hardware": {"cpu": "X", "cores": 2},
+            "commit_timed": "abc1234", "make_flags": None, "setup_s": 95.0, "demo_s": 776.0, "total_s": 871.0,
+            "goal_s": 600, "reference_s": [1.5, 1.6], "total_in_reference_units": 580.7, "steps": steps,
+            "binary_accuracy": 0.952, "float_accuracy": 0.9396, "epochs": 6}  # fmt: skip
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "DOCS", tmp_path / "benchmarks.md")
+    (tmp_path / "demo_time.json").write_text(json.dumps(data))
+    text = report.render_docs().read_text()
+    assert "**14.5 min** in all (goal 10)" in text and "the flow 776 s; 581 reference units" in text
+    assert "Binary accuracy 95.20% after 6 epochs, float rung 93.96%." in text
+    rows = [ln for ln in text.splitlines() if ln.startswith(("| train", "| report"))]
+    assert rows == ["| train_real | 0.1 | 269.0 |", "| train | 0.1 | 471.0 |", "| report | 770.2 | 3.5 |"]
+    demo_time.plot(steps, 95.0, tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 5000
+    assert 0 < demo_time.reference_seconds(repeats=1) < 120
