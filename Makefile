@@ -61,6 +61,7 @@ bench: setup
 	$(PY) bench/gate_level.py --model bench/results/ice40_binary.pt --images 300
 	$(PY) bench/gate_level.py --model bench/results/mnist_binary.pt --images 12
 	$(PY) bench/boards.py
+	$(PY) bench/demo_time.py
 
 clean:
 	rm -rf runs build .pytest_cache
