@@ -43,12 +43,12 @@ DEMO_FLAGS ?= --epochs 5 --refit-epochs 1
 demo: setup
 	$(PY) -m firstspike flow --out runs/demo $(DEMO_FLAGS)
 
-# the suite runs on one pytest-xdist worker per core (at most 8; tests/conftest.py keeps
-# the tests that share a costly fixture on one worker): `make test TEST_JOBS=0` runs it here, serially
+# the suite runs on one pytest-xdist worker per core (at most 8), a test file per worker at a
+# time, the costliest first (tests/conftest.py): `make test TEST_JOBS=0` runs it here, serially
 TEST_JOBS ?= auto
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --durations=20 -n $(TEST_JOBS) --maxprocesses 8 --dist loadgroup tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20 -n $(TEST_JOBS) --maxprocesses 8 --dist loadfile --no-loadscope-reorder tests
 
 bench: setup
 	$(PY) bench/train_speed.py

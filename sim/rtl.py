@@ -173,10 +173,12 @@ def gate_level_args(family: str) -> list[str]:
 
 def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: bool = True, early_exit: bool = False,
           build_root: str | os.PathLike = "build/sim", max_images: int = 500, gate_level: str | None = None,
-          positions: int = 1, read_reg: bool = False) -> RtlBuild:  # fmt: skip
+          positions: int = 1, read_reg: bool = False, cxx_opt: str = "-O2") -> RtlBuild:  # fmt: skip
     """Generate the core's Verilog and the harness and compile them (cached by content hash).
     ``gate_level`` ('ice40' or 'ecp5', Verilator only): simulate Yosys's post-synthesis
-    netlist of the core with the family's cell models instead of the RTL."""
+    netlist of the core with the family's cell models instead of the RTL. ``cxx_opt``: the
+    C++ optimisation of a Verilator build (-O0 compiles a gate-level netlist in about half
+    the time and simulates it slower: for a few images)."""
     if gate_level is not None and (gate_level not in GATE_LEVEL or sim != "verilator"):
         raise SimulatorError(f"gate-level simulation: choose --gate-level {' or '.join(GATE_LEVEL)} with --sim verilator")
     if debug and early_exit:
@@ -187,7 +189,10 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
     core_v = to_verilog(plan)
     harness_v = harness_verilog(plan, TOP, max_images)
     models = "".join((Path(__file__).parent / "cells" / f).read_text() for f in CELL_MODELS.get(gate_level or "", {}).values())
-    key = hashlib.sha256(f"{BUILD_FORMAT}\0{sim}\0{gate_level}\0{core_v}\0{harness_v}\0{models}".encode()).hexdigest()[:16]
+    opt = cxx_opt if sim == "verilator" else ""
+    if opt not in ("", "-O0", "-O1", "-O2", "-O3", "-Os"):
+        raise SimulatorError(f"cxx_opt {cxx_opt!r}: choose -O0, -O1, -O2, -O3 or -Os")
+    key = hashlib.sha256(f"{BUILD_FORMAT}\0{sim}\0{gate_level}\0{core_v}\0{harness_v}\0{models}\0{opt}".encode()).hexdigest()[:16]
     bdir = Path(build_root).resolve() / f"{sim}{'-gl-' + gate_level if gate_level else ''}-{key}"
     res = RtlBuild(sim, bdir, plan, tables, max_images)
     if (bdir / ".built").exists():
@@ -203,9 +208,9 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
     try:
         if sim == "verilator" and gate_level:
             srcs = synthesize_netlist(src, gate_level)
-            build_verilator([*srcs, src / f"{HARNESS_TOP}.v"], HARNESS_TOP, bdir, gate_level_args(gate_level))
+            build_verilator([*srcs, src / f"{HARNESS_TOP}.v"], HARNESS_TOP, bdir, gate_level_args(gate_level), opt)
         elif sim == "verilator":
-            build_verilator([src / f"{TOP}.v", src / f"{HARNESS_TOP}.v"], HARNESS_TOP, bdir)
+            build_verilator([src / f"{TOP}.v", src / f"{HARNESS_TOP}.v"], HARNESS_TOP, bdir, cxx_opt=opt)
         else:
             # Verilog-2005 semantics, so that Yosys's "reg x = 0" time-0 trigger runs every always @*
             quiet_runner(sim).build(sources=[src / f"{TOP}.v", src / f"{HARNESS_TOP}.v"], hdl_toplevel=HARNESS_TOP,
@@ -230,10 +235,11 @@ def quiet_runner(sim: str):
     return runner
 
 
-def build_verilator(sources: list[Path], top: str, bdir: Path, extra: list[str] | None = None) -> None:
+def build_verilator(sources: list[Path], top: str, bdir: Path, extra: list[str] | None = None, cxx_opt: str = "-O2") -> None:
     """The cocotb runner's Verilator build, except that only the harness's own signals are
     VPI-visible (the runner's --public-flat-rw makes every signal public, which keeps
-    Verilator from optimising the core: about 10x slower), and the C++ is built with -O2."""
+    Verilator from optimising the core: about 10x slower), and the C++ is built with
+    ``cxx_opt`` (-O2)."""
     import subprocess
 
     import cocotb_tools.config as cc
@@ -245,8 +251,8 @@ def build_verilator(sources: list[Path], top: str, bdir: Path, extra: list[str] 
            "-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--x-assign", "fast", "--x-initial", "fast",
            "--timescale", "1ns/1ps", *(extra or []), str(vlt), str(cc.share_dir / "lib" / "verilator" / "verilator.cpp"),
            *[str(s) for s in sources]]  # fmt: skip
-    mk = ["make", "-j", str(min(4, os.cpu_count() or 1)), "-C", str(bdir), "-f", "Vtop.mk", "VM_TRACE=0", "OPT_FAST=-O2",
-          "OPT_SLOW=-O1"]  # fmt: skip
+    mk = ["make", "-j", str(min(4, os.cpu_count() or 1)), "-C", str(bdir), "-f", "Vtop.mk", "VM_TRACE=0", f"OPT_FAST={cxx_opt}",
+          f"OPT_SLOW={'-O0' if cxx_opt == '-O0' else '-O1'}"]  # fmt: skip
     with open(bdir / "build.log", "w") as log_f:
         for c in (cmd, mk):
             r = subprocess.run(c, stdout=log_f, stderr=subprocess.STDOUT, cwd=bdir)

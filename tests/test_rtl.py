@@ -61,7 +61,7 @@ def test_random_networks_batch_and_handshake(sim: str, seed: int, build_root: Pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sim,n", [("verilator", 24), ("icarus", 2)])
+@pytest.mark.parametrize("sim,n", [("verilator", 24), ("icarus", 1)])
 def test_trained_default_model_sample(sim: str, n: int, trained: tuple, build_root: Path) -> None:
     """The trained default binary MNIST network, test images spread over the set."""
     tables, test = trained
@@ -97,6 +97,9 @@ def test_missing_simulator_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
         rtl.check_simulator("icarus")
     with pytest.raises(rtl.SimulatorError, match="unknown simulator"):
         rtl.check_simulator("modelsim")
+    monkeypatch.undo()
+    with pytest.raises(rtl.SimulatorError, match="cxx_opt '-O9'"):
+        rtl.build(random_tables(np.random.default_rng(1), side=8), cxx_opt="-O9", build_root="/nonexistent")
 
 
 def test_verify_reports_mismatches(tmp_path: Path, build_root: Path) -> None:
