@@ -340,6 +340,13 @@ def test_link_refuses_bad_parameters() -> None:
         BoardLink(plan_core(t, debug=False), 5)
 
 
+@pytest.fixture(scope="module")
+def vb_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One build folder for the virtual-board tests: those with the same core and link (the
+    fault rates and the seed are run-time settings) share its cached Verilator build."""
+    return tmp_path_factory.mktemp("vb")
+
+
 @pytest.fixture
 def small() -> tuple:
     rng = np.random.default_rng(5)
@@ -359,12 +366,12 @@ def _raw(rt: BoardRuntime, data: bytes, wait: float = 1.5) -> list[tuple[int, in
     return out
 
 
-def test_virtual_board_round_trip(small: tuple, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_virtual_board_round_trip(small: tuple, vb_root: Path) -> None:
     from firstspike.boards.link import model_hash
     from firstspike.boards.virtual import VirtualBoard
 
     tables, images = small
-    with VirtualBoard(tables, lanes=3, build_root=tmp_path_factory.mktemp("vb")) as vb:
+    with VirtualBoard(tables, lanes=3, build_root=vb_root) as vb:
         with BoardRuntime(vb.port, timeout=5.0) as rt:
             info = rt.info()
             assert info["magic"] == b"FSPK" and info["version"] == P.PROTOCOL_VERSION and info["T"] == tables.T and info["inputs"] == images[0].size
@@ -413,11 +420,11 @@ def test_virtual_board_round_trip(small: tuple, tmp_path_factory: pytest.TempPat
     np.testing.assert_array_equal(spk.classes, want.classes[:4])
 
 
-def test_virtual_board_recovers_from_dropped_and_corrupted_bytes(small: tuple, tmp_path_factory) -> None:
+def test_virtual_board_recovers_from_dropped_and_corrupted_bytes(small: tuple, vb_root: Path) -> None:
     from firstspike.boards.virtual import VirtualBoard
 
     tables, images = small
-    with VirtualBoard(tables, lanes=3, build_root=tmp_path_factory.mktemp("vb2"), p_drop=0.004, p_flip=0.004, seed=3) as vb:
+    with VirtualBoard(tables, lanes=3, build_root=vb_root, p_drop=0.004, p_flip=0.004, seed=3) as vb:
         with BoardRuntime(vb.port, timeout=2.0, retries=10) as rt:
             res = rt.run(images)
             spk = rt.run(images[:1], spikes=True, tables=tables)
@@ -427,14 +434,14 @@ def test_virtual_board_recovers_from_dropped_and_corrupted_bytes(small: tuple, t
     assert dropped + flipped > 0 and res.retries > 0, (vb.faults, res.retries, res.errors)
 
 
-def test_virtual_board_at_the_ulx3s_fractional_divisor(small: tuple, tmp_path_factory) -> None:
+def test_virtual_board_at_the_ulx3s_fractional_divisor(small: tuple, vb_root: Path) -> None:
     """The whole link at 16 2/3 cycles a bit (3 Mbaud at the ULX3S's 50 MHz), passed as build.json
     records it ("50/3"): raw and compact frames and the spike readout exact, no retries, and each
     exchange takes its bytes' time on the wire (10 x 16 2/3 cycles a byte) plus the compute."""
     from firstspike.boards.virtual import VirtualBoard
 
     tables, images = small
-    with VirtualBoard(tables, lanes=3, build_root=tmp_path_factory.mktemp("vb_frac"), divisor="50/3") as vb:
+    with VirtualBoard(tables, lanes=3, build_root=vb_root, divisor="50/3") as vb:
         with BoardRuntime(vb.port, timeout=5.0) as rt:
             res = rt.run(images)
             cres = rt.run(images, tables=tables)
@@ -452,7 +459,7 @@ def test_virtual_board_at_the_ulx3s_fractional_divisor(small: tuple, tmp_path_fa
 
 
 @pytest.mark.parametrize("spikes", [False, True])
-def test_virtual_board_exits_early(spikes: bool, tmp_path_factory) -> None:
+def test_virtual_board_exits_early(spikes: bool, vb_root: Path) -> None:
     """A board's plain CLASSIFY stops at the first output spike: the same class, fired flag
     and time as the golden model, fewer cycles than the full run (the core on Amaranth's
     simulator, debug port on). With the spike readout built in (the ECP5 default), a
@@ -467,7 +474,7 @@ def test_virtual_board_exits_early(spikes: bool, tmp_path_factory) -> None:
         images = random_images(rng, 6, tables.input_shape)
         if (expected(tables, images).first_time < tables.T - 1).sum() >= 2:
             break
-    with VirtualBoard(tables, lanes=3, build_root=tmp_path_factory.mktemp("vb3"), spikes=spikes) as vb:
+    with VirtualBoard(tables, lanes=3, build_root=vb_root, spikes=spikes) as vb:
         with BoardRuntime(vb.port, timeout=5.0) as rt:
             assert rt.info()["spikes"] == spikes and rt.info()["times"] and rt.info()["early_exit"]
             res = rt.run(images, tables=tables)
