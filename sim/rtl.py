@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 SIMULATORS = ("verilator", "icarus")
 TEST_MODULE = "firstspike.sim.cocotb_tb"
 BUILD_FORMAT = 6  # bump when the harness or the build flags change
+# the iCEBreaker model's gate-level netlist: its C++ at -O0 builds in ~60 s less than at -O2 and
+# simulates ~1.6 s an image slower (runs/s19/gl_opt.py), so -O0 pays for up to about 35 images
+FEW_GATE_IMAGES = 32
 
 
 class SimulatorError(FirstSpikeError):
@@ -362,13 +365,16 @@ def verify(tables: ModelTables, images: np.ndarray, labels: np.ndarray | None = 
            progress: bool = True, gate_level: str | None = None, positions: int = 1,
            read_reg: bool = False) -> VerifyReport:  # fmt: skip
     """Run ``images`` through the RTL in ``jobs`` parallel simulations and compare every
-    layer's spike times, the output potentials and the class with the golden model."""
+    layer's spike times, the output potentials and the class with the golden model. A
+    gate-level netlist checked on at most FEW_GATE_IMAGES images is compiled at -O0 (faster
+    to build than the simulation time it loses)."""
     t0 = time.perf_counter()
     want = expected(tables, images)  # first: wrong images fail before minutes of compiling
     golden_seconds = time.perf_counter() - t0
-    b = build(tables, sim=sim, lanes=lanes, debug=True, build_root=build_root, max_images=chunk, gate_level=gate_level,
-              positions=positions, read_reg=read_reg)
     n = len(images)
+    opt = "-O0" if gate_level and n <= FEW_GATE_IMAGES else "-O2"
+    b = build(tables, sim=sim, lanes=lanes, debug=True, build_root=build_root, max_images=chunk, gate_level=gate_level,
+              positions=positions, read_reg=read_reg, cxx_opt=opt)  # fmt: skip
     chunk = max(1, min(chunk, math.ceil(n / max(1, jobs))))
     parts = [(i, images[i : i + chunk]) for i in range(0, n, chunk)]
     got_cls = np.zeros(n, np.int64)

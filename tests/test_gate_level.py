@@ -69,16 +69,16 @@ def test_gate_level_trained_ice40_model(family: str, tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["ice40", "ecp5"])
 def test_gate_level_random_28x28(family: str, tmp_path: Path) -> None:
-    """A random 28x28 network (other widths than the trained one) on both netlists."""
+    """A random 28x28 network (other widths than the trained one) on both netlists, through
+    `verify` (every layer's spike times and the class; a few images: compiled at -O0)."""
     rng = np.random.default_rng(5)
     tables = random_tables(rng, side=28, max_layers=1, max_channels=3)
     images = random_images(rng, 3, tables.input_shape)
-    want = expected(tables, images)
-    b = rtl.build(tables, sim="verilator", lanes=2, build_root=tmp_path, max_images=3, gate_level=family, cxx_opt=O0)
-    res = rtl.run_images(b, images)
-    mism = compare_streams(tables, res.stream, want.stream)
-    assert sum(mism.values()) == 0, (family, mism)
-    np.testing.assert_array_equal(res.classes, want.classes)
+    rep = rtl.verify(tables, images, lanes=2, build_root=tmp_path, gate_level=family, progress=False)
+    assert rep.values_compared == expected(tables, images).stream.size and rep.sim == f"verilator (gate level, {family})"
+    assert rep.total_mismatches == 0 and rep.class_mismatches == 0, (family, rep.spike_mismatches)
+    flags = (rep.build_dir / "build.log").read_text()
+    assert " -O0 " in flags and " -O2 " not in flags
 
 
 def test_gate_level_needs_verilator(tmp_path: Path) -> None:
