@@ -180,8 +180,8 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
     """Generate the core's Verilog and the harness and compile them (cached by content hash).
     ``gate_level`` ('ice40' or 'ecp5', Verilator only): simulate Yosys's post-synthesis
     netlist of the core with the family's cell models instead of the RTL. ``cxx_opt``: the
-    C++ optimisation of a Verilator build (-O0 compiles a gate-level netlist in about half
-    the time and simulates it slower: for a few images)."""
+    C++ optimisation of a Verilator build (-O0 compiles the iCEBreaker model's gate-level
+    netlist in about 2/3 of -O2's time and simulates it about 2x slower: for a few images)."""
     if gate_level is not None and (gate_level not in GATE_LEVEL or sim != "verilator"):
         raise SimulatorError(f"gate-level simulation: choose --gate-level {' or '.join(GATE_LEVEL)} with --sim verilator")
     if debug and early_exit:
