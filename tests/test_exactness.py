@@ -123,6 +123,24 @@ def run_torch(tin, w, thr, T, stride, pad):
     return out.numpy().astype(np.int64)
 
 
+@SETTINGS
+@given(data=st.data())
+def test_binned_integer_kernel_equals_the_event_order_kernel(data) -> None:
+    """The integer kernel (all channels of a position at once, hist of weights per time) and
+    the per-neuron event-order kernel give the same times: multi-bit weights, thresholds at
+    or below zero (fire at step 0) and above any reachable potential, int32 and int64 sums."""
+    tin, w, thr, T, stride, pad = data.draw(layer_case(True))
+    w = w * data.draw(st.sampled_from([1, 3, 127]))
+    thr = thr + data.draw(st.sampled_from([0, -2, 10**6]))
+    Co, C, KH, KW = w.shape
+    Ho = (tin.shape[2] + 2 * pad - KH) // stride + 1
+    Wo = (tin.shape[3] + 2 * pad - KW) // stride + 1
+    ref = kernels.fire_forward_events(tin, w.astype(np.float64), thr.astype(np.float64), T, stride, pad, Ho, Wo)
+    for acc in (np.int32, np.int64):
+        assert np.array_equal(kernels.fire_forward_binned(tin, w.astype(acc), thr, T, stride, pad, Ho, Wo), ref)
+    assert np.array_equal(kernels.fire_forward(tin, w, thr, T, stride, pad, Ho, Wo), ref)
+
+
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "real"])
 @SETTINGS
 @given(data=st.data())

@@ -74,12 +74,87 @@ def _scratch(T, n):
     return np.empty(T + 1, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int64)
 
 
-@njit(cache=True, parallel=True)
-def fire_forward(tin, w, thr, T, stride, pad, Ho, Wo):
+def fire_forward(tin: np.ndarray, w: np.ndarray, thr: np.ndarray, T: int, stride: int, pad: int, Ho: int,
+                 Wo: int) -> np.ndarray:  # fmt: skip
     """Output spike times (B, Co, Ho, Wo) int32 of one layer; see module docstring.
 
     tin: (B, C, H, W) int32 in 0..T; w: (Co, C, KH, KW) int32 or float64; thr: (Co,).
+    Integer weights take ``fire_forward_binned`` (sums in any order are exact), float
+    weights ``fire_forward_events`` (the hardware's order of additions).
     """
+    if w.dtype.kind != "i":
+        return fire_forward_events(tin, w, thr, T, stride, pad, Ho, Wo)
+    n = w[0].size
+    bound = (int(np.abs(w).max()) if w.size else 0) * n * T  # |V| never exceeds it
+    acc = np.int32 if bound < 2**31 - 1 else np.int64
+    return fire_forward_binned(tin, w.astype(acc), np.asarray(thr, np.int64), T, stride, pad, Ho, Wo)
+
+
+@njit(cache=True, parallel=True)
+def fire_forward_binned(tin, w, thr, T, stride, pad, Ho, Wo):
+    """``fire_forward`` for integer weights, all output channels of a position at once:
+    the receptive field's weights are summed per input time into hist[t_i + 1, co], then
+    I and V are stepped through time for every channel together (loops over channels the
+    compiler vectorises), until all have fired. The same integers as the per-neuron order."""
+    B, C, H, W = tin.shape
+    Co, _, KH, KW = w.shape
+    n = C * KH * KW
+    wt = np.ascontiguousarray(w.reshape(Co, n).T)  # (n, Co): one input's weights to every channel
+    out = np.empty((B, Co, Ho, Wo), np.int32)
+    for b in prange(B):
+        hist = np.zeros((T + 1, Co), w.dtype)
+        cur = np.zeros(Co, w.dtype)
+        pot = np.zeros(Co, w.dtype)
+        fired = np.empty(Co, np.int32)
+        tin_b = tin[b]
+        for oy in range(Ho):
+            for ox in range(Wo):
+                tmin = T
+                for c in range(C):
+                    for ky in range(KH):
+                        y = oy * stride - pad + ky
+                        if y < 0 or y >= H:
+                            continue
+                        for kx in range(KW):
+                            x = ox * stride - pad + kx
+                            if x < 0 or x >= W:
+                                continue
+                            t = tin_b[c, y, x]
+                            if t < T:
+                                row = wt[(c * KH + ky) * KW + kx]
+                                for co in range(Co):
+                                    hist[t + 1, co] += row[co]
+                                tmin = min(tmin, t)
+                left = Co
+                for co in range(Co):
+                    cur[co] = 0
+                    pot[co] = 0
+                    fired[co] = T
+                    if thr[co] <= 0:  # V(0) = 0 reaches it at step 0
+                        fired[co] = 0
+                        left -= 1
+                # V(t) = 0 up to t = tmin (no input before); I(t) = I(t-1) + hist[t]
+                for t in range(tmin + 1, T):
+                    if left == 0:
+                        break
+                    left = 0
+                    for co in range(Co):  # branch-free: the compiler vectorises it
+                        cur[co] += hist[t, co]
+                        pot[co] += cur[co]
+                        hit = (fired[co] == T) & (pot[co] >= thr[co])
+                        fired[co] = t if hit else fired[co]
+                        left += fired[co] == T
+                for t in range(tmin + 1, T + 1):
+                    for co in range(Co):
+                        hist[t, co] = 0
+                for co in range(Co):
+                    out[b, co, oy, ox] = fired[co]
+    return out
+
+
+@njit(cache=True, parallel=True)
+def fire_forward_events(tin, w, thr, T, stride, pad, Ho, Wo):
+    """``fire_forward`` neuron by neuron, the events of the receptive field in time order."""
     B, C, H, W = tin.shape
     Co, _, KH, KW = w.shape
     n = C * KH * KW
@@ -116,47 +191,65 @@ def fire_backward(tin, w, tout, gv, T, stride, pad, nchunks):
     gv = dL/dV_j (B, Co, Ho, Wo) float64. Returns (dL/dw (Co, C, KH, KW), dL/dt_in):
         dL/dw_ji  = sum dL/dV_j * max(0, t_j - t_i)
         dL/dt_i   = sum_j dL/dV_j * (-w_ji) * [t_i < t_j]
-    Silent neurons count as firing at T (t_j = T).
+    Silent neurons count as firing at T (t_j = T). Per position, every firing input
+    updates the output channels that have an error there (no sorting of the events).
     """
     B, C, H, W = tin.shape
     Co, _, KH, KW = w.shape
     _, _, Ho, Wo = tout.shape
     n = C * KH * KW
-    wf = w.reshape(Co, n)
-    gw_part = np.zeros((nchunks, Co, n), np.float64)
+    wt = np.ascontiguousarray(w.reshape(Co, n).T)  # (n, Co)
+    gw_part = np.zeros((nchunks, n, Co), np.float64)
     gtin = np.zeros((B, C * H * W), np.float64)
     for ch in prange(nchunks):
-        cnt, ev_t, ev_k, ev_p = _scratch(T, n)
         gwc = gw_part[ch]
+        g = np.empty(Co, np.float64)
+        tj = np.empty(Co, np.int64)
+        act = np.empty(Co, np.int64)
         for b in range(ch * B // nchunks, (ch + 1) * B // nchunks):
             tin_b = tin[b]
             gt_b = gtin[b]
             for oy in range(Ho):
                 for ox in range(Wo):
-                    anyg = False
+                    na = 0  # the channels with an error here, their error and time
+                    tmax = 0
                     for co in range(Co):
-                        if gv[b, co, oy, ox] != 0.0:
-                            anyg = True
-                            break
-                    if not anyg:
+                        gc = gv[b, co, oy, ox]
+                        if gc != 0.0:
+                            act[na] = co
+                            g[na] = gc
+                            tj[na] = tout[b, co, oy, ox]
+                            tmax = max(tmax, tj[na])
+                            na += 1
+                    if na == 0:
                         continue
-                    ne = _gather(tin_b, oy, ox, stride, pad, KH, KW, T, cnt, ev_t, ev_k, ev_p)
-                    for co in range(Co):
-                        g = gv[b, co, oy, ox]
-                        if g == 0.0:
-                            continue
-                        tj = tout[b, co, oy, ox]
-                        for e in range(ne):
-                            ti = ev_t[e]
-                            if ti >= tj:
-                                break
-                            k = ev_k[e]
-                            gwc[co, k] += g * (tj - ti)
-                            gt_b[ev_p[e]] -= g * wf[co, k]
-    gw = np.zeros((Co, n), np.float64)
+                    for c in range(C):
+                        for ky in range(KH):
+                            y = oy * stride - pad + ky
+                            if y < 0 or y >= H:
+                                continue
+                            for kx in range(KW):
+                                x = ox * stride - pad + kx
+                                if x < 0 or x >= W:
+                                    continue
+                                ti = tin_b[c, y, x]
+                                if ti >= tmax:  # (tmax <= T: silent inputs drop out too)
+                                    continue
+                                k = (c * KH + ky) * KW + kx
+                                row = gwc[k]
+                                wk = wt[k]
+                                acc = 0.0
+                                for a in range(na):
+                                    d = tj[a] - ti
+                                    if d > 0:
+                                        co = act[a]
+                                        row[co] += g[a] * d
+                                        acc += g[a] * wk[co]
+                                gt_b[(c * H + y) * W + x] -= acc
+    gw = np.zeros((n, Co), np.float64)
     for ch in range(nchunks):
         gw += gw_part[ch]
-    return gw.reshape(Co, C, KH, KW), gtin.reshape(B, C, H, W)
+    return np.ascontiguousarray(gw.T).reshape(Co, C, KH, KW), gtin.reshape(B, C, H, W)
 
 
 @njit(cache=True, parallel=True)

@@ -185,6 +185,13 @@ class SpikingLayer(nn.Module):
             return torch.clamp(torch.round(self.weight * self.qmax), -self.qmax, self.qmax)
         return torch.where(self.weight >= 0, 1.0, -1.0).to(self.weight.dtype)
 
+    @torch.no_grad()
+    def binary_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Binary mode, without gradients: (integer weights as floats, scales alpha (Co,),
+        integer thresholds (Co,) int64): w_eff = alpha * integer weight."""
+        alpha = self.alpha()
+        return self.sign(), alpha, integer_threshold(self.theta, alpha).long()
+
     def effective(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(w_eff for gradients, w_fwd and thr_fwd the forward pass computes with)."""
         if self.binary:
@@ -193,8 +200,9 @@ class SpikingLayer(nn.Module):
             ste = (w - w.detach()) * self.qmax  # d(integer weight)/dw: 1 for sign, qmax for rounding
             if self.clip:
                 ste = ste * (w.detach().abs() <= 1.0)
-            w_eff = self.alpha().view(-1, 1, 1, 1) * (s + ste)
-            return w_eff, s.to(torch.int32), integer_threshold(self.theta, self.alpha()).long()
+            alpha = self.alpha()
+            w_eff = alpha.view(-1, 1, 1, 1) * (s + ste)
+            return w_eff, s.to(torch.int32), integer_threshold(self.theta, alpha).long()
         thr = self.theta.expand(self.weight.shape[0])
         return self.weight, self.weight.double(), thr
 

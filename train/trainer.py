@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from firstspike.data import load_split
 from firstspike.errors import CheckpointError, ConfigError
+from firstspike.train import fused
 from firstspike.train.functional import latency_slope, potential_loss, relative_targets, silence_penalty, spike_loss
 from firstspike.train.model import CSNN, NetConfig
 
@@ -87,6 +88,7 @@ class TrainConfig:
     refit_t_goal: float = 0.0  # the refit's decision time t* of its potential loss, a fraction of T (0: t_goal;
     #   with the spike-time losses, whose t_goal is a deadline, choose it: t_goal >= 1 would mean none)
     eval_batch: int = 500
+    fused: bool = True  # the CPU training step without autograd (train/fused.py) where it covers the settings
     progress: bool = True
 
     @staticmethod
@@ -259,10 +261,10 @@ def _make_optimizer(model: torch.nn.Module, tc: TrainConfig, opt: torch.optim.Op
             groups.append({"params": alphas, "lr_scale": tc.alpha_lr_scale})
         for g in groups:
             g["lr"] = tc.lr * g["lr_scale"]
-        # foreach: one call per step for all parameters (PyTorch's CPU default loops over them in
-        # Python, a tenth of a batch-8 step here); the same values (checked bit for bit over 300 steps)
+        # Adam fused: one kernel per step for all parameters (PyTorch's CPU default loops over them
+        # in Python: a tenth of a batch-8 autograd step, a fifth of a fused one); SGD foreach
         if tc.optimizer == "adam":
-            opt = torch.optim.Adam(groups, lr=tc.lr, weight_decay=tc.weight_decay, foreach=True)
+            opt = torch.optim.Adam(groups, lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
         else:
             opt = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay, foreach=True)
     if tc.schedule == "cosine":
@@ -395,6 +397,9 @@ def train(
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)  # broadcasts rank 0's weights
 
     T = net_cfg.T
+    why = fused.unsupported(model, tc, device, world) if tc.fused else "fused=false"
+    fused_ok = why is None
+    log.info("training step: %s", "fused (gradients without autograd)" if fused_ok else f"autograd ({why})")
     kept = (prev_best or {}).get("state_dict") or (ck["state_dict"] if resuming else None)  # the model a refit starts from
     for epoch in range(start_epoch, n_epochs):
         refit = epoch >= tc.epochs
@@ -425,22 +430,12 @@ def train(
         for s in bar:
             bi = perm[s * tc.batch_size : (s + 1) * tc.batch_size]
             xb, yb = shift_images(x_train[bi], tc.augment_shift, g_aug).to(device), y_train[bi].to(device)
-            outs = ddp_model(xb, all_layers=True)
-            t_out = outs[-1].flatten(1)
-            if tc.loss == "potential" or refit:  # (the refit trains the output's potentials, whatever the main loss)
-                out_layer = model.layers[-1]
-                loss = potential_loss(t_out, outs[-2], out_layer.effective()[0], float(out_layer.theta), yb, T,
-                                      tc.margin, t_goal, out_layer.stride, out_layer.padding,
-                                      tc.refit_ce_weight if refit else tc.ce_weight, tc.ce_temp, tc.ce_hidden)  # fmt: skip
-            else:
-                loss = spike_loss(t_out, yb, T, tc.gamma, tc.loss, t_goal)
-            total = loss
-            if tc.fire_weight > 0 and tc.homeostasis <= 0 and not refit:
-                hidden = [o for k, o in zip(model.kinds[:-1], outs[1:-1]) if k != "pool"]
-                if hidden:
-                    total = loss + tc.fire_weight * silence_penalty(hidden, T, tc.fire_min)
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            if fused_ok:
+                loss, outs = fused.step(model, xb, yb, tc, t_goal, refit)
+            else:
+                loss, outs = autograd_step(model, ddp_model, xb, yb, tc, t_goal, refit)
+            t_out = outs[-1].flatten(1)
             if diag is not None:
                 diag.step(model, t_out, yb, T, tc.gamma, t_goal)
             opt.step()
@@ -453,16 +448,17 @@ def train(
             if ema is not None:
                 ema_steps += 1  # warm-up: short runs average over their own steps, not the initialisation
                 d = min(tc.ema, ema_steps / (ema_steps + 9.0))
+                # (a frozen parameter stays bit-exact: no rounding of an average)
+                trained = [(ema[n], p.detach()) for n, p in model.named_parameters() if p.requires_grad]
                 with torch.no_grad():
-                    for n, p in model.named_parameters():
-                        if p.requires_grad:  # (a frozen one stays bit-exact: no rounding of an average)
-                            ema[n].mul_(d).add_(p.detach(), alpha=1.0 - d)
+                    torch._foreach_mul_([e for e, _ in trained], d)
+                    torch._foreach_add_([e for e, _ in trained], [p for _, p in trained], alpha=1.0 - d)
             with torch.no_grad():
                 # the model's decision rule (earliest spike; if none fires, largest V(T-1))
                 pred = model.decide(t_out, outs[-2])
                 run_correct += float((pred == yb).sum())
                 run_n += len(yb)
-                run_loss += float(loss.detach()) * len(yb)
+                run_loss += loss * len(yb)
             if s % 10 == 0 or s == steps - 1:
                 bar.set_postfix(loss=f"{run_loss / run_n:.4f}", acc=f"{100 * run_correct / run_n:.1f}%")
         sched.step()
@@ -533,6 +529,30 @@ def train(
     if not history:
         raise CheckpointError(f"nothing to do: {ck_path} already holds {start_epoch} epochs (asked for {n_epochs})")
     return load_checkpoint(ck_path) if rank == 0 or ck_path.is_file() else {}
+
+
+def autograd_step(model: CSNN, ddp_model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, tc: TrainConfig,
+                  t_goal: float | None, refit: bool) -> tuple[float, list[torch.Tensor]]:  # fmt: skip
+    """Forward, loss and backward of one batch through autograd (the parameters' ``.grad``
+    must be cleared). Returns (the loss without the silence penalty, the spike times after
+    every layer). ``fused.step`` computes the same without autograd."""
+    T = model.T
+    outs = ddp_model(images, all_layers=True)
+    t_out = outs[-1].flatten(1)
+    if tc.loss == "potential" or refit:  # (the refit trains the output's potentials, whatever the main loss)
+        out_layer = model.layers[-1]
+        loss = potential_loss(t_out, outs[-2], out_layer.effective()[0], float(out_layer.theta), labels, T,
+                              tc.margin, t_goal, out_layer.stride, out_layer.padding,
+                              tc.refit_ce_weight if refit else tc.ce_weight, tc.ce_temp, tc.ce_hidden)  # fmt: skip
+    else:
+        loss = spike_loss(t_out, labels, T, tc.gamma, tc.loss, t_goal)
+    total = loss
+    if tc.fire_weight > 0 and tc.homeostasis <= 0 and not refit:
+        hidden = [o for k, o in zip(model.kinds[:-1], outs[1:-1]) if k != "pool"]
+        if hidden:
+            total = loss + tc.fire_weight * silence_penalty(hidden, T, tc.fire_min)
+    total.backward()
+    return float(loss.detach()), outs
 
 
 @torch.no_grad()

@@ -1,0 +1,193 @@
+"""One training step with the gradients written out, without autograd (the CPU fast path).
+
+The same forward (the Numba kernels, exact integers in binary mode) and the same gradients
+as the autograd path (``SpikeFire.backward``, ``potential_loss``, ``spike_loss``
+"relative", ``silence_penalty``, min pooling, the clipped straight-through estimator of
+``SpikingLayer.effective``), computed in float64 NumPy: a batch-8 step of autograd is mostly
+PyTorch's per-operation overhead on small tensors. tests/test_fused.py checks the gradients
+against autograd on random networks and the trained iCE40 network. Settings it does not
+cover (``unsupported``) train through autograd.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from firstspike.train import kernels
+from firstspike.train.functional import relative_targets
+
+if TYPE_CHECKING:
+    from firstspike.train.model import CSNN
+    from firstspike.train.trainer import TrainConfig
+
+
+def unsupported(model: "CSNN", tc: "TrainConfig", device: torch.device, world: int) -> str | None:
+    """Why this run needs autograd (None: the fused step covers it)."""
+    if device.type != "cpu" or tc.backend == "torch":
+        return "a device other than the CPU's Numba kernels"
+    if world > 1:
+        return "data-parallel training"
+    if tc.latency != "rho":
+        return f"latency={tc.latency!r}"
+    if tc.loss not in ("potential", "relative"):
+        return f"loss={tc.loss!r}"
+    return None
+
+
+def _weights(mod) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(forward weights (int32 or float64), thresholds, w_eff float64, integer weights as
+    float64 (binary) or None, alpha float64 (binary) or None); ``SpikingLayer.binary_params``
+    in NumPy (the scales through torch.exp, as the model computes them)."""
+    w = mod.weight.detach().numpy()
+    if mod.binary:
+        if mod.weight_bits > 1:
+            s = np.clip(np.round(w * w.dtype.type(mod.qmax)), -mod.qmax, mod.qmax).astype(np.float64)
+        else:
+            s = np.where(w >= 0, 1.0, -1.0)
+        a = mod.alpha().detach().double().numpy()
+        thr = np.maximum(np.ceil(float(mod.theta) / a), 1.0).astype(np.int64)  # model.integer_threshold
+        return s.astype(np.int32), thr, a.reshape(-1, 1, 1, 1) * s, s, a
+    w64 = w.astype(np.float64)
+    return w64, np.full(w.shape[0], float(mod.theta)), w64, None, None
+
+
+def _param_grads(mod, g_eff: np.ndarray, s: np.ndarray | None, alpha: np.ndarray | None) -> None:
+    """dL/dw_eff -> the gradients of the layer's parameters (accumulated into .grad): the
+    clipped straight-through estimator and d/d(log alpha) of w_eff = alpha * s (binary)."""
+    w = mod.weight
+    if not w.requires_grad:
+        return
+    if mod.binary:
+        gw = g_eff * alpha.reshape(-1, 1, 1, 1) * mod.qmax
+        if mod.clip:
+            gw = gw * (np.abs(w.detach().numpy()) <= 1.0)
+        ga = alpha * (g_eff * s).reshape(len(alpha), -1).sum(axis=1)
+        if mod.log_alpha.numel() == 1:
+            ga = ga.sum(keepdims=True)
+        _accumulate(mod.log_alpha, ga)
+    else:
+        gw = g_eff
+    _accumulate(w, gw)
+
+
+def _accumulate(p: torch.Tensor, g: np.ndarray) -> None:
+    if not p.requires_grad:
+        return
+    t = torch.from_numpy(np.ascontiguousarray(g)).to(p.dtype).view(p.shape)
+    p.grad = t if p.grad is None else p.grad + t
+
+
+def _normalise(gv: np.ndarray, norm) -> np.ndarray:
+    """The per-sample error normalisation of SpikeFire.backward."""
+    B = gv.shape[0]
+    if norm == "batch":
+        nrm = max(float(np.sqrt((gv.reshape(B, -1) ** 2).sum(axis=1).mean())), 1e-12)
+        return gv / (nrm * B)
+    if norm:
+        nrm = np.maximum(np.sqrt((gv.reshape(B, -1) ** 2).sum(axis=1)), 1e-12).reshape(-1, 1, 1, 1)
+        return gv / (nrm * B)
+    return gv
+
+
+def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainConfig", t_goal: float | None,
+         refit: bool) -> tuple[float, list[torch.Tensor]]:  # fmt: skip
+    """Forward, loss and gradients (written to the parameters' ``.grad``, which must be
+    cleared) of one batch. Returns (the loss without the silence penalty, as the trainer
+    logs it; the spike times after every layer as ``CSNN.forward_all`` returns them)."""
+    T = model.T
+    B = images.shape[0]
+    t = model.encode(images).numpy().astype(np.int32)
+    outs = [t]
+    params, pool_idx = [], []
+    for kind, k, mod in zip(model.kinds, model.pools, model.layers):
+        if kind == "pool":
+            neg, idx = F.max_pool2d(-torch.from_numpy(t).float(), k, stride=k, return_indices=True)
+            t = (-neg).numpy().astype(np.int32)
+            params.append(None)
+            pool_idx.append(idx)
+        else:
+            wf, thr, w_eff, s_int, alpha = _weights(mod)
+            Ho = (t.shape[2] + 2 * mod.padding - wf.shape[2]) // mod.stride + 1
+            Wo = (t.shape[3] + 2 * mod.padding - wf.shape[3]) // mod.stride + 1
+            t = kernels.fire_forward(t, wf, thr, T, mod.stride, mod.padding, Ho, Wo)
+            params.append((w_eff, s_int, alpha))
+            pool_idx.append(None)
+        outs.append(t)
+    n = len(model.layers)
+    grads: list[np.ndarray | None] = [None] * (n + 1)  # dL/d(outs[i])
+
+    def add(i: int, g: np.ndarray) -> None:
+        grads[i] = g if grads[i] is None else grads[i] + g
+
+    out_mod = model.layers[-1]
+    t_out = outs[-1].reshape(B, -1).astype(np.float64)
+    onehot = np.eye(t_out.shape[1])[labels.numpy()]
+    if tc.loss == "potential" or refit:  # functional.potential_loss (the output layer is dense)
+        w_eff, s_int, alpha = params[-1]
+        theta = float(out_mod.theta)
+        tau = np.full(B, float(t_goal)) if t_goal is not None else np.minimum(t_out.min(axis=1), T - 1)
+        x = np.maximum(tau.reshape(-1, 1) - outs[-2].reshape(B, -1), 0.0)
+        wm = w_eff.reshape(w_eff.shape[0], -1)
+        z = (x @ wm.T - theta) / theta
+        m = tc.margin
+        h = onehot * np.maximum(m - z, 0) + (1 - onehot) * np.maximum(m + z, 0)
+        loss = float(h.sum(axis=1).mean())
+        gz = np.where(onehot > 0, -(m - z > 0).astype(np.float64), (m + z > 0).astype(np.float64)) / B
+        gz_w = gz
+        ce_weight = tc.refit_ce_weight if refit else tc.ce_weight
+        if ce_weight > 0:
+            logits = z / tc.ce_temp
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # log-softmax
+            p = np.exp(logp)
+            loss += ce_weight * float(-logp[onehot > 0].mean())
+            gce = ce_weight * (p - onehot) / (B * tc.ce_temp)
+            gz_w = gz + gce
+            if tc.ce_hidden:
+                gz = gz_w
+        _param_grads(out_mod, (gz_w.T @ x / theta).reshape(w_eff.shape), s_int, alpha)
+        add(n - 1, (-(gz @ wm) / theta * (x > 0)).reshape(outs[-2].shape))
+        top = n - 1  # the output layer's own backward is not part of this loss
+    else:  # functional.spike_loss "relative"
+        tt = torch.from_numpy(t_out)
+        target = relative_targets(tt, labels, T, tc.gamma, t_goal).numpy()
+        e = (t_out - target) / T
+        loss = float(0.5 * (e**2).sum(axis=1).mean())
+        add(n, (e / (T * B)).reshape(outs[-1].shape))
+        top = n
+    if tc.fire_weight > 0 and tc.homeostasis <= 0 and not refit:  # functional.silence_penalty
+        for i, kind in enumerate(model.kinds[:-1]):
+            if kind == "pool":
+                continue
+            o = outs[i + 1]
+            silent = o >= T
+            rate = (~silent).sum(axis=(0, 2, 3)) / float(silent[:, 0].size)
+            mask = silent & (rate < tc.fire_min).reshape(1, -1, 1, 1)
+            cnt = int(mask.sum())
+            if cnt > 0:
+                add(i + 1, tc.fire_weight * mask / (T * cnt))
+    trains = [kind != "pool" and mod.weight.requires_grad for kind, mod in zip(model.kinds, model.layers)]
+    for i in range(top - 1, -1, -1):
+        g_out = grads[i + 1]
+        below = any(trains[:i])
+        if g_out is None or not (trains[i] or below):
+            continue
+        mod = model.layers[i]
+        if model.kinds[i] == "pool":
+            if below:
+                gin = torch.zeros(outs[i].shape, dtype=torch.float64)
+                gin.flatten(2).scatter_(2, pool_idx[i].flatten(2), torch.from_numpy(g_out).flatten(2))
+                add(i, gin.numpy())
+            continue
+        w_eff, s_int, alpha = params[i]
+        gv = _normalise(-g_out / (float(mod.theta) / T), model.norm_grad)
+        gw, gt = kernels.fire_backward(outs[i], w_eff, outs[i + 1], np.ascontiguousarray(gv), T, mod.stride,
+                                       mod.padding, max(1, min(kernels.num_threads(), B)))  # fmt: skip
+        _param_grads(mod, gw, s_int, alpha)
+        if below:
+            add(i, gt)
+    return loss, [torch.from_numpy(o).float() for o in outs]
