@@ -53,6 +53,21 @@ def render_docs() -> Path:
             f"largest gradient difference {sp['max_grad_difference']:.2e}.",
             "",
         ]
+        st = sp.get("training_step")
+        if st:
+            lines += [
+                f"The trainer's whole step (forward, loss, gradients, Adam) on `{st['config']}` with its own settings, "
+                f"batch {st['batch']}, one thread, median of {st['rounds']} alternating rounds of {st['steps']} batches:",
+                "",
+                "| step | ms per batch | MNIST epoch (s) |",
+                "|---|---|---|",
+                f"| autograd (`firstspike train --autograd`) | {st['autograd_ms']:.2f} | {60000 / st['batch'] * st['autograd_ms'] / 1e3:.0f} |",
+                f"| fused (train/fused.py, the default on the CPU) | {st['fused_ms']:.2f} | {60000 / st['batch'] * st['fused_ms'] / 1e3:.0f} |",
+                "",
+                f"Fused step **{st['speedup']:.2f}x** faster; gradients of the first batch equal to a relative "
+                f"{st['first_batch_grad_relative_difference']:.1e} (float32 rounding).",
+                "",
+            ]
     acc = _load("accuracy")
     if acc:
         lines += ["## Accuracy (bench/accuracy.py)", "", f"{_hw(acc)}; {acc['date']}, commit {acc['commit']}.", "",

@@ -1,6 +1,8 @@
 """Training speed: images/s of forward+backward of the default binary CSNN at T=64 on this
 machine, event-driven Numba kernels against the straightforward per-time-step PyTorch
-implementation of the same network, in the same run (ratio), plus peak memory.
+implementation of the same network, in the same run (ratio), plus peak memory; and the
+trainer's whole step (batch 8, csnn_ice40's settings) through autograd against the fused
+step (train/fused.py), alternating in one process (ratio).
 
     python bench/train_speed.py [--config csnn] [--T 64] [--batch 64] [--repeats 5]
 
@@ -61,6 +63,69 @@ def _measure(backend: str, config: str, T: int, batch: int, repeats: int, q: mp.
            "peak_rss_mb": rss_mb})  # fmt: skip
 
 
+def _measure_step(config: str, steps: int, rounds: int, q: mp.Queue) -> None:
+    """The trainer's whole step (forward, loss, gradients, optimizer) on ``config`` with its
+    own [train] settings: autograd against the fused step (train/fused.py), in alternating
+    rounds of ``steps`` batches on copies of one calibrated model."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from firstspike.data import load_split
+    from firstspike.train import fused
+    from firstspike.train.model import CSNN, load_config
+    from firstspike.train.trainer import TrainConfig, _make_optimizer, autograd_step
+
+    cfg, table = load_config(config)
+    tc = TrainConfig.from_dict(table)
+    split = load_split("mnist", "train")
+    n = tc.batch_size * steps
+    x = torch.from_numpy(split.images[: max(n, 512)].copy())
+    y = torch.from_numpy(split.labels[: len(x)].astype(np.int64))
+    torch.manual_seed(0)
+    base = CSNN(cfg)
+    base.norm_grad = ("batch" if tc.norm_mode == "batch" else True) if tc.norm_grad else False
+    base.calibrate(x[:512])
+    t_goal = tc.t_goal * cfg.T if tc.t_goal < 1 else None
+    models = {k: copy.deepcopy(base) for k in ("autograd", "fused")}
+    opts = {k: _make_optimizer(m, tc)[0] for k, m in models.items()}
+
+    def one(kind: str, i: int) -> None:
+        m, xb, yb = models[kind], x[i * tc.batch_size : (i + 1) * tc.batch_size], y[i * tc.batch_size : (i + 1) * tc.batch_size]
+        opts[kind].zero_grad(set_to_none=True)
+        if kind == "fused":
+            fused.step(m, xb, yb, tc, t_goal, False)
+        else:
+            autograd_step(m, m, xb, yb, tc, t_goal, False)
+        opts[kind].step()
+
+    grads = {}
+    for kind in models:  # warm-up (JIT caches) and the cross-check of the first batch's gradients
+        one(kind, 0)
+        grads[kind] = [p.grad.double().flatten() for p in models[kind].parameters()]
+    err = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(grads["fused"], grads["autograd"]))
+    ms: dict[str, list[float]] = {"autograd": [], "fused": []}
+    for _ in range(rounds):
+        for kind in models:
+            t0 = time.perf_counter()
+            for i in range(1, steps):
+                one(kind, i)
+            ms[kind].append(1e3 * (time.perf_counter() - t0) / (steps - 1))
+    q.put({"config": config, "batch": tc.batch_size, "steps": steps, "rounds": rounds, "ms_per_step": ms,
+           "first_batch_grad_relative_difference": err})  # fmt: skip
+
+
+def run_step(args: argparse.Namespace) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_measure_step, args=(args.step_config, args.step_batches, args.step_rounds, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
 def run(backend: str, args: argparse.Namespace) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -79,8 +144,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--baseline-repeats", type=int, default=1, help="repeats of the (slow) per-time-step version")
+    ap.add_argument("--step-config", default="csnn_ice40", help="network whose whole training step is timed")
+    ap.add_argument("--step-batches", type=int, default=400, help="batches per round of that timing")
+    ap.add_argument("--step-rounds", type=int, default=3, help="alternating rounds (autograd, fused) of it")
     args = ap.parse_args()
 
+    log.info("training step of %s: autograd against the fused step ...", args.step_config)
+    st = run_step(args)
+    import numpy as np
+
+    st["autograd_ms"] = float(np.median(st["ms_per_step"]["autograd"]))
+    st["fused_ms"] = float(np.median(st["ms_per_step"]["fused"]))
+    st["speedup"] = st["autograd_ms"] / st["fused_ms"]
+    log.info("step: autograd %.2f ms, fused %.2f ms: %.2fx", st["autograd_ms"], st["fused_ms"], st["speedup"])
     log.info("event-driven (numba) ...")
     fast = run("numba", args)
     log.info("per-time-step (torch) ...")
@@ -88,7 +164,6 @@ def main() -> None:
     slow = run("torch", base_args)
 
     same_out = fast["first_out"] == slow["first_out"]
-    import numpy as np
 
     grad_err = max(float(np.max(np.abs(np.array(a) - np.array(b)))) if a else 0.0 for a, b in zip(fast["first_grads"], slow["first_grads"]))
     f_ips = args.batch / float(np.median(fast["seconds_per_batch"]))
@@ -104,6 +179,7 @@ def main() -> None:
         "identical_spike_times": same_out,
         "max_grad_difference": grad_err,
         "goals": {"speedup": ">= 20", "mnist_epoch_minutes": "<= 10"},
+        "training_step": st,
     }
     log.info(
         "event-driven %.1f img/s, per-time-step %.2f img/s: %.1fx; MNIST epoch %.1f min; identical=%s",

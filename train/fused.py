@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numba import njit
 
 from firstspike.train import kernels
 from firstspike.train.functional import relative_targets
@@ -93,6 +94,42 @@ def _normalise(gv: np.ndarray, norm) -> np.ndarray:
     return gv
 
 
+@njit(cache=True)
+def _potential_loss(v, labels, theta, margin, ce_weight, ce_temp, ce_hidden):
+    """functional.potential_loss from the output potentials v = V(t*) (B, classes):
+    (loss, dL/dv for the weights, dL/dv for the inputs); the two differ by the
+    cross-entropy's share when it trains the output layer only (not ``ce_hidden``)."""
+    B, K = v.shape
+    hinge = 0.0
+    ce = 0.0
+    g_w = np.zeros((B, K))
+    g_x = np.zeros((B, K))
+    z = np.empty(K)
+    for b in range(B):
+        for k in range(K):
+            z[k] = (v[b, k] - theta) / theta
+            if k == labels[b]:
+                if margin - z[k] > 0:
+                    hinge += margin - z[k]
+                    g_x[b, k] = -1.0 / (B * theta)
+            elif margin + z[k] > 0:
+                hinge += margin + z[k]
+                g_x[b, k] = 1.0 / (B * theta)
+        g_w[b] = g_x[b]
+        if ce_weight > 0:  # cross-entropy of z / ce_temp, through the log-softmax
+            zmax = (z / ce_temp).max()
+            lse = np.log(np.exp(z / ce_temp - zmax).sum()) + zmax
+            for k in range(K):
+                logp = z[k] / ce_temp - lse
+                hit = 1.0 if k == labels[b] else 0.0
+                ce -= ce_weight * hit * logp / B
+                g = ce_weight * (np.exp(logp) - hit) / (B * ce_temp * theta)
+                g_w[b, k] += g
+                if ce_hidden:
+                    g_x[b, k] += g
+    return hinge / B + ce, g_w, g_x
+
+
 def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainConfig", t_goal: float | None,
          refit: bool) -> tuple[float, list[torch.Tensor]]:  # fmt: skip
     """Forward, loss and gradients (written to the parameters' ``.grad``, which must be
@@ -100,7 +137,8 @@ def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainCo
     logs it; the spike times after every layer as ``CSNN.forward_all`` returns them)."""
     T = model.T
     B = images.shape[0]
-    t = model.encode(images).numpy().astype(np.int32)
+    table = model.table.numpy().astype(np.int32)  # functional.encode
+    t = table[images.numpy().reshape(B, *model.cfg.input_shape)]
     outs = [t]
     params, pool_idx = [], []
     for kind, k, mod in zip(model.kinds, model.pools, model.layers):
@@ -125,32 +163,17 @@ def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainCo
 
     out_mod = model.layers[-1]
     t_out = outs[-1].reshape(B, -1).astype(np.float64)
-    onehot = np.eye(t_out.shape[1])[labels.numpy()]
     if tc.loss == "potential" or refit:  # functional.potential_loss (the output layer is dense)
         w_eff, s_int, alpha = params[-1]
         theta = float(out_mod.theta)
         tau = np.full(B, float(t_goal)) if t_goal is not None else np.minimum(t_out.min(axis=1), T - 1)
         x = np.maximum(tau.reshape(-1, 1) - outs[-2].reshape(B, -1), 0.0)
         wm = w_eff.reshape(w_eff.shape[0], -1)
-        z = (x @ wm.T - theta) / theta
-        m = tc.margin
-        h = onehot * np.maximum(m - z, 0) + (1 - onehot) * np.maximum(m + z, 0)
-        loss = float(h.sum(axis=1).mean())
-        gz = np.where(onehot > 0, -(m - z > 0).astype(np.float64), (m + z > 0).astype(np.float64)) / B
-        gz_w = gz
         ce_weight = tc.refit_ce_weight if refit else tc.ce_weight
-        if ce_weight > 0:
-            logits = z / tc.ce_temp
-            shifted = logits - logits.max(axis=1, keepdims=True)
-            logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # log-softmax
-            p = np.exp(logp)
-            loss += ce_weight * float(-logp[onehot > 0].mean())
-            gce = ce_weight * (p - onehot) / (B * tc.ce_temp)
-            gz_w = gz + gce
-            if tc.ce_hidden:
-                gz = gz_w
-        _param_grads(out_mod, (gz_w.T @ x / theta).reshape(w_eff.shape), s_int, alpha)
-        add(n - 1, (-(gz @ wm) / theta * (x > 0)).reshape(outs[-2].shape))
+        loss, gv_w, gv_x = _potential_loss(x @ wm.T, labels.numpy(), theta, tc.margin, ce_weight, tc.ce_temp,
+                                           tc.ce_hidden)  # fmt: skip
+        _param_grads(out_mod, (gv_w.T @ x).reshape(w_eff.shape), s_int, alpha)
+        add(n - 1, (-(gv_x @ wm) * (x > 0)).reshape(outs[-2].shape))
         top = n - 1  # the output layer's own backward is not part of this loss
     else:  # functional.spike_loss "relative"
         tt = torch.from_numpy(t_out)
