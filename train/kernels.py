@@ -24,15 +24,11 @@ from numba import njit, prange
 
 
 @njit(cache=True, nogil=True)
-def _gather(tin_b, oy, ox, stride, pad, KH, KW, T, cnt, ev_t, ev_k, ev_p):
-    """Bucket the firing inputs of one receptive field by time (stable counting sort).
-
-    Fills ev_t (time), ev_k (flat kernel index c*KH*KW+ky*KW+kx) and ev_p (flat input
-    index c*H*W+y*W+x) in time order; returns the number of events.
-    """
+def _field(tin_b, oy, ox, stride, pad, KH, KW, T, u_t, u_k, u_p):
+    """The firing inputs (t < T) of one receptive field, in input order: fills u_t (time),
+    u_k (flat kernel index c*KH*KW+ky*KW+kx) and u_p (flat input index c*H*W+y*W+x);
+    returns their number."""
     C, H, W = tin_b.shape
-    for t in range(T + 1):
-        cnt[t] = 0
     ne = 0
     for c in range(C):
         for ky in range(KH):
@@ -45,33 +41,41 @@ def _gather(tin_b, oy, ox, stride, pad, KH, KW, T, cnt, ev_t, ev_k, ev_p):
                     continue
                 t = tin_b[c, y, x]
                 if t < T:
-                    cnt[t + 1] += 1
+                    u_t[ne] = t
+                    u_k[ne] = (c * KH + ky) * KW + kx
+                    u_p[ne] = (c * H + y) * W + x
                     ne += 1
+    return ne
+
+
+@njit(cache=True, nogil=True)
+def _gather(tin_b, oy, ox, stride, pad, KH, KW, T, s):
+    """The firing inputs of one receptive field in time order (stable counting sort) in the
+    scratch ``s`` = (cnt, ev_t, ev_k, ev_p, u_t, u_k, u_p) of ``_scratch``: ev_t (time),
+    ev_k (flat kernel index), ev_p (flat input index); returns their number."""
+    cnt, ev_t, ev_k, ev_p, u_t, u_k, u_p = s
+    ne = _field(tin_b, oy, ox, stride, pad, KH, KW, T, u_t, u_k, u_p)
+    for t in range(T + 1):
+        cnt[t] = 0
+    for e in range(ne):
+        cnt[u_t[e] + 1] += 1
     for t in range(T):
         cnt[t + 1] += cnt[t]
-    for c in range(C):
-        for ky in range(KH):
-            y = oy * stride - pad + ky
-            if y < 0 or y >= H:
-                continue
-            for kx in range(KW):
-                x = ox * stride - pad + kx
-                if x < 0 or x >= W:
-                    continue
-                t = tin_b[c, y, x]
-                if t < T:
-                    pos = cnt[t]
-                    cnt[t] += 1
-                    ev_t[pos] = t
-                    ev_k[pos] = (c * KH + ky) * KW + kx
-                    ev_p[pos] = (c * H + y) * W + x
+    for e in range(ne):
+        pos = cnt[u_t[e]]
+        cnt[u_t[e]] += 1
+        ev_t[pos] = u_t[e]
+        ev_k[pos] = u_k[e]
+        ev_p[pos] = u_p[e]
     return ne
 
 
 @njit(cache=True)
 def _scratch(T, n):
-    """Per-image work arrays of _gather: step counts and the (time, kernel index, input position) of n events."""
-    return np.empty(T + 1, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int64)
+    """Per-image work arrays for n events: the step counts and sorted (time, kernel index,
+    input position) of _gather, then its unsorted ones (those of _field)."""
+    return (np.empty(T + 1, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int64),
+            np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int64))  # fmt: skip
 
 
 def fire_forward(tin: np.ndarray, w: np.ndarray, thr: np.ndarray, T: int, stride: int, pad: int, Ho: int,
@@ -106,25 +110,17 @@ def fire_forward_binned(tin, w, thr, T, stride, pad, Ho, Wo):
         cur = np.zeros(Co, w.dtype)
         pot = np.zeros(Co, w.dtype)
         fired = np.empty(Co, np.int32)
+        _, _, _, _, u_t, u_k, u_p = _scratch(T, n)
         tin_b = tin[b]
         for oy in range(Ho):
             for ox in range(Wo):
                 tmin = T
-                for c in range(C):
-                    for ky in range(KH):
-                        y = oy * stride - pad + ky
-                        if y < 0 or y >= H:
-                            continue
-                        for kx in range(KW):
-                            x = ox * stride - pad + kx
-                            if x < 0 or x >= W:
-                                continue
-                            t = tin_b[c, y, x]
-                            if t < T:
-                                row = wt[(c * KH + ky) * KW + kx]
-                                for co in range(Co):
-                                    hist[t + 1, co] += row[co]
-                                tmin = min(tmin, t)
+                for e in range(_field(tin_b, oy, ox, stride, pad, KH, KW, T, u_t, u_k, u_p)):
+                    t = u_t[e]
+                    row = wt[u_k[e]]
+                    for co in range(Co):
+                        hist[t + 1, co] += row[co]
+                    tmin = min(tmin, t)
                 left = Co
                 for co in range(Co):
                     cur[co] = 0
@@ -161,11 +157,12 @@ def fire_forward_events(tin, w, thr, T, stride, pad, Ho, Wo):
     wf = w.reshape(Co, n)
     out = np.empty((B, Co, Ho, Wo), np.int32)
     for b in prange(B):
-        cnt, ev_t, ev_k, ev_p = _scratch(T, n)
+        scr = _scratch(T, n)
+        ev_t, ev_k = scr[1], scr[2]
         tin_b = tin[b]
         for oy in range(Ho):
             for ox in range(Wo):
-                ne = _gather(tin_b, oy, ox, stride, pad, KH, KW, T, cnt, ev_t, ev_k, ev_p)
+                ne = _gather(tin_b, oy, ox, stride, pad, KH, KW, T, scr)
                 for co in range(Co):
                     th = thr[co]
                     cur = wf[co, 0] - wf[co, 0]
@@ -206,6 +203,7 @@ def fire_backward(tin, w, tout, gv, T, stride, pad, nchunks):
         g = np.empty(Co, np.float64)
         tj = np.empty(Co, np.int64)
         act = np.empty(Co, np.int64)
+        _, _, _, _, u_t, u_k, u_p = _scratch(T, n)
         for b in range(ch * B // nchunks, (ch + 1) * B // nchunks):
             tin_b = tin[b]
             gt_b = gtin[b]
@@ -223,29 +221,18 @@ def fire_backward(tin, w, tout, gv, T, stride, pad, nchunks):
                             na += 1
                     if na == 0:
                         continue
-                    for c in range(C):
-                        for ky in range(KH):
-                            y = oy * stride - pad + ky
-                            if y < 0 or y >= H:
-                                continue
-                            for kx in range(KW):
-                                x = ox * stride - pad + kx
-                                if x < 0 or x >= W:
-                                    continue
-                                ti = tin_b[c, y, x]
-                                if ti >= tmax:  # (tmax <= T: silent inputs drop out too)
-                                    continue
-                                k = (c * KH + ky) * KW + kx
-                                row = gwc[k]
-                                wk = wt[k]
-                                acc = 0.0
-                                for a in range(na):
-                                    d = tj[a] - ti
-                                    if d > 0:
-                                        co = act[a]
-                                        row[co] += g[a] * d
-                                        acc += g[a] * wk[co]
-                                gt_b[(c * H + y) * W + x] -= acc
+                    for e in range(_field(tin_b, oy, ox, stride, pad, KH, KW, tmax, u_t, u_k, u_p)):
+                        ti = u_t[e]  # (< tmax: inputs no channel here saw before its spike drop out)
+                        row = gwc[u_k[e]]
+                        wk = wt[u_k[e]]
+                        acc = 0.0
+                        for a in range(na):
+                            d = tj[a] - ti
+                            if d > 0:
+                                co = act[a]
+                                row[co] += g[a] * d
+                                acc += g[a] * wk[co]
+                        gt_b[u_p[e]] -= acc
     gw = np.zeros((n, Co), np.float64)
     for ch in range(nchunks):
         gw += gw_part[ch]
@@ -264,11 +251,12 @@ def crossing_slope(tin, w, tout, T, stride, pad):
     wf = w.reshape(Co, n)
     out = np.zeros((B, Co, Ho, Wo), np.float64)
     for b in prange(B):
-        cnt, ev_t, ev_k, ev_p = _scratch(T, n)
+        scr = _scratch(T, n)
+        ev_t, ev_k = scr[1], scr[2]
         tin_b = tin[b]
         for oy in range(Ho):
             for ox in range(Wo):
-                ne = _gather(tin_b, oy, ox, stride, pad, KH, KW, T, cnt, ev_t, ev_k, ev_p)
+                ne = _gather(tin_b, oy, ox, stride, pad, KH, KW, T, scr)
                 for co in range(Co):
                     tj = tout[b, co, oy, ox]
                     acc = 0.0
