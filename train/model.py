@@ -291,7 +291,7 @@ class CSNN(nn.Module):
         decision rule (``cfg.silent_rule`` for images where no output fires)."""
         out = self.layers[-1]
         if bool((t_out.min(dim=1).values < self.T).all()):  # every image decided by a spike: no potentials needed
-            return decide(t_out.detach(), t_out.new_zeros(t_out.shape, dtype=torch.float64), self.T)
+            return torch.argmin(t_out.detach(), dim=1)  # (functional.decide's earliest spike, lowest index on ties)
         v_last = out.potential_at(t_in.detach(), self.T - 1).flatten(1)
         thr = None
         if self.cfg.silent_rule == "margin":  # the thresholds as exported: at most the highest reachable V + 1
