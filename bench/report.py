@@ -57,7 +57,8 @@ def render_docs() -> Path:
         if st:
             lines += [
                 f"The trainer's whole step (forward, loss, gradients, Adam) on `{st['config']}` with its own settings, "
-                f"batch {st['batch']}, one thread, median of {st['rounds']} alternating rounds of {st['steps']} batches:",
+                f"batch {st['batch']}, {st.get('threads', {}).get('numba', '?')} thread(s), median of {st['rounds']} "
+                f"alternating rounds of {st['steps']} batches:",
                 "",
                 "| step | ms per batch | MNIST epoch (s) |",
                 "|---|---|---|",

@@ -112,7 +112,10 @@ def _measure_step(config: str, steps: int, rounds: int, q: mp.Queue) -> None:
             for i in range(1, steps):
                 one(kind, i)
             ms[kind].append(1e3 * (time.perf_counter() - t0) / (steps - 1))
+    from firstspike.train import kernels
+
     q.put({"config": config, "batch": tc.batch_size, "steps": steps, "rounds": rounds, "ms_per_step": ms,
+           "threads": {"torch": torch.get_num_threads(), "numba": kernels.num_threads()},
            "first_batch_grad_relative_difference": err})  # fmt: skip
 
 
