@@ -41,8 +41,8 @@ def unsupported(model: "CSNN", tc: "TrainConfig", device: torch.device, world: i
 
 def _weights(mod) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """(forward weights (int32 or float64), thresholds, w_eff float64, integer weights as
-    float64 (binary) or None, alpha float64 (binary) or None); ``SpikingLayer.binary_params``
-    in NumPy (the scales through torch.exp, as the model computes them)."""
+    float64 (binary) or None, alpha float64 (binary) or None): ``SpikingLayer.sign`` and
+    ``model.integer_threshold`` in NumPy (the scales through torch.exp, as the model computes them)."""
     w = mod.weight.detach().numpy()
     if mod.binary:
         if mod.weight_bits > 1:

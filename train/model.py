@@ -185,13 +185,6 @@ class SpikingLayer(nn.Module):
             return torch.clamp(torch.round(self.weight * self.qmax), -self.qmax, self.qmax)
         return torch.where(self.weight >= 0, 1.0, -1.0).to(self.weight.dtype)
 
-    @torch.no_grad()
-    def binary_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Binary mode, without gradients: (integer weights as floats, scales alpha (Co,),
-        integer thresholds (Co,) int64): w_eff = alpha * integer weight."""
-        alpha = self.alpha()
-        return self.sign(), alpha, integer_threshold(self.theta, alpha).long()
-
     def effective(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(w_eff for gradients, w_fwd and thr_fwd the forward pass computes with)."""
         if self.binary:
