@@ -24,6 +24,7 @@ from firstspike.boards.clocks import ECP5PLL, ICE40PLL, ClockError, ICE40PLLPara
 from firstspike.boards.link import BoardLink, board_plan, model_hash
 from firstspike.boards.uart import MIN_DIVISOR
 from firstspike.errors import FirstSpikeError
+from firstspike.hw.yosys import synthesis
 from firstspike.quantize.modelfile import ModelTables, load, tables_sha256
 
 log = logging.getLogger(__name__)
@@ -242,8 +243,12 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
                 f.unlink(missing_ok=True)
             os.chdir(out)  # YoWASP tools are sandboxed to the working directory: relative paths only
             platform = b.make_platform()  # an Amaranth platform prepares one design once: a fresh one per seed
+            syn = synthesis(b.family)  # the gate-level simulations' synthesis (hw/yosys.py)
+            for name, text in syn.files.items():
+                platform.add_file(name, text)
             try:  # --timing-allow-fail: nextpnr writes its report (the critical path) on a timing miss too
                 platform.build(top, name="firstspike", build_dir="work", do_program=False,
+                               synth_opts=syn.opts, script_after_synth="\n".join(syn.script("firstspike")[1:]),
                                nextpnr_opts="--report report.json --timing-allow-fail" + (f" --seed {seed}" if seed is not None else ""))  # fmt: skip
                 ok, err = True, ""
             except Exception as e:

