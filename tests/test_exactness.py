@@ -329,6 +329,46 @@ def test_relative_targets() -> None:
     assert tg[0].tolist() == [8.0, 5.0, 12.0, 20.0]
     assert tg[1].tolist() == [4.0, 7.0, 19.0, 20.0]
     assert tg[2].tolist() == [20.0, 20.0, 17.0, 20.0]
+    assert tg.dtype == t.dtype
+    # a deadline of 4.5 steps: tau = min(first spike, 4.5), also where nothing fired
+    tg = relative_targets(t, y, T, gamma, t_goal=4.5)
+    assert tg.tolist() == [[7.5, 4.5, 12.0, 20.0], [4.0, 7.0, 19.0, 20.0], [20.0, 20.0, 4.5, 20.0]]
+
+
+def _relative_targets_torch(t: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, t_goal: float | None) -> torch.Tensor:
+    """The rule in tensor operations (the trainer's form before it moved to Numba), as reference."""
+    tau = t.min(dim=1, keepdim=True).values
+    if t_goal is not None:
+        tau = torch.clamp(tau, max=float(t_goal))
+    target = torch.where(t < tau + gamma, torch.clamp(tau + gamma, max=float(T)).expand_as(t), t)
+    onehot = torch.nn.functional.one_hot(labels, t.shape[1]).bool()
+    target = torch.where(onehot, tau.expand_as(t), target)
+    silent = tau.squeeze(1) >= T
+    if silent.any():
+        none = torch.full_like(t[silent], float(T))
+        none[onehot[silent]] = float(T - gamma)
+        target[silent] = none
+    return target
+
+
+@SETTINGS
+@given(data=st.data())
+def test_relative_targets_equal_tensor_form(data) -> None:
+    """Bit for bit in float32 and float64, fractional gamma and deadlines, silent images."""
+    T, B, K = data.draw(st.integers(2, 40)), data.draw(st.integers(1, 8)), data.draw(st.integers(2, 10))
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    t = torch.from_numpy(rng.integers(0, T + 1, size=(B, K))).to(dtype)
+    if data.draw(st.booleans()):
+        t[0] = T
+    y = torch.from_numpy(rng.integers(0, K, size=B))
+    gamma = data.draw(st.sampled_from([1.0, 3.0, 2.5, 0.7, 1 / 3]))
+    t_goal = data.draw(st.sampled_from([None, 0.0, T / 3, 0.45 * T, 0.5 * T, T + 2.0]))
+    got = relative_targets(t, y, T, gamma, t_goal)
+    assert got.dtype == dtype and torch.equal(got, _relative_targets_torch(t, y, T, gamma, t_goal))
+    # a case where float32 rounding of the deadline shows (tau + gamma = 5.1666670 in float32)
+    t, y = torch.tensor([[5.0, 7.0, 7.0, 8.0, 8.0, 5.0]]), torch.tensor([5])
+    assert torch.equal(relative_targets(t, y, 8, 2.5, 8 / 3), _relative_targets_torch(t, y, 8, 2.5, 8 / 3))
 
 
 def test_training_step_same_on_both_backends() -> None:

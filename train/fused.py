@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from numba import njit
 
 from firstspike.train import kernels
-from firstspike.train.functional import relative_targets
+from firstspike.train.functional import _relative_targets
 
 if TYPE_CHECKING:
     from firstspike.train.model import CSNN
@@ -39,21 +39,39 @@ def unsupported(model: "CSNN", tc: "TrainConfig", device: torch.device, world: i
     return None
 
 
-def _weights(mod) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+def _weights(mod) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(forward weights (int32 or float64), thresholds, w_eff float64, integer weights as
-    float64 (binary) or None, alpha float64 (binary) or None): ``SpikingLayer.sign`` and
-    ``model.integer_threshold`` in NumPy (the scales through torch.exp, as the model computes them)."""
+    int32 (binary) or None, alpha float64 (binary) or None): ``SpikingLayer.sign`` and
+    ``model.integer_threshold`` (the scales through torch.exp, as the model computes them)."""
     w = mod.weight.detach().numpy()
     if mod.binary:
-        if mod.weight_bits > 1:
-            s = np.clip(np.round(w * w.dtype.type(mod.qmax)), -mod.qmax, mod.qmax).astype(np.float64)
-        else:
-            s = np.where(w >= 0, 1.0, -1.0)
         a = mod.alpha().detach().double().numpy()
-        thr = np.maximum(np.ceil(float(mod.theta) / a), 1.0).astype(np.int64)  # model.integer_threshold
-        return s.astype(np.int32), thr, a.reshape(-1, 1, 1, 1) * s, s, a
+        s, thr, w_eff = _binarise(w.reshape(w.shape[0], -1), a, mod.qmax, mod.weight_bits > 1, float(mod.theta))
+        return s.reshape(w.shape), thr, w_eff.reshape(w.shape), s, a
     w64 = w.astype(np.float64)
     return w64, np.full(w.shape[0], float(mod.theta)), w64, None, None
+
+
+@njit(cache=True)
+def _binarise(w, alpha, qmax, kbit, theta):
+    """(integer weights int32, integer thresholds int64, alpha * integer weights float64) of
+    float32 latent weights w (Co, n): sign (sign(0) = +1), or round(w * qmax) clamped to
+    +-qmax for k bits; threshold max(ceil(theta / alpha), 1)."""
+    Co, n = w.shape
+    s = np.empty((Co, n), np.int32)
+    w_eff = np.empty((Co, n))
+    thr = np.empty(Co, np.int64)
+    q = np.float32(qmax)
+    for co in range(Co):
+        thr[co] = np.int64(max(np.ceil(theta / alpha[co]), 1.0))
+        for j in range(n):
+            if kbit:
+                v = int(min(max(np.round(w[co, j] * q), -q), q))
+            else:
+                v = 1 if w[co, j] >= 0 else -1
+            s[co, j] = v
+            w_eff[co, j] = alpha[co] * v
+    return s, thr, w_eff
 
 
 def _param_grads(mod, g_eff: np.ndarray, s: np.ndarray | None, alpha: np.ndarray | None) -> None:
@@ -63,16 +81,31 @@ def _param_grads(mod, g_eff: np.ndarray, s: np.ndarray | None, alpha: np.ndarray
     if not w.requires_grad:
         return
     if mod.binary:
-        gw = g_eff * alpha.reshape(-1, 1, 1, 1) * mod.qmax
-        if mod.clip:
-            gw = gw * (np.abs(w.detach().numpy()) <= 1.0)
-        ga = alpha * (g_eff * s).reshape(len(alpha), -1).sum(axis=1)
+        gw, ga = _binary_grads(g_eff.reshape(len(alpha), -1), w.detach().numpy().reshape(len(alpha), -1),
+                               s.reshape(len(alpha), -1), alpha, float(mod.qmax), bool(mod.clip))  # fmt: skip
         if mod.log_alpha.numel() == 1:
             ga = ga.sum(keepdims=True)
         _accumulate(mod.log_alpha, ga)
     else:
         gw = g_eff
     _accumulate(w, gw)
+
+
+@njit(cache=True)
+def _binary_grads(g_eff, w, s, alpha, qmax, clip):
+    """(dL/dw: alpha * qmax * dL/dw_eff, zero where |w| > 1 with ``clip``; dL/d(log alpha)
+    per channel: alpha * sum(dL/dw_eff * s)) of a binary layer, rows = channels."""
+    Co, n = g_eff.shape
+    gw = np.empty((Co, n))
+    ga = np.zeros(Co)
+    for co in range(Co):
+        acc = 0.0
+        for j in range(n):
+            g = g_eff[co, j]
+            gw[co, j] = 0.0 if clip and abs(w[co, j]) > 1.0 else g * alpha[co] * qmax
+            acc += g * s[co, j]
+        ga[co] = alpha[co] * acc
+    return gw, ga
 
 
 def _accumulate(p: torch.Tensor, g: np.ndarray) -> None:
@@ -176,8 +209,8 @@ def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainCo
         add(n - 1, (-(gv_x @ wm) * (x > 0)).reshape(outs[-2].shape))
         top = n - 1  # the output layer's own backward is not part of this loss
     else:  # functional.spike_loss "relative"
-        tt = torch.from_numpy(t_out)
-        target = relative_targets(tt, labels, T, tc.gamma, t_goal).numpy()
+        target = _relative_targets(t_out, labels.numpy(), float(T), float(tc.gamma), -1.0 if t_goal is None else float(t_goal),
+                                   False)  # fmt: skip
         e = (t_out - target) / T
         loss = float(0.5 * (e**2).sum(axis=1).mean())
         add(n, (e / (T * B)).reshape(outs[-1].shape))

@@ -114,13 +114,14 @@ def fire_forward_binned(tin, w, thr, T, stride, pad, Ho, Wo):
         tin_b = tin[b]
         for oy in range(Ho):
             for ox in range(Wo):
-                tmin = T
+                tmin, tmax = T, -1
                 for e in range(_field(tin_b, oy, ox, stride, pad, KH, KW, T, u_t, u_k, u_p)):
                     t = u_t[e]
                     row = wt[u_k[e]]
                     for co in range(Co):
                         hist[t + 1, co] += row[co]
                     tmin = min(tmin, t)
+                    tmax = max(tmax, t)
                 left = Co
                 for co in range(Co):
                     cur[co] = 0
@@ -129,8 +130,10 @@ def fire_forward_binned(tin, w, thr, T, stride, pad, Ho, Wo):
                     if thr[co] <= 0:  # V(0) = 0 reaches it at step 0
                         fired[co] = 0
                         left -= 1
-                # V(t) = 0 up to t = tmin (no input before); I(t) = I(t-1) + hist[t]
-                for t in range(tmin + 1, T):
+                # V(t) = 0 up to t = tmin (no input before); I(t) = I(t-1) + hist[t] up to the
+                # last input's step tmax + 1, after which I is constant
+                tend = min(T, tmax + 2)
+                for t in range(tmin + 1, tend):
                     if left == 0:
                         break
                     left = 0
@@ -140,7 +143,14 @@ def fire_forward_binned(tin, w, thr, T, stride, pad, Ho, Wo):
                         hit = (fired[co] == T) & (pot[co] >= thr[co])
                         fired[co] = t if hit else fired[co]
                         left += fired[co] == T
-                for t in range(tmin + 1, T + 1):
+                if left > 0 and tend < T:
+                    # V(tend - 1 + k) = V(tend - 1) + k I: the first k >= 1 that reaches thr
+                    for co in range(Co):
+                        if fired[co] == T and cur[co] > 0:
+                            tf = tend - 1 + (thr[co] - pot[co] + cur[co] - 1) // cur[co]
+                            if tf < T:
+                                fired[co] = tf
+                for t in range(tmin + 1, tmax + 2):
                     for co in range(Co):
                         hist[t, co] = 0
                 for co in range(Co):
