@@ -110,6 +110,22 @@ def test_clamped_latent_weights_and_decision_rule_history(tmp_path: Path) -> Non
     assert 0.0 <= ck["history"][-1]["train_acc"] <= 1.0
 
 
+def test_min_threshold_bounds_the_binary_scales(tmp_path: Path) -> None:
+    """min_threshold = k keeps every exported integer threshold ceil(theta / alpha) >= k; the
+    same run without it has thresholds below k (the bound is what holds them)."""
+    cfg, table = load_config("csnn_tiny")
+    lowest = {}
+    for k in (0, 5):
+        tc = TrainConfig.from_dict(table)
+        tc.epochs, tc.train_subset, tc.test_subset, tc.progress, tc.batch_size = 1, 256, 50, False, 16
+        tc.alpha_lr_scale, tc.min_threshold = 10.0, k
+        model = model_from_checkpoint(train(cfg, tc, tmp_path / str(k), resume=False))
+        lowest[k] = min(int(m.effective()[2].min()) for m in model.spiking_layers())
+    assert lowest[5] >= 5 and lowest[0] < 5, lowest
+    with pytest.raises(ConfigError, match="min_threshold"):
+        TrainConfig(min_threshold=-1).validate()
+
+
 def test_weight_average_is_saved_and_resumed(tmp_path: Path) -> None:
     """ema > 0: the checkpoint's model is the parameter average, the raw weights are kept for
     resuming, and a resumed run continues from them."""

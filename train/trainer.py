@@ -5,6 +5,7 @@ progress bar, CPU/CUDA and multi-process data parallel (torchrun; gloo on CPU, n
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import pickle
@@ -62,6 +63,9 @@ class TrainConfig:
     ema: float = 0.0  # > 0: keep an exponential moving average of the parameters (decay per step);
     #   it is what is evaluated and saved as the model (the raw weights go to train_state_dict for resuming)
     clamp_weights: bool = False  # binary: clamp the real weights to [-1, 1] after every step (BinaryConnect)
+    min_threshold: int = 0  # binary, >= 1: keep the scales alpha <= theta / this after every step (integer
+    #   thresholds ceil(theta / alpha) >= it); a scale past theta no longer changes the forward (the threshold
+    #   is already 1) but keeps multiplying the gradients below it (docs/accuracy.md, twenty-first session)
     diagnostics: bool = True  # per-epoch learning diagnostics in the history (gradient norms, latency, ...)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -119,6 +123,8 @@ class TrainConfig:
             raise ConfigError(f"schedule must be cosine, step or none, not {tc.schedule!r}")
         if tc.refit_epochs < 0:
             raise ConfigError(f"refit_epochs must be >= 0, not {tc.refit_epochs}")
+        if tc.min_threshold < 0:
+            raise ConfigError(f"min_threshold must be >= 0 (0: no bound on the binary scales), not {tc.min_threshold}")
         if not 0.0 <= tc.refit_t_goal <= 1.0:
             raise ConfigError(f"refit_t_goal={tc.refit_t_goal}: a fraction of T in (0, 1], or 0 (the main phase's t_goal)")
         if not 0 <= tc.refit_out_weight_bits <= 8 or (tc.refit_out_weight_bits and not tc.refit_epochs):
@@ -445,6 +451,11 @@ def train(
                 with torch.no_grad():
                     for m in model.spiking_layers():
                         m.weight.clamp_(-1.0, 1.0)
+            if tc.min_threshold > 0 and net_cfg.mode == "binary":
+                with torch.no_grad():
+                    for m in model.spiking_layers():
+                        if m.log_alpha.requires_grad:
+                            m.log_alpha.clamp_(max=math.log(float(m.theta) / tc.min_threshold))
             if ema is not None:
                 ema_steps += 1  # warm-up: short runs average over their own steps, not the initialisation
                 d = min(tc.ema, ema_steps / (ema_steps + 9.0))
