@@ -7,7 +7,7 @@ function looping over 256 bits, which Yosys's constant evaluator runs for every 
 its own contents: about 1.8 s a RAM in YoWASP, 26 s of the 53 s that the iCEBreaker model's
 26 block RAMs take. ``ice40_brams_map`` writes the same permutation as constant bit
 selects (one concatenation per INIT_x), generated from the pinned Yosys's own file: the
-same parameters (tests/test_yosys_synth.py compares every RAM's with Yosys's stock script),
+same parameters (tests/test_memcheck.py compares every RAM's with Yosys's stock script),
 the synthesis in about half the time. The rest of the netlist is Yosys's stock mapping
 (cell names and the LUT mapping may differ from the stock script's run: Yosys numbers its
 internal objects, and the stock file's function calls consume those numbers).
@@ -39,7 +39,12 @@ class Synthesis:
 
     def script(self, top: str) -> list[str]:
         """The Yosys commands, in order."""
-        return [f"{self.command} {self.opts} -top {top}".replace("  ", " "), *(a.format(top=top) for a in self.after)]
+        first = " ".join(p for p in (self.command, self.opts, f"-top {top}") if p)
+        return [first, *(a.format(top=top) for a in self.after)]
+
+    def key(self, top: str) -> str:
+        """The script and its files as one text: what a cache of its netlists is keyed by."""
+        return "\n".join([*self.script(top), *self.files.values()])
 
 
 def synthesis(family: str, fast_bram_map: bool = True) -> Synthesis:

@@ -234,8 +234,7 @@ def _synthesize(work: Path, family: str, replace_blackboxes: bool) -> list[Path]
     """Yosys's netlist of work/<TOP>.v for ``family`` (reused while the design is unchanged:
     the check with and without firstspike's cell models synthesises once) and its models."""
     stamp = work / f".gl_{family}.key"
-    syn = synthesis(family)
-    key = _digest(family, (work / f"{TOP}.v").read_text(), *syn.script(TOP), *syn.files.values())
+    key = _digest(family, (work / f"{TOP}.v").read_text(), synthesis(family).key(TOP))
     netlist = work / f"gl_{family}.v"
     if netlist.exists() and stamp.exists() and stamp.read_text() == key:
         return [netlist, *gate_level_models(work, family, netlist, replace_blackboxes)]

@@ -198,8 +198,7 @@ def build(tables: ModelTables, sim: str = "verilator", lanes: int = 16, debug: b
     opt = cxx_opt if sim == "verilator" else ""
     if opt not in ("", "-O0", "-O1", "-O2", "-O3", "-Os"):
         raise SimulatorError(f"cxx_opt {cxx_opt!r}: choose -O0, -O1, -O2, -O3 or -Os")
-    syn = synthesis(gate_level) if gate_level else None  # (its script and map files: a changed one re-synthesises)
-    syn_key = "" if syn is None else "\n".join([*syn.script(TOP), *syn.files.values()])
+    syn_key = synthesis(gate_level).key(TOP) if gate_level else ""  # (a changed script re-synthesises)
     key = hashlib.sha256(f"{BUILD_FORMAT}\0{sim}\0{gate_level}\0{core_v}\0{harness_v}\0{models}\0{opt}\0{syn_key}".encode()).hexdigest()[:16]
     bdir = Path(build_root).resolve() / f"{sim}{'-gl-' + gate_level if gate_level else ''}-{key}"
     res = RtlBuild(sim, bdir, plan, tables, max_images)
