@@ -171,7 +171,7 @@ def test_reference_is_not_trivial() -> None:
 
 
 # --- whole network: binary forward pass is exactly the integer network -------------------
-def small_net(T: int, mode: str, out_weight_bits: int = 1, input_gamma: float = 1.0) -> CSNN:
+def small_net(T: int, mode: str, out_weight_bits: int = 1, input_gamma: float = 1.0, hidden_bits: int = 0) -> CSNN:
     cfg = NetConfig(
         name="t",
         T=T,
@@ -180,9 +180,9 @@ def small_net(T: int, mode: str, out_weight_bits: int = 1, input_gamma: float = 
         input_gamma=input_gamma,
         input_shape=(1, 10, 10),
         layers=[
-            LayerSpec("conv", channels=3, kernel=3, padding=1),
+            LayerSpec("conv", channels=3, kernel=3, padding=1, weight_bits=hidden_bits),
             LayerSpec("pool", kernel=2),
-            LayerSpec("conv", channels=4, kernel=3, stride=1, padding=0),
+            LayerSpec("conv", channels=4, kernel=3, stride=1, padding=0, weight_bits=hidden_bits),
             LayerSpec("fc", channels=5),
         ],
     )
@@ -191,12 +191,13 @@ def small_net(T: int, mode: str, out_weight_bits: int = 1, input_gamma: float = 
 
 @SETTINGS
 @given(seed=st.integers(0, 2**31 - 1), T=st.integers(4, 40), style=st.sampled_from(["random", "zeros", "full"]),
-       out_bits=st.sampled_from([1, 2, 4]), gamma=st.sampled_from([1.0, 0.5]))  # fmt: skip
-def test_binary_network_is_integer_network(seed: int, T: int, style: str, out_bits: int, gamma: float) -> None:
-    """Binary hidden layers (and a 1/2/4-bit output layer) compute exactly the integer network,
-    with the linear or a bent input code."""
+       out_bits=st.sampled_from([1, 2, 4]), gamma=st.sampled_from([1.0, 0.5]), hidden_bits=st.sampled_from([0, 0, 2, 3]))  # fmt: skip
+def test_binary_network_is_integer_network(seed: int, T: int, style: str, out_bits: int, gamma: float, hidden_bits: int) -> None:
+    """Binary hidden layers (+-1, or k-bit: ``LayerSpec.weight_bits``) and a 1/2/4-bit output
+    layer compute exactly the integer network, with the linear or a bent input code."""
     torch.manual_seed(seed)
-    net = small_net(T, "binary", out_bits, gamma)
+    net = small_net(T, "binary", out_bits, gamma, hidden_bits)
+    assert [m.weight_bits for m in net.spiking_layers()] == [max(hidden_bits, 1)] * 2 + [out_bits]
     with torch.no_grad():
         for m in net.spiking_layers():
             m.log_alpha.uniform_(-1.0, 4.0)

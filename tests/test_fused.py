@@ -56,10 +56,11 @@ def _case(draw):
     mode = draw(st.sampled_from(["binary", "real"]))
     pool = draw(st.booleans())
     c1, c2 = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-    layers = [LayerSpec("conv", c1, 3, 1, draw(st.integers(0, 1)))]
+    hb = draw(st.sampled_from([0, 0, 2]))  # k-bit hidden layers (LayerSpec.weight_bits): the STE scaled by qmax
+    layers = [LayerSpec("conv", c1, 3, 1, draw(st.integers(0, 1)), weight_bits=hb)]
     if pool:
         layers.append(LayerSpec("pool", 0, 2))
-    layers += [LayerSpec("conv", c2, 3, draw(st.integers(1, 2)), 0), LayerSpec("fc", draw(st.integers(2, 5)))]
+    layers += [LayerSpec("conv", c2, 3, draw(st.integers(1, 2)), 0, weight_bits=hb), LayerSpec("fc", draw(st.integers(2, 5)))]
     cfg = NetConfig(name="f", T=T, mode=mode, input_shape=(draw(st.integers(1, 2)), 12, 12), layers=layers,
                     per_channel_alpha=draw(st.booleans()), clip=draw(st.booleans()))  # fmt: skip
     tc = TrainConfig(

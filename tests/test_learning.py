@@ -267,3 +267,19 @@ def test_refit_after_a_spike_time_loss_trains_the_potentials_at_its_own_time(tmp
     hidden = [k for k in main if not k.startswith("layers.4.")]
     assert all(torch.equal(early[k], main[k]) and torch.equal(late[k], main[k]) for k in hidden)
     assert not torch.equal(early["layers.4.weight"], late["layers.4.weight"])
+
+
+def test_hidden_weight_bits_config() -> None:
+    """``weight_bits`` on a conv layer gives it k-bit integer weights (binary mode only); on the fc
+    output layer or out of 0..8 it is a ConfigError naming the layer and the key."""
+    cfg, _ = load_config("csnn_ice40")
+    layers = [dataclasses.replace(ly, weight_bits=2) if ly.kind == "conv" else ly for ly in cfg.layers]
+    net = CSNN(dataclasses.replace(cfg, layers=layers))
+    assert [m.weight_bits for m in net.spiking_layers()] == [2, 2, cfg.out_weight_bits]
+    assert all(set(m.sign().unique().tolist()) <= {-1.0, 0.0, 1.0} for m in net.spiking_layers()[:2])
+    real = CSNN(dataclasses.replace(cfg, layers=layers, mode="real"))
+    assert [m.weight_bits for m in real.spiking_layers()] == [1, 1, 1]
+    for bad, where in (({"weight_bits": 9}, 0), ({"weight_bits": 2}, 2)):
+        d = {**cfg.to_dict(), "layers": [{**dataclasses.asdict(ly), **(bad if i == where else {})} for i, ly in enumerate(cfg.layers)]}
+        with pytest.raises(ConfigError, match=f"layer {where} .*weight_bits={bad['weight_bits']}"):
+            type(cfg).from_dict(d)

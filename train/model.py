@@ -34,6 +34,8 @@ class LayerSpec:
     kernel: int = 1
     stride: int = 1
     padding: int = 0
+    weight_bits: int = 0  # binary mode, conv layers: 0 or 1 = +-1 weights; k >= 2: k-bit integers
+    #   (-(2^(k-1)-1)..2^(k-1)-1, e.g. 2 = ternary) times a per-channel scale, exact like the output's
 
 
 @dataclass
@@ -107,6 +109,9 @@ class NetConfig:
         if not self.layers or self.layers[-1].kind != "fc":
             raise ConfigError("the last layer must be 'fc' (the output layer, one neuron per class)")
         for i, (ly, (c, h, w)) in enumerate(zip(self.layers, self.shapes())):
+            if not 0 <= ly.weight_bits <= 8 or (ly.weight_bits > 1 and ly.kind != "conv"):
+                raise ConfigError(f"layer {i} ({ly.kind}): weight_bits={ly.weight_bits}: choose 0..8 on a conv layer "
+                                  "(the output layer's width is out_weight_bits)")  # fmt: skip
             if ly.kernel < 1 or ly.stride < 1 or ly.padding < 0:
                 raise ConfigError(f"layer {i} ({ly.kind}): kernel and stride must be >= 1, padding >= 0")
             if h < 1 or w < 1 or c < 1:
@@ -231,7 +236,8 @@ class CSNN(nn.Module):
         ins = [tuple(cfg.input_shape), *cfg.shapes()[:-1]]
         for ly, (c, h, w) in zip(cfg.layers, ins):
             if ly.kind == "conv":
-                mods.append(SpikingLayer(c, ly.channels, ly.kernel, ly.kernel, ly.stride, ly.padding, cfg))
+                bits = max(ly.weight_bits, 1) if cfg.mode == "binary" else 1
+                mods.append(SpikingLayer(c, ly.channels, ly.kernel, ly.kernel, ly.stride, ly.padding, cfg, bits))
             elif ly.kind == "pool":
                 mods.append(nn.Identity())
             else:
