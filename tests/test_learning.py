@@ -80,6 +80,9 @@ def test_real_valued_network_learns(tmp_path: Path) -> None:
     "positive" calibration it learns; with the old settings it must not (so this can fail)."""
     cfg, table = load_config("csnn_ice40")
     cfg.mode = "real"
+    # the network of the issue's measurement: 16 channels in the second layer (28 since the
+    # twenty-second session; there the old settings reach 38.6%, the fixed ones 72.9%)
+    cfg.layers[1] = dataclasses.replace(cfg.layers[1], channels=16)
     accs = {}
     for name, lr_rel, calib in (("fixed", True, "auto"), ("old", False, "median")):
         tc = TrainConfig.from_dict(table)
