@@ -272,6 +272,25 @@ def test_refit_after_a_spike_time_loss_trains_the_potentials_at_its_own_time(tmp
     assert not torch.equal(early["layers.4.weight"], late["layers.4.weight"])
 
 
+def test_refit_of_an_existing_model(tmp_path: Path) -> None:
+    """``epochs = 0`` with ``init_from`` and ``refit_epochs``: the refit of a trained model as it
+    is (its hidden layers untouched, a ternary output layer trained on them)."""
+    cfg, table = load_config("csnn_tiny")
+    tc = TrainConfig.from_dict({**table, "loss": "relative", "t_goal": 1.0})
+    tc.epochs, tc.train_subset, tc.test_subset, tc.progress = 1, 256, 50, False
+    main = train(cfg, tc, tmp_path / "main", resume=False)
+    refit_tc = TrainConfig.from_dict({**table, "loss": "relative", "t_goal": 1.0, "refit_epochs": 1, "refit_out_weight_bits": 2,
+                                      "refit_t_goal": 0.5, "init_from": str(tmp_path / "main" / "checkpoint.pt")})  # fmt: skip
+    refit_tc.epochs, refit_tc.train_subset, refit_tc.test_subset, refit_tc.progress = 0, 256, 50, False
+    refit = train(cfg, refit_tc, tmp_path / "refit", resume=False)
+    assert [bool(h.get("refit")) for h in refit["history"]] == [True] and refit["net"]["out_weight_bits"] == 2
+    new, old = (model_from_checkpoint(ck).spiking_layers() for ck in (refit, main))
+    for a, b in zip(new[:-1], old[:-1]):  # the same hidden network (init_from keeps signs and scales)
+        assert torch.equal(a.integer_weights()[0], b.integer_weights()[0]) and torch.allclose(a.log_alpha, b.log_alpha)
+    start = old[-1].integer_weights()[0].to(new[-1].weight.dtype)  # its latent weights' start: the +-1 weights
+    assert not torch.equal(new[-1].weight.detach(), start)  # the output layer trained
+
+
 def test_hidden_weight_bits_config() -> None:
     """``weight_bits`` on a conv layer gives it k-bit integer weights (binary mode only); on the fc
     output layer or out of 0..8 it is a ConfigError naming the layer and the key."""

@@ -412,7 +412,8 @@ def train(
         t_frac = (tc.refit_t_goal or tc.t_goal) if refit else tc.t_goal  # the loss's deadline / decision time
         t_goal = t_frac * T if t_frac < 1 else None
         if refit and epoch == tc.epochs:  # the refit begins: from the kept model, output layer only
-            model.load_state_dict(kept)
+            if kept is not None:  # (none with epochs = 0: the refit of an init_from model as it is)
+                model.load_state_dict(kept)
             opt, sched = _enter_refit(model, tc, new_width=True)
             if refit_cfg is not net_cfg:  # earlier epochs' models have another output width: not candidates
                 prev_best = None
