@@ -74,7 +74,7 @@ def main() -> None:
         dataset, mode, *ep = spec.split(":")  # dataset:mode[:epochs]
         cfg, table = load_config(args.config)
         cfg.mode = mode
-        tc = TrainConfig.from_dict(table)
+        tc = TrainConfig.from_dict(table, mode)
         tc.dataset, tc.device, tc.train_subset = dataset, args.device, args.train_subset
         tc.progress = not args.no_progress
         if ep or args.epochs:

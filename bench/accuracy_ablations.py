@@ -81,9 +81,9 @@ def main() -> None:
     from firstspike.train.trainer import TrainConfig, evaluate, model_from_checkpoint, train
 
     cfg, tab = load_config(args.config)
-    tc = TrainConfig.from_dict(tab)
     if args.mode:
         cfg.mode = args.mode
+    tc = TrainConfig.from_dict(tab, cfg.mode)
     tc.epochs, tc.train_subset, tc.seed, tc.progress = args.epochs, args.train_subset, args.seed, False
     changes = {}
     for kv in args.set:

@@ -47,7 +47,7 @@ def main() -> None:
     for T in [int(t) for t in args.Ts.split(",")]:
         cfg, table = load_config(args.config)
         cfg.mode, cfg.T = "binary", T
-        tc = TrainConfig.from_dict(table)
+        tc = TrainConfig.from_dict(table, cfg.mode)
         if args.epochs is not None:
             tc.epochs = args.epochs
         tc.train_subset, tc.device, tc.progress, tc.seed = args.train_subset, args.device, False, args.seed

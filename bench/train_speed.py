@@ -78,7 +78,7 @@ def _measure_step(config: str, steps: int, rounds: int, q: mp.Queue) -> None:
     from firstspike.train.trainer import TrainConfig, _make_optimizer, autograd_step
 
     cfg, table = load_config(config)
-    tc = TrainConfig.from_dict(table)
+    tc = TrainConfig.from_dict(table, cfg.mode)
     split = load_split("mnist", "train")
     n = tc.batch_size * steps
     x = torch.from_numpy(split.images[: max(n, 512)].copy())

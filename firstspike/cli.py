@@ -292,7 +292,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.T is not None:
         net_cfg.T = a.T
     net_cfg.validate()
-    tc = TrainConfig.from_dict(train_table)
+    tc = TrainConfig.from_dict(train_table, net_cfg.mode)
     overrides = {
         "dataset": a.dataset, "data_dir": a.data_dir, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
         "optimizer": a.optimizer, "schedule": a.schedule, "loss": a.loss, "gamma": a.gamma, "seed": a.seed,

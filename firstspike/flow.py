@@ -133,7 +133,7 @@ def _train(ctx: Context, mode: str, epochs: int | None, refit_epochs: int | None
     net, ttab = load_config(c.config)
     net.mode = mode
     net.validate()
-    tc = TrainConfig.from_dict(ttab)
+    tc = TrainConfig.from_dict(ttab, mode)
     tc.dataset, tc.data_dir, tc.seed = c.dataset, c.data_dir, c.seed
     if epochs is not None:
         tc.epochs = epochs

@@ -291,6 +291,21 @@ def test_refit_of_an_existing_model(tmp_path: Path) -> None:
     assert not torch.equal(new[-1].weight.detach(), start)  # the output layer trained
 
 
+def test_per_mode_train_settings() -> None:
+    """[train.real] / [train.binary]: settings for one weight mode, over the [train] table's own
+    when that mode trains; an unknown key in them, or a value that is not a table, is a
+    ConfigError that names the table."""
+    _, table = load_config("csnn_tiny")
+    table = {**table, "augment_shift": 0, "real": {"augment_shift": 2, "lr": 0.01}}
+    real, binary, plain = (TrainConfig.from_dict(table, m) for m in ("real", "binary", None))
+    assert (real.augment_shift, real.lr) == (2, 0.01)
+    assert (binary.augment_shift, binary.lr) == (plain.augment_shift, plain.lr) == (0, table["lr"])
+    with pytest.raises(ConfigError, match=r"unknown \[train.binary\] settings \['shift'\]"):
+        TrainConfig.from_dict({**table, "binary": {"shift": 1}}, "real")
+    with pytest.raises(ConfigError, match=r"make it a table \[train.real\]"):
+        TrainConfig.from_dict({**table, "real": 2}, "real")
+
+
 def test_hidden_weight_bits_config() -> None:
     """``weight_bits`` on a conv layer gives it k-bit integer weights (binary mode only); on the fc
     output layer or out of 0..8 it is a ConfigError naming the layer and the key."""

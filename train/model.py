@@ -23,6 +23,7 @@ from firstspike.train.functional import SpikeFire, decide, encode, input_table, 
 
 log = logging.getLogger(__name__)
 
+MODES = ("binary", "real")  # the weight modes
 SILENT_RULES = ("margin", "potential")  # NetConfig.silent_rule (functional.decide)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -102,7 +103,7 @@ class NetConfig:
             raise ConfigError(f"silent_rule={self.silent_rule!r}: choose one of {SILENT_RULES}")
         if not 1 <= self.out_weight_bits <= 8:
             raise ConfigError(f"out_weight_bits={self.out_weight_bits}: choose 1 (binary) .. 8")
-        if self.mode not in ("binary", "real"):
+        if self.mode not in MODES:
             raise ConfigError(f"mode must be 'binary' or 'real', not {self.mode!r}")
         if not (2 <= self.T <= 4096):
             raise ConfigError(f"T={self.T} out of range 2..4096")

@@ -25,7 +25,7 @@ from firstspike.data import load_split
 from firstspike.errors import CheckpointError, ConfigError
 from firstspike.train import fused
 from firstspike.train.functional import latency_slope, potential_loss, relative_targets, silence_penalty, spike_loss
-from firstspike.train.model import CSNN, NetConfig
+from firstspike.train.model import CSNN, MODES, NetConfig
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,21 @@ class TrainConfig:
     progress: bool = True
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(d: dict[str, Any], mode: str | None = None) -> "TrainConfig":
+        """The [train] table of a config; its sub-tables [train.real] and [train.binary] hold
+        settings for one mode only, which replace the table's own when ``mode`` is that mode."""
         names = {f.name for f in fields(TrainConfig)}
+        d = dict(d)
+        per_mode = {m: d.pop(m) for m in MODES if m in d}
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f"unknown [train] settings {sorted(unknown)}; known: {sorted(names)}")
+        for m, sub in per_mode.items():
+            if not isinstance(sub, dict):
+                raise ConfigError(f"[train] {m} = {sub!r}: make it a table [train.{m}] of [train] settings for {m} mode")
+            if set(sub) - names:
+                raise ConfigError(f"unknown [train.{m}] settings {sorted(set(sub) - names)}; known: {sorted(names)}")
+        d.update(per_mode.get(mode, {}))
         tc = TrainConfig(**d)
         tc.validate()
         return tc
