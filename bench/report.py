@@ -78,7 +78,9 @@ def render_docs() -> Path:
             diag = (r["history"][-1].get("diag") or {}) if r.get("history") else {}
             lat = f"{diag['latency_correct']:.1f} / {r['T']}" if "latency_correct" in diag else "-"
             tr = r.get("train", {})
-            recipe = f"batch {tr.get('batch_size', '?')}, {tr.get('loss', '?')} loss" + (", ema" if tr.get("ema") else "")
+            recipe = (f"batch {tr.get('batch_size', '?')}, {tr.get('loss', '?')} loss" + (", ema" if tr.get("ema") else "")
+                      + (f", translations +-{tr['augment_shift']} px" if tr.get("augment_shift") else "")
+                      + (f", output refit ({tr['refit_epochs']} ep.)" if tr.get("refit_epochs") else ""))  # fmt: skip
             lines.append(
                 f"| {r['dataset']} | {r['mode']} | {r['config']} | {r['T']} | {_epochs(r)} | {r['train_images']} | "
                 f"**{100 * r['test_acc']:.2f}%**{_at_training(r)} | {100 * r['paper']:.1f}% | {lat} | {recipe} | {r['wall_minutes']:.1f} min |"

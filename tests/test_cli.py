@@ -318,9 +318,10 @@ def test_config_base_inherits_and_overrides(tmp_path: Path) -> None:
     base, btrain = load_config("csnn")
     fash, ftrain = load_config("csnn_fashion")
     assert fash.to_dict() == {**base.to_dict(), "name": "csnn_fashion", "input_gamma": 0.5}
-    # csnn_fashion drops csnn's deadline and adds an output refit
-    assert btrain["t_goal"] == 0.5 and ftrain == {**btrain, "t_goal": 1.0, "refit_epochs": 1, "refit_out_weight_bits": 2,
-                                                  "refit_t_goal": 0.98}  # fmt: skip
+    # csnn_fashion drops csnn's deadline, adds an output refit and replaces csnn's real-mode table
+    assert btrain["t_goal"] == 0.5 and btrain["real"] == {"augment_shift": 1}
+    assert ftrain == {**btrain, "t_goal": 1.0, "refit_epochs": 1, "refit_out_weight_bits": 2, "refit_t_goal": 0.98,
+                      "real": {"augment_shift": 0}}  # fmt: skip
     own = tmp_path / "own.toml"
     own.write_text('base = "csnn"\nname = "own"\nT = 32\n[train]\nlr = 0.01\n')
     cfg, train = load_config(own)
