@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--train-subset", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue runs/ablations/NAME from its last epoch's checkpoint (after a kill; same settings)")
     ap.add_argument("--table", action="store_true", help="print the table of the stored records and exit")
     args = ap.parse_args()
     if args.table:
@@ -103,7 +105,7 @@ def main() -> None:
     name = args.name or ("default" if not changes else ",".join(f"{k}={v}" for k, v in changes.items()))
     out = ROOT / "runs" / "ablations" / name.replace("/", "_")
     t0 = time.time()
-    ck = train(cfg, tc, out, resume=False)
+    ck = train(cfg, tc, out, resume=args.resume)
     model = model_from_checkpoint(ck)
     tr = load_split(tc.dataset, "train", tc.data_dir)
     xtr, ytr = torch.from_numpy(tr.images[:10000].copy()), torch.from_numpy(tr.labels[:10000].copy())

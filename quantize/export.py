@@ -45,6 +45,9 @@ def tables_from_model(model: CSNN, weight_bits: int | None = None, meta: dict | 
         weight_bits = weight_bits or 8
         if not 2 <= weight_bits <= 16:
             raise ConfigError(f"--weight-bits {weight_bits} out of range 2..16")
+    if cfg.bias:
+        raise ConfigError(f"{cfg.name}: the bias input channel (bias = true) is a training experiment; the model file, "
+                          "golden model and RTL do not carry it yet: train without it to deploy")  # fmt: skip
     T = cfg.T
     layers: list[Layer] = []
     shape = tuple(cfg.input_shape)

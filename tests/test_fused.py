@@ -62,7 +62,7 @@ def _case(draw):
         layers.append(LayerSpec("pool", 0, 2))
     layers += [LayerSpec("conv", c2, 3, draw(st.integers(1, 2)), 0, weight_bits=hb), LayerSpec("fc", draw(st.integers(2, 5)))]
     cfg = NetConfig(name="f", T=T, mode=mode, input_shape=(draw(st.integers(1, 2)), 12, 12), layers=layers,
-                    per_channel_alpha=draw(st.booleans()), clip=draw(st.booleans()))  # fmt: skip
+                    per_channel_alpha=draw(st.booleans()), clip=draw(st.booleans()), bias=draw(st.booleans()))  # fmt: skip
     tc = TrainConfig(
         loss=draw(st.sampled_from(["potential", "relative"])),
         norm_grad=draw(st.booleans()), norm_mode=draw(st.sampled_from(["sample", "batch"])),

@@ -320,3 +320,31 @@ def test_hidden_weight_bits_config() -> None:
         d = {**cfg.to_dict(), "layers": [{**dataclasses.asdict(ly), **(bad if i == where else {})} for i, ly in enumerate(cfg.layers)]}
         with pytest.raises(ConfigError, match=f"layer {where} .*weight_bits={bad['weight_bits']}"):
             type(cfg).from_dict(d)
+
+
+@pytest.mark.parametrize("mode", ["binary", "real"])
+def test_bias_channel_is_a_ramp_of_the_potential(mode: str) -> None:
+    """``bias = true``: each spiking layer's extra input channel spikes at t = 0, so a neuron's
+    potential gains B * t (B: the sum of its bias-channel weights); it starts near 0 and the
+    model file refuses it (the hardware does not carry it)."""
+    from firstspike.quantize.export import tables_from_model
+    from firstspike.train.model import NetConfig
+
+    layers = [LayerSpec("conv", 3, 3, 1, 0), LayerSpec("fc", 2)]
+    cfg = NetConfig(name="b", T=16, mode=mode, input_shape=(1, 6, 6), layers=layers, bias=True)
+    model = CSNN(cfg)
+    conv = model.spiking_layers()[0]
+    assert conv.weight.shape[1] == 2  # the input channel + the bias channel
+    start = conv.sign()[:, -1].sum(dim=(1, 2)) if mode == "binary" else conv.weight[:, -1].sum(dim=(1, 2))
+    assert bool((start.abs() <= 1).all())  # a zero ramp (signs of an odd count: +-1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:, -1] = 1.0  # B = 9 per step (binary: alpha * 9)
+        t_in = torch.full((1, 1, 6, 6), 16.0)  # no input spike at all
+        v = conv.potential_at(t_in, 5.0)  # the forward weights: integers (binary) or real, 9 * 5 either way
+        assert torch.equal(v, torch.full_like(v, 45.0))
+        t_out = conv(t_in)
+        thr = conv.effective()[2].double().view(1, -1, 1, 1)
+        assert torch.equal(t_out.double(), torch.clamp(torch.ceil(thr / 9.0), max=16.0).expand_as(t_out.double()))
+    with pytest.raises(ConfigError, match="bias"):
+        tables_from_model(model)

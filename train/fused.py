@@ -182,6 +182,8 @@ def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainCo
             pool_idx.append(idx)
         else:
             wf, thr, w_eff, s_int, alpha = _weights(mod)
+            if mod.bias:
+                t = np.concatenate([t, np.zeros_like(t[:, :1])], axis=1)  # model.with_bias
             Ho = (t.shape[2] + 2 * mod.padding - wf.shape[2]) // mod.stride + 1
             Wo = (t.shape[3] + 2 * mod.padding - wf.shape[3]) // mod.stride + 1
             t = kernels.fire_forward(t, wf, thr, T, mod.stride, mod.padding, Ho, Wo)
@@ -200,13 +202,16 @@ def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainCo
         w_eff, s_int, alpha = params[-1]
         theta = float(out_mod.theta)
         tau = np.full(B, float(t_goal)) if t_goal is not None else np.minimum(t_out.min(axis=1), T - 1)
-        x = np.maximum(tau.reshape(-1, 1) - outs[-2].reshape(B, -1), 0.0)
+        t_in = outs[-2]
+        if out_mod.bias:
+            t_in = np.concatenate([t_in, np.zeros_like(t_in[:, :1])], axis=1)
+        x = np.maximum(tau.reshape(-1, 1) - t_in.reshape(B, -1), 0.0)
         wm = w_eff.reshape(w_eff.shape[0], -1)
         ce_weight = tc.refit_ce_weight if refit else tc.ce_weight
         loss, gv_w, gv_x = _potential_loss(x @ wm.T, labels.numpy(), theta, tc.margin, ce_weight, tc.ce_temp,
                                            tc.ce_hidden)  # fmt: skip
         _param_grads(out_mod, (gv_w.T @ x).reshape(w_eff.shape), s_int, alpha)
-        add(n - 1, (-(gv_x @ wm) * (x > 0)).reshape(outs[-2].shape))
+        add(n - 1, np.ascontiguousarray((-(gv_x @ wm) * (x > 0)).reshape(t_in.shape)[:, : outs[-2].shape[1]]))
         top = n - 1  # the output layer's own backward is not part of this loss
     else:  # functional.spike_loss "relative"
         target = _relative_targets(t_out, labels.numpy(), float(T), float(tc.gamma), -1.0 if t_goal is None else float(t_goal),
@@ -241,9 +246,12 @@ def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainCo
             continue
         w_eff, s_int, alpha = params[i]
         gv = _normalise(-g_out / (float(mod.theta) / T), model.norm_grad)
-        gw, gt = kernels.fire_backward(outs[i], w_eff, outs[i + 1], np.ascontiguousarray(gv), T, mod.stride,
+        t_in = outs[i]
+        if mod.bias:
+            t_in = np.concatenate([t_in, np.zeros_like(t_in[:, :1])], axis=1)
+        gw, gt = kernels.fire_backward(t_in, w_eff, outs[i + 1], np.ascontiguousarray(gv), T, mod.stride,
                                        mod.padding, max(1, min(kernels.num_threads(), B)))  # fmt: skip
         _param_grads(mod, gw, s_int, alpha)
         if below:
-            add(i, gt)
+            add(i, np.ascontiguousarray(gt[:, : outs[i].shape[1]]))
     return loss, [torch.from_numpy(o).float() for o in outs]

@@ -59,6 +59,8 @@ class NetConfig:
     #   or largest V(T-1) ("potential", the rule before 2026-11-29; outputs' thresholds differ by ~10x)
     out_weight_bits: int = 1  # binary mode: weight width of the output layer (1: +-1 like the
     #   hidden layers; k >= 2: integers -(2^(k-1)-1)..2^(k-1)-1 times a per-class scale, exact)
+    bias: bool = False  # every spiking layer gets one more input channel that spikes at t = 0 at every
+    #   input position (padding silent): a learnt ramp b * t of each neuron's potential (with_bias)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "NetConfig":
@@ -156,6 +158,11 @@ def integer_threshold(theta: float, alpha: torch.Tensor) -> torch.Tensor:
     return torch.ceil(torch.as_tensor(theta, dtype=torch.float64) / alpha.detach().double()).clamp_min(1)
 
 
+def with_bias(t: torch.Tensor) -> torch.Tensor:
+    """Spike times (B, C, H, W) -> (B, C + 1, H, W): the bias channel fires at t = 0 everywhere."""
+    return torch.cat([t, torch.zeros_like(t[:, :1])], dim=1)
+
+
 class SpikingLayer(nn.Module):
     """A spiking convolution or dense layer (dense = kernel covering the whole input)."""
 
@@ -167,7 +174,17 @@ class SpikingLayer(nn.Module):
         self.T = cfg.T
         self.binary = cfg.mode == "binary"
         self.clip = cfg.clip
-        self.weight = nn.Parameter(torch.empty(cout, cin, kh, kw).uniform_(-1.0, 1.0))
+        self.bias = cfg.bias
+        self.weight = nn.Parameter(torch.empty(cout, cin + self.bias, kh, kw).uniform_(-1.0, 1.0))
+        if self.bias:  # the bias channel starts at a zero ramp. Its kh x kw weights of a channel get the same
+            # gradient (one input at t = 0; padding aside), so they move together: real mode starts them at 0;
+            # binary mode spreads them evenly over (-1, 1) (signs summing to 0 or 1), and a common shift then
+            # turns their signs one at a time (a ramp of -kh*kw..kh*kw steps of alpha)
+            if self.binary:
+                grid = (torch.arange(kh * kw, dtype=torch.float32) + 0.5) / (kh * kw) * 2 - 1
+                self.weight.data[:, -1] = grid[torch.randperm(kh * kw)].view(kh, kw)
+            else:
+                self.weight.data[:, -1] = 0.0
         self.register_buffer("theta", torch.tensor(float(cfg.theta * cfg.T), dtype=torch.float64))
         if self.binary:
             self.log_alpha = nn.Parameter(torch.zeros(cout if cfg.per_channel_alpha else 1))
@@ -212,6 +229,8 @@ class SpikingLayer(nn.Module):
 
     def forward(self, t_in: torch.Tensor, backend: str = "auto", norm: bool = False, latency: str = "rho") -> torch.Tensor:
         w_eff, w_fwd, thr = self.effective()
+        if self.bias:
+            t_in = with_bias(t_in)
         be = resolve_backend(backend, t_in.device)
         rho = float(self.theta) / self.T
         return SpikeFire.apply(t_in, w_eff, w_fwd, thr, rho, self.T, self.stride, self.padding, be, norm, latency)
@@ -219,6 +238,8 @@ class SpikingLayer(nn.Module):
     def potential_at(self, t_in: torch.Tensor, t: float) -> torch.Tensor:
         """V_j(t) with the forward weights (float64; exact integers in binary mode)."""
         _, w_fwd, _ = self.effective()
+        if self.bias:
+            t_in = with_bias(t_in)
         x = torch.clamp(t - t_in.double(), min=0.0)
         return F.conv2d(x, w_fwd.double().to(x.device), stride=self.stride, padding=self.padding)
 
@@ -323,6 +344,8 @@ class CSNN(nn.Module):
                 continue
             last = idx == n_layers - 1
             t_ref = (cfg.out_calib_time if last else cfg.calib_time) * self.T
+            t_l = t
+            t = with_bias(t) if mod.bias else t
             x = torch.clamp(t_ref - t.double(), min=0.0)
             unit = mod.sign().double() if mod.binary else mod.weight.double()
             # peak of V over a few times up to t_ref: a neuron has fired by t_ref iff its peak >= thr
@@ -356,7 +379,7 @@ class CSNN(nn.Module):
                 mod.log_alpha.copy_(torch.log(a if mod.log_alpha.numel() > 1 else a.mean().view(1)).float())
             else:
                 mod.weight.mul_((theta / q).view(-1, 1, 1, 1).float())
-            t = mod(t, self.backend)
+            t = mod(t_l, self.backend)
             frac = (t < self.T).float().mean().item()
             log.info("calibrated layer %d (%s): %.1f%% of neurons fire", idx, kind, 100 * frac)
 
