@@ -108,6 +108,11 @@ def _binary_grads(g_eff, w, s, alpha, qmax, clip):
     return gw, ga
 
 
+def _layer_input(mod, t: np.ndarray) -> np.ndarray:
+    """The spike times a layer computes with: ``t``, plus the bias channel (``model.with_bias``)."""
+    return np.concatenate([t, np.zeros_like(t[:, :1])], axis=1) if mod.bias else t
+
+
 def _accumulate(p: torch.Tensor, g: np.ndarray) -> None:
     if not p.requires_grad:
         return
@@ -182,8 +187,7 @@ def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainCo
             pool_idx.append(idx)
         else:
             wf, thr, w_eff, s_int, alpha = _weights(mod)
-            if mod.bias:
-                t = np.concatenate([t, np.zeros_like(t[:, :1])], axis=1)  # model.with_bias
+            t = _layer_input(mod, t)
             Ho = (t.shape[2] + 2 * mod.padding - wf.shape[2]) // mod.stride + 1
             Wo = (t.shape[3] + 2 * mod.padding - wf.shape[3]) // mod.stride + 1
             t = kernels.fire_forward(t, wf, thr, T, mod.stride, mod.padding, Ho, Wo)
@@ -202,9 +206,7 @@ def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainCo
         w_eff, s_int, alpha = params[-1]
         theta = float(out_mod.theta)
         tau = np.full(B, float(t_goal)) if t_goal is not None else np.minimum(t_out.min(axis=1), T - 1)
-        t_in = outs[-2]
-        if out_mod.bias:
-            t_in = np.concatenate([t_in, np.zeros_like(t_in[:, :1])], axis=1)
+        t_in = _layer_input(out_mod, outs[-2])
         x = np.maximum(tau.reshape(-1, 1) - t_in.reshape(B, -1), 0.0)
         wm = w_eff.reshape(w_eff.shape[0], -1)
         ce_weight = tc.refit_ce_weight if refit else tc.ce_weight
@@ -246,9 +248,7 @@ def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainCo
             continue
         w_eff, s_int, alpha = params[i]
         gv = _normalise(-g_out / (float(mod.theta) / T), model.norm_grad)
-        t_in = outs[i]
-        if mod.bias:
-            t_in = np.concatenate([t_in, np.zeros_like(t_in[:, :1])], axis=1)
+        t_in = _layer_input(mod, outs[i])
         gw, gt = kernels.fire_backward(t_in, w_eff, outs[i + 1], np.ascontiguousarray(gv), T, mod.stride,
                                        mod.padding, max(1, min(kernels.num_threads(), B)))  # fmt: skip
         _param_grads(mod, gw, s_int, alpha)
