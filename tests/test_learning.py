@@ -337,6 +337,7 @@ def test_bias_channel_is_a_ramp_of_the_potential(mode: str) -> None:
     assert conv.weight.shape[1] == 2  # the input channel + the bias channel
     start = conv.sign()[:, -1].sum(dim=(1, 2)) if mode == "binary" else conv.weight[:, -1].sum(dim=(1, 2))
     assert bool((start.abs() <= 1).all())  # a zero ramp (signs of an odd count: +-1)
+    model.calibrate(torch.randint(0, 256, (4, 1, 6, 6), dtype=torch.uint8))  # the data-driven init takes it too
     with torch.no_grad():
         conv.weight.zero_()
         conv.weight[:, -1] = 1.0  # B = 9 per step (binary: alpha * 9)

@@ -109,7 +109,7 @@ def _binary_grads(g_eff, w, s, alpha, qmax, clip):
 
 
 def _layer_input(mod, t: np.ndarray) -> np.ndarray:
-    """The spike times a layer computes with: ``t``, plus the bias channel (``model.with_bias``)."""
+    """The spike times a layer computes with: ``t``, plus the bias channel (``SpikingLayer.layer_input``)."""
     return np.concatenate([t, np.zeros_like(t[:, :1])], axis=1) if mod.bias else t
 
 

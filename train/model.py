@@ -60,7 +60,7 @@ class NetConfig:
     out_weight_bits: int = 1  # binary mode: weight width of the output layer (1: +-1 like the
     #   hidden layers; k >= 2: integers -(2^(k-1)-1)..2^(k-1)-1 times a per-class scale, exact)
     bias: bool = False  # every spiking layer gets one more input channel that spikes at t = 0 at every
-    #   input position (padding silent): a learnt ramp b * t of each neuron's potential (with_bias)
+    #   input position (padding silent): a learnt ramp b * t of each neuron's potential (SpikingLayer.layer_input)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "NetConfig":
@@ -158,11 +158,6 @@ def integer_threshold(theta: float, alpha: torch.Tensor) -> torch.Tensor:
     return torch.ceil(torch.as_tensor(theta, dtype=torch.float64) / alpha.detach().double()).clamp_min(1)
 
 
-def with_bias(t: torch.Tensor) -> torch.Tensor:
-    """Spike times (B, C, H, W) -> (B, C + 1, H, W): the bias channel fires at t = 0 everywhere."""
-    return torch.cat([t, torch.zeros_like(t[:, :1])], dim=1)
-
-
 class SpikingLayer(nn.Module):
     """A spiking convolution or dense layer (dense = kernel covering the whole input)."""
 
@@ -227,10 +222,14 @@ class SpikingLayer(nn.Module):
         _, w, thr = self.effective()
         return w.detach(), thr.detach()
 
+    def layer_input(self, t_in: torch.Tensor) -> torch.Tensor:
+        """The spike times (B, C, H, W) the layer computes with: with ``bias``, one more channel
+        that fires at t = 0 everywhere (B, C + 1, H, W)."""
+        return torch.cat([t_in, torch.zeros_like(t_in[:, :1])], dim=1) if self.bias else t_in
+
     def forward(self, t_in: torch.Tensor, backend: str = "auto", norm: bool = False, latency: str = "rho") -> torch.Tensor:
         w_eff, w_fwd, thr = self.effective()
-        if self.bias:
-            t_in = with_bias(t_in)
+        t_in = self.layer_input(t_in)
         be = resolve_backend(backend, t_in.device)
         rho = float(self.theta) / self.T
         return SpikeFire.apply(t_in, w_eff, w_fwd, thr, rho, self.T, self.stride, self.padding, be, norm, latency)
@@ -238,9 +237,7 @@ class SpikingLayer(nn.Module):
     def potential_at(self, t_in: torch.Tensor, t: float) -> torch.Tensor:
         """V_j(t) with the forward weights (float64; exact integers in binary mode)."""
         _, w_fwd, _ = self.effective()
-        if self.bias:
-            t_in = with_bias(t_in)
-        x = torch.clamp(t - t_in.double(), min=0.0)
+        x = torch.clamp(t - self.layer_input(t_in).double(), min=0.0)
         return F.conv2d(x, w_fwd.double().to(x.device), stride=self.stride, padding=self.padding)
 
 
@@ -344,14 +341,13 @@ class CSNN(nn.Module):
                 continue
             last = idx == n_layers - 1
             t_ref = (cfg.out_calib_time if last else cfg.calib_time) * self.T
-            t_l = t
-            t = with_bias(t) if mod.bias else t
-            x = torch.clamp(t_ref - t.double(), min=0.0)
+            t_in = mod.layer_input(t).double()
+            x = torch.clamp(t_ref - t_in, min=0.0)
             unit = mod.sign().double() if mod.binary else mod.weight.double()
             # peak of V over a few times up to t_ref: a neuron has fired by t_ref iff its peak >= thr
             v = None
             for frac in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0):
-                xf = torch.clamp(frac * t_ref - t.double(), min=0.0)
+                xf = torch.clamp(frac * t_ref - t_in, min=0.0)
                 vf = F.conv2d(xf, unit, stride=mod.stride, padding=mod.padding)  # (B, Co, H, W)
                 v = vf if v is None else torch.maximum(v, vf)
             # only neurons whose receptive field receives spikes by t_ref count
@@ -379,7 +375,7 @@ class CSNN(nn.Module):
                 mod.log_alpha.copy_(torch.log(a if mod.log_alpha.numel() > 1 else a.mean().view(1)).float())
             else:
                 mod.weight.mul_((theta / q).view(-1, 1, 1, 1).float())
-            t = mod(t_l, self.backend)
+            t = mod(t, self.backend)
             frac = (t < self.T).float().mean().item()
             log.info("calibrated layer %d (%s): %.1f%% of neurons fire", idx, kind, 100 * frac)
 

@@ -25,7 +25,7 @@ from firstspike.data import load_split
 from firstspike.errors import CheckpointError, ConfigError
 from firstspike.train import fused
 from firstspike.train.functional import latency_slope, potential_loss, relative_targets, silence_penalty, spike_loss
-from firstspike.train.model import CSNN, MODES, NetConfig, with_bias
+from firstspike.train.model import CSNN, MODES, NetConfig
 
 log = logging.getLogger(__name__)
 
@@ -563,8 +563,7 @@ def autograd_step(model: CSNN, ddp_model: torch.nn.Module, images: torch.Tensor,
     t_out = outs[-1].flatten(1)
     if tc.loss == "potential" or refit:  # (the refit trains the output's potentials, whatever the main loss)
         out_layer = model.layers[-1]
-        t_in = with_bias(outs[-2]) if out_layer.bias else outs[-2]
-        loss = potential_loss(t_out, t_in, out_layer.effective()[0], float(out_layer.theta), labels, T,
+        loss = potential_loss(t_out, out_layer.layer_input(outs[-2]), out_layer.effective()[0], float(out_layer.theta), labels, T,
                               tc.margin, t_goal, out_layer.stride, out_layer.padding,
                               tc.refit_ce_weight if refit else tc.ce_weight, tc.ce_temp, tc.ce_hidden)  # fmt: skip
     else:
@@ -654,8 +653,7 @@ class _Diag:
         spk = [(mod, o_in, o_out) for kind, mod, o_in, o_out in zip(model.kinds, model.layers, outs[:-1], outs[1:]) if kind != "pool"]
         for mod, o_in, o_out in spk:
             rho = float(mod.theta) / T
-            o_in = with_bias(o_in) if mod.bias else o_in
-            sl = latency_slope("true", rho, o_in, mod.effective()[0].detach(), o_out, T, mod.stride, mod.padding)
+            sl = latency_slope("true", rho, mod.layer_input(o_in), mod.effective()[0].detach(), o_out, T, mod.stride, mod.padding)
             r = (sl[o_out < T] / rho).flatten().double()
             q = np.quantile(r.numpy(), [0.05, 0.5, 0.95]) if r.numel() else np.zeros(3)  # (torch.quantile: <= 2^24 values)
             slopes.append([round(float(v), 2) for v in q])
