@@ -1,14 +1,15 @@
 """Ceiling of an architecture: the same layers as a non-spiking network, same data and budget.
 
     python bench/accuracy_ceiling.py [--config csnn_ice40] [--epochs 4] [--weights binary|real]
-        [--dataset mnist|fashion-mnist]
+        [--dataset mnist|fashion-mnist] [--shift N] [--flip] [--batch-size B]
 
 The spiking layers become ordinary convolutions / dense layers with ReLU, min-time pooling
 becomes max pooling, the output is 10 logits trained with cross-entropy (Adam, cosine
 schedule, the config's batch size). ``--weights binary`` uses alpha * sign(w) per output
 channel with a clipped straight-through estimator, as the spiking network does. Inputs are
 the TTFS code read back as intensities, (T - t) / T, so the network sees what the spiking
-one sees. Appends a record to bench/results/accuracy_ceiling.json.
+one sees. ``--shift`` / ``--flip`` augment the training images as the trainer's
+``augment_shift`` / ``augment_flip`` do. Appends a record to bench/results/accuracy_ceiling.json.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dataset", default="mnist")
     ap.add_argument("--no-bias", action="store_true", help="no bias (the spiking layers have none)")
+    ap.add_argument("--shift", type=int, default=0, help="random translations of the training images, +-N pixels")
+    ap.add_argument("--flip", action="store_true", help="random left-right mirror of the training images")
+    ap.add_argument("--batch-size", type=int, default=0, help="0: the config's")
+    ap.add_argument("--label", default="", help="what the config is, for the record (default: the --config argument)")
     args = ap.parse_args()
 
     import torch
@@ -46,6 +51,7 @@ def main() -> None:
     from firstspike.data import load_split
     from firstspike.train.functional import input_table
     from firstspike.train.model import load_config
+    from firstspike.train.trainer import augment_images
 
     torch.manual_seed(args.seed)
     cfg, tab = load_config(args.config)
@@ -100,7 +106,8 @@ def main() -> None:
     xte, yte = prep(te.images), torch.from_numpy(te.labels.copy()).long()
     opt = torch.optim.Adam(mods.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
-    bs = int(tab.get("batch_size", 64))
+    bs = args.batch_size or int(tab.get("batch_size", 64))
+    g_aug = torch.Generator().manual_seed(args.seed + 1)
     t0 = time.time()
 
     def acc(x, y):
@@ -112,20 +119,21 @@ def main() -> None:
         perm = torch.randperm(len(ytr))
         for s in range(len(perm) // bs):
             bi = perm[s * bs : (s + 1) * bs]
-            loss = F.cross_entropy(net(xtr[bi]), ytr[bi])
+            loss = F.cross_entropy(net(augment_images(xtr[bi], args.shift, args.flip, g_aug)), ytr[bi])
             opt.zero_grad()
             loss.backward()
             opt.step()
         sched.step()
         curve.append(acc(xte, yte))
         log.info("epoch %d: test %.2f%%", ep + 1, 100 * curve[-1])
-    rec = {"config": args.config, "dataset": args.dataset, "bias": not args.no_bias, "weights": args.weights, "epochs": args.epochs, "lr": args.lr, "test_acc": curve[-1],
+    rec = {"config": args.label or args.config, "dataset": args.dataset, "bias": not args.no_bias, "weights": args.weights, "epochs": args.epochs, "lr": args.lr,
+           "shift": args.shift, "flip": args.flip, "batch_size": bs, "test_acc": curve[-1],
            "train_acc": acc(xtr[:10000], ytr[:10000]), "test_curve": curve, "wall_s": time.time() - t0}  # fmt: skip
     out = RESULTS / "accuracy_ceiling.json"
     recs = json.loads(out.read_text()) if out.is_file() else []
-    key = (args.config, args.dataset, not args.no_bias, args.weights, args.epochs, args.lr)
-    recs = [r for r in recs
-            if (r["config"], r.get("dataset", "mnist"), r.get("bias", True), r["weights"], r["epochs"], r.get("lr")) != key]
+    keys = ("config", "dataset", "bias", "weights", "epochs", "lr", "shift", "flip", "batch_size")
+    defaults = {"dataset": "mnist", "bias": True, "shift": 0, "flip": False, "batch_size": bs}
+    recs = [r for r in recs if any(r.get(k, defaults.get(k)) != rec[k] for k in keys)]
     recs.append(rec)
     out.write_text(json.dumps(recs, indent=1))
     log.info("ceiling %s %s %s %d epochs: test %.2f%% train %.2f%%", args.config, args.dataset, args.weights, args.epochs,

@@ -486,6 +486,15 @@ def _executor(jobs: int) -> _Inline | _Workers:
     return _Inline()
 
 
+def _check_deployable(cfg: FlowConfig) -> None:
+    """Before anything trains: the architecture must be one the model file can carry."""
+    from firstspike.quantize.export import check_deployable
+    from firstspike.train.model import load_config
+
+    net, _ = load_config(cfg.config)
+    check_deployable(net)
+
+
 def run_flow(cfg: FlowConfig, skip: tuple[str, ...] = (), rerun: tuple[str, ...] = (), only: tuple[str, ...] = ()
              ) -> dict[str, Any]:  # fmt: skip
     """Run (or reuse) every enabled step, each once the steps it reads are done (``cfg.jobs``
@@ -498,6 +507,8 @@ def run_flow(cfg: FlowConfig, skip: tuple[str, ...] = (), rerun: tuple[str, ...]
             raise FlowError(f"unknown step {n!r}: the steps are {', '.join(STEP_NAMES)}")
     if cfg.jobs < 1:
         raise FlowError(f"jobs={cfg.jobs}: run at least one step at a time (--jobs 1 or more)")
+    if "quantize" not in skip and (not only or "quantize" in only):
+        _check_deployable(cfg)
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
     state = load_state(root)

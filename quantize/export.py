@@ -19,7 +19,7 @@ import torch
 
 from firstspike.errors import ConfigError
 from firstspike.quantize.modelfile import DECISIONS, Layer, ModelTables, accumulator_bounds, clip_thresholds, sha256_of
-from firstspike.train.model import CSNN, SpikingLayer
+from firstspike.train.model import CSNN, NetConfig, SpikingLayer
 from firstspike.train.trainer import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,14 @@ def _fixed_point(layer: SpikingLayer, bits: int) -> tuple[np.ndarray, np.ndarray
     return wq, thr
 
 
+def check_deployable(cfg: NetConfig) -> None:
+    """Raise a ConfigError if a network of this architecture cannot become a model file (checked
+    by the flow before it trains, so a user does not train for nothing)."""
+    if cfg.bias:
+        raise ConfigError(f"{cfg.name}: the bias input channel (bias = true) is a training experiment; the model file, "
+                          "golden model and RTL do not carry it yet: train without it to deploy")  # fmt: skip
+
+
 def tables_from_model(model: CSNN, weight_bits: int | None = None, meta: dict | None = None) -> ModelTables:
     """Integer tables of a trained network (binary: exact; real: ``weight_bits`` fixed-point)."""
     cfg = model.cfg
@@ -45,9 +53,7 @@ def tables_from_model(model: CSNN, weight_bits: int | None = None, meta: dict | 
         weight_bits = weight_bits or 8
         if not 2 <= weight_bits <= 16:
             raise ConfigError(f"--weight-bits {weight_bits} out of range 2..16")
-    if cfg.bias:
-        raise ConfigError(f"{cfg.name}: the bias input channel (bias = true) is a training experiment; the model file, "
-                          "golden model and RTL do not carry it yet: train without it to deploy")  # fmt: skip
+    check_deployable(cfg)
     T = cfg.T
     layers: list[Layer] = []
     shape = tuple(cfg.input_shape)

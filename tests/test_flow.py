@@ -18,6 +18,7 @@ import pytest
 
 from firstspike import flow as F
 from firstspike.cli import main
+from firstspike.errors import ConfigError
 from firstspike.flow import FlowConfig, FlowError, run_flow, total_mismatches
 from firstspike.report import ReportError, write_report
 
@@ -143,6 +144,19 @@ def test_unknown_step_and_missing_inputs_are_clear_errors(tmp_path: Path) -> Non
     with pytest.raises(ReportError, match="not a flow run folder"):
         write_report(tmp_path / "nothing")
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_an_undeployable_network_fails_before_it_trains(tmp_path: Path) -> None:
+    """A config the model file cannot carry (the bias channel) is refused before the training
+    step, with nothing written; skipping quantize (training only) lets it through the check."""
+    cfg_path = tmp_path / "biased.toml"
+    cfg_path.write_text('base = "csnn_ice40"\nname = "biased"\nbias = true\n')
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="bias = true"):
+        run_flow(small_config(out, config=str(cfg_path)))
+    assert not out.exists()
+    assert main(["flow", "--config", str(cfg_path), "--out", str(out)]) == 2
+    assert [p.name for p in out.iterdir()] == ["flow.log"]  # the log of why, no step's folder
 
 
 def test_report_content(run: tuple[FlowConfig, dict]) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from firstspike.errors import ConfigError
 from firstspike.train.model import CSNN, LayerSpec, load_config
-from firstspike.train.trainer import TrainConfig, init_from_checkpoint, load_checkpoint, model_from_checkpoint, shift_images, train
+from firstspike.train.trainer import TrainConfig, augment_images, init_from_checkpoint, load_checkpoint, model_from_checkpoint, shift_images, train
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +71,21 @@ def test_random_translations(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="augment_shift"):
         TrainConfig.from_dict({"augment_shift": -1})
     _same_same_different(tmp_path, "augment_shift", (2, 2, 0))
+
+
+def test_random_mirrors(tmp_path: Path) -> None:
+    """augment_flip: every image is itself or its left-right mirror, both occur; off, nothing is
+    drawn (the shifts of a run without flips stay as they were); a run with it is reproducible
+    and differs from one without."""
+    x = torch.randint(1, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    y = augment_images(x, 0, True, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    mirrored = [bool(torch.equal(b, a.flip(-1))) for a, b in zip(x, y)]
+    assert all(m or torch.equal(b, a) for m, a, b in zip(mirrored, x, y))
+    assert 10 < sum(mirrored) < 54
+    assert torch.equal(augment_images(x, 2, False, torch.Generator().manual_seed(5)),
+                       shift_images(x, 2, torch.Generator().manual_seed(5)))  # fmt: skip
+    _same_same_different(tmp_path, "augment_flip", (True, True, False))
 
 
 def test_real_valued_network_learns(tmp_path: Path) -> None:

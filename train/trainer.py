@@ -76,6 +76,8 @@ class TrainConfig:
     test_subset: int = 0
     calib_images: int = 512
     augment_shift: int = 0  # > 0: translate each training image by a random (dy, dx) in [-N, N] pixels (zero fill)
+    augment_flip: bool = False  # mirror each training image left-right with probability 1/2 (label-preserving
+    #   for Fashion-MNIST's garments, not for digits)
     freeze: str = ""  # diagnostics: comma-separated spiking-layer indices (0 = first) not to train
     latency: str = "rho"  # linearisation of dt/dV: rho (STiDi-BP) | channel | true (see functional.latency_slope)
     calib: str = "auto"  # data-driven init: "positive" | "median" (see CSNN.calibrate) | "auto": median for binary, positive for real
@@ -258,6 +260,16 @@ def shift_images(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.T
     padded = torch.nn.functional.pad(x, (s, s, s, s))
     d = torch.randint(0, 2 * s + 1, (n, 2), generator=g).tolist()
     return torch.stack([padded[i, ..., dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(d)])
+
+
+def augment_images(x: torch.Tensor, max_shift: int, flip: bool, g: torch.Generator) -> torch.Tensor:
+    """The training augmentation: a random left-right mirror of half the images (``flip``),
+    then :func:`shift_images`. Draws nothing from ``g`` for what is off, so a run without
+    flips sees the same shifts as before the option existed."""
+    if flip:
+        m = torch.rand(x.shape[0], generator=g) < 0.5
+        x = torch.where(m.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
+    return shift_images(x, max_shift, g)
 
 
 def _make_optimizer(model: torch.nn.Module, tc: TrainConfig, opt: torch.optim.Optimizer | None = None):
@@ -446,7 +458,7 @@ def train(
         diag = _Diag(model) if tc.diagnostics else None
         for s in bar:
             bi = perm[s * tc.batch_size : (s + 1) * tc.batch_size]
-            xb, yb = shift_images(x_train[bi], tc.augment_shift, g_aug).to(device), y_train[bi].to(device)
+            xb, yb = augment_images(x_train[bi], tc.augment_shift, tc.augment_flip, g_aug).to(device), y_train[bi].to(device)
             opt.zero_grad(set_to_none=True)
             if fused_ok:
                 loss, outs = fused.step(model, xb, yb, tc, t_goal, refit)
