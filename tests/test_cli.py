@@ -319,7 +319,7 @@ def test_config_base_inherits_and_overrides(tmp_path: Path) -> None:
     fash, ftrain = load_config("csnn_fashion")
     assert fash.to_dict() == {**base.to_dict(), "name": "csnn_fashion", "input_gamma": 0.5}
     # csnn_fashion drops csnn's deadline, adds an output refit and replaces csnn's real-mode table
-    assert btrain["t_goal"] == 0.5 and btrain["real"] == {"augment_shift": 1}
+    assert btrain["t_goal"] == 0.5 and btrain["real"] == {"augment_shift": 1, "epochs": 16}
     assert ftrain == {**btrain, "t_goal": 1.0, "refit_epochs": 1, "refit_out_weight_bits": 2, "refit_t_goal": 0.98,
                       "real": {"augment_shift": 0}}  # fmt: skip
     own = tmp_path / "own.toml"
