@@ -17,9 +17,9 @@ def _conv_out(h: int, k: int, s: int, p: int) -> int:
 
 def random_tables(rng: np.random.Generator, *, T: int | None = None, side: int | None = None, max_channels: int = 6,
                   max_layers: int = 2, weight_bits: int = 1, in_channels: int = 1, fire_bias: float | None = None,
-                  out_weight_bits: int | None = None, silent_rule: str | None = None) -> ModelTables:  # fmt: skip
+                  out_weight_bits: int | None = None, silent_rule: str | None = None, hidden_fc: int = 0) -> ModelTables:  # fmt: skip
     """A random valid network: conv layers (random kernel, stride, padding, optional 2x2 or
-    3x3 pooling), then fc. Thresholds are drawn around the typical potential so that some
+    3x3 pooling), up to ``hidden_fc`` hidden fc layers (none by default), then fc. Thresholds are drawn around the typical potential so that some
     neurons fire early, some late and some never (plus the edge values 0 and 'unreachable').
     ``out_weight_bits``: another weight width for the output layer (as binary networks with a
     k-bit classifier, ``NetConfig.out_weight_bits``). ``silent_rule``: the decision when no
@@ -65,6 +65,10 @@ def random_tables(rng: np.random.Generator, *, T: int | None = None, side: int |
             po = (cur[0], cur[1] // pk, cur[2] // pk)
             layers.append(Layer(kind="pool", in_shape=cur, out_shape=po, kernel=(pk, pk), stride=pk))
             cur = po
+    for _ in range(int(rng.integers(0, hidden_fc + 1)) if hidden_fc else 0):
+        ly = spiking("fc", cur, int(rng.integers(1, 3 * max_channels + 1)), 0, 1, 0)
+        layers.append(ly)
+        cur = ly.out_shape
     layers.append(spiking("fc", cur, int(rng.integers(1, 11)), 0, 1, 0, out_weight_bits or weight_bits))
     table = np.floor((255 - np.arange(256)) * T / 256).astype(np.int32)
     table[0] = T

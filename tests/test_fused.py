@@ -60,7 +60,10 @@ def _case(draw):
     layers = [LayerSpec("conv", c1, 3, 1, draw(st.integers(0, 1)), weight_bits=hb)]
     if pool:
         layers.append(LayerSpec("pool", 0, 2))
-    layers += [LayerSpec("conv", c2, 3, draw(st.integers(1, 2)), 0, weight_bits=hb), LayerSpec("fc", draw(st.integers(2, 5)))]
+    layers.append(LayerSpec("conv", c2, 3, draw(st.integers(1, 2)), 0, weight_bits=hb))
+    if draw(st.booleans()):  # a hidden fc layer (fc -> fc)
+        layers.append(LayerSpec("fc", draw(st.integers(1, 6)), weight_bits=hb))
+    layers.append(LayerSpec("fc", draw(st.integers(2, 5))))
     cfg = NetConfig(name="f", T=T, mode=mode, input_shape=(draw(st.integers(1, 2)), 12, 12), layers=layers,
                     per_channel_alpha=draw(st.booleans()), clip=draw(st.booleans()), bias=draw(st.booleans()))  # fmt: skip
     tc = TrainConfig(

@@ -52,6 +52,8 @@ def random_net(draw) -> tuple[CSNN, np.ndarray]:
         if draw(st.booleans()) and h >= 2:
             layers.append(LayerSpec("pool", kernel=2))
             h //= 2
+    if draw(st.booleans()):  # a hidden fc layer (fc -> fc, as csnn_fc256)
+        layers.append(LayerSpec("fc", channels=draw(st.integers(1, 12))))
     layers.append(LayerSpec("fc", channels=draw(st.integers(1, 10))))
     cfg = NetConfig(name="rand", T=T, mode="binary", input_shape=(1, side, side), layers=layers,
                     per_channel_alpha=draw(st.booleans()), out_weight_bits=draw(st.sampled_from([1, 1, 2, 3, 8])),

@@ -39,7 +39,7 @@ def check_core(tables, images, lanes: int, stall_seed: int | None, **plan_kw) ->
        read_reg=st.booleans())
 def test_core_equals_golden_random_networks(seed: int, lanes: int, stalls: bool, wbits: int, read_reg: bool) -> None:
     rng = np.random.default_rng(seed)
-    tables = random_tables(rng, weight_bits=wbits, max_channels=5, in_channels=int(rng.integers(1, 3)))
+    tables = random_tables(rng, weight_bits=wbits, max_channels=5, in_channels=int(rng.integers(1, 3)), hidden_fc=1)
     images = random_images(rng, 2, tables.input_shape)
     check_core(tables, images, lanes, seed if stalls else None, read_reg=read_reg)
 
@@ -83,6 +83,9 @@ def test_random_networks_cover_pooling_padding_stride_and_silence() -> None:
         by_v, by_margin = v.argmax(1), (v - t.layers[-1].thresholds[None, :]).argmax(1)
         seen["rules_disagree"] += int(((e.first_time == t.T) & (by_v != by_margin)).sum())
         seen["potential_rule"] += int(t.decision["if_silent"] == "max-potential")
+    # hidden fc layers (fc -> fc), as the property test draws them
+    seen["hidden_fc"] = sum(any(ly.kind == "fc" for ly in random_tables(np.random.default_rng(s), hidden_fc=1).layers[:-1])
+                            for s in range(40))  # fmt: skip
     assert all(v >= 3 for v in seen.values()), seen
 
 

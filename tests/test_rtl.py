@@ -60,6 +60,18 @@ def test_random_networks_batch_and_handshake(sim: str, seed: int, build_root: Pa
     assert_exact(tables, rtl.run_images(b, images, tmp_path / "hs", testcase="handshake", stall_seed=seed), images)
 
 
+@pytest.mark.parametrize("sim", SIMS)
+def test_hidden_fc_layer(sim: str, build_root: Path, tmp_path: Path) -> None:
+    """conv -> fc -> fc (a hidden dense layer, as csnn_fc256): every layer's spike times equal the golden model's."""
+    seed = next(s for s in range(100) if (t := random_tables(np.random.default_rng(s), side=8, hidden_fc=1, fire_bias=0.3))
+                and [ly.kind for ly in t.layers][-2:] == ["fc", "fc"] and t.layers[0].kind == "conv")  # fmt: skip
+    rng = np.random.default_rng(seed)
+    tables = random_tables(rng, side=8, hidden_fc=1, fire_bias=0.3)
+    images = random_images(rng, 4, tables.input_shape)
+    b = rtl.build(tables, sim=sim, lanes=3, build_root=build_root, max_images=4)
+    assert_exact(tables, rtl.run_images(b, images, tmp_path / "batch"), images)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sim,n", [("verilator", 24), ("icarus", 1)])
 def test_trained_default_model_sample(sim: str, n: int, trained: tuple, build_root: Path) -> None:
