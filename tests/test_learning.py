@@ -7,6 +7,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -221,6 +222,35 @@ def test_binary_network_starts_from_a_real_one() -> None:
     longer.layers.append(LayerSpec(kind="fc", channels=10))
     with pytest.raises(ConfigError, match="init_from: the checkpoint's layers"):
         init_from_checkpoint(CSNN(longer), ck)
+
+
+def test_a_new_head_on_a_checkpoints_first_layers() -> None:
+    """init_layers: the first N spiking layers come from the checkpoint (a trained network's
+    convolutions), the layers after them are calibrated (a hidden fc layer and the classifier
+    here), the copied ones keep their scales; a checkpoint whose first N layers differ is refused."""
+    cfg, _ = load_config("csnn_tiny")
+    torch.manual_seed(0)
+    src = CSNN(cfg)
+    with torch.no_grad():
+        for m in src.spiking_layers():
+            m.log_alpha.uniform_(-3.0, -1.0)
+    ck = {"net": cfg.to_dict(), "state_dict": src.state_dict()}
+    head, _ = load_config("csnn_tiny")
+    head.layers.insert(-1, LayerSpec(kind="fc", channels=12))
+    net = CSNN(head)
+    init_from_checkpoint(net, ck, layers=2)
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (64, 1, 28, 28)).astype(np.uint8))
+    before = [m.log_alpha.detach().clone() for m in net.spiking_layers()]
+    net.calibrate(images, "median", skip=2)
+    for i, (a, b, m) in enumerate(zip(src.spiking_layers()[:2], before[:2], net.spiking_layers()[:2])):
+        assert torch.equal(torch.sign(m.weight), torch.sign(a.weight)), i
+        torch.testing.assert_close(m.log_alpha, b)  # the copied layers: not recalibrated
+    assert all(not torch.equal(m.log_alpha, b) for b, m in zip(before[2:], net.spiking_layers()[2:]))
+    with pytest.raises(ConfigError, match="in the first 3 spiking layers"):
+        init_from_checkpoint(net, ck, layers=3)  # the checkpoint's third layer is its 10-way classifier
+    other, _ = load_config("csnn_ice40")
+    with pytest.raises(ConfigError, match="in the first 1 spiking layers"):
+        init_from_checkpoint(CSNN(other), ck, layers=1)
 
 
 @pytest.mark.parametrize("bits", [0, 2])

@@ -319,10 +319,11 @@ class CSNN(nn.Module):
         return decide(t_out.detach(), v_last, self.T, thr)
 
     @torch.no_grad()
-    def calibrate(self, images: torch.Tensor, method: str = "median") -> None:
+    def calibrate(self, images: torch.Tensor, method: str = "median", skip: int = 0) -> None:
         """Data-driven initialisation, layer by layer: scale each channel (alpha in binary
         mode, the weights in real mode) so that about ``calib_fire`` of its neurons cross
-        threshold by ``calib_time * T`` on this batch.
+        threshold by ``calib_time * T`` on this batch. ``skip``: the first that many spiking
+        layers keep their scales (initialised from a checkpoint) and only carry the batch on.
 
         ``method``: "positive" takes the quantile over the neurons whose peak potential is
         positive (the only ones that can fire); "median" (the original) over all neurons with
@@ -335,9 +336,14 @@ class CSNN(nn.Module):
         cfg = self.cfg
         t = self.encode(images)
         n_layers = len(self.layers)
+        spiking = 0
         for idx, (kind, k, mod) in enumerate(zip(self.kinds, self.pools, self.layers)):
             if kind == "pool":
                 t = min_pool(t, k)
+                continue
+            spiking += 1
+            if spiking <= skip:
+                t = mod(t, self.backend)
                 continue
             last = idx == n_layers - 1
             t_ref = (cfg.out_calib_time if last else cfg.calib_time) * self.T

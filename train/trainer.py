@@ -83,6 +83,8 @@ class TrainConfig:
     calib: str = "auto"  # data-driven init: "positive" | "median" (see CSNN.calibrate) | "auto": median for binary, positive for real
     init_from: str = ""  # a checkpoint of the same layers to start from instead of the calibration (e.g. a
     #   real-valued run for a binary one: latent weights w / max|w| and alpha = mean|w| per channel)
+    init_layers: int = 0  # with init_from: > 0 takes only the first N spiking layers from the checkpoint (same
+    #   shapes there) and calibrates the rest (e.g. a trained csnn's convolutions under a new dense head)
     refit_epochs: int = 0  # > 0: after ``epochs``, this many epochs that train the output layer only, on the
     #   kept model's frozen hidden layers (potential loss + refit_ce_weight x cross-entropy, whatever the
     #   main epochs' loss; a fresh
@@ -211,15 +213,32 @@ def model_from_checkpoint(ck: dict[str, Any]) -> CSNN:
     return model
 
 
+def _kinds_upto(model: CSNN, n: int) -> list[tuple]:
+    """(kind, pool kernel, stride, padding) of the layers up to and including the n-th spiking one."""
+    out, seen = [], 0
+    for kind, k, mod in zip(model.kinds, model.pools, model.layers):
+        if seen == n:
+            break
+        out.append((kind, k) if kind == "pool" else (kind, mod.stride, mod.padding))
+        seen += kind != "pool"
+    return out
+
+
 @torch.no_grad()
-def init_from_checkpoint(model: CSNN, ck: dict[str, Any]) -> None:
+def init_from_checkpoint(model: CSNN, ck: dict[str, Any], layers: int = 0) -> None:
     """Start ``model`` from a checkpoint of the same layers (real or binary). Into a binary
     model a real one goes as latent weights w / max|w| (signs kept) and per-channel scales
-    alpha = mean|w|, the least-squares scale of alpha * sign(w) against w."""
+    alpha = mean|w|, the least-squares scale of alpha * sign(w) against w. ``layers`` > 0:
+    only the first ``layers`` spiking layers (and the pools between them) must match; the
+    others are left for the caller to calibrate."""
     src = model_from_checkpoint(ck)
-    pairs = list(zip(model.spiking_layers(), src.spiking_layers()))
-    if len(model.spiking_layers()) != len(src.spiking_layers()) or any(a.weight.shape != b.weight.shape for a, b in pairs):
-        raise ConfigError(f"init_from: the checkpoint's layers ({ck['net']['layers']}) differ from this network's")
+    n = layers or len(model.spiking_layers())
+    pairs = list(zip(model.spiking_layers(), src.spiking_layers()))[:n]
+    if (layers == 0 and len(model.spiking_layers()) != len(src.spiking_layers())) or len(pairs) < n \
+            or n > len(model.spiking_layers()) or _kinds_upto(model, n) != _kinds_upto(src, n) \
+            or any(a.weight.shape != b.weight.shape for a, b in pairs):  # fmt: skip
+        what = "differ from this network's" if layers == 0 else f"differ from this network's in the first {n} spiking layers"
+        raise ConfigError(f"init_from: the checkpoint's layers ({ck['net']['layers']}) {what}")
     for dst, s in pairs:
         w = s.effective()[0].detach().to(dst.weight.dtype) if s.binary else s.weight.detach()
         if dst.binary:
@@ -373,12 +392,12 @@ def train(
         # initialisation first (real mode sizes its learning rates by the weights): from a
         # checkpoint, or data-driven
         if tc.init_from:
-            init_from_checkpoint(model, load_checkpoint(Path(tc.init_from)))
-        else:
+            init_from_checkpoint(model, load_checkpoint(Path(tc.init_from)), tc.init_layers)
+        if not tc.init_from or tc.init_layers:  # data-driven, all layers or those after the checkpoint's
             g = torch.Generator().manual_seed(tc.seed)
             idx = torch.randperm(len(y_train), generator=g)[: tc.calib_images]
             calib = tc.calib if tc.calib != "auto" else ("median" if net_cfg.mode == "binary" else "positive")
-            model.calibrate(x_train[idx].to(device), calib)
+            model.calibrate(x_train[idx].to(device), calib, skip=tc.init_layers if tc.init_from else 0)
     opt, sched = _make_optimizer(model, tc)
     start_epoch, history = 0, []
     in_refit = False  # a resumed refit under way continues
