@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from numba import njit
 
 from firstspike.train import kernels
-from firstspike.train.functional import _relative_targets
+from firstspike.train.functional import _relative_targets, latency_slope
 
 if TYPE_CHECKING:
     from firstspike.train.model import CSNN
@@ -32,8 +32,6 @@ def unsupported(model: "CSNN", tc: "TrainConfig", device: torch.device, world: i
         return "a device other than the CPU's Numba kernels"
     if world > 1:
         return "data-parallel training"
-    if tc.latency != "rho":
-        return f"latency={tc.latency!r}"
     if tc.loss not in ("potential", "relative"):
         return f"loss={tc.loss!r}"
     return None
@@ -247,8 +245,10 @@ def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainCo
                 add(i, gin.numpy())
             continue
         w_eff, s_int, alpha = params[i]
-        gv = _normalise(-g_out / (float(mod.theta) / T), model.norm_grad)
         t_in = _layer_input(mod, outs[i])
+        slope = latency_slope(tc.latency, float(mod.theta) / T, torch.from_numpy(t_in), torch.from_numpy(w_eff),
+                              torch.from_numpy(outs[i + 1]), T, mod.stride, mod.padding)  # fmt: skip
+        gv = _normalise(-g_out / (slope.numpy() if isinstance(slope, torch.Tensor) else slope), model.norm_grad)
         gw, gt = kernels.fire_backward(t_in, w_eff, outs[i + 1], np.ascontiguousarray(gv), T, mod.stride,
                                        mod.padding, max(1, min(kernels.num_threads(), B)))  # fmt: skip
         _param_grads(mod, gw, s_int, alpha)
