@@ -106,6 +106,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15, help="epochs of each readout")
     ap.add_argument("--train-images", type=int, default=0, help="first N training images (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layer", type=int, default=-2,
+                    help="whose spike times to probe, an index into the model's outputs (input times first): -2 = the "
+                         "output layer's input (default); -3 one layer earlier (e.g. the pooled features under a hidden fc)")
+    ap.add_argument("--linear-only", action="store_true", help="the linear readouts only (not the MLP)")
     args = ap.parse_args()
 
     import numpy as np
@@ -123,14 +127,14 @@ def main() -> None:
         train = train.head(args.train_images)
 
     def features(images: np.ndarray, what: str, classify: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Spike times into the output layer (N, features), int16, and (``classify``) the network's own classes."""
+        """Spike times of output ``args.layer`` (N, features), int16, and (``classify``) the network's own classes."""
         feats, classes = [], []
         with torch.no_grad():
             for i in tqdm(range(0, len(images), 1000), desc=f"features ({what})"):
                 x = torch.from_numpy(images[i : i + 1000].copy())
                 outs = model(x, all_layers=True)
-                shape[:] = outs[-2].shape[1:]
-                feats.append(outs[-2].flatten(1).to(torch.int16))
+                shape[:] = outs[args.layer].shape[1:]
+                feats.append(outs[args.layer].flatten(1).to(torch.int16))
                 if classify:  # the model's decision rule on the same forward pass
                     classes.append(model.decide(outs[-1].flatten(1), outs[-2]))
         return torch.cat(feats), (torch.cat(classes) if classify else None)
@@ -142,20 +146,21 @@ def main() -> None:
     y_tr, y_te = torch.from_numpy(train.labels.astype(np.int64)), torch.from_numpy(test.labels.astype(np.int64))
     own_acc = float((own == y_te).float().mean())
     silent = float((f_te >= T).float().mean())
-    log.info("%s: %d features into the output layer, %.1f%% silent; the network's own test accuracy %.2f%%",
-             Path(args.model).name, f_tr.shape[1], 100 * silent, 100 * own_acc)  # fmt: skip
+    log.info("%s: %d features (outputs[%d]), %.1f%% silent; the network's own test accuracy %.2f%%",
+             Path(args.model).name, f_tr.shape[1], args.layer, 100 * silent, 100 * own_acc)  # fmt: skip
 
-    dec = decision_check(model, f_te, shape, y_te)
+    dec = decision_check(model, f_te, shape, y_te) if args.layer in (-2, len(model.layers) - 1) else None
     log.info("decision check: %s", dec)
-    out = probe_readouts(f_tr, y_tr, f_te, y_te, T, args.epochs, args.seed)
+    probes = [p for p in PROBES if not (args.linear_only and p[2])]
+    out = probe_readouts(f_tr, y_tr, f_te, y_te, T, args.epochs, args.seed, probes=probes)
     for r in out:
         log.info("%-36s train %.2f%%  test %.2f%%", r["readout"], 100 * r["train_acc"], 100 * r["test_acc"])
-    rec = {"model": repo_path(args.model), "dataset": args.dataset, "T": T, "features": int(f_tr.shape[1]),
+    rec = {"model": repo_path(args.model), "dataset": args.dataset, "T": T, "features": int(f_tr.shape[1]), "layer": args.layer,
            "silent_fraction": silent, "network_test_acc": own_acc, "train_images": len(train), "epochs": args.epochs,
            "decision_check": dec, "probes": out, "seconds": round(time.perf_counter() - t0, 1), "commit": git_rev()}  # fmt: skip
     path = RESULTS / "accuracy_probe.json"
     old = json.loads(path.read_text()) if path.is_file() else {"benchmark": "accuracy_probe", "runs": []}
-    old["runs"] = [r for r in old["runs"] if (r["model"], r["dataset"]) != (rec["model"], rec["dataset"])] + [rec]
+    old["runs"] = [r for r in old["runs"] if (r["model"], r["dataset"], r.get("layer", -2)) != (rec["model"], rec["dataset"], args.layer)] + [rec]
     path.write_text(json.dumps(old, indent=1))
     log.info("wrote %s", path)
 
