@@ -100,3 +100,22 @@ def test_demo_time_result_renders_as_a_table_and_a_time_line(tmp_path, monkeypat
     demo_time.plot(steps, 95.0, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 5000
     assert 0 < demo_time.reference_seconds(repeats=1) < 120
+
+
+def test_experiment_configs_load_and_plan_a_core() -> None:
+    """bench/configs/*.toml (the research networks of docs/accuracy.md) load on their built-in
+    bases and, untrained, become tables that the core generator plans (hidden fc layers included)."""
+    import torch
+
+    from firstspike.hw.plan import plan_core
+    from firstspike.quantize.export import check_deployable, tables_from_model
+    from firstspike.train.model import CSNN, load_config
+
+    paths = sorted((Path(__file__).resolve().parents[1] / "bench" / "configs").glob("*.toml"))
+    assert paths
+    for p in paths:
+        cfg, _ = load_config(p)
+        check_deployable(cfg)
+        torch.manual_seed(0)
+        plan = plan_core(tables_from_model(CSNN(cfg)), lanes=64)
+        assert len(plan.layers) == sum(ly.kind != "pool" for ly in cfg.layers), p.name
