@@ -177,9 +177,14 @@ def _utilisation(report: dict, family: str) -> dict:
     return {"resources": out, "cells": cells, "fmax": fmax}
 
 
+# nextpnr's error when the design has more block RAMs than the device (ECP5 / iCE40)
+BLOCK_RAM_FULL = r"no BELs remaining to implement cell type '(?:DP16KD|ICESTORM_RAM)'"
+
+
 def default_positions(tables: ModelTables, b: Board, lanes: int, spikes: bool, read_reg: bool) -> int:
-    """The board's default output positions per state word, or 1 where the core with them
-    would not fit the block RAM (two positions take more memory words) and one position does."""
+    """The board's default output positions per state word, or 1 where the core's memory bits
+    with them exceed the block RAM (two positions take more memory words). A bit count only:
+    ``build`` falls back to one position too when nextpnr finds the blocks overflowing."""
     if b.positions > 1:
         need = board_plan(tables, lanes, spikes, b.positions, read_reg).summary()["memory_bits"]
         if need > b.bram_bits:
@@ -200,7 +205,7 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     readout (every layer's spike times over the UART; None: the board's default, on for ECP5,
     off for the iCE40UP5K whose block RAM it would overfill). ``positions``: output positions per
     state word (None: the board's default, ``Board.positions``, or 1 where that does not fit the
-    block RAM: default_positions). ``read_reg``: registered state reads (None: the
+    block RAM: by bits before synthesis, default_positions, or by blocks when nextpnr places it). ``read_reg``: registered state reads (None: the
     board's default). Raise BuildError naming what to
     shrink if it does not fit or misses the core clock."""
     if board not in BOARDS:
@@ -211,6 +216,7 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     lanes = b.lanes if lanes is None else lanes
     read_reg = b.read_reg if read_reg is None else read_reg
     tables = model if isinstance(model, ModelTables) else load(model)
+    chosen = positions is None  # the board's default: fall back to one position if its block RAM overflows
     if positions is None:
         positions = default_positions(tables, b, lanes, spikes, read_reg)
     top = BoardTop(tables, b, lanes=lanes, baud=baud, clock_mhz=clock_mhz, spikes=spikes, positions=positions,
@@ -280,6 +286,13 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
                          + (f" (critical path: {path})" if path else "") + ". " + _fmax_fix(b, got))  # fmt: skip
     if not ok:
         text = err + logtext
+        if chosen and positions > 1 and re.search(BLOCK_RAM_FULL, text):
+            # the bit count (default_positions) misses how Yosys packs memories into blocks of fixed
+            # shapes: a wide shallow state memory takes more blocks than its bits; exact here
+            log.warning("%s: %d output positions per state word overflow the block RAM (%s): building with one "
+                        "(--positions 1)", board, positions, re.search(BLOCK_RAM_FULL, text).group(0))  # fmt: skip
+            return build(tables, board, out_dir, lanes=lanes, baud=baud, clock_mhz=clock_mhz, spikes=spikes, positions=1,
+                         read_reg=read_reg)  # fmt: skip
         m = re.search(r"(Design needs \d+ .*?|ERROR: .*)", text)
         hint = m.group(1) if m else err[-800:]
         bigger = " or choose a larger board (ulx3s / orangecrab: ECP5-85F)" if b.family == "ice40" else ""

