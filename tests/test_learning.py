@@ -160,6 +160,20 @@ def test_weight_average_is_saved_and_resumed(tmp_path: Path) -> None:
     ck2 = train(cfg, tc, tmp_path, resume=True)
     assert ck2["epoch"] == 2 and "train_state_dict" in ck2
 
+    # the slim checkpoint (what bench/results/ commits): the same model file, smaller, never resumed
+    from firstspike.quantize.export import quantize_checkpoint
+    from firstspike.quantize.modelfile import encode
+    from firstspike.train.trainer import CheckpointError, save_checkpoint, slim_checkpoint
+
+    save_checkpoint(tmp_path / "slim" / "checkpoint.pt", slim_checkpoint(ck2))
+    full, slim = tmp_path / "checkpoint.pt", tmp_path / "slim" / "checkpoint.pt"
+    assert slim.stat().st_size < full.stat().st_size / 2
+    (a, _), (b, _) = quantize_checkpoint(slim), quantize_checkpoint(full)
+    assert a.meta.pop("source_checkpoint_sha256") != b.meta.pop("source_checkpoint_sha256")
+    assert encode(a) == encode(b)
+    with pytest.raises(CheckpointError, match="slim checkpoint .* cannot be resumed"):
+        train(cfg, tc, tmp_path / "slim", resume=True)
+
 
 def test_validation_split_keeps_the_best_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """val_images: the last training images are held out, every epoch reports its accuracy on
