@@ -4,7 +4,7 @@
 
 Goals (the STiDi-BP paper): real 99.2% / 92.8%, binary 98.6% / 92.0% (MNIST / Fashion).
 Writes bench/results/accuracy.json, the curves bench/results/accuracy_curves.png, the
-trained checkpoints bench/results/<dataset>_<mode>.pt (<dataset>_<mode>_<config>.pt for a
+trained checkpoints (slim: no optimizer state) bench/results/<dataset>_<mode>.pt (<dataset>_<mode>_<config>.pt for a
 config other than csnn), and refreshes docs/benchmarks.md.
 Runs that already have a checkpoint resume (so the benchmark can be continued later);
 ``--evaluate`` only re-evaluates the committed checkpoints (e.g. after a change of the decision rule).
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -67,7 +66,8 @@ def main() -> None:
     import torch
 
     from firstspike.data import load_split
-    from firstspike.train.trainer import TrainConfig, evaluate, load_checkpoint, model_from_checkpoint, refit_net_config, train
+    from firstspike.train.trainer import (TrainConfig, evaluate, load_checkpoint, model_from_checkpoint, refit_net_config,
+                                          save_checkpoint, slim_checkpoint, train)
 
     results = []
     for spec in args.runs.split(","):
@@ -104,8 +104,8 @@ def main() -> None:
             ck = train(cfg, tc, out, resume=True)
         wall = time.time() - t0
         RESULTS.mkdir(parents=True, exist_ok=True)
-        if not args.evaluate:
-            shutil.copy2(out / "checkpoint.pt", RESULTS / f"{stem}.pt")
+        if not args.evaluate:  # the model without the optimizer state (slim_checkpoint): what the repository keeps
+            save_checkpoint(RESULTS / f"{stem}.pt", slim_checkpoint(load_checkpoint(out / "checkpoint.pt")))
         hist = ck["history"]
         results.append({
             "dataset": dataset, "mode": mode, "config": args.config, "checkpoint": f"bench/results/{stem}.pt", "T": cfg.T,
