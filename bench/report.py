@@ -80,7 +80,8 @@ def render_docs() -> Path:
             tr = r.get("train", {})
             recipe = (f"batch {tr.get('batch_size', '?')}, {tr.get('loss', '?')} loss" + (", ema" if tr.get("ema") else "")
                       + (f", translations +-{tr['augment_shift']} px" if tr.get("augment_shift") else "")
-                      + (f", output refit ({tr['refit_epochs']} ep.)" if tr.get("refit_epochs") else ""))  # fmt: skip
+                      + (f", output refit ({tr['refit_epochs']} ep.)" if tr.get("refit_epochs") else "")
+                      + (f", dt/dV {'exact slopes' if tr['latency'] == 'true' else tr['latency']}" if tr.get("latency", "rho") != "rho" else ""))  # fmt: skip
             lines.append(
                 f"| {r['dataset']} | {r['mode']} | {r['config']} | {r['T']} | {_epochs(r)} | {r['train_images']} | "
                 f"**{100 * r['test_acc']:.2f}%**{_at_training(r)} | {100 * r['paper']:.1f}% | {lat} | {recipe} | {r['wall_minutes']:.1f} min |"

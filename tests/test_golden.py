@@ -136,11 +136,14 @@ def test_fixed_point_golden_equals_integer_reference() -> None:
         assert np.array_equal(got, t)
 
 
-def test_trained_default_model_sample() -> None:
-    """The trained default binary MNIST model (bench/accuracy.py output, committed) on 300
-    test images: zero spike-time and class mismatches, and accuracy well above chance."""
-    assert TRAINED.is_file(), f"{TRAINED} missing: run bench/accuracy.py"
-    tables, model = quantize_checkpoint(TRAINED)
+@pytest.mark.parametrize("checkpoint", [TRAINED.name, "mnist_binary_csnn_fc256.pt"])
+def test_trained_default_model_sample(checkpoint: str) -> None:
+    """The trained binary MNIST models (bench/accuracy.py output, committed: csnn and csnn_fc256,
+    its hidden dense layer) on 300 test images: zero spike-time and class mismatches, and
+    accuracy well above chance."""
+    path = TRAINED.parent / checkpoint
+    assert path.is_file(), f"{path} missing: run bench/accuracy.py"
+    tables, model = quantize_checkpoint(path)
     test = load_split("mnist", "test")
     x, y = test.images[:300], test.labels[:300]
     g = GoldenModel(tables)

@@ -39,6 +39,18 @@ def trained() -> tuple:
     return tables, test
 
 
+@pytest.mark.slow
+def test_trained_hidden_dense_model_sample(build_root: Path) -> None:
+    """The committed csnn_fc256 (conv, pool, conv, pool, fc256, fc10) on Verilator at the ULX3S's
+    64 lanes, test images spread over the set: every layer's spike times equal the golden model's."""
+    tables, _ = quantize_checkpoint(TRAINED.parent / "mnist_binary_csnn_fc256.pt")
+    assert [ly.kind for ly in tables.layers][-2:] == ["fc", "fc"]
+    test = load_split("mnist", "test")
+    images = test.images[np.linspace(0, len(test) - 1, 6).astype(int)][:, None]
+    b = rtl.build(tables, sim="verilator", lanes=64, build_root=build_root, max_images=6)
+    assert_exact(tables, rtl.run_images(b, images), images)
+
+
 def assert_exact(tables, res: rtl.SimResult, images: np.ndarray) -> None:
     want = expected(tables, images)
     mism = compare_streams(tables, res.stream, want.stream)
