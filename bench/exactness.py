@@ -27,7 +27,8 @@ log = logging.getLogger("bench.exactness")
 def main() -> None:
     setup_logging()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(ap, f"mnist:{RESULTS / 'mnist_binary.pt'},fashion-mnist:{RESULTS / 'fashion-mnist_binary.pt'},"
+    add_model_args(ap, f"mnist:{RESULTS / 'mnist_binary.pt'},mnist:{RESULTS / 'mnist_binary_csnn_fc256.pt'},"
+                    f"fashion-mnist:{RESULTS / 'fashion-mnist_binary.pt'},"
                     f"fashion-mnist:{RESULTS / 'fashion-mnist_binary_csnn_fashion.pt'}")
     args = ap.parse_args()
 

@@ -126,11 +126,11 @@ def render_docs() -> Path:
     if ex:
         lines += ["## Exactness: training forward pass vs integer golden model (bench/exactness.py)", "",
                   f"Every spike time of every layer and the class, whole test sets; {_hw(ex)}; {ex['date']}, commit {ex['commit']}.",
-                  "", "| dataset | images | class mismatches | spike-time mismatches / compared | golden acc. | training acc. | golden time |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "", "| checkpoint | dataset | images | class mismatches | spike-time mismatches / compared | golden acc. | training acc. | golden time |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in ex["runs"]:
             lines.append(
-                f"| {r['dataset']} | {r['images']} | **{r['class_mismatches']}** | **{r['spike_time_mismatches']}** / "
+                f"| `{r.get('checkpoint', '?')}` | {r['dataset']} | {r['images']} | **{r['class_mismatches']}** | **{r['spike_time_mismatches']}** / "
                 f"{r['spike_times_compared']:,} | {100 * r['golden_accuracy']:.2f}% | {100 * r['training_forward_accuracy']:.2f}% | "
                 f"{r['golden_seconds']:.1f} s |"
             )
