@@ -286,11 +286,11 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
                          + (f" (critical path: {path})" if path else "") + ". " + _fmax_fix(b, got))  # fmt: skip
     if not ok:
         text = err + logtext
-        if chosen and positions > 1 and re.search(BLOCK_RAM_FULL, text):
+        if chosen and positions > 1 and (full := re.search(BLOCK_RAM_FULL, text)):
             # the bit count (default_positions) misses how Yosys packs memories into blocks of fixed
             # shapes: a wide shallow state memory takes more blocks than its bits; exact here
             log.warning("%s: %d output positions per state word overflow the block RAM (%s): building with one "
-                        "(--positions 1)", board, positions, re.search(BLOCK_RAM_FULL, text).group(0))  # fmt: skip
+                        "(--positions 1)", board, positions, full.group(0))  # fmt: skip
             return build(tables, board, out_dir, lanes=lanes, baud=baud, clock_mhz=clock_mhz, spikes=spikes, positions=1,
                          read_reg=read_reg)  # fmt: skip
         m = re.search(r"(Design needs \d+ .*?|ERROR: .*)", text)
