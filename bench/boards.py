@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--positions", type=int, default=None, choices=[1, 2], help="output positions per state word (default: the board's)")
     ap.add_argument("--spikes", action=argparse.BooleanOptionalAction, default=None, help="spike readout (default: the board's)")
     ap.add_argument("--clock-mhz", type=float, default=None, help="core clock of every run (default: the board's)")
+    ap.add_argument("--read-reg", action=argparse.BooleanOptionalAction, default=None,
+                    help="registered state reads, one more pipeline stage for clock (default: the board's)")
     ap.add_argument("--max-cycles", type=float, default=2e8, help="cap on simulated cycles per model and run kind")
     args = ap.parse_args()
 
@@ -67,7 +69,7 @@ def main() -> None:
             tables = load(model) if f.read(len(MAGIC)) == MAGIC else quantize_checkpoint(model)[0]
         try:
             r = build(tables, board, ROOT / "build" / "boards-bench", lanes=lanes, positions=args.positions, spikes=args.spikes,
-                      clock_mhz=args.clock_mhz)  # fmt: skip
+                      clock_mhz=args.clock_mhz, read_reg=args.read_reg)  # fmt: skip
         except BuildError as e:  # a measured failure is a result too
             log.warning("%s", e)
             runs.append({"board": board, "model": tables.name, "checkpoint": repo_path(model), "lanes": lanes, "T": tables.T, "error": str(e)})
@@ -141,7 +143,8 @@ def main() -> None:
         })  # fmt: skip
         log.info("%s", runs[-1])
     write_result("boards", {"runs": merge_runs("boards", runs, lambda r: (r["board"], r.get("checkpoint"), r.get("positions", 1),
-                                                                          r.get("spikes")), model_field="checkpoint")})  # fmt: skip
+                                                                          r.get("spikes"), bool(r.get("read_reg"))),
+                                          model_field="checkpoint")})  # fmt: skip
     import report
 
     report.render_docs()

@@ -143,15 +143,16 @@ def render_docs() -> Path:
         for r in fp["runs"]:
             lines.append(f"| {r['weight_bits']} | {100 * r['golden_accuracy']:.2f}% |")
         lines.append("")
-    # the default model; the same with position pairs (--positions 2); the iCEBreaker model
-    for name in ("rtl_regression", "rtl_regression_positions2", "rtl_regression_ice40"):
+    # the default model; the same with position pairs (--positions 2); the iCEBreaker model; csnn_fc256
+    for name in ("rtl_regression", "rtl_regression_positions2", "rtl_regression_ice40", "rtl_regression_fc256"):
         rr = _load(name)
         if not rr:
             continue
         mism = ", ".join(f"{k} {v}" for k, v in rr["spike_mismatches"].items())
         lines += [f"## RTL regression: {rr['model']} on the generated core vs golden model (bench/rtl_regression.py --name {name})", "",
                   f"`{rr['model']}` ({rr['dataset']}), the core generated with lanes={rr['lanes']}"
-                  f"{', positions=' + str(rr['positions']) if 'positions' in rr else ''}, simulated with "
+                  f"{', positions=' + str(rr['positions']) if 'positions' in rr else ''}"
+                  f"{', registered reads' if rr.get('read_reg') else ''}, simulated with "
                   f"{rr['sim']} through cocotb in {rr['jobs']} parallel jobs; {_hw(rr)}; {rr['date']}, commit {rr['commit']}.", "",
                   "| images | mismatches (all values + classes) | values compared | RTL accuracy | golden accuracy | wall time |",
                   "|---|---|---|---|---|---|",
