@@ -1,7 +1,7 @@
 """Boards: resources, Fmax, accuracy and images/s per board.
 
     python bench/boards.py [--runs icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:16]
-                           [--cycles-images 200] [--virtual-images 50]
+                           [--cycles-images 200] [--virtual-images 50] [--positions 1|2] [--clock-mhz F] [--read-reg]
 
 For each board: build the bitstream (YoWASP), read utilisation and Fmax; accuracy of the
 golden model on the whole test set; compute cycles per image from a Verilator run of the
@@ -24,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
 
+from firstspike.cli import READ_REG_HELP  # noqa: E402
+
 log = logging.getLogger("bench.boards")
 DEFAULT = (f"icebreaker:{RESULTS / 'ice40_binary.pt'}:2,ulx3s:{RESULTS / 'mnist_binary.pt'}:64,"
            f"orangecrab:{RESULTS / 'mnist_binary.pt'}:64")
@@ -39,7 +41,7 @@ def main() -> None:
     ap.add_argument("--spikes", action=argparse.BooleanOptionalAction, default=None, help="spike readout (default: the board's)")
     ap.add_argument("--clock-mhz", type=float, default=None, help="core clock of every run (default: the board's)")
     ap.add_argument("--read-reg", action=argparse.BooleanOptionalAction, default=None,
-                    help="registered state reads, one more pipeline stage for clock (default: the board's)")
+                    help=READ_REG_HELP + " (default: the board's)")
     ap.add_argument("--max-cycles", type=float, default=2e8, help="cap on simulated cycles per model and run kind")
     args = ap.parse_args()
 

@@ -22,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, git_rev, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
 
+from firstspike.cli import READ_REG_HELP  # noqa: E402
+
 log = logging.getLogger("bench.gate_level")
 BRAM = {"ice40": "SB_RAM40_4K", "ecp5": "DP16KD"}
 
@@ -35,7 +37,7 @@ def main() -> None:
     ap.add_argument("--families", default="ice40,ecp5")
     ap.add_argument("--lanes", type=int, default=2)
     ap.add_argument("--positions", type=int, default=1, choices=[1, 2], help="output positions per state word")
-    ap.add_argument("--read-reg", action="store_true", help="registered state reads (the icebreaker's core)")
+    ap.add_argument("--read-reg", action="store_true", help=READ_REG_HELP + " (the icebreaker's core)")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
 

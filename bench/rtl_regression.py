@@ -20,6 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, setup_logging, repo_path, write_result  # noqa: E402
 
+from firstspike.cli import READ_REG_HELP  # noqa: E402
+
 log = logging.getLogger("bench.rtl")
 
 
@@ -32,7 +34,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--lanes", type=int, default=64)
     ap.add_argument("--positions", type=int, default=1, choices=[1, 2], help="output positions per state word (plan_core)")
-    ap.add_argument("--read-reg", action="store_true", help="registered state reads (plan_core; the icebreaker's core)")
+    ap.add_argument("--read-reg", action="store_true", help=READ_REG_HELP + " (the icebreaker's core)")
     ap.add_argument("--sim", default="verilator", choices=["verilator", "icarus"])
     ap.add_argument("--name", default="rtl_regression")
     args = ap.parse_args()
