@@ -64,9 +64,16 @@ def render_docs() -> Path:
                 "|---|---|---|",
                 f"| autograd (`firstspike train --autograd`) | {st['autograd_ms']:.2f} | {60000 / st['batch'] * st['autograd_ms'] / 1e3:.0f} |",
                 f"| fused (train/fused.py, the default on the CPU) | {st['fused_ms']:.2f} | {60000 / st['batch'] * st['fused_ms'] / 1e3:.0f} |",
+            ]
+            if "fused_rho_ms" in st:
+                lines.append(f"| fused, STiDi-BP's -1/rho instead of the config's `latency = \"{st['latency']}\"` | "
+                             f"{st['fused_rho_ms']:.2f} | {60000 / st['batch'] * st['fused_rho_ms'] / 1e3:.0f} |")
+            lines += [
                 "",
                 f"Fused step **{st['speedup']:.2f}x** faster; gradients of the first batch equal to a relative "
-                f"{st['first_batch_grad_relative_difference']:.1e} (float32 rounding).",
+                f"{st['first_batch_grad_relative_difference']:.1e} (float32 rounding)."
+                + (f" The config's slopes cost {st['fused_ms'] / st['fused_rho_ms']:.2f}x the step with -1/rho."
+                   if "fused_rho_ms" in st else ""),
                 "",
             ]
     acc = _load("accuracy")

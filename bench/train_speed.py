@@ -66,8 +66,10 @@ def _measure(backend: str, config: str, T: int, batch: int, repeats: int, q: mp.
 def _measure_step(config: str, steps: int, rounds: int, q: mp.Queue) -> None:
     """The trainer's whole step (forward, loss, gradients, optimizer) on ``config`` with its
     own [train] settings: autograd against the fused step (train/fused.py), in alternating
-    rounds of ``steps`` batches on copies of one calibrated model."""
+    rounds of ``steps`` batches on copies of one calibrated model; where the config uses other
+    slopes than STiDi-BP's -1/rho (``latency``), also the fused step with -1/rho (their cost)."""
     import copy
+    import dataclasses
 
     import numpy as np
     import torch
@@ -86,26 +88,30 @@ def _measure_step(config: str, steps: int, rounds: int, q: mp.Queue) -> None:
     torch.manual_seed(0)
     base = CSNN(cfg)
     base.norm_grad = ("batch" if tc.norm_mode == "batch" else True) if tc.norm_grad else False
+    base.latency = tc.latency  # as the trainer sets it (autograd's backward reads the model's)
     base.calibrate(x[:512])
     t_goal = tc.t_goal * cfg.T if tc.t_goal < 1 else None
-    models = {k: copy.deepcopy(base) for k in ("autograd", "fused")}
+    tcs = {"autograd": tc, "fused": tc}
+    if tc.latency != "rho":
+        tcs["fused_rho"] = dataclasses.replace(tc, latency="rho")
+    models = {k: copy.deepcopy(base) for k in tcs}
     opts = {k: _make_optimizer(m, tc)[0] for k, m in models.items()}
 
     def one(kind: str, i: int) -> None:
         m, xb, yb = models[kind], x[i * tc.batch_size : (i + 1) * tc.batch_size], y[i * tc.batch_size : (i + 1) * tc.batch_size]
         opts[kind].zero_grad(set_to_none=True)
-        if kind == "fused":
-            fused.step(m, xb, yb, tc, t_goal, False)
+        if kind != "autograd":
+            fused.step(m, xb, yb, tcs[kind], t_goal, False)
         else:
             autograd_step(m, m, xb, yb, tc, t_goal, False)
         opts[kind].step()
 
     grads = {}
-    for kind in models:  # warm-up (JIT caches) and the cross-check of the first batch's gradients
+    for kind in models:  # warm-up (JIT caches) and the cross-check of the first batch's gradients (same slopes)
         one(kind, 0)
         grads[kind] = [p.grad.double().flatten() for p in models[kind].parameters()]
     err = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(grads["fused"], grads["autograd"]))
-    ms: dict[str, list[float]] = {"autograd": [], "fused": []}
+    ms: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(rounds):
         for kind in models:
             t0 = time.perf_counter()
@@ -114,7 +120,7 @@ def _measure_step(config: str, steps: int, rounds: int, q: mp.Queue) -> None:
             ms[kind].append(1e3 * (time.perf_counter() - t0) / (steps - 1))
     from firstspike.train import kernels
 
-    q.put({"config": config, "batch": tc.batch_size, "steps": steps, "rounds": rounds, "ms_per_step": ms,
+    q.put({"config": config, "batch": tc.batch_size, "latency": tc.latency, "steps": steps, "rounds": rounds, "ms_per_step": ms,
            "threads": {"torch": torch.get_num_threads(), "numba": kernels.num_threads()},
            "first_batch_grad_relative_difference": err})  # fmt: skip
 
@@ -160,6 +166,10 @@ def main() -> None:
     st["fused_ms"] = float(np.median(st["ms_per_step"]["fused"]))
     st["speedup"] = st["autograd_ms"] / st["fused_ms"]
     log.info("step: autograd %.2f ms, fused %.2f ms: %.2fx", st["autograd_ms"], st["fused_ms"], st["speedup"])
+    if "fused_rho" in st["ms_per_step"]:
+        st["fused_rho_ms"] = float(np.median(st["ms_per_step"]["fused_rho"]))
+        log.info("step: fused with -1/rho %.2f ms (the config's slopes cost %.2fx)", st["fused_rho_ms"],
+                 st["fused_ms"] / st["fused_rho_ms"])  # fmt: skip
     log.info("event-driven (numba) ...")
     fast = run("numba", args)
     log.info("per-time-step (torch) ...")
