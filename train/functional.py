@@ -112,7 +112,8 @@ def latency_slope(kind: str, rho: float, t_in, w_eff, t_out, T: int, stride: int
 
     "rho": STiDi-BP, one constant per layer (theta_l / T). "true": each neuron's own slope
     at its crossing, I_j(t_j) = sum_{i: t_i < t_j} w_ji (exact derivative of the linearly
-    interpolated crossing; a diagnostic, not STiDi-BP); silent neurons and slopes below rho
+    interpolated crossing; not STiDi-BP's, but csnn_ice40's and csnn_fc256's default, where it
+    trains better); silent neurons and slopes below rho
     use rho. "channel": a constant per output channel, the batch median of the crossing
     slopes of its firing neurons (rho where none fires), floored at rho: still a linear
     approximation with no per-neuron dependence, but in binary mode it cancels the
