@@ -77,7 +77,7 @@ def _measure_step(config: str, steps: int, rounds: int, q: mp.Queue) -> None:
     from firstspike.data import load_split
     from firstspike.train import fused
     from firstspike.train.model import CSNN, load_config
-    from firstspike.train.trainer import TrainConfig, _make_optimizer, autograd_step
+    from firstspike.train.trainer import TrainConfig, _make_optimizer, autograd_step, set_backward
 
     cfg, table = load_config(config)
     tc = TrainConfig.from_dict(table, cfg.mode)
@@ -87,8 +87,7 @@ def _measure_step(config: str, steps: int, rounds: int, q: mp.Queue) -> None:
     y = torch.from_numpy(split.labels[: len(x)].astype(np.int64))
     torch.manual_seed(0)
     base = CSNN(cfg)
-    base.norm_grad = ("batch" if tc.norm_mode == "batch" else True) if tc.norm_grad else False
-    base.latency = tc.latency  # as the trainer sets it (autograd's backward reads the model's)
+    set_backward(base, tc)  # as the trainer does (autograd's backward reads the model's settings)
     base.calibrate(x[:512])
     t_goal = tc.t_goal * cfg.T if tc.t_goal < 1 else None
     tcs = {"autograd": tc, "fused": tc}

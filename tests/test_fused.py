@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from firstspike.data import load_split
 from firstspike.train import fused
 from firstspike.train.model import CSNN, LayerSpec, NetConfig, load_config
-from firstspike.train.trainer import TrainConfig, _enter_refit, autograd_step
+from firstspike.train.trainer import TrainConfig, _enter_refit, autograd_step, set_backward
 
 
 def _grads(model: CSNN) -> dict[str, np.ndarray]:
@@ -86,8 +86,7 @@ def test_fused_step_equals_autograd_on_random_networks(case) -> None:
     cfg, tc, t_goal, refit, seed = case
     torch.manual_seed(seed)
     model = CSNN(cfg).double()  # float64 parameters: autograd's own rounding out of the comparison
-    model.norm_grad = ("batch" if tc.norm_mode == "batch" else True) if tc.norm_grad else False
-    model.latency = tc.latency
+    set_backward(model, tc)
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (5, *cfg.input_shape), generator=g, dtype=torch.uint8)
     images[images < 100] = 0  # silent pixels, as in MNIST
@@ -113,7 +112,7 @@ def test_fused_step_equals_autograd_on_the_ice40_network(refit: bool) -> None:
     images, labels = torch.from_numpy(split.images[:256].copy()), torch.from_numpy(split.labels[:256].astype(np.int64))
     torch.manual_seed(0)
     model = CSNN(cfg)
-    model.norm_grad, model.latency = True, tc.latency  # as the trainer sets them (the exact slopes since session 30)
+    set_backward(model, tc)  # as the trainer does (the config's normalisation and slopes)
     model.calibrate(images[:256])
     if refit:
         _enter_refit(model, tc, new_width=True)

@@ -211,6 +211,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 SLIM_KEYS = ("format", "version", "net", "train", "state_dict", "epoch", "history", "test_acc", "selected_epoch")
 
 
+def set_backward(model: CSNN, tc: TrainConfig) -> None:
+    """The model's backward settings from [train]: the error normalisation and the
+    linearisation of dt/dV (``latency``), which the model's autograd backward reads."""
+    model.norm_grad = ("batch" if tc.norm_mode == "batch" else True) if tc.norm_grad else False
+    model.latency = tc.latency
+
+
 def slim_checkpoint(ck: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint without what only resuming needs (optimizer state, the raw and last
     weights beside the kept average, the RNG): a fifth of the size of a binary network's,
@@ -393,8 +400,7 @@ def train(
 
     model = CSNN(net_cfg).to(device)
     model.backend = tc.backend
-    model.norm_grad = ("batch" if tc.norm_mode == "batch" else True) if tc.norm_grad else False
-    model.latency = tc.latency
+    set_backward(model, tc)
     for i in (int(v) for v in tc.freeze.split(",") if v.strip()):
         for p in model.spiking_layers()[i].parameters():
             p.requires_grad_(False)
