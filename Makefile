@@ -36,8 +36,8 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: apt $(STAMP)
 
-# the demo's training budget: 5 epochs + 1 output-refit epoch (96.01% on MNIST; `firstspike flow`
-# alone trains csnn_ice40's full 15 + 3, 97.13%); the float rung trains beside it (--jobs 2)
+# the demo's training budget: 5 epochs + 1 output-refit epoch (95.90% on MNIST; `firstspike flow`
+# alone trains csnn_ice40's full 30 + 3, 97.62%); the float rung trains beside it (--jobs 2)
 DEMO_FLAGS ?= --epochs 5 --refit-epochs 1
 
 demo: setup

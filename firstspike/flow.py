@@ -60,11 +60,11 @@ class FlowConfig:
     config: str = "csnn_ice40"  # architecture (built-in name or TOML path)
     dataset: str = "mnist"
     data_dir: str | None = None
-    epochs: int | None = None  # binary training epochs (None: the config's, 15 for csnn_ice40)
+    epochs: int | None = None  # binary training epochs (None: the config's, 30 for csnn_ice40)
     refit_epochs: int | None = None  # then the output refit's epochs (None: the config's, 3 for csnn_ice40; 0: none)
     lr: float | None = None  # None: the config's
     # float real-valued rung (0: skip the step): csnn_ice40's real-valued recipe reaches 93.96%
-    # in 4 epochs (the binary network 96.21% in 15 + 3 refit epochs; docs/accuracy.md)
+    # in 4 epochs (the binary network 97.62% in 30 + 3 refit epochs; docs/accuracy.md)
     real_epochs: int = 4
     train_subset: int = 0  # 0: all training images
     test_subset: int = 0  # 0: all test images (golden model, float accuracy)
