@@ -37,6 +37,7 @@ def main() -> None:
 
     from firstspike.data import load_split
     from firstspike.quantize.export import quantize_checkpoint
+    from firstspike.boards.link import model_hash
     from firstspike.quantize.golden import GoldenModel
     from firstspike.quantize.modelfile import save
 
@@ -75,6 +76,7 @@ def main() -> None:
         classify_s = time.perf_counter() - t0
         rec = {
             "dataset": dataset, "checkpoint": repo_path(ck), "images": n, "T": tables.T,
+            "model_sha256_prefix": model_hash(tables).hex(),  # the tables' identity: report marks results of a former file
             "class_mismatches": class_mism, "spike_time_mismatches": int(time_mism.sum()),
             "spike_time_mismatches_per_layer": time_mism.tolist(), "spike_times_compared": int(neurons.sum()),
             "golden_accuracy": correct_g / n, "training_forward_accuracy": correct_t / n,

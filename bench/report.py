@@ -15,6 +15,14 @@ def _load(name: str) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def _former(path: str, sha: str | None) -> str:
+    """" (former model)" when a result ran other tables than the file now at ``path``: bench/exactness.py
+    records each committed checkpoint's tables hash, the other benches the hash of the tables they ran."""
+    ex = _load("exactness") or {}
+    now = {r["checkpoint"]: r.get("model_sha256_prefix") for r in ex.get("runs", [])}.get(path)
+    return f" (**former model** {sha[:8]}; the file now holds {now[:8]})" if sha and now and sha != now else ""
+
+
 def _hw(r: dict) -> str:
     h = r.get("hardware", {})
     return f"{h.get('cpu', '?')}, {h.get('cores', '?')} cores" + (f", {h['gpu']}" if "gpu" in h else "")
@@ -157,7 +165,7 @@ def render_docs() -> Path:
             continue
         mism = ", ".join(f"{k} {v}" for k, v in rr["spike_mismatches"].items())
         lines += [f"## RTL regression: {rr['model']} on the generated core vs golden model (bench/rtl_regression.py --name {name})", "",
-                  f"`{rr['model']}` ({rr['dataset']}), the core generated with lanes={rr['lanes']}"
+                  f"`{rr['model']}`{_former(rr['model'], rr.get('model_sha256_prefix'))} ({rr['dataset']}), the core generated with lanes={rr['lanes']}"
                   f"{', positions=' + str(rr['positions']) if 'positions' in rr else ''}"
                   f"{', registered reads' if rr.get('read_reg') else ''}, simulated with "
                   f"{rr['sim']} through cocotb in {rr['jobs']} parallel jobs; {_hw(rr)}; {rr['date']}, commit {rr['commit']}.", "",
@@ -199,7 +207,7 @@ def render_docs() -> Path:
         for r in gl["runs"]:
             pos = f" x {r['positions']} positions" if r.get("positions", 1) > 1 else ""
             pos += ", registered reads" if r.get("read_reg") else ""
-            lines.append(f"| `{r['model']}` (T={r['T']}) | {r['family']} | {r['lanes']}{pos} | {r['bram_cells']} | {r['images']} | "
+            lines.append(f"| `{r['model']}`{_former(r['model'], r.get('model_sha256_prefix'))} (T={r['T']}) | {r['family']} | {r['lanes']}{pos} | {r['bram_cells']} | {r['images']} | "
                          f"**{r['total_mismatches']}** | {r['values_compared']:,} | {r['cycle_mismatches_vs_rtl']} | "
                          f"{100 * r['rtl_accuracy']:.2f}% ({100 * r['golden_accuracy']:.2f}%) | {r['cycles_mean']:,.0f} | "
                          f"{r['wall_minutes']:.1f} min | {r['date']}, {r['commit']} |")  # fmt: skip
@@ -278,7 +286,8 @@ def render_docs() -> Path:
                 continue
             res = r_["resources"]
             lines.append(
-                f"| {r_['board']} ({r_['device']}) | {r_['model']} (T={r_['T']}) | {r_['lanes']}"
+                f"| {r_['board']} ({r_['device']}) | {r_['model']}{_former(r_.get('checkpoint', ''), r_.get('model_sha256_prefix'))} "
+                f"(T={r_['T']}) | {r_['lanes']}"
                 f"{' x 2 positions' if r_.get('positions', 1) > 1 else ''}{' (early exit)' if r_.get('early_exit') else ''}"
                 f"{'' if r_.get('spikes', True) else ', no spike readout'} | "
                 f"{res['luts']['used']}/{res['luts']['available']} | {res['bram']['used']}/{res['bram']['available']} | "

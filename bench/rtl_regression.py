@@ -45,6 +45,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from firstspike.boards.link import model_hash
     from firstspike.data import load_split
     from firstspike.hw.plan import plan_core
     from firstspike.quantize.export import quantize_checkpoint
@@ -70,7 +71,7 @@ def main() -> None:
     cratio = rep.cycles / cb
     sim_cycles = float(rep.cycles.sum())
     d.update({
-        "model": repo_path(args.model),
+        "model": repo_path(args.model), "model_sha256_prefix": model_hash(tables).hex(),  # as board builds record it
         "dataset": args.dataset, "jobs": args.jobs, "positions": args.positions, "read_reg": args.read_reg,
         "total_mismatches": rep.total_mismatches,
         "bound_mean": float(bound.mean()), "bound_p99": float(np.percentile(bound, 99)),

@@ -119,3 +119,16 @@ def test_experiment_configs_load_and_plan_a_core() -> None:
         torch.manual_seed(0)
         plan = plan_core(tables_from_model(CSNN(cfg)), lanes=64)
         assert len(plan.layers) == sum(ly.kind != "pool" for ly in cfg.layers), p.name
+
+
+def test_report_marks_results_of_a_former_file_at_the_same_path(tmp_path, monkeypatch) -> None:
+    """A checkpoint retrained at its path: results that ran other tables (their recorded hash is
+    not the one bench/exactness.py records for the file now) say so in docs/benchmarks.md;
+    results of the current file, and results without a hash, carry no mark."""
+    import report
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    (tmp_path / "exactness.json").write_text(json.dumps({"runs": [{"checkpoint": "m.pt", "model_sha256_prefix": "bbbbbbbbbbbbbbbb"}]}))
+    assert report._former("m.pt", "aaaaaaaaaaaaaaaa") == " (**former model** aaaaaaaa; the file now holds bbbbbbbb)"
+    assert report._former("m.pt", "bbbbbbbbbbbbbbbb") == ""
+    assert report._former("m.pt", None) == "" and report._former("n.pt", "aaaaaaaaaaaaaaaa") == ""
