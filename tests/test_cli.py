@@ -319,8 +319,9 @@ def test_config_base_inherits_and_overrides(tmp_path: Path) -> None:
     fash, ftrain = load_config("csnn_fashion")
     assert fash.to_dict() == {**base.to_dict(), "name": "csnn_fashion", "input_gamma": 0.5}
     # csnn_fashion drops csnn's deadline, adds an output refit and replaces csnn's real-mode table
-    assert btrain["t_goal"] == 0.5 and btrain["real"] == {"augment_shift": 1, "epochs": 16}
-    assert ftrain == {**btrain, "t_goal": 1.0, "refit_epochs": 1, "refit_out_weight_bits": 2, "refit_t_goal": 0.98,
+    assert btrain["t_goal"] == 0.5 and btrain["real"] == {"augment_shift": 1, "epochs": 16, "latency": "rho"}
+    # both keep csnn's former binary recipe (10 epochs, -1/rho), which trained their committed models
+    assert ftrain == {**btrain, "epochs": 10, "latency": "rho", "t_goal": 1.0, "refit_epochs": 1, "refit_out_weight_bits": 2, "refit_t_goal": 0.98,
                       "real": {"augment_shift": 0}}  # fmt: skip
     own = tmp_path / "own.toml"
     own.write_text('base = "csnn"\nname = "own"\nT = 32\n[train]\nlr = 0.01\n')
@@ -329,7 +330,7 @@ def test_config_base_inherits_and_overrides(tmp_path: Path) -> None:
     # a base's layers are replaced as a whole: csnn_strided is csnn without pools, the same
     # features into the classifier, csnn's [train]
     strided, strain = load_config("csnn_strided")
-    assert [ly.kind for ly in strided.layers] == ["conv", "conv", "fc"] and strain == btrain
+    assert [ly.kind for ly in strided.layers] == ["conv", "conv", "fc"] and strain == {**btrain, "epochs": 10, "latency": "rho"}
     assert strided.shapes()[-2] == base.shapes()[-2] == (64, 7, 7)
     assert {k: v for k, v in strided.to_dict().items() if k not in ("name", "layers")} == \
         {k: v for k, v in base.to_dict().items() if k not in ("name", "layers")}
