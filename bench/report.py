@@ -215,7 +215,7 @@ def render_docs() -> Path:
     rc = _load("rtl_lanes")
     if rc:
         lines += ["## Cycles against lanes (bench/rtl_lanes.py)", "",
-                  f"`{rc['model']}`, {rc['images']} test images on {rc['sim']}; {_hw(rc)}; {rc['date']}.", "",
+                  f"`{rc['model']}`{_former(rc['model'], rc.get('model_sha256_prefix'))}, {rc['images']} test images on {rc['sim']}; {_hw(rc)}; {rc['date']}.", "",
                   "| lanes | cycles mean | p99 | concurrent bound mean | measured / concurrent bound (mean, p99) | "
                   "measured / sequential bound (mean) | memory (kbit) | mismatches | RTL sim time / golden time |",
                   "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -37,6 +37,8 @@ def main() -> None:
     from firstspike.quantize.golden import GoldenModel
     from firstspike.sim.rtl import verify
 
+    from firstspike.boards.link import model_hash
+
     tables, _ = quantize_checkpoint(args.model)
     test = load_split("mnist", "test").head(args.images)
     times = GoldenModel(tables).run(test.images[:, None]).layer_times
@@ -57,7 +59,7 @@ def main() -> None:
              "rtl_vs_golden_time": round((rep.wall_seconds - rep.build_seconds - rep.golden_seconds) / rep.golden_seconds, 1)}  # fmt: skip
         log.info("%s", r)
         runs.append(r)
-    write_result("rtl_lanes", {"model": repo_path(args.model), "images": args.images, "sim": args.sim, "runs": runs})
+    write_result("rtl_lanes", {"model": repo_path(args.model), "model_sha256_prefix": model_hash(tables).hex(), "images": args.images, "sim": args.sim, "runs": runs})
     import report
 
     report.render_docs()
