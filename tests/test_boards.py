@@ -702,7 +702,7 @@ def test_board_core_clocks_and_their_refusals(tmp_path) -> None:
 
     assert core_clock(BOARDS["orangecrab"])[0] == 66e6 and core_clock(BOARDS["orangecrab"])[1] is not None  # 48 MHz x 11 / 8
     assert core_clock(BOARDS["orangecrab"], 24)[0] == 24e6 and core_clock(BOARDS["orangecrab"], 24)[1] is not None
-    assert core_clock(BOARDS["ulx3s"])[0] == 45e6 and core_clock(BOARDS["ulx3s"])[1].clkfb_div == 9  # PLL: 25 x 9 / 5
+    assert core_clock(BOARDS["ulx3s"])[0] == 40e6 and core_clock(BOARDS["ulx3s"])[1].clkfb_div == 8  # PLL: 25 x 8 / 5
     assert core_clock(BOARDS["ulx3s"], 25) == (25e6, None) and core_clock(BOARDS["icebreaker"])[0] == 30e6
     assert core_clock(BOARDS["orangecrab"], 48) == (48e6, None)  # the board clock itself: no PLL
     assert core_clock(BOARDS["icebreaker"], 12) == (12e6, None)
@@ -769,12 +769,12 @@ def test_ice40_pll_matches_icepll_and_elaborates_on_the_clock_pin() -> None:
 def test_pll_board_tops_elaborate_with_the_core_clock() -> None:
     """OrangeCrab at --clock-mhz 24: EHXPLLL 48 -> 24 MHz drives the core, the UART divisor
     follows the core clock, and the PLL output carries the LPF clock constraint; the ULX3S at its
-    default 45 MHz (25 x 9 / 5; 3 Mbaud: 15 cycles a bit), at --clock-mhz 50 (16 2/3) and at --clock-mhz 16 (15.625 MHz: 5 5/24
+    default 40 MHz (25 x 8 / 5; 3 Mbaud: 13 1/3 cycles a bit), at --clock-mhz 50 (16 2/3) and at --clock-mhz 16 (15.625 MHz: 5 5/24
     cycles a bit) too; the ULX3S at its 25 MHz board clock has no PLL."""
     from firstspike.boards.build import BOARDS, BoardTop
     from firstspike.cli import build_parser
 
-    for board, mhz, baud, want_hz, div in [("orangecrab", 24, None, 24e6, 8), ("ulx3s", None, None, 45e6, 15), ("ulx3s", 50, None, 50e6, Fraction(50, 3)),
+    for board, mhz, baud, want_hz, div in [("orangecrab", 24, None, 24e6, 8), ("ulx3s", None, None, 40e6, Fraction(40, 3)), ("ulx3s", 50, None, 50e6, Fraction(50, 3)),
                                            ("ulx3s", 16, None, 15.625e6, Fraction(125, 24)), ("ulx3s", 16, 500_000, 15.625e6, 31.25)]:  # fmt: skip
         b = BOARDS[board]
         top = BoardTop(_ice40_tables(), b, lanes=2, clock_mhz=mhz, **({"baud": baud} if baud else {}))
