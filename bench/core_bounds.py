@@ -179,7 +179,12 @@ def main() -> None:
             layers.append({"layer": lp.index, "neurons": lp.Co * lp.Ho * lp.Wo, "synaptic_updates": float(syn.mean()),
                            "sweep_neuron_updates": lp.Co * lp.Ho * lp.Wo * T, "active_neuron_steps": float(act.mean()),
                            "event_cycles": float((syn + act).mean()) / (lp.lanes * lp.positions)})  # fmt: skip
-        meas = next((r for r in boards if r.get("board") == board and r.get("lanes") == lanes and "cycles_mean" in r), None)
+        # the build of these tables at the board's default positions (not another model at that path, nor another core)
+        from firstspike.boards.link import model_hash
+
+        sha, pos = model_hash(tables).hex(), BOARDS[board].positions if board in BOARDS else 1
+        meas = next((r for r in boards if r.get("board") == board and r.get("lanes") == lanes and "cycles_mean" in r
+                     and r.get("model_sha256_prefix") == sha and (r.get("positions") or 1) == pos), None)  # fmt: skip
         ev = max(ly_["event_cycles"] for ly_ in layers)
         mcyc, skip = _step_model(tables, plan, g.layer_times, n)
         # block-RAM bandwidth: every synaptic update and active neuron-step reads and writes one
