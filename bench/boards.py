@@ -74,15 +74,9 @@ def main() -> None:
                       clock_mhz=args.clock_mhz, read_reg=args.read_reg)  # fmt: skip
         except BuildError as e:  # a measured failure is a result too
             log.warning("%s", e)
-            from firstspike.boards.build import BOARDS, core_clock
-            from firstspike.boards.link import model_hash
-
-            b = BOARDS[board]  # the settings it tried: a later build of them replaces this row
-            pick = lambda a, d: d if a is None else a  # noqa: E731
+            # with the settings the build tried: a later build of them replaces this row
             runs.append({"board": board, "model": tables.name, "checkpoint": repo_path(model), "lanes": lanes, "T": tables.T,
-                         "model_sha256_prefix": model_hash(tables).hex(), "clock_mhz": core_clock(b, args.clock_mhz)[0] / 1e6,
-                         "positions": pick(args.positions, b.positions), "spikes": pick(args.spikes, b.spikes),
-                         "read_reg": pick(args.read_reg, b.read_reg), "error": str(e)})  # fmt: skip
+                         **e.tried, "error": str(e)})  # fmt: skip
             continue
         from firstspike.quantize.modelfile import tables_sha256
 

@@ -152,6 +152,7 @@ def main() -> None:
     import numpy as np
 
     from firstspike.boards.build import BOARDS
+    from firstspike.boards.link import model_hash
     from firstspike.data import load_split
     from firstspike.hw.plan import plan_core
     from firstspike.quantize.export import quantize_checkpoint
@@ -168,7 +169,8 @@ def main() -> None:
         with open(model, "rb") as f:
             tables = load(model) if f.read(len(MAGIC)) == MAGIC else quantize_checkpoint(model)[0]
         g = GoldenModel(tables).run(test.images)
-        plan = plan_core(tables, lanes=lanes, debug=False, positions=BOARDS[board].positions if board in BOARDS else 1)
+        pos = BOARDS[board].positions if board in BOARDS else 1
+        plan = plan_core(tables, lanes=lanes, debug=False, positions=pos)
         work = plan.work(g.layer_times)
         T, n = tables.T, len(test)
         layers = []
@@ -180,9 +182,7 @@ def main() -> None:
                            "sweep_neuron_updates": lp.Co * lp.Ho * lp.Wo * T, "active_neuron_steps": float(act.mean()),
                            "event_cycles": float((syn + act).mean()) / (lp.lanes * lp.positions)})  # fmt: skip
         # the build of these tables at the board's default positions (not another model at that path, nor another core)
-        from firstspike.boards.link import model_hash
-
-        sha, pos = model_hash(tables).hex(), BOARDS[board].positions if board in BOARDS else 1
+        sha = model_hash(tables).hex()
         meas = next((r for r in boards if r.get("board") == board and r.get("lanes") == lanes and "cycles_mean" in r
                      and r.get("model_sha256_prefix") == sha and (r.get("positions") or 1) == pos), None)  # fmt: skip
         ev = max(ly_["event_cycles"] for ly_ in layers)

@@ -31,13 +31,12 @@ def main() -> None:
 
     import numpy as np
 
+    from firstspike.boards.link import model_hash
     from firstspike.data import load_split
     from firstspike.hw.plan import plan_core
     from firstspike.quantize.export import quantize_checkpoint
     from firstspike.quantize.golden import GoldenModel
     from firstspike.sim.rtl import verify
-
-    from firstspike.boards.link import model_hash
 
     tables, _ = quantize_checkpoint(args.model)
     test = load_split("mnist", "test").head(args.images)

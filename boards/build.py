@@ -31,7 +31,12 @@ log = logging.getLogger(__name__)
 
 
 class BuildError(FirstSpikeError):
-    """A design that does not fit the board, misses its clock, or a tool that failed."""
+    """A design that does not fit the board, misses its clock, or a tool that failed. ``tried``: the
+    settings of the build that failed (clock, lanes, positions, ...), where it got that far."""
+
+    def __init__(self, message: str, tried: dict | None = None) -> None:
+        super().__init__(message)
+        self.tried = tried or {}
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,9 @@ BOARDS = {
     # csnn at 64 lanes with two output positions per state word and the spike readout (speed grade 6):
     # Fmax 45.4 MHz built for 45 with the 98.12% model, 42.5 with the 98.57% one (same core, other
     # weights: the state memories' address path is routing, 21 of 23.5 ns; csnn_fc256 43.9-44.4), so the
-    # ULX3S runs at 40 MHz from its 25 MHz (PLL: 25 x 8 / 5; 3 Mbaud = 13 1/3 cycles a bit): a margin
-    # for the models users train, not only the committed one (one position: Fmax 52.4-53.5 at 50); the OrangeCrab (speed grade 8, one position: Fmax 72.2 MHz when
+    # ULX3S runs at 40 MHz from its 25 MHz (PLL: 25 x 8 / 5; 3 Mbaud = 13 1/3 cycles a bit; the 98.57%
+    # model: Fmax 48.1): a margin for the models users train, not only the committed one (one
+    # position: Fmax 52.4-53.5 at 50); the OrangeCrab (speed grade 8, one position: Fmax 72.2 MHz when
     # built for 60) at 66 MHz from its 48 MHz (PLL: 48 x 11 / 8; 3 Mbaud = 22 cycles a bit)
     "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader",
                    208 * 18432, 83640, core_clock_hz=40e6, lanes=64, positions=2, program_args=("-b", "ulx3s")),
@@ -277,6 +283,8 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
                 os.environ[k] = v
     logtext = tool_log()
     rep_path = work / "report.json"
+    tried = {"clock_mhz": core_mhz, "lanes": lanes, "positions": positions, "spikes": spikes, "read_reg": read_reg,
+             "model_sha256_prefix": top.hash.hex()}  # fmt: skip
     if fail:  # refused: no bitstream or build.json of it stays behind
         for f in ("firstspike.bit", "firstspike.bin", "firstspike.svf", "firstspike.asc", "firstspike.config"):
             (work / f).unlink(missing_ok=True)
@@ -284,7 +292,7 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
         got, want = fail
         path = critical_path(json.loads(rep_path.read_text())) if rep_path.exists() else None
         raise BuildError(f"{board}: Fmax {got:g} MHz misses the {want:g} MHz core clock"
-                         + (f" (critical path: {path})" if path else "") + ". " + _fmax_fix(b, got))  # fmt: skip
+                         + (f" (critical path: {path})" if path else "") + ". " + _fmax_fix(b, got), {**tried, "fmax_mhz": got})  # fmt: skip
     if not ok:
         text = err + logtext
         if chosen and positions > 1 and (full := re.search(BLOCK_RAM_FULL, text)):
@@ -298,7 +306,7 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
         hint = m.group(1) if m else err[-800:]
         bigger = " or choose a larger board (ulx3s / orangecrab: ECP5-85F)" if b.family == "ice40" else ""
         raise BuildError(f"{board}: the design does not build ({hint.strip()}). Shrink it: fewer lanes (--lanes), fewer "
-                         f"channels or a smaller T{bigger}")  # fmt: skip
+                         f"channels or a smaller T{bigger}", tried)  # fmt: skip
     report = json.loads(rep_path.read_text()) if rep_path.exists() else {}
     res = _utilisation(report, b.family)
     bit = work / ("firstspike.bin" if b.family == "ice40" else "firstspike.bit")

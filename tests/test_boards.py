@@ -552,8 +552,13 @@ def test_build_tries_the_next_placement_seed_when_the_clock_is_missed(tmp_path, 
     board = dataclasses.replace(B.BOARDS["icebreaker"], pnr_seeds=(None, 4, 7))
     monkeypatch.setitem(B.BOARDS, "icebreaker", board)
     monkeypatch.setattr(type(board.make_platform()), "build", fake_build)
-    with pytest.raises(B.BuildError, match="Fmax 29.1 MHz misses the 30 MHz core clock"):
+    with pytest.raises(B.BuildError, match="Fmax 29.1 MHz misses the 30 MHz core clock") as e:
         B.build(_ice40_tables(), "icebreaker", tmp_path)
+    # the refusal carries what was tried (bench/boards.py records it with the error)
+    from firstspike.boards.link import model_hash
+
+    assert e.value.tried == {"clock_mhz": 30.0, "lanes": 2, "positions": 1, "spikes": False, "read_reg": True,
+                             "model_sha256_prefix": model_hash(_ice40_tables()).hex(), "fmax_mhz": 29.1}  # fmt: skip
     opts = "--report report.json --timing-allow-fail"
     assert calls == [opts, f"{opts} --seed 4", f"{opts} --seed 7"]
 
