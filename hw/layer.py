@@ -397,10 +397,12 @@ class LayerEngine(wiring.Component):
                     m.d.sync += wb_widx.eq(widx)
                     with m.If(adv):
                         m.d.sync += widx.eq(widx + 1)
+                # the read address does not wait for ``idle``: an idle cycle's read is never written
+                # back (wb_int stays 0), and the window-skip flag stays off the block RAMs' address path
+                m.d.comb += eng_addr.eq(addr)
                 with m.If(idle):
                     m.d.comb += adv.eq(1)
                 with m.Else():
-                    m.d.comb += eng_addr.eq(addr)
                     m.d.sync += [wb_int.eq(valid), wb_tok.eq(1)]
                     with m.If(dx != kq - 1):
                         m.d.sync += dx.eq(dx + 1)
