@@ -31,6 +31,14 @@ DEFAULT = (f"icebreaker:{RESULTS / 'ice40_binary.pt'}:2,ulx3s:{RESULTS / 'mnist_
            f"orangecrab:{RESULTS / 'mnist_binary.pt'}:64")
 
 
+def row_key(r: dict) -> tuple:
+    """The settings that make a boards.json row: a new build replaces the stored row of the same
+    board, model, positions, spike readout, registered reads and core clock. The clock is part of
+    it so that a trial at another clock (a failed one too) keeps its own row and does not erase
+    the build at the board's default."""
+    return r["board"], r.get("checkpoint"), r.get("positions", 1), r.get("spikes"), bool(r.get("read_reg")), r.get("clock_mhz")
+
+
 def main() -> None:
     setup_logging()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -146,9 +154,7 @@ def main() -> None:
             "build_seconds": r["build_seconds"], "memory_bits": r["memory_bits"],
         })  # fmt: skip
         log.info("%s", runs[-1])
-    write_result("boards", {"runs": merge_runs("boards", runs, lambda r: (r["board"], r.get("checkpoint"), r.get("positions", 1),
-                                                                          r.get("spikes"), bool(r.get("read_reg"))),
-                                          model_field="checkpoint")})  # fmt: skip
+    write_result("boards", {"runs": merge_runs("boards", runs, row_key, model_field="checkpoint")})
     import report
 
     report.render_docs()

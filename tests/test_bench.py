@@ -132,3 +132,18 @@ def test_report_marks_results_of_a_former_file_at_the_same_path(tmp_path, monkey
     assert report._former("m.pt", "aaaaaaaaaaaaaaaa") == " (**former model** aaaaaaaa; the file now holds bbbbbbbb)"
     assert report._former("m.pt", "bbbbbbbbbbbbbbbb") == ""
     assert report._former("m.pt", None) == "" and report._former("n.pt", "aaaaaaaaaaaaaaaa") == ""
+
+
+def test_a_board_build_at_another_clock_keeps_the_default_builds_row(tmp_path, monkeypatch) -> None:
+    """A failed trial at 45 MHz must not erase the ULX3S build at its default 40 MHz; a rebuild at
+    40 MHz replaces that row."""
+    import boards as boards_bench
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    base = {"board": "ulx3s", "checkpoint": "m.pt", "positions": 2, "spikes": True, "read_reg": False}
+    (tmp_path / "boards.json").write_text(json.dumps({"runs": [{**base, "clock_mhz": 40.0, "fmax_mhz": 48.1}]}))
+    merged = common.merge_runs("boards", [{**base, "clock_mhz": 45.0, "error": "Fmax 43.5 misses 45"}], boards_bench.row_key)
+    assert sorted(r["clock_mhz"] for r in merged) == [40.0, 45.0]
+    (tmp_path / "boards.json").write_text(json.dumps({"runs": merged}))
+    again = common.merge_runs("boards", [{**base, "clock_mhz": 40.0, "fmax_mhz": 47.0}], boards_bench.row_key)
+    assert sorted((r["clock_mhz"], r.get("fmax_mhz")) for r in again) == [(40.0, 47.0), (45.0, None)]
