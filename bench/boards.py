@@ -36,7 +36,8 @@ def row_key(r: dict) -> tuple:
     board, model, positions, spike readout, registered reads and core clock. The clock is part of
     it so that a trial at another clock (a failed one too) keeps its own row and does not erase
     the build at the board's default."""
-    return r["board"], r.get("checkpoint"), r.get("positions", 1), r.get("spikes"), bool(r.get("read_reg")), r.get("clock_mhz")
+    return (r["board"], r.get("checkpoint"), r.get("positions", 1), r.get("spikes"), bool(r.get("read_reg")),
+            r.get("clock_mhz"))
 
 
 def main() -> None:

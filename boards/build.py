@@ -80,8 +80,9 @@ BOARDS = {
     # Fmax 45.4 MHz built for 45 with the 98.12% model, 42.5 with the 98.57% one (same core, other
     # weights: the state memories' address path is routing, 21 of 23.5 ns; csnn_fc256 43.9-44.4), so the
     # ULX3S runs at 40 MHz from its 25 MHz (PLL: 25 x 8 / 5; 3 Mbaud = 13 1/3 cycles a bit; the 98.57%
-    # model: Fmax 48.1): a margin for the models users train, not only the committed one (one
-    # position: Fmax 52.4-53.5 at 50); the OrangeCrab (speed grade 8, one position: Fmax 72.2 MHz when
+    # model: Fmax 48.1; with the INTEG read address off the window-skip select, 43.5 when built for
+    # 45, the path now from the link's state to the readout mux): a margin for the models users
+    # train, not only the committed one (one position: Fmax 52.4-53.5 at 50); the OrangeCrab (speed grade 8, one position: Fmax 72.2 MHz when
     # built for 60) at 66 MHz from its 48 MHz (PLL: 48 x 11 / 8; 3 Mbaud = 22 cycles a bit)
     "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader",
                    208 * 18432, 83640, core_clock_hz=40e6, lanes=64, positions=2, program_args=("-b", "ulx3s")),
