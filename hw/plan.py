@@ -408,6 +408,9 @@ def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_ex
     clock-to-out and its routing leave the read-add-write path; one more cycle a step)."""
     if not isinstance(lanes, int) or not 1 <= lanes <= 256:
         raise HardwareError(f"lanes={lanes!r}: choose 1..256 output channels per cycle")
+    if tables.windows != "off":
+        raise HardwareError(f"{tables.name}: layer windows ({tables.windows!r}, model file version {tables.version}) run in the "
+                            "golden model only; the core does not run them yet: train without layer_windows to build hardware")  # fmt: skip
     if positions not in (1, 2):
         raise HardwareError(f"positions={positions!r}: choose 1 or 2 output positions per state word")
     T = int(tables.T)

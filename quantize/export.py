@@ -25,11 +25,17 @@ from firstspike.train.trainer import load_checkpoint, model_from_checkpoint
 log = logging.getLogger(__name__)
 
 
+def _fixed_scale(layer: SpikingLayer, bits: int) -> np.ndarray:
+    """One scale per output channel: the largest |w| is qmax."""
+    w = layer.weight.detach().double().numpy()
+    m = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
+    return np.where(m > 0, m / ((1 << (bits - 1)) - 1), 1.0)
+
+
 def _fixed_point(layer: SpikingLayer, bits: int) -> tuple[np.ndarray, np.ndarray]:
     w = layer.weight.detach().double().numpy()
     qmax = (1 << (bits - 1)) - 1
-    m = np.abs(w).reshape(w.shape[0], -1).max(axis=1)  # one scale per output channel
-    s = np.where(m > 0, m / qmax, 1.0)
+    s = _fixed_scale(layer, bits)
     wq = np.clip(np.rint(w / s[:, None, None, None]), -qmax, qmax).astype(np.int32)
     thr = np.ceil(float(layer.theta) / s).astype(np.int64)
     return wq, thr
@@ -41,6 +47,9 @@ def check_deployable(cfg: NetConfig) -> None:
     if cfg.bias:
         raise ConfigError(f"{cfg.name}: the bias input channel (bias = true) is a training experiment; the model file, "
                           "golden model and RTL do not carry it yet: train without it to deploy")  # fmt: skip
+    if cfg.layer_windows == "psp":
+        raise ConfigError(f"{cfg.name}: a window per layer without a ramp (layer_windows = 'psp') is a training experiment; the "
+                          "model file, golden model and RTL do not carry it: train with layer_windows = 'ramp' or 'off'")  # fmt: skip
 
 
 def tables_from_model(model: CSNN, weight_bits: int | None = None, meta: dict | None = None) -> ModelTables:
@@ -72,12 +81,17 @@ def tables_from_model(model: CSNN, weight_bits: int | None = None, meta: dict | 
                 w, thr = _fixed_point(mod, weight_bits)  # type: ignore[arg-type]
                 bits = weight_bits
             kh, kw = w.shape[2], w.shape[3]
-            sb, pb = accumulator_bounds(w, T)
+            ramps = None
+            if mod.ramped:  # binary: the integer ramps training computes with; fixed point: the ramp in the weights' units
+                ramps = mod.ramp()[0].numpy() if binary else np.maximum(1, np.rint(mod.ramp()[0].numpy() / _fixed_scale(mod, bits)))
+                ramps = ramps.astype(np.int64)
+            sb, pb = accumulator_bounds(w, T, ramps)
             layers.append(Layer(kind, shape, out_shape, (kh, kw), mod.stride, mod.padding, w,  # type: ignore[arg-type]
-                                clip_thresholds(thr, w, T), bits, sb, pb))  # fmt: skip
+                                clip_thresholds(thr, w, T, ramps), bits, sb, pb, ramps))  # fmt: skip
         shape = out_shape
     return ModelTables(name=cfg.name, T=T, input_shape=tuple(cfg.input_shape), input_table=model.table.numpy().astype(np.int32),  # type: ignore[arg-type]
-                       layers=layers, decision=dict(DECISIONS[cfg.silent_rule]), meta=meta or {})  # fmt: skip
+                       layers=layers, decision=dict(DECISIONS[cfg.silent_rule]), meta=meta or {},
+                       windows=cfg.layer_windows)  # fmt: skip
 
 
 def quantize_checkpoint(checkpoint: str | os.PathLike, weight_bits: int | None = None) -> tuple[ModelTables, CSNN]:

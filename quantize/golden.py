@@ -9,6 +9,11 @@ event to its fan-out, in time order, as the core does):
         every neuron: V_j += I_j; if not yet fired and V_j >= thr_j: t_j = t
     silent = T; V_j(T-1) is kept (the output decision uses it when nothing fires)
 
+With layer windows ("ramp", model file version 2) a layer runs 2T steps: its inputs' events
+(all at t_i < T) arrive in the first T, the neurons may fire only at t = T..2T-1 (their time is
+t - T), and from step T + 1 on every slope I_j is the channel's ramp r_j instead of the inputs'
+sum; V_j(2T-1) is kept. So t'_j = first t' with A_j + t' r_j >= thr_j, A_j = sum_i w_ji (T - t_i).
+
 Pooling is min-time over k x k windows; the decision rule is the model file's. All
 arithmetic is on integers (int64 accumulators; the file's widths bound them).
 """
@@ -30,7 +35,12 @@ log = logging.getLogger(__name__)
 
 
 @njit(cache=True, parallel=True)
-def _spiking_layer(tin, w, thr, T, stride, pad, Ho, Wo):
+def _spiking_layer(tin, w, thr, T, stride, pad, Ho, Wo, ramps):
+    """Spike times and last potentials of one layer; ``ramps`` (Co,) for layer windows, or
+    an empty array for the shared window (module docstring)."""
+    windowed = len(ramps) > 0
+    steps = 2 * T if windowed else T
+    fire_from = T if windowed else 0
     B, C, H, W = tin.shape
     Co, _, KH, KW = w.shape
     out = np.full((B, Co, Ho, Wo), T, np.int32)
@@ -62,8 +72,11 @@ def _spiking_layer(tin, w, thr, T, stride, pad, Ho, Wo):
         cur = np.zeros((Co, Ho, Wo), np.int64)
         pot = np.zeros((Co, Ho, Wo), np.int64)
         ob = out[b]
-        for t in range(T):
-            if t > 0:
+        for t in range(steps):
+            if windowed and t > T:
+                for co in range(Co):
+                    cur[co, :, :] = ramps[co]
+            elif t > 0:
                 for k in range(start[t - 1], start[t]):
                     c, y, x = ev[k, 0], ev[k, 1], ev[k, 2]
                     for ky in range(KH):
@@ -88,8 +101,8 @@ def _spiking_layer(tin, w, thr, T, stride, pad, Ho, Wo):
                     for ox in range(Wo):
                         v = pot[co, oy, ox] + cur[co, oy, ox]
                         pot[co, oy, ox] = v
-                        if v >= th and ob[co, oy, ox] == T:
-                            ob[co, oy, ox] = t
+                        if t >= fire_from and v >= th and ob[co, oy, ox] == T:
+                            ob[co, oy, ox] = t - fire_from
         vlast[b] = pot
     return out, vlast
 
@@ -143,8 +156,9 @@ class GoldenModel:
             if ly.kind == "pool":
                 t = _min_pool(t, ly.kernel[0])
             else:
+                ramps = ly.ramps if ly.ramps is not None else np.zeros(0, np.int64)
                 t, v = _spiking_layer(np.ascontiguousarray(t), ly.weights, ly.thresholds, self.T, ly.stride, ly.padding,
-                                      ly.out_shape[1], ly.out_shape[2])  # fmt: skip
+                                      ly.out_shape[1], ly.out_shape[2], np.asarray(ramps, np.int64))  # fmt: skip
                 v_last = v
             if times is not None:
                 times.append(t)

@@ -15,6 +15,11 @@ Blobs: the input table (256 x u16), per layer the weights (binary: packed sign b
 bit = 1 for +1, MSB first, order co, ci, ky, kx; fixed: two's complement ints of
 ``width`` bits stored as int8/int16/int32) and the integer thresholds (int32 per output
 channel). Everything the core needs, nothing else.
+
+Version 2 adds layer windows (``"windows": "ramp"`` in the header): every spiking layer fires
+in a window of its own after all input spikes have arrived, its slope replaced by a constant
+ramp at the window's start (``"ramps"``: int32 per output channel, >= 1). Files without
+windows are written as version 1, byte for byte as before.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from firstspike.errors import FirstSpikeError
 from firstspike.files import atomic_write
 
 MAGIC = b"FSPKMDL\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this reads and writes (2: layer windows; others are written as 1)
+WINDOWS = ("off", "ramp")  # ModelTables.windows
 _PRE = struct.Struct("<8sHHI")
 _DIGEST = 32
 MAX_HEADER = 1 << 24
@@ -58,6 +64,7 @@ class Layer:
     weight_bits: int = 1  # 1 = binary (+-1)
     slope_bits: int = 0  # signed widths of the two accumulators (worst case)
     potential_bits: int = 0
+    ramps: np.ndarray | None = None  # (Co,) int64 >= 1: the slope in the layer's own window (windows "ramp")
 
     @property
     def fan_in(self) -> int:
@@ -75,6 +82,12 @@ class ModelTables:
     layers: list[Layer]
     decision: dict[str, Any] = field(default_factory=lambda: dict(DECISION))
     meta: dict[str, Any] = field(default_factory=dict)
+    windows: str = "off"  # "ramp": a window per layer (module docstring; golden._spiking_layer)
+
+    @property
+    def version(self) -> int:
+        """The format version this file is written as: the oldest that carries it."""
+        return 1 if self.windows == "off" else 2
 
     @property
     def spiking(self) -> list[Layer]:
@@ -111,27 +124,34 @@ def signed_bits(lo: int, hi: int) -> int:
     return b
 
 
-def potential_range(w: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray]:
+def potential_range(w: np.ndarray, T: int, ramps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per output channel, the lowest and highest V(t) possible for t <= T-1:
-    (T-1) * (sum of negative w) and (T-1) * (sum of positive w)."""
+    (T-1) * (sum of negative w) and (T-1) * (sum of positive w). With ``ramps`` (a window
+    per layer: V(t') = A + t' r, A = sum w (T - t_i)): T * those sums, the highest + (T-1) r."""
     wf = w.reshape(w.shape[0], -1).astype(np.int64)
-    return np.clip(wf, None, 0).sum(1) * (T - 1), np.clip(wf, 0, None).sum(1) * (T - 1)
+    neg, pos = np.clip(wf, None, 0).sum(1), np.clip(wf, 0, None).sum(1)
+    if ramps is not None:
+        return neg * T, pos * T + (T - 1) * np.asarray(ramps, np.int64)
+    return neg * (T - 1), pos * (T - 1)
 
 
-def clip_thresholds(thr: np.ndarray, w: np.ndarray, T: int) -> np.ndarray:
+def clip_thresholds(thr: np.ndarray, w: np.ndarray, T: int, ramps: np.ndarray | None = None) -> np.ndarray:
     """Same behaviour, bounded values: a threshold <= 0 fires at t = 0 like 0 does, and one
     above the highest reachable V never fires, like highest V + 1."""
-    _, hi = potential_range(w, T)
+    _, hi = potential_range(w, T, ramps)
     return np.clip(np.asarray(thr, dtype=np.int64), 0, hi + 1)
 
 
-def accumulator_bounds(w: np.ndarray, T: int) -> tuple[int, int]:
+def accumulator_bounds(w: np.ndarray, T: int, ramps: np.ndarray | None = None) -> tuple[int, int]:
     """Worst-case signed widths (slope, potential) of a layer's accumulators: the slope holds
-    any partial sum of a channel's weights; the potential any V(t), t <= T-1, and any
-    (clipped) threshold."""
+    any partial sum of a channel's weights (and its ramp); the potential any V(t), t <= T-1,
+    and any (clipped) threshold."""
     wf = w.reshape(w.shape[0], -1).astype(np.int64)
-    slope = signed_bits(int(np.clip(wf, None, 0).sum(1).min(initial=0)), int(np.clip(wf, 0, None).sum(1).max(initial=0)))
-    lo, hi = potential_range(w, T)
+    hi_slope = int(np.clip(wf, 0, None).sum(1).max(initial=0))
+    if ramps is not None:
+        hi_slope = max(hi_slope, int(np.max(ramps, initial=0)))
+    slope = signed_bits(int(np.clip(wf, None, 0).sum(1).min(initial=0)), hi_slope)
+    lo, hi = potential_range(w, T, ramps)
     pot = signed_bits(int(lo.min(initial=0)), int(hi.max(initial=0)) + 1)
     return slope, pot
 
@@ -160,7 +180,7 @@ def encode(tables: ModelTables) -> bytes:
 
     header: dict[str, Any] = {
         "format": "firstspike-model",
-        "version": FORMAT_VERSION,
+        "version": tables.version,
         "name": tables.name,
         "T": int(tables.T),
         "input_shape": list(tables.input_shape),
@@ -169,6 +189,8 @@ def encode(tables: ModelTables) -> bytes:
         "layers": [],
         "meta": tables.meta,
     }
+    if tables.windows != "off":
+        header["windows"] = tables.windows
     for ly in tables.layers:
         d: dict[str, Any] = {"kind": ly.kind, "in_shape": list(ly.in_shape), "out_shape": list(ly.out_shape),
                              "kernel": list(ly.kernel), "stride": ly.stride, "padding": ly.padding}  # fmt: skip
@@ -177,9 +199,12 @@ def encode(tables: ModelTables) -> bytes:
             d["weights"] = {"encoding": "sign-bits" if ly.weight_bits == 1 else "int", **blob(_pack_weights(ly))}
             d["thresholds"] = blob(ly.thresholds.astype("<i4").tobytes())
             d["slope_bits"], d["potential_bits"] = ly.slope_bits, ly.potential_bits
+            if tables.windows == "ramp":
+                assert ly.ramps is not None
+                d["ramps"] = blob(np.asarray(ly.ramps).astype("<i4").tobytes())
         header["layers"].append(d)
     hbytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    body = _PRE.pack(MAGIC, FORMAT_VERSION, 0, len(hbytes)) + hbytes + bytes(payload)
+    body = _PRE.pack(MAGIC, tables.version, 0, len(hbytes)) + hbytes + bytes(payload)
     return body + hashlib.sha256(body).digest()
 
 
@@ -217,7 +242,7 @@ def decode(data: bytes, name: str = "<bytes>") -> ModelTables:
         raise ModelFileError(f"{name}: header is not valid JSON ({type(e).__name__}); {fix}") from e
     payload = body[_PRE.size + hlen :]
     try:
-        return _from_header(h, payload)
+        return _from_header(h, payload, version)
     except ModelFileError as e:
         raise ModelFileError(f"{name}: {e}") from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as e:
@@ -236,8 +261,11 @@ def _shape3(v: Any, what: str) -> tuple[int, int, int]:
     return (v[0], v[1], v[2])
 
 
-def _from_header(h: dict, payload: bytes) -> ModelTables:
+def _from_header(h: dict, payload: bytes, version: int = FORMAT_VERSION) -> ModelTables:
     _need(isinstance(h, dict) and h.get("format") == "firstspike-model", "not a firstspike model header")
+    windows = h.get("windows", "off")
+    _need(windows in WINDOWS[1:] if "windows" in h else True, f"unknown layer windows {windows!r} (this firstspike runs {WINDOWS})")
+    _need(windows == "off" or version >= 2, f"layer windows in a version {version} file (they came with version 2)")
     T = h["T"]
     _need(isinstance(T, int) and 2 <= T <= 65535, f"T={T!r} out of range")
     table = np.frombuffer(_blob(payload, h["input_table"], 512, "input table"), dtype="<u2").astype(np.int32)
@@ -279,15 +307,19 @@ def _from_header(h: dict, payload: bytes) -> ModelTables:
             ly.thresholds = np.frombuffer(_blob(payload, d["thresholds"], 4 * co, f"layer {i} thresholds"), "<i4").astype(np.int64)
             ly.weight_bits = bits
             ly.slope_bits, ly.potential_bits = int(d["slope_bits"]), int(d["potential_bits"])
-            _need(np.array_equal(clip_thresholds(ly.thresholds, ly.weights, T), ly.thresholds), f"layer {i}: thresholds out of range")
-            s, p = accumulator_bounds(ly.weights, T)
+            if windows == "ramp":
+                ly.ramps = np.frombuffer(_blob(payload, d["ramps"], 4 * co, f"layer {i} ramps"), "<i4").astype(np.int64)
+                _need(int(ly.ramps.min()) >= 1, f"layer {i}: a ramp below 1")
+            _need(np.array_equal(clip_thresholds(ly.thresholds, ly.weights, T, ly.ramps), ly.thresholds),
+                  f"layer {i}: thresholds out of range")  # fmt: skip
+            s, p = accumulator_bounds(ly.weights, T, ly.ramps)
             _need((ly.slope_bits, ly.potential_bits) == (s, p), f"layer {i}: accumulator widths do not match the weights")
         layers.append(ly)
         shape = outs
     _need(bool(layers) and layers[-1].kind == "fc", "the last layer must be fc (the output layer)")
     _need(h["decision"] in DECISIONS.values(), f"unsupported decision rule {h['decision']!r}")
     return ModelTables(name=str(h["name"]), T=T, input_shape=_shape3(h["input_shape"], "input_shape"), input_table=table,
-                       layers=layers, decision=dict(h["decision"]), meta=dict(h.get("meta", {})))  # fmt: skip
+                       layers=layers, decision=dict(h["decision"]), meta=dict(h.get("meta", {})), windows=windows)  # fmt: skip
 
 
 def load(path: str | os.PathLike) -> ModelTables:
@@ -312,6 +344,7 @@ def validate(tables: ModelTables) -> None:
         and back.input_shape == tuple(tables.input_shape)
         and np.array_equal(back.input_table, tables.input_table)
         and len(back.layers) == len(tables.layers)
+        and back.windows == tables.windows
     )
     for a, b in zip(back.layers, tables.layers):
         same = same and (a.kind, a.in_shape, a.out_shape, a.kernel, a.stride, a.padding) == (
@@ -319,6 +352,7 @@ def validate(tables: ModelTables) -> None:
         if a.kind != "pool":
             same = same and np.array_equal(a.weights, b.weights) and np.array_equal(a.thresholds, b.thresholds)
             same = same and (a.weight_bits, a.slope_bits, a.potential_bits) == (b.weight_bits, b.slope_bits, b.potential_bits)
+            same = same and (a.ramps is None) == (b.ramps is None) and (a.ramps is None or np.array_equal(a.ramps, b.ramps))
     _need(same, f"{tables.name}: the tables do not survive encoding (values outside their stored widths?); nothing written")
 
 
@@ -333,7 +367,9 @@ def tables_sha256(tables: ModelTables) -> str:
 
 def summary(tables: ModelTables, path: str | None = None) -> str:
     """Human-readable description (``firstspike info``)."""
-    lines = [f"model {tables.name!r}" + (f" ({path})" if path else ""), f"  format version {FORMAT_VERSION}, T={tables.T}, input {tables.input_shape}"]
+    lines = [f"model {tables.name!r}" + (f" ({path})" if path else ""), f"  format version {tables.version}, T={tables.T}, input {tables.input_shape}"]
+    if tables.windows != "off":
+        lines.append(f"  layer windows: {tables.windows} (every spiking layer fires after its inputs' window, slope = its ramp)")
     lines.append(f"  input table: p=0 -> {tables.input_table[0]}, p=1 -> {tables.input_table[1]}, p=255 -> {tables.input_table[255]}")
     total_bits = 0
     for i, ly in enumerate(tables.layers):
@@ -348,6 +384,7 @@ def summary(tables: ModelTables, path: str | None = None) -> str:
             f"  [{i}] {ly.kind} {ly.kernel[0]}x{ly.kernel[1]} s{ly.stride} p{ly.padding}  {ly.in_shape} -> {ly.out_shape}  "
             f"{wdesc}, {nbits} weight bits, thresholds {int(ly.thresholds.min())}..{int(ly.thresholds.max())}, "
             f"accumulators slope {ly.slope_bits} b / potential {ly.potential_bits} b"
+            + (f", ramps {int(ly.ramps.min())}..{int(ly.ramps.max())}" if ly.ramps is not None else "")
         )
     lines.append(f"  weights total: {total_bits} bits ({total_bits / 8192:.1f} KiB)")
     lines.append(f"  decision: {tables.decision['rule']} (ties {tables.decision['ties']}), if none fires: "

@@ -93,7 +93,7 @@ def binary_tables() -> ModelTables:
 def split_file(data: bytes) -> tuple[dict[str, Any], bytes]:
     """(header dict, payload) of a valid model file."""
     magic, version, _, hlen = PRE.unpack_from(data)
-    assert magic == MAGIC and version == FORMAT_VERSION
+    assert magic == MAGIC and version == 1  # files without layer windows keep version 1
     header = json.loads(data[PRE.size : PRE.size + hlen])
     return header, data[PRE.size + hlen : -DIGEST]
 
@@ -203,7 +203,7 @@ def test_file_layout_matches_docstring() -> None:
     """magic, version, reserved 0, header length, UTF-8 JSON header, SHA-256 trailer of the rest."""
     data = _binary_bytes()
     magic, version, reserved, hlen = PRE.unpack_from(data)
-    assert (magic, version, reserved) == (MAGIC, FORMAT_VERSION, 0)
+    assert (magic, version, reserved) == (MAGIC, 1, 0)  # version 2 only for files with layer windows
     assert data[-DIGEST:] == hashlib.sha256(data[:-DIGEST]).digest()
     header, payload = split_file(data)
     assert header["format"] == "firstspike-model" and header["T"] == 16
@@ -313,8 +313,8 @@ def test_resigned_original_is_accepted() -> None:
     """Sanity of the helpers: rebuilding the unmodified header + payload decodes identically."""
     data = _binary_bytes()
     header, payload = split_file(data)
-    assert build_file(header, payload) == data
-    assert_tables_equal(decode(build_file(header, payload)), decode(data))
+    assert build_file(header, payload, version=1) == data
+    assert_tables_equal(decode(build_file(header, payload)), decode(data))  # (version 2 reads version 1's content)
 
 
 def _edit(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:

@@ -77,13 +77,7 @@ class SpikeFire(torch.autograd.Function):
     def backward(ctx, g_out):
         t_in, w_eff, t_out = ctx.saved_tensors
         rho, T, stride, pad, backend, norm, latency = ctx.cfg
-        gv = -g_out.double() / latency_slope(latency, rho, t_in, w_eff, t_out, T, stride, pad)
-        if norm == "batch":  # unit RMS per-sample norm over the batch: samples keep their relative sizes
-            nrm = gv.flatten(1).norm(dim=1).pow(2).mean().sqrt().clamp_min(1e-12)
-            gv = gv / (nrm * gv.shape[0])
-        elif norm:  # unit-norm error per sample, averaged over the (local) batch like the loss
-            nrm = gv.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-            gv = gv / (nrm * gv.shape[0])
+        gv = normalise_error(-g_out.double() / latency_slope(latency, rho, t_in, w_eff, t_out, T, stride, pad), norm)
         if backend == "numba":
             gw, gt = kernels.fire_backward(
                 t_in.detach().cpu().numpy().astype(np.int32),
@@ -102,6 +96,92 @@ class SpikeFire(torch.autograd.Function):
         gw = gw.to(device=w_eff.device, dtype=w_eff.dtype)
         gt = gt.to(device=t_in.device, dtype=t_in.dtype) if ctx.needs_input_grad[0] else None
         return gt, gw, None, None, None, None, None, None, None, None, None
+
+
+def normalise_error(gv: torch.Tensor, norm) -> torch.Tensor:
+    """The error dL/dV of a layer, normalised per sample (``norm`` true: unit norm, averaged
+    over the batch like the loss; "batch": unit RMS over the batch; false: unchanged)."""
+    if norm == "batch":  # unit RMS per-sample norm over the batch: samples keep their relative sizes
+        nrm = gv.flatten(1).norm(dim=1).pow(2).mean().sqrt().clamp_min(1e-12)
+        return gv / (nrm * gv.shape[0])
+    if norm:  # unit-norm error per sample, averaged over the (local) batch like the loss
+        nrm = gv.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return gv / (nrm * gv.shape[0])
+    return gv
+
+
+def window_sums(t_in: torch.Tensor, w: torch.Tensor, T: int, stride: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, S) of a layer with its own time window (``NetConfig.layer_windows``): its inputs
+    spike in the window before its own, so at step t' of its window every input has arrived
+    and V_j(t') = sum_i w_ji (T + t' - t_i) = A_j + t' S_j, A_j = sum_i w_ji (T - t_i),
+    S_j = sum_i w_ji over the inputs that fired (float64: exact integers for integer weights)."""
+    fired = (t_in < T).double()
+    wd = w.double()
+    a = (T - t_in.double()) * fired
+    return F.conv2d(a, wd, stride=stride, padding=pad), F.conv2d(fired, wd, stride=stride, padding=pad)
+
+
+def window_crossing(A: torch.Tensor, S: torch.Tensor, thr: torch.Tensor, T: int) -> torch.Tensor:
+    """First t' in 0..T-1 with A + t' S >= thr (thr per output channel; S per neuron, or per
+    channel (1, Co, 1, 1): a ramp), else T (silent). Exact for integers: ceil of a float64
+    quotient of integers below 2^26 is the integer one."""
+    S = S.expand_as(A)
+    need = thr.double().view(1, -1, 1, 1).to(A.device) - A
+    steps = torch.ceil(need / torch.where(S > 0, S, torch.ones_like(S)))
+    t = torch.where(need <= 0, torch.zeros_like(A), torch.where(S > 0, steps, torch.full_like(A, float(T))))
+    return t.clamp(max=float(T))
+
+
+class WindowFire(torch.autograd.Function):
+    """``SpikeFire`` for a layer with its own time window (``NetConfig.layer_windows``): the
+    layer fires only after every input spike of the window before has arrived, so
+    t'_j = first t' with A_j + t' S_j >= thr_j (``window_sums``): dense convolutions, no time loop.
+    With a ramp (``ramp_fwd``: per output channel, in the forward's units) the inputs' slope S_j
+    is replaced by the ramp at the window's start, V_j(t') = A_j + t' r: the spike time is then
+    a clipped, quantised ReLU of A_j, t' = T - floor(A_j / r) for r T = thr.
+    Backward (STiDi-BP): dL/dV_j = -dL/dt_j / rho (or / S_j, the exact slope, with
+    ``latency = "true"``; with a ramp / its effective value ``ramp_eff``, exact, and no error
+    that pushes a neuron past either end of its window: not earlier than 0, not later than silent), dV_j/dw_ji =
+    T + t'_j - t_i (with a ramp T - t_i), dV_j/dt_i = -w_ji for the inputs that fired (silent
+    neurons count as t' = T; silent inputs get no gradient, as in SpikeFire)."""
+
+    @staticmethod
+    def forward(ctx, t_in, w_eff, w_fwd, thr_fwd, rho: float, T: int, stride: int, pad: int, norm, latency: str = "rho",
+                ramp_fwd=None, ramp_eff=None):  # fmt: skip
+        A, S = window_sums(t_in.detach(), w_fwd.detach(), T, stride, pad)
+        if ramp_fwd is not None:
+            S = ramp_fwd.detach().double().view(1, -1, 1, 1).to(A.device)
+        out = window_crossing(A, S, thr_fwd.detach(), T).to(t_in.dtype)
+        ctx.save_for_backward(t_in, w_eff, out, ramp_eff.detach() if ramp_eff is not None else None)
+        ctx.cfg = (rho, T, stride, pad, norm, latency)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        t_in, w_eff, t_out, ramp = ctx.saved_tensors
+        rho, T, stride, pad, norm, latency = ctx.cfg
+        slope = rho
+        if ramp is not None:
+            slope = ramp.double().view(1, -1, 1, 1)
+        elif latency == "true":
+            _, S = window_sums(t_in.detach(), w_eff.detach(), T, stride, pad)
+            slope = torch.where(t_out < T, S.clamp_min(rho), torch.full_like(S, rho))
+        elif latency != "rho":
+            raise ValueError(f"latency={latency!r}: a layer with its own window takes 'rho' or 'true'")
+        gv = -g_out.double() / slope
+        if ramp is not None:  # clipped at both ends: a neuron at t' = 0 cannot fire earlier, a silent one cannot fire later
+            gv = torch.where(((t_out == 0) & (gv < 0)) | ((t_out >= T) & (gv > 0)), torch.zeros_like(gv), gv)
+        gv = normalise_error(gv, norm)
+        fired = (t_in.detach() < T).double()
+        a = (T - t_in.detach().double()) * fired
+        wd = w_eff.detach().double()
+        gw = torch.nn.grad.conv2d_weight(a, wd.shape, gv, stride=stride, padding=pad)
+        if ramp is None:
+            gw = gw + torch.nn.grad.conv2d_weight(fired, wd.shape, gv * t_out.double(), stride=stride, padding=pad)
+        gt = None
+        if ctx.needs_input_grad[0]:
+            gt = (-torch.nn.grad.conv2d_input(t_in.shape, wd, gv, stride=stride, padding=pad) * fired).to(t_in.dtype)
+        return gt, gw.to(w_eff.dtype), None, None, None, None, None, None, None, None, None, None
 
 
 LATENCY = ("rho", "channel", "true")

@@ -19,12 +19,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from firstspike.errors import ConfigError
-from firstspike.train.functional import SpikeFire, decide, encode, input_table, min_pool, resolve_backend
+from firstspike.train.functional import SpikeFire, WindowFire, decide, encode, input_table, min_pool, resolve_backend
 
 log = logging.getLogger(__name__)
 
 MODES = ("binary", "real")  # the weight modes
-SILENT_RULES = ("margin", "potential")  # NetConfig.silent_rule (functional.decide)
+SILENT_RULES = ("margin", "potential")
+WINDOWS = ("off", "psp", "ramp")  # NetConfig.layer_windows  # NetConfig.silent_rule (functional.decide)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -61,6 +62,10 @@ class NetConfig:
     #   hidden layers; k >= 2: integers -(2^(k-1)-1)..2^(k-1)-1 times a per-class scale, exact)
     bias: bool = False  # every spiking layer gets one more input channel that spikes at t = 0 at every
     #   input position (padding silent): a learnt ramp b * t of each neuron's potential (SpikingLayer.layer_input)
+    layer_windows: str = "off"  # "psp" | "ramp": every spiking layer fires in a window of its own, after all
+    #   spikes of the window before have arrived (functional.WindowFire): no input is lost to an early spike;
+    #   "ramp": the slope in the layer's window is a constant ramp (SpikingLayer.ramp), not the inputs'
+    #   (a quantised ReLU; STiDi-BP's -1/rho is then the exact derivative). Training only, for now
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "NetConfig":
@@ -101,6 +106,8 @@ class NetConfig:
     def validate(self) -> None:
         if not 0.0 < self.input_gamma <= 4.0:
             raise ConfigError(f"input_gamma={self.input_gamma}: choose a value in (0, 4] (1: linear)")
+        if self.layer_windows not in WINDOWS:
+            raise ConfigError(f"layer_windows={self.layer_windows!r}: choose one of {WINDOWS}")
         if self.silent_rule not in SILENT_RULES:
             raise ConfigError(f"silent_rule={self.silent_rule!r}: choose one of {SILENT_RULES}")
         if not 1 <= self.out_weight_bits <= 8:
@@ -170,6 +177,8 @@ class SpikingLayer(nn.Module):
         self.binary = cfg.mode == "binary"
         self.clip = cfg.clip
         self.bias = cfg.bias
+        self.windows = cfg.layer_windows != "off"
+        self.ramped = cfg.layer_windows == "ramp"
         self.weight = nn.Parameter(torch.empty(cout, cin + self.bias, kh, kw).uniform_(-1.0, 1.0))
         if self.bias:  # the bias channel starts at a zero ramp. Its kh x kw weights of a channel get the same
             # gradient (one input at t = 0; padding aside), so they move together: real mode starts them at 0;
@@ -232,12 +241,42 @@ class SpikingLayer(nn.Module):
         t_in = self.layer_input(t_in)
         be = resolve_backend(backend, t_in.device)
         rho = float(self.theta) / self.T
+        if self.windows:
+            r_fwd, r_eff = self.ramp() if self.ramped else (None, None)
+            return WindowFire.apply(t_in, w_eff, w_fwd, thr, rho, self.T, self.stride, self.padding, norm, latency, r_fwd, r_eff)
         return SpikeFire.apply(t_in, w_eff, w_fwd, thr, rho, self.T, self.stride, self.padding, be, norm, latency)
+
+    def ramp(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ramp in the forward's units, its effective value) per output channel, for
+        ``layer_windows = "ramp"``: theta / T in effective units (theta_l = theta T is crossed at
+        the window's end from V = 0); binary mode: the integer max(1, round(theta / (T alpha))),
+        whose effective value is alpha times it."""
+        rho = float(self.theta) / self.T
+        if not self.binary:
+            r = torch.full((self.weight.shape[0],), rho, dtype=torch.float64)
+            return r, r
+        alpha = self.alpha().detach().double()
+        r = torch.clamp(torch.round(rho / alpha), min=1.0)
+        return r, r * alpha
+
+    def potential_times(self, t_in: torch.Tensor) -> torch.Tensor:
+        """Input times on the layer's own clock, for V_j(t) = sum_i w_ji max(0, t - t_i): the
+        ``layer_input``; with ``layer_windows`` the inputs that fired come a window earlier (t_i - T)
+        and silent ones never (3T: past any t of the window)."""
+        t = self.layer_input(t_in)
+        if not self.windows:
+            return t
+        return torch.where(t < self.T, t - self.T, torch.full_like(t, 3.0 * self.T))
 
     def potential_at(self, t_in: torch.Tensor, t: float) -> torch.Tensor:
         """V_j(t) with the forward weights (float64; exact integers in binary mode)."""
         _, w_fwd, _ = self.effective()
-        x = torch.clamp(t - self.layer_input(t_in).double(), min=0.0)
+        if self.ramped:  # V(t) = A + t r in the layer's window
+            t_in = self.layer_input(t_in).double()
+            a = torch.where(t_in < self.T, self.T - t_in, torch.zeros_like(t_in))
+            v = F.conv2d(a, w_fwd.double().to(a.device), stride=self.stride, padding=self.padding)
+            return v + t * self.ramp()[0].to(v.device).view(1, -1, 1, 1)
+        x = torch.clamp(t - self.potential_times(t_in).double(), min=0.0)
         return F.conv2d(x, w_fwd.double().to(x.device), stride=self.stride, padding=self.padding)
 
 
@@ -314,7 +353,11 @@ class CSNN(nn.Module):
         thr = None
         if self.cfg.silent_rule == "margin":  # the thresholds as exported: at most the highest reachable V + 1
             _, w, thr = out.effective()
-            hi = w.detach().double().clamp_min(0).flatten(1).sum(1) * (self.T - 1)
+            pos = w.detach().double().clamp_min(0).flatten(1).sum(1)
+            if out.ramped:  # modelfile.potential_range with ramps
+                hi = pos * self.T + (self.T - 1) * out.ramp()[0]
+            else:
+                hi = pos * ((2 * self.T if out.windows else self.T) - 1)
             thr = torch.minimum(thr.detach().double(), hi + 1).to(v_last.device)
         return decide(t_out.detach(), v_last, self.T, thr)
 
@@ -347,15 +390,17 @@ class CSNN(nn.Module):
                 continue
             last = idx == n_layers - 1
             t_ref = (cfg.out_calib_time if last else cfg.calib_time) * self.T
-            t_in = mod.layer_input(t).double()
+            t_in = mod.potential_times(t).double()
             x = torch.clamp(t_ref - t_in, min=0.0)
             unit = mod.sign().double() if mod.binary else mod.weight.double()
-            # peak of V over a few times up to t_ref: a neuron has fired by t_ref iff its peak >= thr
-            v = None
-            for frac in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0):
-                xf = torch.clamp(frac * t_ref - t_in, min=0.0)
-                vf = F.conv2d(xf, unit, stride=mod.stride, padding=mod.padding)  # (B, Co, H, W)
-                v = vf if v is None else torch.maximum(v, vf)
+            if mod.ramped:  # V(t_ref) = A + t_ref rho >= theta T  <=>  A >= theta (T - t_ref): scale A to compare with theta T
+                v = F.conv2d(torch.clamp(-t_in, min=0.0), unit, stride=mod.stride, padding=mod.padding) * (self.T / (self.T - t_ref))
+            else:  # peak of V over a few times up to t_ref: a neuron has fired by t_ref iff its peak >= thr
+                v = None
+                for frac in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0):
+                    xf = torch.clamp(frac * t_ref - t_in, min=0.0)
+                    vf = F.conv2d(xf, unit, stride=mod.stride, padding=mod.padding)  # (B, Co, H, W)
+                    v = vf if v is None else torch.maximum(v, vf)
             # only neurons whose receptive field receives spikes by t_ref count
             ones = torch.ones_like(unit[:1])
             active = F.conv2d((x > 0).double(), ones, stride=mod.stride, padding=mod.padding) > 0

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from firstspike.data import load_split
 from firstspike.errors import CheckpointError, ConfigError
 from firstspike.train import fused
-from firstspike.train.functional import latency_slope, potential_loss, relative_targets, silence_penalty, spike_loss
+from firstspike.train.functional import latency_slope, potential_loss, relative_targets, silence_penalty, spike_loss, window_sums
 from firstspike.train.model import CSNN, MODES, NetConfig
 
 log = logging.getLogger(__name__)
@@ -614,7 +614,10 @@ def autograd_step(model: CSNN, ddp_model: torch.nn.Module, images: torch.Tensor,
     t_out = outs[-1].flatten(1)
     if tc.loss == "potential" or refit:  # (the refit trains the output's potentials, whatever the main loss)
         out_layer = model.layers[-1]
-        loss = potential_loss(t_out, out_layer.layer_input(outs[-2]), out_layer.effective()[0], float(out_layer.theta), labels, T,
+        if out_layer.ramped:
+            raise ConfigError("the potential loss (and the output refit) do not cover layer_windows = 'ramp' yet: "
+                              "train it with loss = 'relative' and refit_epochs = 0")  # fmt: skip
+        loss = potential_loss(t_out, out_layer.potential_times(outs[-2]), out_layer.effective()[0], float(out_layer.theta), labels, T,
                               tc.margin, t_goal, out_layer.stride, out_layer.padding,
                               tc.refit_ce_weight if refit else tc.ce_weight, tc.ce_temp, tc.ce_hidden)  # fmt: skip
     else:
@@ -704,7 +707,11 @@ class _Diag:
         spk = [(mod, o_in, o_out) for kind, mod, o_in, o_out in zip(model.kinds, model.layers, outs[:-1], outs[1:]) if kind != "pool"]
         for mod, o_in, o_out in spk:
             rho = float(mod.theta) / T
-            sl = latency_slope("true", rho, mod.layer_input(o_in), mod.effective()[0].detach(), o_out, T, mod.stride, mod.padding)
+            if mod.windows:  # the slope of the layer's own window: S_j of window_sums
+                S = window_sums(mod.layer_input(o_in), mod.effective()[0].detach(), T, mod.stride, mod.padding)[1]
+                sl = torch.where(o_out < T, S.clamp_min(rho), torch.full_like(S, rho))
+            else:
+                sl = latency_slope("true", rho, mod.layer_input(o_in), mod.effective()[0].detach(), o_out, T, mod.stride, mod.padding)
             r = (sl[o_out < T] / rho).flatten().double()
             q = np.quantile(r.numpy(), [0.05, 0.5, 0.95]) if r.numel() else np.zeros(3)  # (torch.quantile: <= 2^24 values)
             slopes.append([round(float(v), 2) for v in q])

@@ -1,0 +1,263 @@
+"""A window per layer (``layer_windows``, a training experiment): every spiking layer fires
+only after all spikes of the window before have arrived.
+
+* The dense forward (``functional.WindowFire``) equals a step-by-step simulation of the
+  piecewise-linear neuron on the absolute clock (inputs at t_i, firing allowed at T..2T-1).
+* The backward of a whole network equals a dense autograd surrogate of the linearised
+  latency (dt_j/dV_j = -1/rho, V_j at the detached spike time of the layer's own window).
+* The potentials the decision and the potential loss read are those of the same clock.
+* The model file refuses such a network (the golden model and the RTL do not carry it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from firstspike.errors import ConfigError
+from firstspike.quantize.export import check_deployable
+from firstspike.train.functional import WindowFire, min_pool
+from firstspike.train.model import CSNN, LayerSpec, NetConfig
+
+
+def _stepped(t_in: np.ndarray, w: np.ndarray, thr: np.ndarray, T: int, stride: int, pad: int,
+             ramp: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """Reference: the incremental neuron on the absolute clock 0..2T-1 (I(t) = I(t-1) + the
+    weights of inputs at t-1, V(t) = V(t-1) + I(t)), firing allowed only at T..2T-1; the
+    layer's time is t - T (T: silent). With ``ramp`` (per channel) I = ramp after step T."""
+    B, C, H, W = t_in.shape
+    Co, _, KH, KW = w.shape
+    tp = np.pad(t_in, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=T)
+    Ho, Wo = (H + 2 * pad - KH) // stride + 1, (W + 2 * pad - KW) // stride + 1
+    out = np.full((B, Co, Ho, Wo), T, np.int64)
+    for b in range(B):
+        for co in range(Co):
+            for y in range(Ho):
+                for x in range(Wo):
+                    patch = tp[b, :, y * stride : y * stride + KH, x * stride : x * stride + KW]
+                    cur = pot = 0
+                    for t in range(1, 2 * T):
+                        cur = ramp[co] if ramp is not None and t > T else cur + w[co][(patch == t - 1) & (patch < T)].sum()
+                        pot += cur
+                        if t >= T and pot >= thr[co]:
+                            out[b, co, y, x] = t - T
+                            break
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), T=st.integers(2, 12), stride=st.integers(1, 2), pad=st.integers(0, 1),
+       binary=st.booleans(), ramped=st.booleans())  # fmt: skip
+def test_window_forward_equals_the_stepped_neuron(seed: int, T: int, stride: int, pad: int, binary: bool, ramped: bool) -> None:
+    rng = np.random.default_rng(seed)
+    t_in = rng.integers(0, T + 1, (2, 2, 5, 5))
+    if binary:
+        w = rng.choice([-1, 1], (3, 2, 3, 3))
+        thr = rng.integers(1, 4 * T, 3)
+    else:  # dyadic reals: the stepped sums are exact, so both orders of addition agree
+        w = rng.integers(-8, 9, (3, 2, 3, 3)) / 4.0
+        thr = rng.integers(1, 16 * T, 3) / 4.0
+    ramp = (rng.integers(1, 5, 3) / (1 if binary else 4.0)) if ramped else None
+    r = torch.tensor(ramp) if ramped else None
+    got = WindowFire.apply(torch.tensor(t_in, dtype=torch.float32), torch.tensor(w, dtype=torch.float32),
+                           torch.tensor(w), torch.tensor(thr), 1.0, T, stride, pad, False, "rho", r, r)  # fmt: skip
+    np.testing.assert_array_equal(got.numpy().astype(np.int64), _stepped(t_in, w, thr, T, stride, pad, ramp))
+
+
+def _cfg(mode: str, windows: str = "psp") -> NetConfig:
+    return NetConfig(
+        name="win", T=16, mode=mode, input_shape=(2, 10, 10), layer_windows=windows,
+        layers=[LayerSpec("conv", 4, 3, 1, 1), LayerSpec("pool", 0, 2), LayerSpec("conv", 5, 3, 1, 0), LayerSpec("fc", 3)],
+    )  # fmt: skip
+
+
+def _surrogate(t_in, w, t_out, rho, stride, pad, T, slope=None, ramped=False):
+    """Dense autograd version of one windowed layer: V_j = sum_i w_ji (T + t'_j - t_i) over
+    the inputs that fired (t'_j detached; with a ramp sum_i w_ji (T - t_i) + t'_j r),
+    t_sur = t' - (V_j - V_j.detach()) / slope."""
+    fired = (t_in.detach() < T).double()
+    v = F.conv2d((T - t_in) * fired, w, stride=stride, padding=pad)
+    if not ramped:
+        v = v + t_out.detach() * F.conv2d(fired, w, stride=stride, padding=pad)
+    if ramped:  # the ends of the window: no error pushes a neuron earlier than 0 or later than silent
+        v = _ClipEnds.apply(v, t_out.detach(), T)
+    return t_out.detach() - (v - v.detach()) / (rho if slope is None else slope)
+
+
+class _ClipEnds(torch.autograd.Function):
+    """Identity forward; backward drops dL/dV < 0 at t' = 0 and dL/dV > 0 at t' = T."""
+
+    @staticmethod
+    def forward(ctx, v, t, T):
+        ctx.save_for_backward(t)
+        ctx.T = T
+        return v.view_as(v)
+
+    @staticmethod
+    def backward(ctx, g):
+        (t,) = ctx.saved_tensors
+        drop = ((t == 0) & (g < 0)) | ((t >= ctx.T) & (g > 0))
+        return torch.where(drop, torch.zeros_like(g), g), None, None
+
+
+@pytest.mark.parametrize("mode", ["binary", "real"])
+@pytest.mark.parametrize("latency,windows", [("rho", "psp"), ("true", "psp"), ("rho", "ramp")])
+def test_window_network_backward_equals_dense_autograd_surrogate(mode: str, latency: str, windows: str) -> None:
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (6, 2, 10, 10), generator=gen, dtype=torch.uint8)
+    images[images < 90] = 0
+    torch.manual_seed(0)
+    net = CSNN(_cfg(mode, windows)).double()
+    net.calibrate(images, "positive")
+    net.latency = latency
+    outs = net.forward_all(images)
+    T = net.T
+    assert 0 < float((outs[-1] < T).double().mean()) < 1, "test case should have firing and silent outputs"
+    coef = torch.randn(outs[-1].shape, generator=gen, dtype=torch.float64)
+    loss = (outs[-1].double() * coef).sum() + 0.1 * (outs[1].double() ** 2).mean()
+    net.zero_grad()
+    loss.backward()
+    got = [m.weight.grad.clone() for m in net.spiking_layers()]
+
+    net.zero_grad()
+    t = outs[0].double()
+    sur = [t]
+    for kind, k, mod, t_fwd in zip(net.kinds, net.pools, net.layers, outs[1:]):
+        if kind == "pool":
+            t = min_pool(t, k)
+        else:
+            w_eff = mod.effective()[0]
+            rho = float(mod.theta) / T
+            slope = None
+            if windows == "ramp":  # the exact slope: the ramp, alpha times its integer in binary mode
+                slope = mod.ramp()[1].view(1, -1, 1, 1)
+            elif latency == "true":  # the layer's own slope S_j = sum of the fired inputs' weights, floored at rho
+                s = F.conv2d((t.detach() < T).double(), w_eff.detach(), stride=mod.stride, padding=mod.padding)
+                slope = torch.where(t_fwd < T, s.clamp_min(rho), torch.full_like(s, rho))
+            t = _surrogate(t, w_eff, t_fwd.double(), rho, mod.stride, mod.padding, T, slope, windows == "ramp")
+        assert torch.equal(t.detach(), t_fwd.double())
+        sur.append(t)
+    ((sur[-1] * coef).sum() + 0.1 * (sur[1] ** 2).mean()).backward()
+    for a, m in zip(got, net.spiking_layers()):
+        assert m.weight.grad.abs().max() > 0
+        torch.testing.assert_close(a, m.weight.grad, rtol=1e-4, atol=1e-6 * float(a.abs().max()))  # float32 spike times
+
+
+@pytest.mark.parametrize("windows", ["psp", "ramp"])
+def test_window_potentials_and_calibration_use_the_layers_own_clock(windows: str) -> None:
+    gen = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (8, 2, 10, 10), generator=gen, dtype=torch.uint8)
+    images[images < 120] = 0
+    torch.manual_seed(1)
+    net = CSNN(_cfg("binary", windows))
+    net.calibrate(images, "positive")
+    outs = net.forward_all(images)
+    T = net.T
+    for kind, mod, t_in, t_out in zip(net.kinds, net.layers, outs[:-1], outs[1:]):
+        if kind == "pool":
+            continue
+        assert 0 < float((t_out < T).float().mean()), "calibration should leave neurons firing"
+        _, w, thr = mod.effective()
+        # V at every step of the layer's window, by the definition on the absolute clock
+        for step in (0, T // 2, T - 1):
+            fired = (t_in < T).double()
+            if windows == "ramp":
+                want = F.conv2d((T - t_in.double()) * fired, w.double(), stride=mod.stride, padding=mod.padding)
+                want = want + step * mod.ramp()[0].view(1, -1, 1, 1)
+            else:
+                want = F.conv2d((T + step - t_in.double()) * fired, w.double(), stride=mod.stride, padding=mod.padding)
+            torch.testing.assert_close(mod.potential_at(t_in, float(step)), want, rtol=0, atol=0)
+        # a neuron fires at its first step with V >= thr
+        v = torch.stack([mod.potential_at(t_in, float(s)) for s in range(T)])
+        first = torch.where((v >= thr.view(1, 1, -1, 1, 1)).any(0), (v >= thr.view(1, 1, -1, 1, 1)).double().argmax(0), T)
+        assert torch.equal(first.to(t_out.dtype), t_out)
+
+
+def test_model_file_refuses_windows_without_a_ramp() -> None:
+    with pytest.raises(ConfigError, match="layer_windows"):
+        check_deployable(_cfg("binary"))
+    with pytest.raises(ConfigError, match="layer_windows"):
+        NetConfig(name="x", layers=[LayerSpec("fc", 3)], layer_windows="on").validate()
+
+
+def _ramp_net(T: int = 12) -> tuple[CSNN, np.ndarray]:
+    cfg = NetConfig(name="ramp", T=T, mode="binary", input_shape=(1, 10, 10), layer_windows="ramp",
+                    layers=[LayerSpec("conv", 4, 3, 1, 1), LayerSpec("pool", 0, 2), LayerSpec("conv", 5, 3, 1, 0),
+                            LayerSpec("fc", 6), LayerSpec("fc", 4)])  # fmt: skip
+    torch.manual_seed(2)
+    net = CSNN(cfg)
+    x = np.random.default_rng(2).integers(0, 256, size=(16, 10, 10)).astype(np.uint8)
+    x[x < 100] = 0
+    net.calibrate(torch.from_numpy(x), "positive")
+    with torch.no_grad():  # scales of 1/16 .. 2: ramps of 16 .. 1 (theta / T = 1 in effective units)
+        for m in net.spiking_layers():
+            m.log_alpha.uniform_(-2.8, 0.7)
+    return net, x
+
+
+def test_ramp_network_through_the_model_file_equals_the_golden_model() -> None:
+    from firstspike.quantize import modelfile
+    from firstspike.quantize.export import tables_from_model
+    from firstspike.quantize.golden import GoldenModel
+
+    net, x = _ramp_net()
+    tables = tables_from_model(net)
+    data = modelfile.encode(tables)
+    assert tables.version == 2 and data[8:10] == (2).to_bytes(2, "little")
+    back = modelfile.decode(data)
+    assert back.windows == "ramp"
+    assert [list(ly.ramps) for ly in back.spiking] == [list(m.ramp()[0].long().numpy()) for m in net.spiking_layers()]
+    assert len({int(r) for ly in back.spiking for r in ly.ramps}) > 1
+    with torch.no_grad():
+        cls, outs = net.classify(torch.from_numpy(x))
+    res = GoldenModel(back).run(x)
+    for i, (o, t) in enumerate(zip(outs, res.layer_times)):
+        np.testing.assert_array_equal(o.numpy().astype(np.int64), t, err_msg=f"layer {i}")
+    np.testing.assert_array_equal(cls.numpy(), res.classes)
+    hidden = np.concatenate([t.ravel() for t in res.layer_times[1:-1]])
+    T = net.T
+    assert (hidden == 0).any() and (hidden == T).any() and ((hidden > 0) & (hidden < T)).any(), "saturated, silent and graded"
+
+
+def test_ramp_model_file_defects_are_refused() -> None:
+    import json
+
+    from firstspike.hw.plan import HardwareError, plan_core
+    from firstspike.quantize import modelfile
+    from firstspike.quantize.export import tables_from_model
+
+    tables = tables_from_model(_ramp_net()[0])
+    with pytest.raises(HardwareError, match="layer windows"):
+        plan_core(tables, lanes=4)
+    data = modelfile.encode(tables)
+    pre = modelfile._PRE
+    _, version, _, hlen = pre.unpack_from(data)
+    header = json.loads(data[pre.size : pre.size + hlen])
+    payload = data[pre.size + hlen : -32]
+
+    def build(h: dict, v: int = 2) -> bytes:
+        import hashlib
+
+        hb = json.dumps(h).encode()
+        body = pre.pack(modelfile.MAGIC, v, 0, len(hb)) + hb + payload
+        return body + hashlib.sha256(body).digest()
+
+    assert modelfile.decode(build(header)).windows == "ramp"
+    with pytest.raises(modelfile.ModelFileError, match="version 1"):
+        modelfile.decode(build(header, 1))
+    with pytest.raises(modelfile.ModelFileError, match="unknown layer windows"):
+        modelfile.decode(build({**header, "windows": "psp"}))
+    h = json.loads(json.dumps(header))
+    del h["layers"][0]["ramps"]
+    with pytest.raises(modelfile.ModelFileError, match="malformed"):
+        modelfile.decode(build(h))
+    zero = bytearray(payload)
+    ref = header["layers"][0]["ramps"]
+    zero[ref["offset"] : ref["offset"] + 4] = (0).to_bytes(4, "little")
+    payload = bytes(zero)
+    with pytest.raises(modelfile.ModelFileError, match="ramp below 1"):
+        modelfile.decode(build(header))
