@@ -486,13 +486,20 @@ def _executor(jobs: int) -> _Inline | _Workers:
     return _Inline()
 
 
-def _check_deployable(cfg: FlowConfig) -> None:
-    """Before anything trains: the architecture must be one the model file can carry."""
+HARDWARE_STEPS = ("hw", "verilator", "icarus", "gate_level", "build", "virtual", "board")  # the steps that need the core
+
+
+def _check_deployable(cfg: FlowConfig, hardware: list[str]) -> None:
+    """Before anything trains: the architecture must be one the model file can carry, and the
+    core, if one of the ``hardware`` steps is to run."""
     from firstspike.quantize.export import check_deployable
     from firstspike.train.model import load_config
 
     net, _ = load_config(cfg.config)
     check_deployable(net)
+    if net.layer_windows != "off" and hardware:
+        raise FlowError(f"{net.name}: layer windows (layer_windows = {net.layer_windows!r}) run in the golden model, not yet "
+                        f"on the core: skip the hardware steps (--skip {','.join(hardware)}) or train without them")  # fmt: skip
 
 
 def run_flow(cfg: FlowConfig, skip: tuple[str, ...] = (), rerun: tuple[str, ...] = (), only: tuple[str, ...] = ()
@@ -508,7 +515,9 @@ def run_flow(cfg: FlowConfig, skip: tuple[str, ...] = (), rerun: tuple[str, ...]
     if cfg.jobs < 1:
         raise FlowError(f"jobs={cfg.jobs}: run at least one step at a time (--jobs 1 or more)")
     if "quantize" not in skip and (not only or "quantize" in only):
-        _check_deployable(cfg)
+        hardware = [s.name for s in STEPS if s.name in HARDWARE_STEPS and s.enabled(cfg) and s.name not in skip
+                    and (not only or s.name in only)]  # fmt: skip
+        _check_deployable(cfg, hardware)
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
     state = load_state(root)

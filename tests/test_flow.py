@@ -159,6 +159,17 @@ def test_an_undeployable_network_fails_before_it_trains(tmp_path: Path) -> None:
     assert [p.name for p in out.iterdir()] == ["flow.log"]  # the log of why, no step's folder
 
 
+def test_a_network_with_layer_windows_fails_before_it_trains_if_the_core_is_asked_for(tmp_path: Path) -> None:
+    """Layer windows reach the model file and the golden model, not yet the core: a flow with
+    hardware steps is refused before the training step, naming the steps to skip."""
+    cfg_path = tmp_path / "windows.toml"
+    cfg_path.write_text('base = "csnn_ice40"\nname = "windows"\nlayer_windows = "ramp"\n')
+    out = tmp_path / "run"
+    with pytest.raises(FlowError, match=r"layer windows .*--skip hw,verilator"):
+        run_flow(small_config(out, config=str(cfg_path)))
+    assert not out.exists()
+
+
 def test_report_content(run: tuple[FlowConfig, dict]) -> None:
     cfg, state = run
     md = (Path(cfg.out) / "report" / "report.md").read_text()
