@@ -63,6 +63,37 @@ def _net(mode: str, images: torch.Tensor) -> CSNN:
     return net
 
 
+def check_against_surrogate(net: CSNN, images: torch.Tensor, gen: torch.Generator, layer_surrogate, atol: float = 1e-7) -> None:
+    """The network's gradients (weights and binary scales) under a loss that touches every output
+    (firing or silent) and the first hidden layer's times equal those of the same loss through
+    ``layer_surrogate(mod, t_in, t_fwd)``, a dense autograd version of each spiking layer whose
+    forward values are ``t_fwd``. ``atol`` is relative to each gradient's largest entry."""
+    outs = net.forward_all(images)
+    T = net.T
+    assert 0 < float((outs[-1] < T).double().mean()) < 1, "test case should have firing and silent outputs"
+    coef = torch.randn(outs[-1].shape, generator=gen, dtype=torch.float64)
+    loss = (outs[-1].double() * coef).sum() + 0.1 * (outs[1].double() ** 2).mean()
+    net.zero_grad()
+    loss.backward()
+    got = [m.weight.grad.clone() for m in net.spiking_layers()]
+    got_alpha = [m.log_alpha.grad.clone() for m in net.spiking_layers() if m.binary]
+
+    # independent computation
+    net.zero_grad()
+    t = outs[0].double()
+    sur = [t]
+    for kind, k, mod, t_fwd in zip(net.kinds, net.pools, net.layers, outs[1:]):
+        t = min_pool(t, k) if kind == "pool" else layer_surrogate(mod, t, t_fwd.double())
+        assert torch.equal(t.detach(), t_fwd.double())
+        sur.append(t)
+    ((sur[-1] * coef).sum() + 0.1 * (sur[1] ** 2).mean()).backward()
+    for a, m in zip(got, net.spiking_layers()):
+        assert m.weight.grad.abs().max() > 0
+        torch.testing.assert_close(a, m.weight.grad, rtol=1e-4, atol=atol * float(a.abs().max()))  # spike times are float32
+    for a, m in zip(got_alpha, [m for m in net.spiking_layers() if m.binary]):
+        torch.testing.assert_close(a, m.log_alpha.grad, rtol=1e-4, atol=atol * float(a.abs().max()))
+
+
 @pytest.mark.parametrize("mode", ["binary", "real"])
 @pytest.mark.parametrize("norm", [False, True])
 def test_network_backward_equals_dense_autograd_surrogate(mode: str, norm: bool) -> None:
@@ -71,37 +102,9 @@ def test_network_backward_equals_dense_autograd_surrogate(mode: str, norm: bool)
     images[images < 90] = 0  # some silent inputs
     net = _net(mode, images)
     net.norm_grad = norm
-
-    outs = net.forward_all(images)
     T = net.T
-    assert 0 < float((outs[-1] < T).double().mean()) < 1, "test case should have firing and silent outputs"
-    # a loss that touches every output (firing or silent) and the hidden times
-    coef = torch.randn(outs[-1].shape, generator=gen, dtype=torch.float64)
-    loss = (outs[-1].double() * coef).sum() + 0.1 * (outs[1].double() ** 2).mean()
-    net.zero_grad()
-    loss.backward()
-    got = [m.weight.grad.clone() for m in net.spiking_layers()]
-    got_alpha = [m.log_alpha.grad.clone() for m in net.spiking_layers()] if mode == "binary" else []
-
-    # independent computation
-    net.zero_grad()
-    t = outs[0].double()
-    sur = [t]
-    for kind, k, mod, t_fwd in zip(net.kinds, net.pools, net.layers, outs[1:]):
-        if kind == "pool":
-            t = min_pool(t, k)
-        else:
-            w_eff = mod.effective()[0]
-            t = _surrogate_layer(t, w_eff, t_fwd.double(), float(mod.theta) / T, mod.stride, mod.padding, norm)
-        assert torch.equal(t.detach(), t_fwd.double())
-        sur.append(t)
-    loss2 = (sur[-1] * coef).sum() + 0.1 * (sur[1] ** 2).mean()
-    loss2.backward()
-    for a, m in zip(got, net.spiking_layers()):
-        assert m.weight.grad.abs().max() > 0
-        torch.testing.assert_close(a, m.weight.grad, rtol=1e-4, atol=1e-7)  # spike-time tensors are float32
-    for a, m in zip(got_alpha, net.spiking_layers()):
-        torch.testing.assert_close(a, m.log_alpha.grad, rtol=1e-4, atol=1e-7)  # spike-time tensors are float32
+    check_against_surrogate(net, images, gen, lambda mod, t, t_fwd: _surrogate_layer(
+        t, mod.effective()[0], t_fwd, float(mod.theta) / T, mod.stride, mod.padding, norm))  # fmt: skip
 
 
 def test_crossing_slope_is_the_last_potential_step() -> None:
