@@ -245,3 +245,26 @@ def test_ramp_model_file_defects_are_refused() -> None:
     payload = bytes(zero)
     with pytest.raises(modelfile.ModelFileError, match="ramp below 1"):
         modelfile.decode(build(header))
+
+
+def test_power_of_two_ramps() -> None:
+    """``ramp_pow2``: every binary layer's integer ramp is a power of two, the nearest in log2 to
+    theta / (T alpha); the golden model runs them like any ramp."""
+    from firstspike.quantize.export import tables_from_model
+    from firstspike.quantize.golden import GoldenModel
+
+    net, x = _ramp_net()
+    net.cfg.ramp_pow2 = True
+    for m in net.spiking_layers():
+        m.ramp_pow2 = True
+        r = m.ramp()[0]
+        assert torch.equal(r, torch.exp2(torch.log2(r).round()))
+        want = torch.clamp(torch.exp2(torch.round(torch.log2(1.0 / m.alpha().double()))), min=1.0)
+        assert torch.equal(r, want)
+    assert len({int(v) for m in net.spiking_layers() for v in m.ramp()[0]}) > 1
+    with torch.no_grad():
+        cls, outs = net.classify(torch.from_numpy(x))
+    res = GoldenModel(tables_from_model(net)).run(x)
+    for o, t in zip(outs, res.layer_times):
+        np.testing.assert_array_equal(o.numpy().astype(np.int64), t)
+    np.testing.assert_array_equal(cls.numpy(), res.classes)

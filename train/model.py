@@ -66,6 +66,7 @@ class NetConfig:
     #   spikes of the window before have arrived (functional.WindowFire): no input is lost to an early spike;
     #   "ramp": the slope in the layer's window is a constant ramp (SpikingLayer.ramp), not the inputs'
     #   (a quantised ReLU; STiDi-BP's -1/rho is then the exact derivative). Training only, for now
+    ramp_pow2: bool = False  # binary "ramp": integer ramps rounded to a power of two (a shift, not a divider, in hardware)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "NetConfig":
@@ -179,6 +180,7 @@ class SpikingLayer(nn.Module):
         self.bias = cfg.bias
         self.windows = cfg.layer_windows != "off"
         self.ramped = cfg.layer_windows == "ramp"
+        self.ramp_pow2 = cfg.ramp_pow2
         self.weight = nn.Parameter(torch.empty(cout, cin + self.bias, kh, kw).uniform_(-1.0, 1.0))
         if self.bias:  # the bias channel starts at a zero ramp. Its kh x kw weights of a channel get the same
             # gradient (one input at t = 0; padding aside), so they move together: real mode starts them at 0;
@@ -250,13 +252,14 @@ class SpikingLayer(nn.Module):
         """(ramp in the forward's units, its effective value) per output channel, for
         ``layer_windows = "ramp"``: theta / T in effective units (theta_l = theta T is crossed at
         the window's end from V = 0); binary mode: the integer max(1, round(theta / (T alpha))),
-        whose effective value is alpha times it."""
+        whose effective value is alpha times it (``ramp_pow2``: 2^round(log2(theta / (T alpha))), at least 1)."""
         rho = float(self.theta) / self.T
         if not self.binary:
             r = torch.full((self.weight.shape[0],), rho, dtype=torch.float64)
             return r, r
         alpha = self.alpha().detach().double()
-        r = torch.clamp(torch.round(rho / alpha), min=1.0)
+        r = torch.exp2(torch.round(torch.log2(rho / alpha))) if self.ramp_pow2 else torch.round(rho / alpha)
+        r = torch.clamp(r, min=1.0)
         return r, r * alpha
 
     def potential_times(self, t_in: torch.Tensor) -> torch.Tensor:
