@@ -156,9 +156,9 @@ class GoldenModel:
             if ly.kind == "pool":
                 t = _min_pool(t, ly.kernel[0])
             else:
-                ramps = ly.ramps if ly.ramps is not None else np.zeros(0, np.int64)
+                ramps = np.asarray(ly.ramps if ly.ramps is not None else (), np.int64)  # empty: the shared window
                 t, v = _spiking_layer(np.ascontiguousarray(t), ly.weights, ly.thresholds, self.T, ly.stride, ly.padding,
-                                      ly.out_shape[1], ly.out_shape[2], np.asarray(ramps, np.int64))  # fmt: skip
+                                      ly.out_shape[1], ly.out_shape[2], ramps)  # fmt: skip
                 v_last = v
             if times is not None:
                 times.append(t)

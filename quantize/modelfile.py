@@ -264,7 +264,7 @@ def _shape3(v: Any, what: str) -> tuple[int, int, int]:
 def _from_header(h: dict, payload: bytes, version: int = FORMAT_VERSION) -> ModelTables:
     _need(isinstance(h, dict) and h.get("format") == "firstspike-model", "not a firstspike model header")
     windows = h.get("windows", "off")
-    _need(windows in WINDOWS[1:] if "windows" in h else True, f"unknown layer windows {windows!r} (this firstspike runs {WINDOWS})")
+    _need("windows" not in h or windows in WINDOWS[1:], f"unknown layer windows {windows!r} (this firstspike runs {WINDOWS})")
     _need(windows == "off" or version >= 2, f"layer windows in a version {version} file (they came with version 2)")
     T = h["T"]
     _need(isinstance(T, int) and 2 <= T <= 65535, f"T={T!r} out of range")
