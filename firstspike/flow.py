@@ -497,9 +497,6 @@ def _check_deployable(cfg: FlowConfig, hardware: list[str]) -> None:
 
     net, _ = load_config(cfg.config)
     check_deployable(net)
-    if net.layer_windows != "off" and hardware:
-        raise FlowError(f"{net.name}: layer windows (layer_windows = {net.layer_windows!r}) run in the golden model, not yet "
-                        f"on the core: skip the hardware steps (--skip {','.join(hardware)}) or train without them")  # fmt: skip
 
 
 def run_flow(cfg: FlowConfig, skip: tuple[str, ...] = (), rerun: tuple[str, ...] = (), only: tuple[str, ...] = ()

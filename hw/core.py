@@ -95,7 +95,7 @@ class Core(Elaboratable):
         T, tb = P.T, P.time_bits
         C, H, W = P.input_shape
 
-        t = Signal(tb)  # current step
+        t = Signal(P.step_bits)  # current step (0 .. P.steps - 1: T, or with layer windows (layers + 1) T)
         first = Signal()
         m.d.comb += first.eq(t == 0)
         go = Signal()  # 1-cycle: every stage starts step t
@@ -160,7 +160,7 @@ class Core(Elaboratable):
             with m.State("STEP"):
                 m.d.sync += cycles.eq(cycles + 1)
                 with m.If(~any_busy):
-                    stop = (t == T - 1) | (early & dec.fired)
+                    stop = (t == P.steps - 1) | (early & dec.fired)
                     with m.If(stop):
                         m.next = "RESULT"
                     with m.Else():

@@ -59,9 +59,10 @@ def bank_signature(lp: LayerPlan) -> wiring.Signature:
     return wiring.Signature({"addr": In(idx_bits(max(2, E + 1))), "data": Out(entry_layout(lp)), "count": Out(idx_bits(E + 1))})
 
 
-def _lane_words(lp: LayerPlan, per_channel) -> Array:
-    """One potential-width field per lane, a word per group (thresholds and their negatives)."""
-    L, G, pb = lp.lanes, lp.groups, lp.potential_bits
+def _lane_words(lp: LayerPlan, per_channel, bits: int | None = None) -> Array:
+    """One field of ``bits`` (default: the potential width) per lane, a word per group
+    (thresholds and their negatives; with ``bits`` = slope width, layer windows' ramps)."""
+    L, G, pb = lp.lanes, lp.groups, bits or lp.potential_bits
     return _table([sum((int(per_channel[gg * L + j]) & ((1 << pb) - 1)) << (j * pb)
                        for j in range(L) if gg * L + j < lp.Co) for gg in range(G)], L * pb)  # fmt: skip
 
@@ -104,7 +105,7 @@ class LayerEngine(wiring.Component):
         self.thresholds = _lane_words(lp, lp.thresholds)
         sig = {
             "go": In(1),
-            "t": In(plan.time_bits),
+            "t": In(plan.step_bits),
             "busy": Out(1),
             "events": In(list_signature(plan) if src is None else bank_signature(src)),
         }
@@ -143,8 +144,19 @@ class LayerEngine(wiring.Component):
         t, go = self.t, self.go
         readout = self.readout if P.debug else None
         ev = self.events  # the input events: the encoder's lists, or the previous layer's bank
-        first = Signal()
-        m.d.comb += first.eq(t == 0)
+        # the layer's steps: 0 .. T-1, or with layer windows (CorePlan.windowed) 2 T from its
+        # window start t0: events in steps t0+1 .. t0+T ("takes"), firing in t0+T .. t0+2T-1
+        # ("fire_ok", spike time t - t0 - T), the channel's ramp as the slope after t0+T ("ramp_on")
+        win, t0 = lp.ramps is not None, lp.window_start
+        first, active, takes, fire_ok, ramp_on, fire_start = (Signal(name=f"l{lp.index}_{n}") for n in
+                                                              ("first", "active", "takes", "fire_ok", "ramp_on", "fire_start"))  # fmt: skip
+        tf = Signal(tb, name=f"l{lp.index}_tf")  # the spike time a crossing of this step records
+        m.d.comb += first.eq(t == t0)
+        if win:
+            m.d.comb += [active.eq((t >= t0) & (t < t0 + 2 * T)), takes.eq(t <= t0 + T), fire_ok.eq(t >= t0 + T),
+                         ramp_on.eq(t > t0 + T), fire_start.eq(t == t0 + T), tf.eq((t - (t0 + T))[:tb])]  # fmt: skip
+        else:
+            m.d.comb += [active.eq(1), takes.eq(1), fire_ok.eq(1), tf.eq(t[:tb])]
         L, G = lp.lanes, lp.groups
         PP, Wq = lp.positions, lp.Wq  # output positions per state word, words per output row
         PL = PP * L  # neurons per state word
@@ -282,7 +294,7 @@ class LayerEngine(wiring.Component):
         fsm_name = f"{name}_fsm"
         with m.FSM(name=fsm_name):
             with m.State("IDLE"):
-                with m.If(go):
+                with m.If(go & active):  # outside its steps a layer stays idle (layer windows)
                     m.d.sync += busy.eq(1)
                     m.next = "START"
             with m.State("START"):
@@ -290,6 +302,8 @@ class LayerEngine(wiring.Component):
                              rowb.eq(0), widx.eq(0)]  # fmt: skip
                 with m.If(first):
                     m.next = "INTEG"
+                with m.Elif(~takes):  # one cycle more: the window-skip flag of window 0 is looked up with widx = 0
+                    m.next = "SKIPEV"
                 with m.Else():
                     if src is None:
                         m.d.comb += ev.head_addr.eq(t - 1)
@@ -324,6 +338,8 @@ class LayerEngine(wiring.Component):
                     d = ev.data
                     m.d.sync += [e_x.eq(d.x), e_y.eq(d.y), e_g.eq(d.g), e_mask.eq(d.mask), e_reach.eq(reaches(d.y, d.x))]
                     m.next = "LANE"
+            with m.State("SKIPEV"):  # layer windows: a step without events
+                m.next = "INTEG"
             with m.State("LANE"):
                 m.d.sync += e_mask.eq(Cat(*[(hm & (hm - 1))[: len(hm)] for hm in h_masks]))  # the spikes taken now leave
                 ny, nx = ny_t[e_y], nx_t[e_x]
@@ -393,7 +409,7 @@ class LayerEngine(wiring.Component):
                              wb_pv.eq((py < lp.Hp) & (px < lp.Wp)), wb_g.eq(ig), wb_py.eq(py), wb_px.eq(px)]  # fmt: skip
                 idle = Const(0, 1)
                 if skip:
-                    idle = (dy == 0) & (dx == 0) & ~first & ~flag_cur
+                    idle = (dy == 0) & (dx == 0) & ~first & ~fire_start & ~flag_cur  # a window's first firing step visits all
                     m.d.sync += wb_widx.eq(widx)
                     with m.If(adv):
                         m.d.sync += widx.eq(widx + 1)
@@ -479,6 +495,9 @@ class LayerEngine(wiring.Component):
                 _stage(m, v) for v in (wb_syn, wb_int, wb_tok, wb_widx, wb_addr, wb_first, wb_last, wb_pv, wb_g, wb_py, wb_px))  # fmt: skip
         thr_w = Signal(L * pb, name=f"{name}_thr")
         m.d.comb += thr_w.eq(thr_t[wb_g])
+        ramp_w = Signal(L * sb, name=f"{name}_ramp")  # layer windows: the ramps of the word's channels
+        if win:
+            m.d.comb += ramp_w.eq(_lane_words(lp, lp.ramps, sb)[wb_g])
         d0_w = Signal(L * pb, name=f"{name}_d0")
         m.d.comb += d0_w.eq(d0_t[wb_g])
         vmask = Signal(L, name=f"{name}_vmask")
@@ -499,12 +518,14 @@ class LayerEngine(wiring.Component):
             ns = Signal(signed(sb), name=f"{name}_ns{q}")
             m.d.comb += ns.eq(s_j + w_j)
             syn_word.append(ns if split else Cat(ns, vt_f))  # event: slope += weight
+            r_j = ramp_w[j * sb : (j + 1) * sb].as_signed()
             v = Signal(signed(pb), name=f"{name}_d{q}")  # V - threshold after this step
-            m.d.comb += v.eq(p_j + s_j)
+            m.d.comb += v.eq(p_j + (Mux(ramp_on, r_j, s_j) if win else s_j))
             vs.append(v)
-            m.d.comb += [fire[q].eq(vmask[j] & ~v[pb - 1] & (tm_j == T)), prev[q].eq(tm_j != T)]  # V >= threshold
-            lives.append(vmask[j] & (tm_j == T) & (s_j != 0))  # not fired before, V moves (and not firing now: below)
-            vt_new = Cat(v, Mux(fire[q], t, tm_j))
+            m.d.comb += [fire[q].eq(vmask[j] & ~v[pb - 1] & (tm_j == T) & fire_ok), prev[q].eq(tm_j != T)]  # V >= threshold
+            # not fired before, V moves next step (and not firing now: below); in a window's firing steps by the ramp
+            lives.append(vmask[j] & (tm_j == T) & (Mux(fire_ok, r_j != 0, s_j != 0) if win else (s_j != 0)))
+            vt_new = Cat(v, Mux(fire[q], tf, tm_j))
             int_word.append(vt_new if split else Cat(s_j, vt_new))  # integration: V += slope, first crossing
         if split:  # slopes: events add the weight, integration writes them back (0 at step 0: w is 0 then)
             m.d.comb += [sm_w.addr.eq(wb_addr), sm_w.data.eq(Cat(*syn_word)), sm_w.en.eq(wb_syn | wb_int),
@@ -572,7 +593,7 @@ class LayerEngine(wiring.Component):
             m.d.comb += [br.addr.eq(Mux(t[0], 0, E) + out.addr), out.data.eq(br.data), out.count.eq(cnt_prev)]
         else:
             w = self.words
-            m.d.comb += [w.valid.eq(wb_int), w.payload.group.eq(wb_g), w.payload.t.eq(t), w.payload.fire.eq(fire),
+            m.d.comb += [w.valid.eq(wb_int & fire_ok), w.payload.group.eq(wb_g), w.payload.t.eq(tf), w.payload.fire.eq(fire),
                          w.payload.valid.eq(vmask), *[w.payload.dist[j].eq(vs[j]) for j in range(L)],
                          *[w.payload.thr[j].eq(thr_w[j * pb : (j + 1) * pb].as_signed()) for j in range(L)]]  # fmt: skip
         return m

@@ -98,6 +98,8 @@ class LayerPlan:
     positions: int = 1  # P: output positions (x, x+1) per state word, updated in the same cycle (1 or 2)
     split: bool = False  # with position pairs, the state in two memories (plan_core's split_state)
     read_reg: bool = False  # the state and weight reads are registered before the add (plan_core's read_reg)
+    ramps: np.ndarray | None = field(default=None, repr=False)  # (Co,) int: layer windows' ramps (None: the shared window)
+    window_start: int = 0  # with layer windows: the core's step at which this layer's inputs start (k T, k-th spiking layer)
 
     @property
     def split_state(self) -> bool:
@@ -203,6 +205,22 @@ class CorePlan:
         return ubits(self.T)
 
     @property
+    def windowed(self) -> bool:
+        """Layer windows (model file "windows": "ramp"): the k-th spiking layer takes its inputs'
+        events in steps k T .. (k+1) T and fires in steps (k+1) T .. (k+2) T - 1 (hw/layer.py)."""
+        return self.layers[0].ramps is not None
+
+    @property
+    def steps(self) -> int:
+        """The core's steps per image: T, or with layer windows (spiking layers + 1) x T."""
+        return (len(self.layers) + 1) * self.T if self.windowed else self.T
+
+    @property
+    def step_bits(self) -> int:
+        """Width of the core's step counter (0 .. steps - 1)."""
+        return idx_bits(self.steps)
+
+    @property
     def num_classes(self) -> int:
         return self.layers[-1].Co
 
@@ -306,11 +324,13 @@ class CorePlan:
           for layers that run side by side, as this core's do."""
         n = layer_times[0].shape[0]
         T = self.T
+        win = self.windowed
+        steps = self.steps
         syn = np.zeros(n, np.int64)
         layer_syn = np.zeros((len(self.layers), n), np.int64)
         neur = np.zeros(n, np.int64)
         bound = np.zeros(n)
-        per_step = np.zeros((len(self.layers), n, T))
+        per_step = np.zeros((len(self.layers), n, steps))
         for li, lp in enumerate(self.layers):
             tin = layer_times[lp.index].reshape(n, lp.Ci, lp.H, lp.W)
             fy = np.array([f.n for f in fan_out(lp.H, lp.Ho, lp.KH, lp.stride, lp.pad)])
@@ -320,15 +340,18 @@ class CorePlan:
             idx = (np.arange(n)[:, None] * (T + 1) + flat).reshape(-1)
             by_t = np.bincount(idx, weights=np.broadcast_to(fan, flat.shape).reshape(-1), minlength=n * (T + 1)).reshape(n, T + 1)
             s = by_t[:, :T].sum(axis=1) * lp.Co  # spikes at time T are silence
-            u = lp.Co * lp.Ho * lp.Wo * T
+            # steps that integrate: T, or with layer windows 2 T (the inputs' window, then its own)
+            active = 2 * T if win else T
+            u = lp.Co * lp.Ho * lp.Wo * active
             syn += s.astype(np.int64)
             layer_syn[li] = s
             neur += u
             per_cycle = lp.lanes * lp.positions
             bound += (s + u) / per_cycle
-            # step t integrates all neurons and takes the events of step t-1
-            per_step[li, :, 1:] = by_t[:, : T - 1] * lp.Co / per_cycle
-            per_step[li] += lp.Co * lp.Ho * lp.Wo / per_cycle
+            # step t integrates all neurons and takes the events of step t-1 (from the layer's window start)
+            t0, last_ev = lp.window_start, T if win else T - 1  # events of step T-1 land at step T in a window
+            per_step[li, :, t0 + 1 : t0 + last_ev + 1] = by_t[:, :last_ev] * lp.Co / per_cycle
+            per_step[li, :, t0 : t0 + active] += lp.Co * lp.Ho * lp.Wo / per_cycle
         return {"synaptic_updates": syn, "layer_synaptic_updates": layer_syn, "neuron_updates": neur, "cycle_bound": bound,
                 "cycle_bound_concurrent": per_step.max(axis=0).sum(axis=1)}  # fmt: skip
 
@@ -360,7 +383,7 @@ class CorePlan:
             mm["bits"] = mm["depth"] * mm["width"]
         layers = []
         for lp in self.layers:
-            d = {k: v for k, v in asdict(lp).items() if k not in ("weights", "thresholds")}
+            d = {k: v for k, v in asdict(lp).items() if k not in ("weights", "thresholds", "ramps")}
             layers.append(d)
         return {
             "name": self.name,
@@ -374,6 +397,8 @@ class CorePlan:
             "spike_pairs": self.spike_pairs,
             "positions": self.positions,
             "time_bits": tb,
+            "windows": "ramp" if self.windowed else "off",
+            "steps": self.steps,
             "layers": layers,
             "memories": mems,
             "memory_bits": sum(mm["bits"] for mm in mems),
@@ -408,9 +433,8 @@ def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_ex
     clock-to-out and its routing leave the read-add-write path; one more cycle a step)."""
     if not isinstance(lanes, int) or not 1 <= lanes <= 256:
         raise HardwareError(f"lanes={lanes!r}: choose 1..256 output channels per cycle")
-    if tables.windows != "off":
-        raise HardwareError(f"{tables.name}: layer windows ({tables.windows!r}, model file version {tables.version}) run in the "
-                            "golden model only; the core does not run them yet: train without layer_windows to build hardware")  # fmt: skip
+    if tables.windows not in ("off", "ramp"):
+        raise HardwareError(f"{tables.name}: layer windows {tables.windows!r} are not run by the core (it runs 'off' and 'ramp')")
     if positions not in (1, 2):
         raise HardwareError(f"positions={positions!r}: choose 1 or 2 output positions per state word")
     T = int(tables.T)
@@ -437,17 +461,22 @@ def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_ex
         G = -(-Co // L)
         # the state holds D = V - threshold, so "V >= threshold" is D's sign bit after the add:
         # one carry chain between the state read and its write, not an add then a compare
-        lo, hi = potential_range(np.asarray(ly.weights), T)
+        ramps = None if tables.windows == "off" else np.asarray(ly.ramps, dtype=np.int64)
+        lo, hi = potential_range(np.asarray(ly.weights), T, ramps)
         thr = np.asarray(ly.thresholds, dtype=np.int64)
         pb = max(ly.potential_bits, signed_bits(int((lo - thr).min(initial=0)), int((hi - thr).max(initial=0))))
+        sb = ly.slope_bits
+        if ramps is not None:  # the slope field takes the ramp in the layer's own window
+            sb = max(sb, signed_bits(0, int(ramps.max(initial=0))))
         last = pidx is None and i == len(ls) - 1 or pidx == len(ls) - 1
         lp = LayerPlan(
             index=i, kind=ly.kind, Ci=Ci, H=H, W=W, Co=Co, Ho=Ho, Wo=Wo, KH=ly.kernel[0], KW=ly.kernel[1],
-            stride=ly.stride, pad=ly.padding, weight_bits=ly.weight_bits, slope_bits=ly.slope_bits,
+            stride=ly.stride, pad=ly.padding, weight_bits=ly.weight_bits, slope_bits=sb,
             potential_bits=pb, lanes=L, groups=G, pool=pool, Hp=Ho // pool, Wp=Wo // pool,
             pool_index=pidx, in_lanes=prev_lanes, in_groups=prev_groups, last=last,
             pairs=spike_pairs and bool(plans) and prev_lanes >= 2,
             weights=np.asarray(ly.weights, dtype=np.int64), thresholds=thr, read_reg=read_reg,
+            ramps=ramps, window_start=len(plans) * T if ramps is not None else 0,
         )
         if positions == 2 and position_pairs_fit(lp):
             lp.positions, lp.split = 2, split_state

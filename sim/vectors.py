@@ -17,13 +17,15 @@ def _conv_out(h: int, k: int, s: int, p: int) -> int:
 
 def random_tables(rng: np.random.Generator, *, T: int | None = None, side: int | None = None, max_channels: int = 6,
                   max_layers: int = 2, weight_bits: int = 1, in_channels: int = 1, fire_bias: float | None = None,
-                  out_weight_bits: int | None = None, silent_rule: str | None = None, hidden_fc: int = 0) -> ModelTables:  # fmt: skip
+                  out_weight_bits: int | None = None, silent_rule: str | None = None, hidden_fc: int = 0,
+                  windows: bool = False) -> ModelTables:  # fmt: skip
     """A random valid network: conv layers (random kernel, stride, padding, optional 2x2 or
     3x3 pooling), up to ``hidden_fc`` hidden fc layers (none by default), then fc. Thresholds are drawn around the typical potential so that some
     neurons fire early, some late and some never (plus the edge values 0 and 'unreachable').
     ``out_weight_bits``: another weight width for the output layer (as binary networks with a
     k-bit classifier, ``NetConfig.out_weight_bits``). ``silent_rule``: the decision when no
-    output fires ("margin" or "potential", ``DECISIONS``); drawn when not given."""
+    output fires ("margin" or "potential", ``DECISIONS``); drawn when not given. ``windows``: layer
+    windows with a ramp per channel (model file version 2), thresholds drawn around A + (T/2) r."""
     T = int(T or rng.integers(2, 24))
     side = int(side or rng.integers(5, 11))
     shape = (in_channels, side, side)
@@ -39,14 +41,17 @@ def random_tables(rng: np.random.Generator, *, T: int | None = None, side: int |
             w = rng.integers(-lim, lim, size=(co, ins[0], kh, kw))
         fan = ins[0] * kh * kw
         scale = fire_bias if fire_bias is not None else rng.uniform(0.05, 2.0)
-        thr = np.round(rng.normal(scale * np.sqrt(fan) * T / 4, T * np.sqrt(fan) / 4 + 1, size=co)).astype(np.int64)
+        ramps = rng.integers(1, int(2 * np.sqrt(fan)) + 2, size=co).astype(np.int64) if windows else None
+        mid = scale * np.sqrt(fan) * T / 4 + (0 if ramps is None else ramps * T / 2)
+        thr = np.round(rng.normal(mid, T * np.sqrt(fan) / 4 + 1, size=co)).astype(np.int64)
         edge = rng.random(co)
         thr[edge < 0.1] = 0
         thr[edge > 0.95] = 1 << 30
-        thr = clip_thresholds(thr, w, T)
+        thr = clip_thresholds(thr, w, T, ramps)
         ly = Layer(kind=kind, in_shape=ins, out_shape=(co, ho, wo), kernel=(kh, kw), stride=1 if kind == "fc" else s,
-                   padding=0 if kind == "fc" else p, weights=w.astype(np.int32), thresholds=thr, weight_bits=weight_bits)  # fmt: skip
-        ly.slope_bits, ly.potential_bits = accumulator_bounds(ly.weights, T)
+                   padding=0 if kind == "fc" else p, weights=w.astype(np.int32), thresholds=thr, weight_bits=weight_bits,
+                   ramps=ramps)  # fmt: skip
+        ly.slope_bits, ly.potential_bits = accumulator_bounds(ly.weights, T, ramps)
         return ly
 
     cur = shape
@@ -73,7 +78,8 @@ def random_tables(rng: np.random.Generator, *, T: int | None = None, side: int |
     table = np.floor((255 - np.arange(256)) * T / 256).astype(np.int32)
     table[0] = T
     rule = silent_rule or str(rng.choice(sorted(DECISIONS)))
-    return ModelTables(name="random", T=T, input_shape=shape, input_table=table, layers=layers, decision=dict(DECISIONS[rule]))
+    return ModelTables(name="random", T=T, input_shape=shape, input_table=table, layers=layers, decision=dict(DECISIONS[rule]),
+                       windows="ramp" if windows else "off")  # fmt: skip
 
 
 def random_images(rng: np.random.Generator, n: int, shape: tuple[int, int, int]) -> np.ndarray:

@@ -19,7 +19,7 @@ import pytest
 from firstspike import flow as F
 from firstspike.cli import main
 from firstspike.errors import ConfigError
-from firstspike.flow import FlowConfig, FlowError, run_flow, total_mismatches
+from firstspike.flow import HARDWARE_STEPS, FlowConfig, FlowError, _check_deployable, run_flow, total_mismatches
 from firstspike.report import ReportError, write_report
 
 
@@ -159,13 +159,15 @@ def test_an_undeployable_network_fails_before_it_trains(tmp_path: Path) -> None:
     assert [p.name for p in out.iterdir()] == ["flow.log"]  # the log of why, no step's folder
 
 
-def test_a_network_with_layer_windows_fails_before_it_trains_if_the_core_is_asked_for(tmp_path: Path) -> None:
-    """Layer windows reach the model file and the golden model, not yet the core: a flow with
-    hardware steps is refused before the training step, naming the steps to skip."""
+def test_layer_windows_pass_the_deployability_check_a_window_without_ramp_does_not(tmp_path: Path) -> None:
+    """The core runs layer windows with a ramp (hw/layer.py), so a flow with hardware steps
+    accepts them; a window without a ramp (a training experiment) is refused before anything trains."""
     cfg_path = tmp_path / "windows.toml"
     cfg_path.write_text('base = "csnn_ice40"\nname = "windows"\nlayer_windows = "ramp"\n')
-    out = tmp_path / "run"
-    with pytest.raises(FlowError, match=r"layer windows .*--skip hw,verilator"):
+    _check_deployable(small_config(tmp_path / "run", config=str(cfg_path)), list(HARDWARE_STEPS))
+    cfg_path.write_text('base = "csnn_ice40"\nname = "windows"\nlayer_windows = "psp"\n')
+    out = tmp_path / "run2"
+    with pytest.raises(ConfigError, match="psp"):
         run_flow(small_config(out, config=str(cfg_path)))
     assert not out.exists()
 

@@ -44,6 +44,56 @@ def test_core_equals_golden_random_networks(seed: int, lanes: int, stalls: bool,
     check_core(tables, images, lanes, seed if stalls else None, read_reg=read_reg)
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), lanes=st.integers(1, 5), stalls=st.booleans(), wbits=st.sampled_from([1, 1, 4]),
+       read_reg=st.booleans(), positions=st.sampled_from([1, 2]), pairs=st.booleans())
+def test_core_equals_golden_random_networks_with_layer_windows(seed: int, lanes: int, stalls: bool, wbits: int, read_reg: bool,
+                                                               positions: int, pairs: bool) -> None:  # fmt: skip
+    """Layer windows with ramps (model file version 2): each layer takes its inputs in its own
+    window of T steps and fires in the next; the core equals the golden model on every value."""
+    rng = np.random.default_rng(seed)
+    tables = random_tables(rng, T=int(rng.integers(2, 12)), side=int(rng.integers(5, 9)), weight_bits=wbits, max_channels=5,
+                           in_channels=int(rng.integers(1, 3)), hidden_fc=1, windows=True)  # fmt: skip
+    images = random_images(rng, 2, tables.input_shape)
+    check_core(tables, images, lanes, seed if stalls else None, read_reg=read_reg, positions=positions, spike_pairs=pairs)
+
+
+def test_layer_windows_skip_idle_pooling_windows_exactly() -> None:
+    """With layer windows a layer has steps without events (its firing window): the idle
+    pooling windows are still skipped, the first one's flag included (a regression: it was read
+    before its index was reset), and every value equals the golden model's."""
+    for seed in (4, 5):  # networks with a pooled first layer whose flags went stale
+        rng = np.random.default_rng(seed)
+        tables = random_tables(rng, windows=True, side=int(rng.integers(5, 9)), T=int(rng.integers(2, 12)),
+                               weight_bits=int(rng.choice([1, 1, 4])))  # fmt: skip
+        assert tables.layers[1].kind == "pool"
+        images = random_images(rng, 3, tables.input_shape)
+        lanes = int(rng.integers(1, 5))
+        runs = {ws: run_pysim(plan_core(tables, lanes=lanes, window_skip=ws), images) for ws in (False, True)}
+        want = expected(tables, images)
+        for ws, got in runs.items():
+            assert sum(compare_streams(tables, got.stream, want.stream).values()) == 0, ws
+        assert (runs[True].cycles < runs[False].cycles).all()
+
+
+def test_layer_windows_early_exit() -> None:
+    """Early exit with layer windows: the first output spike comes in the output layer's own
+    window; the class and its step (relative to that window) equal the golden model's."""
+    rng = np.random.default_rng(21)
+    for _ in range(30):
+        tables = random_tables(rng, windows=True, fire_bias=0.5, T=8)
+        images = random_images(rng, 3, tables.input_shape)
+        want = expected(tables, images)
+        if (want.first_time < tables.T - 1).any():
+            break
+    full = run_pysim(plan_core(tables, lanes=2), images)
+    early = run_pysim(plan_core(tables, lanes=2, debug=False, early_exit=True), images)
+    for got in (full, early):
+        np.testing.assert_array_equal(got.classes, want.classes)
+        np.testing.assert_array_equal(got.times, want.first_time)
+    assert (early.cycles <= full.cycles).all() and (early.cycles < full.cycles).any()
+
+
 @pytest.mark.parametrize("pairs", [False, True])
 def test_registered_reads_forward_the_writes_they_miss(pairs: bool) -> None:
     """With registered reads (``read_reg``) a state word can be read again two cycles after an

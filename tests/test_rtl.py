@@ -73,6 +73,19 @@ def test_random_networks_batch_and_handshake(sim: str, seed: int, build_root: Pa
 
 
 @pytest.mark.parametrize("sim", SIMS)
+def test_random_networks_with_layer_windows(sim: str, build_root: Path, tmp_path: Path) -> None:
+    """Layer windows with ramps (model file version 2) in the Verilog: (layers + 1) x T steps, every
+    value equal to the golden model's, free-running and with stalls."""
+    rng = np.random.default_rng(93)  # conv, pool, fc, fc; outputs fire at different steps, two classes
+    tables = random_tables(rng, side=8, T=12, max_channels=4, in_channels=2, hidden_fc=1, windows=True, fire_bias=0.5)
+    assert [ly.kind for ly in tables.layers] == ["conv", "pool", "fc", "fc"]
+    images = random_images(rng, 4, tables.input_shape)
+    b = rtl.build(tables, sim=sim, lanes=3, build_root=build_root, max_images=16, read_reg=True)
+    assert_exact(tables, rtl.run_images(b, images, tmp_path / "batch"), images)
+    assert_exact(tables, rtl.run_images(b, images, tmp_path / "hs", testcase="handshake", stall_seed=3), images)
+
+
+@pytest.mark.parametrize("sim", SIMS)
 def test_hidden_fc_layer(sim: str, build_root: Path, tmp_path: Path) -> None:
     """conv -> fc -> fc (a hidden dense layer, as csnn_fc256): every layer's spike times equal the golden model's."""
     seed = next(s for s in range(100) if (t := random_tables(np.random.default_rng(s), side=8, hidden_fc=1, fire_bias=0.3))

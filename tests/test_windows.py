@@ -210,13 +210,10 @@ def test_ramp_network_through_the_model_file_equals_the_golden_model() -> None:
 def test_ramp_model_file_defects_are_refused() -> None:
     import json
 
-    from firstspike.hw.plan import HardwareError, plan_core
     from firstspike.quantize import modelfile
     from firstspike.quantize.export import tables_from_model
 
     tables = tables_from_model(_ramp_net()[0])
-    with pytest.raises(HardwareError, match="layer windows"):
-        plan_core(tables, lanes=4)
     data = modelfile.encode(tables)
     pre = modelfile._PRE
     _, version, _, hlen = pre.unpack_from(data)
@@ -268,3 +265,21 @@ def test_power_of_two_ramps() -> None:
     for o, t in zip(outs, res.layer_times):
         np.testing.assert_array_equal(o.numpy().astype(np.int64), t)
     np.testing.assert_array_equal(cls.numpy(), res.classes)
+
+
+def test_core_runs_an_exported_ramp_network() -> None:
+    """An exported network with layer windows on the core (Amaranth's simulator): every layer's
+    spike times, V(T-1), the class and the first output step equal the golden model's."""
+    from firstspike.hw.plan import plan_core
+    from firstspike.quantize.export import tables_from_model
+    from firstspike.sim.pysim import run_pysim
+    from firstspike.sim.vectors import compare_streams, expected
+
+    tables = tables_from_model(_ramp_net()[0])
+    images = np.random.default_rng(5).integers(0, 256, size=(2, *tables.input_shape)).astype(np.uint8)
+    plan = plan_core(tables, lanes=4)
+    assert plan.windowed and plan.steps == (len(plan.layers) + 1) * tables.T
+    got, want = run_pysim(plan, images), expected(tables, images)
+    assert sum(compare_streams(tables, got.stream, want.stream).values()) == 0
+    np.testing.assert_array_equal(got.classes, want.classes)
+    np.testing.assert_array_equal(got.times, want.first_time)
