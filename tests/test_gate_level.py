@@ -81,6 +81,19 @@ def test_gate_level_random_28x28(family: str, tmp_path: Path) -> None:
     assert " -O0 " in flags and " -O2 " not in flags
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ice40", "ecp5"])
+def test_gate_level_layer_windows(family: str, tmp_path: Path) -> None:
+    """A random network with layer windows (conv, pool, fc, fc; ramps as slopes in the layers' own
+    windows) on both netlists: every value equal to the golden model's."""
+    rng = np.random.default_rng(93)
+    tables = random_tables(rng, side=8, T=12, max_channels=4, in_channels=2, hidden_fc=1, windows=True, fire_bias=0.5)
+    images = random_images(rng, 3, tables.input_shape)
+    rep = rtl.verify(tables, images, lanes=2, build_root=tmp_path, gate_level=family, progress=False)
+    assert rep.values_compared == expected(tables, images).stream.size
+    assert rep.total_mismatches == 0 and rep.class_mismatches == 0, (family, rep.spike_mismatches)
+
+
 def test_gate_level_needs_verilator(tmp_path: Path) -> None:
     tables = random_tables(np.random.default_rng(5), side=8, max_layers=1, max_channels=2)
     with pytest.raises(rtl.SimulatorError, match="gate-level"):
