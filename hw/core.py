@@ -17,8 +17,11 @@ one time step at a time):
 * ``Readout`` (hw/readout.py, the debug port): after the result, every layer's spike times and
   the output potentials stream out in GoldenModel.run order (CorePlan.readout_segments).
 
-The control here: load (clear the buckets, take the pixels), steps until T or early exit, the
-result, the readout.
+With layer windows (model file version 2) the layers take their windows one after another:
+(spiking layers + 1) x T steps, each layer active in 2 T of them (hw/layer.py).
+
+The control here: load (clear the buckets, take the pixels), steps until the last (T, or the
+windows') or early exit, the result, the readout.
 """
 
 from __future__ import annotations

@@ -15,6 +15,12 @@ Per step t (``go``, with the step in ``t``; ``busy`` until the step is done), li
    per pooling window says whether any of its neurons can still change; a window without it
    costs one cycle instead of k*k.
 
+Layer windows (``CorePlan.windowed``, model file "windows": "ramp"): the k-th spiking layer runs the
+core's steps t0 = k T .. t0 + 2 T - 1 and idles in the others. Step t0 sets the state; steps t0+1 ..
+t0+T take the events of its inputs' window, and each adds w (T - t_i) to V itself (no slope, no
+integration pass: V(T) = A = sum w (T - t_i) whatever the order); steps t0+T .. t0+2T-1 integrate
+with the channel's ramp as the slope (none at t0+T) and record first crossings as t - t0 - T.
+
 State: one memory word per (group, y, x): L lanes (2L with position pairs) of (slope, D = V -
 threshold, spike time); weights: a ROM of one word per (input channel, ky, kx, group). With the
 debug readout, ``ro_addr`` / ``ro_en`` read the state (``state``) while ``readout`` is high.
@@ -151,10 +157,12 @@ class LayerEngine(wiring.Component):
         first, active, takes, fire_ok, ramp_on, fire_start = (Signal(name=f"l{lp.index}_{n}") for n in
                                                               ("first", "active", "takes", "fire_ok", "ramp_on", "fire_start"))  # fmt: skip
         tf = Signal(tb, name=f"l{lp.index}_tf")  # the spike time a crossing of this step records
+        kk = Signal(tb, name=f"l{lp.index}_kk")  # layer windows: T - t_i of this step's events (t_i = t - t0 - 1): 1 .. T
         m.d.comb += first.eq(t == t0)
         if win:
             m.d.comb += [active.eq((t >= t0) & (t < t0 + 2 * T)), takes.eq(t <= t0 + T), fire_ok.eq(t >= t0 + T),
-                         ramp_on.eq(t > t0 + T), fire_start.eq(t == t0 + T), tf.eq((t - (t0 + T))[:tb])]  # fmt: skip
+                         ramp_on.eq(t > t0 + T), fire_start.eq(t == t0 + T), tf.eq((t - (t0 + T))[:tb]),
+                         kk.eq((t0 + T + 1 - t)[:tb])]  # fmt: skip
         else:
             m.d.comb += [active.eq(1), takes.eq(1), fire_ok.eq(1), tf.eq(t[:tb])]
         L, G = lp.lanes, lp.groups
@@ -291,6 +299,17 @@ class LayerEngine(wiring.Component):
         def reaches(y: Value, x: Value) -> Value:  # an input at (y, x) has some output in the kernel's reach
             return _table([int(f.n != 0) for f in fy], 1)[y] & _table([int(f.n != 0) for f in fx], 1)[x]
 
+        def events_done() -> None:
+            """After the events: integrate, or with layer windows only from the firing window on
+            (before it, events add w (T - t_i) to V themselves: no integration)."""
+            if win:
+                with m.If(fire_ok):
+                    m.next = "INTEG"
+                with m.Else():
+                    m.next = "DRAIN"
+            else:
+                m.next = "INTEG"
+
         fsm_name = f"{name}_fsm"
         with m.FSM(name=fsm_name):
             with m.State("IDLE"):
@@ -320,7 +339,7 @@ class LayerEngine(wiring.Component):
                     with m.If(more):
                         m.next = "LATCH"
                     with m.Else():
-                        m.next = "INTEG"
+                        events_done()
                 with m.State("LATCH"):
                     nd = ev.node
                     m.d.sync += [e_x.eq(nd.x), e_y.eq(nd.y), e_g.eq(nd.c), e_mask.eq(1), ptr.eq(nd.next), more.eq(nd.more),
@@ -330,7 +349,7 @@ class LayerEngine(wiring.Component):
                 with m.State("FETCH"):
                     m.d.comb += ev.addr.eq(idx)
                     with m.If(idx == ev.count):
-                        m.next = "INTEG"
+                        events_done()
                     with m.Else():
                         m.d.sync += idx.eq(idx + 1)
                         m.next = "LATCH"
@@ -503,6 +522,15 @@ class LayerEngine(wiring.Component):
         vmask = Signal(L, name=f"{name}_vmask")
         m.d.comb += vmask.eq(valid_masks[wb_g])
         syn_word, int_word = [], []
+        assert not (win and split), "layer windows keep one state memory (plan_core)"
+        k2, nk, nk2 = Signal(tb + 1, name=f"{name}_k2"), Signal(signed(tb + 2), name=f"{name}_nk"), Signal(signed(tb + 2), name=f"{name}_nk2")
+        m.d.comb += [k2.eq(kk << 1), nk.eq(-kk), nk2.eq(-k2)]
+
+        def times_k(w: Value) -> Value:
+            """w (T - t_i): for binary weights (a sum of at most two +-1) a choice of +-k, +-2k, 0."""
+            if wb > 1:
+                return w * kk
+            return Mux(w == 0, 0, Mux(w > 0, Mux(w == 1, kk, k2), Mux(w == -1, nk, nk2)))
         fire = Signal(PL, name=f"{name}_fire")  # per neuron of the word: position-major (p * L + lane)
         prev = Signal(PL, name=f"{name}_prev")
         vs, lives = [], []
@@ -515,16 +543,20 @@ class LayerEngine(wiring.Component):
             m.d.comb += [s_j.eq(Mux(zero_first, 0, s_f.as_signed())), tm_j.eq(Mux(zero_first, T, vt_f[pb:]))]
             p_j = Mux(zero_first, d0_w[j * pb : (j + 1) * pb].as_signed(), vt_f[:pb].as_signed())
             w_j = w_regs[q] if lp.read_reg else weight(q, wwords, wb_use, wb_pos)
-            ns = Signal(signed(sb), name=f"{name}_ns{q}")
-            m.d.comb += ns.eq(s_j + w_j)
-            syn_word.append(ns if split else Cat(ns, vt_f))  # event: slope += weight
             r_j = ramp_w[j * sb : (j + 1) * sb].as_signed()
             v = Signal(signed(pb), name=f"{name}_d{q}")  # V - threshold after this step
-            m.d.comb += v.eq(p_j + (Mux(ramp_on, r_j, s_j) if win else s_j))
+            if win:  # layer windows: an event adds w (T - t_i) to D itself (the slope field stays); steps add the ramp
+                nd = Signal(signed(pb), name=f"{name}_nd{q}")
+                m.d.comb += [nd.eq(p_j + times_k(w_j)), v.eq(p_j + Mux(ramp_on, r_j, 0))]
+                syn_word.append(Cat(s_f, nd, vt_f[pb:]))
+            else:
+                ns = Signal(signed(sb), name=f"{name}_ns{q}")
+                m.d.comb += [ns.eq(s_j + w_j), v.eq(p_j + s_j)]
+                syn_word.append(ns if split else Cat(ns, vt_f))  # event: slope += weight
             vs.append(v)
             m.d.comb += [fire[q].eq(vmask[j] & ~v[pb - 1] & (tm_j == T) & fire_ok), prev[q].eq(tm_j != T)]  # V >= threshold
-            # not fired before, V moves next step (and not firing now: below); in a window's firing steps by the ramp
-            lives.append(vmask[j] & (tm_j == T) & (Mux(fire_ok, r_j != 0, s_j != 0) if win else (s_j != 0)))
+            # not fired before, V moves next step (and not firing now: below); with layer windows only the ramp moves it
+            lives.append(vmask[j] & (tm_j == T) & (fire_ok & (r_j != 0) if win else (s_j != 0)))
             vt_new = Cat(v, Mux(fire[q], tf, tm_j))
             int_word.append(vt_new if split else Cat(s_j, vt_new))  # integration: V += slope, first crossing
         if split:  # slopes: events add the weight, integration writes them back (0 at step 0: w is 0 then)

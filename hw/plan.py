@@ -340,9 +340,8 @@ class CorePlan:
             idx = (np.arange(n)[:, None] * (T + 1) + flat).reshape(-1)
             by_t = np.bincount(idx, weights=np.broadcast_to(fan, flat.shape).reshape(-1), minlength=n * (T + 1)).reshape(n, T + 1)
             s = by_t[:, :T].sum(axis=1) * lp.Co  # spikes at time T are silence
-            # steps that integrate: T, or with layer windows 2 T (the inputs' window, then its own)
-            active = 2 * T if win else T
-            u = lp.Co * lp.Ho * lp.Wo * active
+            # steps that integrate: T, or with layer windows T + 1 (the window's first step, then the firing window)
+            u = lp.Co * lp.Ho * lp.Wo * (T + 1 if win else T)
             syn += s.astype(np.int64)
             layer_syn[li] = s
             neur += u
@@ -351,7 +350,8 @@ class CorePlan:
             # step t integrates all neurons and takes the events of step t-1 (from the layer's window start)
             t0, last_ev = lp.window_start, T if win else T - 1  # events of step T-1 land at step T in a window
             per_step[li, :, t0 + 1 : t0 + last_ev + 1] = by_t[:, :last_ev] * lp.Co / per_cycle
-            per_step[li, :, t0 : t0 + active] += lp.Co * lp.Ho * lp.Wo / per_cycle
+            for a, b in ((t0, t0 + 1), (t0 + T, t0 + 2 * T)) if win else ((0, T),):
+                per_step[li, :, a:b] += lp.Co * lp.Ho * lp.Wo / per_cycle
         return {"synaptic_updates": syn, "layer_synaptic_updates": layer_syn, "neuron_updates": neur, "cycle_bound": bound,
                 "cycle_bound_concurrent": per_step.max(axis=0).sum(axis=1)}  # fmt: skip
 
@@ -479,7 +479,7 @@ def plan_core(tables: ModelTables, lanes: int = 16, debug: bool = True, early_ex
             ramps=ramps, window_start=len(plans) * T if ramps is not None else 0,
         )
         if positions == 2 and position_pairs_fit(lp):
-            lp.positions, lp.split = 2, split_state
+            lp.positions, lp.split = 2, split_state and ramps is None  # layer windows: events write D, one memory
         if pool > 1 and (lp.Hp < 1 or lp.Wp < 1):
             raise HardwareError(f"layer {pidx}: pooling {pool}x{pool} of a {Ho}x{Wo} map leaves nothing")
         plans.append(lp)

@@ -73,7 +73,7 @@ def test_layer_windows_skip_idle_pooling_windows_exactly() -> None:
         want = expected(tables, images)
         for ws, got in runs.items():
             assert sum(compare_streams(tables, got.stream, want.stream).values()) == 0, ws
-        assert (runs[True].cycles < runs[False].cycles).all()
+        assert (runs[True].cycles <= runs[False].cycles).all() and (runs[True].cycles < runs[False].cycles).any()
 
 
 def test_layer_windows_early_exit() -> None:
