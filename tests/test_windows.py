@@ -11,6 +11,8 @@ only after all spikes of the window before have arrived.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,8 @@ from firstspike.quantize.export import check_deployable
 from firstspike.train.functional import WindowFire, min_pool
 from firstspike.train.model import CSNN, LayerSpec, NetConfig
 from test_backward import check_against_surrogate
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _stepped(t_in: np.ndarray, w: np.ndarray, thr: np.ndarray, T: int, stride: int, pad: int,
@@ -283,3 +287,17 @@ def test_core_runs_an_exported_ramp_network() -> None:
     assert sum(compare_streams(tables, got.stream, want.stream).values()) == 0
     np.testing.assert_array_equal(got.classes, want.classes)
     np.testing.assert_array_equal(got.times, want.first_time)
+
+
+def test_fashion_ramp_config_is_the_recipe_of_the_committed_model() -> None:
+    """The built-in csnn_fashion_ramp reproduces the committed Fashion-MNIST ramp model's run:
+    its network and every [train] setting the checkpoint records (the dataset comes from the CLI)."""
+    from firstspike.train.model import load_config
+    from firstspike.train.trainer import load_checkpoint
+
+    net, train = load_config("csnn_fashion_ramp")
+    ck = load_checkpoint(ROOT / "bench" / "results" / "fashion-mnist_binary_csnn_fashion_ramp.pt")
+    # (ramp_pow2 came after that run: its default, off, is what it trained)
+    assert {**net.to_dict(), "name": ck["net"]["name"], "mode": "binary"} == {"ramp_pow2": False, **ck["net"]}
+    real = train.pop("real")
+    assert {k: ck["train"][k] for k in train} == train and real == {"augment_shift": 0}
