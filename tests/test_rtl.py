@@ -51,6 +51,18 @@ def test_trained_hidden_dense_model_sample(build_root: Path) -> None:
     assert_exact(tables, rtl.run_images(b, images), images)
 
 
+@pytest.mark.slow
+def test_trained_layer_windows_model_sample(build_root: Path) -> None:
+    """The committed binary Fashion-MNIST model with layer windows (csnn_fashion_ramp) on Verilator
+    at the ULX3S's 64 lanes, test images spread over the set: every value equals the golden model's."""
+    tables, _ = quantize_checkpoint(TRAINED.parent / "fashion-mnist_binary_csnn_fashion_ramp.pt")
+    assert tables.windows == "ramp"
+    test = load_split("fashion-mnist", "test")
+    images = test.images[np.linspace(0, len(test) - 1, 6).astype(int)][:, None]
+    b = rtl.build(tables, sim="verilator", lanes=64, build_root=build_root, max_images=6)
+    assert_exact(tables, rtl.run_images(b, images), images)
+
+
 def assert_exact(tables, res: rtl.SimResult, images: np.ndarray) -> None:
     want = expected(tables, images)
     mism = compare_streams(tables, res.stream, want.stream)
