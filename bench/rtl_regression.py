@@ -73,6 +73,7 @@ def main() -> None:
     d.update({
         "model": repo_path(args.model), "model_sha256_prefix": model_hash(tables).hex(),  # as board builds record it
         "dataset": args.dataset, "jobs": args.jobs, "positions": args.positions, "read_reg": args.read_reg,
+        "windows": tables.windows, "steps": plan.steps,
         "total_mismatches": rep.total_mismatches,
         "bound_mean": float(bound.mean()), "bound_p99": float(np.percentile(bound, 99)),
         "ratio_mean": float(ratio.mean()), "ratio_p99": float(np.percentile(ratio, 99)), "ratio_max": float(ratio.max()),
