@@ -159,10 +159,13 @@ class LayerEngine(wiring.Component):
         tf = Signal(tb, name=f"l{lp.index}_tf")  # the spike time a crossing of this step records
         kk = Signal(tb, name=f"l{lp.index}_kk")  # layer windows: T - t_i of this step's events (t_i = t - t0 - 1): 1 .. T
         m.d.comb += first.eq(t == t0)
+        k2, nk, nk2 = Signal(tb + 1, name=f"l{lp.index}_k2"), Signal(signed(tb + 2), name=f"l{lp.index}_nk"), Signal(signed(tb + 2), name=f"l{lp.index}_nk2")
         if win:
-            m.d.comb += [active.eq((t >= t0) & (t < t0 + 2 * T)), takes.eq(t <= t0 + T), fire_ok.eq(t >= t0 + T),
-                         ramp_on.eq(t > t0 + T), fire_start.eq(t == t0 + T), tf.eq((t - (t0 + T))[:tb]),
-                         kk.eq((t0 + T + 1 - t)[:tb])]  # fmt: skip
+            # registered (off the datapaths): t changes at the core's GO, and these are first read a cycle later (START)
+            k_t = (t0 + T + 1 - t)[:tb]
+            m.d.comb += active.eq((t >= t0) & (t < t0 + 2 * T))
+            m.d.sync += [takes.eq(t <= t0 + T), fire_ok.eq(t >= t0 + T), ramp_on.eq(t > t0 + T), fire_start.eq(t == t0 + T),
+                         tf.eq((t - (t0 + T))[:tb]), kk.eq(k_t), k2.eq(k_t << 1), nk.eq(-k_t), nk2.eq(-(k_t << 1))]  # fmt: skip
         else:
             m.d.comb += [active.eq(1), takes.eq(1), fire_ok.eq(1), tf.eq(t[:tb])]
         L, G = lp.lanes, lp.groups
@@ -523,8 +526,6 @@ class LayerEngine(wiring.Component):
         m.d.comb += vmask.eq(valid_masks[wb_g])
         syn_word, int_word = [], []
         assert not (win and split), "layer windows keep one state memory (plan_core)"
-        k2, nk, nk2 = Signal(tb + 1, name=f"{name}_k2"), Signal(signed(tb + 2), name=f"{name}_nk"), Signal(signed(tb + 2), name=f"{name}_nk2")
-        m.d.comb += [k2.eq(kk << 1), nk.eq(-kk), nk2.eq(-k2)]
 
         def times_k(w: Value) -> Value:
             """w (T - t_i): for binary weights (a sum of at most two +-1) a choice of +-k, +-2k, 0."""
