@@ -137,7 +137,11 @@ def _figures(root: Path, figdir: Path, state: dict[str, Any], tables) -> dict[st
         ax.set(xlabel=f"first output spike step (T = {T}: no output spike)", ylabel="images",
                title=f"Output latency, golden model, {len(lab):,} test images")  # fmt: skip
         ax.legend()
-        save(fig, "latency", "Output latency: the step of the first output spike per test image.")
+        wins = tables.windows != "off"
+        n_spiking = sum(ly.kind != "pool" for ly in tables.layers)
+        save(fig, "latency", "Output latency: the step of the first output spike per test image"
+             + (f" in the output layer's own window (layer windows: it opens at step {n_spiking * T} of the core's "
+                f"{(n_spiking + 1) * T})." if wins else "."))  # fmt: skip
 
         # accuracy against the decision deadline: decide at step t with the spikes so far
         ts = np.arange(1, T + 1)
@@ -255,7 +259,8 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None, 
     intro = []
     if tables is not None:
         intro.append(f"Model `{tables.name}`, T = {tables.T}, layers: {', '.join(ly.kind for ly in tables.layers)}; "
-                     f"model file SHA-256 `{state['steps']['quantize']['metrics']['model_sha256'][:16]}...`.")  # fmt: skip
+                     f"model file SHA-256 `{state['steps']['quantize']['metrics']['model_sha256'][:16]}...`."
+                     + (" Layer windows (a window of T steps per layer, model file version 2)." if tables.windows != "off" else ""))  # fmt: skip
     if g:
         intro.append(f"Synaptic events per image (energy proxy): mean {g['synaptic_updates_mean']:,.0f}; "
                      f"neuron updates per image: {g['neuron_updates_mean']:,.0f}.")  # fmt: skip
