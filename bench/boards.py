@@ -1,6 +1,6 @@
 """Boards: resources, Fmax, accuracy and images/s per board.
 
-    python bench/boards.py [--runs icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:16]
+    python bench/boards.py [--runs icebreaker:bench/results/ice40_binary.pt:2,ulx3s:bench/results/mnist_binary.pt:16] [--dataset mnist]
                            [--cycles-images 200] [--virtual-images 50] [--positions 1|2] [--clock-mhz F] [--read-reg]
 
 For each board: build the bitstream (YoWASP), read utilisation and Fmax; accuracy of the
@@ -44,6 +44,7 @@ def main() -> None:
     setup_logging()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default=DEFAULT, help="BOARD:CHECKPOINT_OR_MODEL:LANES,...")
+    ap.add_argument("--dataset", default="mnist", help="test set of every run's model (mnist or fashion-mnist)")
     ap.add_argument("--cycles-images", type=int, default=200, help="RTL images per model (fewer for slow cores: see --max-cycles)")
     ap.add_argument("--virtual-images", type=int, default=50)
     ap.add_argument("--positions", type=int, default=None, choices=[1, 2], help="output positions per state word (default: the board's)")
@@ -70,7 +71,7 @@ def main() -> None:
     from firstspike.hw.plan import image_cycles, plan_core
     from firstspike.sim.vectors import compare_streams, expected
 
-    test = load_split("mnist", "test")
+    test = load_split(args.dataset, "test")
     runs = []
     shared: dict[tuple[str, int], dict] = {}  # (model sha, lanes) -> RTL and virtual-board figures
     for spec in args.runs.split(","):
@@ -145,6 +146,7 @@ def main() -> None:
         uart_s = link_bytes * 10 / r["baud"]
         runs.append({
             "board": board, "device": r["device"], "model": tables.name, "checkpoint": repo_path(model), "lanes": lanes, "T": tables.T,
+            "dataset": args.dataset, "windows": tables.windows,
             "model_sha256_prefix": r["model_sha256_prefix"], "resources": r["resources"], "fmax_mhz": r["fmax_mhz"], "clock_mhz": clk / 1e6,
             "board_clock_mhz": r.get("board_clock_mhz"), "spikes": r.get("spikes"), "positions": pos, "read_reg": rr, **sh,
             "images_per_s_at_fmax": fmax / per_image if fmax else None,

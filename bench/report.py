@@ -278,7 +278,7 @@ def render_docs() -> Path:
     if bd:
         lines += ["## Boards (bench/boards.py)", "",
                   f"Bitstreams built with Yosys + nextpnr from PyPI (YoWASP); {_hw(bd)}; each row's date and commit in its last column. "
-                  "Accuracy: golden model on the 10k MNIST test set (the core equals it bit for bit: RTL mismatches on "
+                  "Accuracy: golden model on the 10k MNIST test set (or the row's dataset; the core equals it bit for bit: RTL mismatches on "
                   "the cycles sample, virtual board classes). images/s: compute only at Fmax and at the core clock, and "
                   "over the UART: end to end, pixels in to class out, as measured on the virtual board at the board's "
                   "UART divisor (protocol 3, COBS frames; older runs: computed for 115200 baud and 784-byte frames).", "",
@@ -291,7 +291,8 @@ def render_docs() -> Path:
             res = r_["resources"]
             lines.append(
                 f"| {r_['board']} ({r_['device']}) | {r_['model']}{_former(r_.get('checkpoint', ''), r_.get('model_sha256_prefix'))} "
-                f"(T={r_['T']}) | {r_['lanes']}"
+                f"(T={r_['T']}{', ' + r_['dataset'] if r_.get('dataset', 'mnist') != 'mnist' else ''}"
+                f"{', layer windows' if r_.get('windows', 'off') != 'off' else ''}) | {r_['lanes']}"
                 f"{' x 2 positions' if r_.get('positions', 1) > 1 else ''}{' (early exit)' if r_.get('early_exit') else ''}"
                 f"{'' if r_.get('spikes', True) else ', no spike readout'} | "
                 f"{res['luts']['used']}/{res['luts']['available']} | {res['bram']['used']}/{res['bram']['available']} | "
