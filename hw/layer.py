@@ -159,7 +159,8 @@ class LayerEngine(wiring.Component):
         tf = Signal(tb, name=f"l{lp.index}_tf")  # the spike time a crossing of this step records
         kk = Signal(tb, name=f"l{lp.index}_kk")  # layer windows: T - t_i of this step's events (t_i = t - t0 - 1): 1 .. T
         m.d.comb += first.eq(t == t0)
-        k2, nk, nk2 = Signal(tb + 1, name=f"l{lp.index}_k2"), Signal(signed(tb + 2), name=f"l{lp.index}_nk"), Signal(signed(tb + 2), name=f"l{lp.index}_nk2")
+        k2 = Signal(tb + 1, name=f"l{lp.index}_k2")  # 2 (T - t_i), and the negatives: an event's +-k / +-2k (spike pairs)
+        nk, nk2 = Signal(signed(tb + 2), name=f"l{lp.index}_nk"), Signal(signed(tb + 2), name=f"l{lp.index}_nk2")
         if win:
             # registered (off the datapaths): t changes at the core's GO, and these are first read a cycle later (START)
             k_t = (t0 + T + 1 - t)[:tb]
