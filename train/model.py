@@ -65,7 +65,8 @@ class NetConfig:
     layer_windows: str = "off"  # "psp" | "ramp": every spiking layer fires in a window of its own, after all
     #   spikes of the window before have arrived (functional.WindowFire): no input is lost to an early spike;
     #   "ramp": the slope in the layer's window is a constant ramp (SpikingLayer.ramp), not the inputs'
-    #   (a quantised ReLU; STiDi-BP's -1/rho is then the exact derivative). Training only, for now
+    #   (a quantised ReLU; STiDi-BP's -1/rho is then the exact derivative). "ramp" deploys (model file
+    #   version 2, golden model, core); "psp" is training only
     ramp_pow2: bool = False  # binary "ramp": integer ramps rounded to a power of two (a shift, not a divider, in hardware)
 
     @staticmethod
