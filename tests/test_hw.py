@@ -46,14 +46,16 @@ def test_core_equals_golden_random_networks(seed: int, lanes: int, stalls: bool,
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), lanes=st.integers(1, 5), stalls=st.booleans(), wbits=st.sampled_from([1, 1, 4]),
-       read_reg=st.booleans(), positions=st.sampled_from([1, 2]), pairs=st.booleans())
+       read_reg=st.booleans(), positions=st.sampled_from([1, 2]), pairs=st.booleans(), obits=st.sampled_from([None, None, 2, 3]))
 def test_core_equals_golden_random_networks_with_layer_windows(seed: int, lanes: int, stalls: bool, wbits: int, read_reg: bool,
-                                                               positions: int, pairs: bool) -> None:  # fmt: skip
+                                                               positions: int, pairs: bool, obits: int | None) -> None:  # fmt: skip
     """Layer windows with ramps (model file version 2): each layer takes its inputs in its own
-    window of T steps and fires in the next; the core equals the golden model on every value."""
+    window of T steps and fires in the next; the core equals the golden model on every value,
+    with a wider output layer too (``obits``: binary networks with a k-bit classifier)."""
     rng = np.random.default_rng(seed)
     tables = random_tables(rng, T=int(rng.integers(2, 12)), side=int(rng.integers(5, 9)), weight_bits=wbits, max_channels=5,
-                           in_channels=int(rng.integers(1, 3)), hidden_fc=1, windows=True)  # fmt: skip
+                           in_channels=int(rng.integers(1, 3)), hidden_fc=1, windows=True,
+                           out_weight_bits=obits if wbits == 1 else None)  # fmt: skip
     images = random_images(rng, 2, tables.input_shape)
     check_core(tables, images, lanes, seed if stalls else None, read_reg=read_reg, positions=positions, spike_pairs=pairs)
 

@@ -1,4 +1,4 @@
-"""A window per layer (``layer_windows``, a training experiment): every spiking layer fires
+"""A window per layer (``layer_windows``; "ramp" deploys: model file version 2): every spiking layer fires
 only after all spikes of the window before have arrived.
 
 * The dense forward (``functional.WindowFire``) equals a step-by-step simulation of the
