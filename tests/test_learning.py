@@ -131,18 +131,22 @@ def test_clamped_latent_weights_and_decision_rule_history(tmp_path: Path) -> Non
 
 def test_min_threshold_bounds_the_binary_scales(tmp_path: Path) -> None:
     """min_threshold = k keeps every exported integer threshold ceil(theta / alpha) >= k; the
-    same run without it has thresholds below k (the bound is what holds them)."""
+    same run without it has thresholds below k (the bound is what holds them);
+    min_threshold_hidden = 0 lifts the bound from the hidden layers and keeps the output's."""
     cfg, table = load_config("csnn_tiny")
     lowest = {}
-    for k in (0, 5):
+    for k, k_hidden in ((0, -1), (5, -1), (5, 0)):
         tc = TrainConfig.from_dict(table)
         tc.epochs, tc.train_subset, tc.test_subset, tc.progress, tc.batch_size = 1, 256, 50, False, 16
-        tc.alpha_lr_scale, tc.min_threshold = 10.0, k
-        model = model_from_checkpoint(train(cfg, tc, tmp_path / str(k), resume=False))
-        lowest[k] = min(int(m.effective()[2].min()) for m in model.spiking_layers())
-    assert lowest[5] >= 5 and lowest[0] < 5, lowest
+        tc.alpha_lr_scale, tc.min_threshold, tc.min_threshold_hidden = 10.0, k, k_hidden
+        model = model_from_checkpoint(train(cfg, tc, tmp_path / f"{k}_{k_hidden}", resume=False))
+        lowest[k, k_hidden] = [int(m.effective()[2].min()) for m in model.spiking_layers()]
+    assert min(lowest[5, -1]) >= 5 and min(lowest[0, -1]) < 5, lowest
+    assert lowest[5, 0][-1] >= 5 and min(lowest[5, 0][:-1]) < 5, lowest
     with pytest.raises(ConfigError, match="min_threshold"):
         TrainConfig(min_threshold=-1).validate()
+    with pytest.raises(ConfigError, match="min_threshold_hidden"):
+        TrainConfig(min_threshold_hidden=-2).validate()
 
 
 def test_weight_average_is_saved_and_resumed(tmp_path: Path) -> None:

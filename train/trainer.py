@@ -66,6 +66,7 @@ class TrainConfig:
     min_threshold: int = 0  # binary, >= 1: keep the scales alpha <= theta / this after every step (integer
     #   thresholds ceil(theta / alpha) >= it); a scale past theta no longer changes the forward (the threshold
     #   is already 1) but keeps multiplying the gradients below it (docs/accuracy.md, twenty-first session)
+    min_threshold_hidden: int = -1  # the bound of the hidden layers' scales alone (-1: min_threshold; 0: none)
     diagnostics: bool = True  # per-epoch learning diagnostics in the history (gradient norms, latency, ...)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -139,6 +140,8 @@ class TrainConfig:
             raise ConfigError(f"refit_epochs must be >= 0, not {tc.refit_epochs}")
         if tc.min_threshold < 0:
             raise ConfigError(f"min_threshold must be >= 0 (0: no bound on the binary scales), not {tc.min_threshold}")
+        if tc.min_threshold_hidden < -1:
+            raise ConfigError(f"min_threshold_hidden must be >= -1 (-1: min_threshold, 0: no bound), not {tc.min_threshold_hidden}")
         if not 0.0 <= tc.refit_t_goal <= 1.0:
             raise ConfigError(f"refit_t_goal={tc.refit_t_goal}: a fraction of T in (0, 1], or 0 (the main phase's t_goal)")
         if not 0 <= tc.refit_out_weight_bits <= 8 or (tc.refit_out_weight_bits and not tc.refit_epochs):
@@ -513,11 +516,13 @@ def train(
                 with torch.no_grad():
                     for m in model.spiking_layers():
                         m.weight.clamp_(-1.0, 1.0)
-            if tc.min_threshold > 0 and net_cfg.mode == "binary":
+            if net_cfg.mode == "binary" and (tc.min_threshold > 0 or tc.min_threshold_hidden > 0):
                 with torch.no_grad():
-                    for m in model.spiking_layers():
-                        if m.log_alpha.requires_grad:
-                            m.log_alpha.clamp_(max=math.log(float(m.theta) / tc.min_threshold))
+                    layers = model.spiking_layers()
+                    for i, m in enumerate(layers):
+                        bound = tc.min_threshold if i == len(layers) - 1 or tc.min_threshold_hidden < 0 else tc.min_threshold_hidden
+                        if bound > 0 and m.log_alpha.requires_grad:
+                            m.log_alpha.clamp_(max=math.log(float(m.theta) / bound))
             if ema is not None:
                 ema_steps += 1  # warm-up: short runs average over their own steps, not the initialisation
                 d = min(tc.ema, ema_steps / (ema_steps + 9.0))
