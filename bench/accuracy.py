@@ -109,6 +109,7 @@ def main() -> None:
         hist = ck["history"]
         results.append({
             "dataset": dataset, "mode": mode, "config": args.config, "checkpoint": f"bench/results/{stem}.pt", "T": cfg.T,
+            "layer_windows": cfg.layer_windows, "spiking_layers": sum(1 for spec in cfg.layers if spec.kind != "pool"),
             "epochs": ck["epoch"],
             "train_images": (ck["train"].get("train_subset") or 60000) - ck["train"].get("val_images", 0),
             "val_images": ck["train"].get("val_images", 0),

@@ -92,8 +92,13 @@ def render_docs() -> Path:
         for r in acc["runs"]:
             diag = (r["history"][-1].get("diag") or {}) if r.get("history") else {}
             lat = f"{diag['latency_correct']:.1f} / {r['T']}" if "latency_correct" in diag else "-"
+            windowed = r.get("layer_windows", "off") != "off"
+            if windowed and "latency_correct" in diag:  # measured in the output's own window: also on the image's clock
+                n = r["spiking_layers"]
+                lat += f" of the output's window (step {n * r['T'] + diag['latency_correct']:.0f} of {(n + 1) * r['T']})"
             tr = r.get("train", {})
             recipe = (f"batch {tr.get('batch_size', '?')}, {tr.get('loss', '?')} loss" + (", ema" if tr.get("ema") else "")
+                      + (f", layer windows ({r['layer_windows']})" if windowed else "")
                       + (f", translations +-{tr['augment_shift']} px" if tr.get("augment_shift") else "")
                       + (f", output refit ({tr['refit_epochs']} ep.)" if tr.get("refit_epochs") else "")
                       + (f", dt/dV {'exact slopes' if tr['latency'] == 'true' else tr['latency']}" if tr.get("latency", "rho") != "rho" else ""))  # fmt: skip
