@@ -130,6 +130,21 @@ def render_docs() -> Path:
                 f"**{100 * r['accuracy_margin']:.2f}%** |"
             )
         lines.append("")
+    orr = _load("output_resolution")
+    if orr:
+        lines += ["## The output's time steps in a ramp network (bench/output_resolution.py)", "",
+                  "The same outputs decided three ways on the whole test set: the earliest spike (the model's rule, ties "
+                  "to the lowest index), the earliest real crossing time (thr - A) / r, the largest potential A x alpha. "
+                  f"{_hw(orr)}; {orr['date']}, commit {orr['commit']}.", "",
+                  "| checkpoint | dataset | output ramps | images with a tie at the earliest step (right) | earliest spike | "
+                  "earliest crossing | largest potential |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in orr["runs"]:
+            lines.append(
+                f"| `{r['checkpoint']}` | {r['dataset']} | {min(r['output_ramps'])}..{max(r['output_ramps'])} | "
+                f"{r['tied_images']} ({r['tied_right']}) | **{100 * r['accuracy_spike']:.2f}%** | "
+                f"{100 * r['accuracy_crossing']:.2f}% | {100 * r['accuracy_potential']:.2f}% |"
+            )
+        lines.append("")
     at = _load("accuracy_vs_T")
     if at:
         lines += ["## Accuracy against T (bench/accuracy_vs_T.py)", "",

@@ -147,3 +147,22 @@ def test_a_board_build_at_another_clock_keeps_the_default_builds_row(tmp_path, m
     (tmp_path / "boards.json").write_text(json.dumps({"runs": merged}))
     again = common.merge_runs("boards", [{**base, "clock_mhz": 40.0, "fmax_mhz": 47.0}], boards_bench.row_key)
     assert sorted((r["clock_mhz"], r.get("fmax_mhz")) for r in again) == [(40.0, 47.0), (45.0, None)]
+
+
+def test_output_resolution_decisions_agree_where_the_earliest_step_is_untied() -> None:
+    """bench/output_resolution.py on the committed ramp Fashion-MNIST network (200 test images):
+    the step t' = ceil((thr - A) / r), clamped, is monotone in the real crossing time, so where one
+    output fires alone at the earliest step it is also the earliest crossing; and the spike decision
+    is the model's own (its classify)."""
+    import torch
+
+    from output_resolution import decisions
+
+    from firstspike.data import load_split
+    from firstspike.train.trainer import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(ROOT / "bench/results/fashion-mnist_binary_csnn_fashion_ramp.pt")).eval()
+    x = torch.from_numpy(load_split("fashion-mnist", "test").head(200).images.copy())
+    spike, crossing, _, tied = decisions(model, x)
+    assert torch.equal(spike, model.classify(x)[0])
+    assert bool((spike[~tied] == crossing[~tied]).all())
