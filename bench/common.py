@@ -102,6 +102,24 @@ def add_model_args(ap, default: str) -> None:
     ap.add_argument("--batch", type=int, default=1000)
 
 
+def model_bench_args(doc: str, default: str):
+    """Logging set up and the parsed options (``add_model_args``) of such a benchmark."""
+    import argparse
+
+    setup_logging()
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_model_args(ap, default)
+    return ap.parse_args()
+
+
+def save_runs(name: str, runs: list[dict[str, Any]], model_field: str = "checkpoint") -> None:
+    """The runs merged by checkpoint into bench/results/NAME.json, and docs/benchmarks.md refreshed."""
+    write_result(name, {"runs": merge_runs(name, runs, lambda r: r[model_field])})
+    from report import render_docs
+
+    render_docs()
+
+
 def model_specs(spec: str) -> list[tuple[str, str]]:
     """``dataset:checkpoint,...`` -> [(dataset, checkpoint)], skipping (with a warning) files
     that are not there."""

@@ -14,14 +14,13 @@ how many images have a tie at the earliest step. Writes bench/results/output_res
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, add_model_args, merge_runs, model_specs, repo_path, setup_logging, write_result  # noqa: E402
+from common import RESULTS, model_bench_args, model_specs, repo_path, save_runs  # noqa: E402
 
 log = logging.getLogger("bench.output_resolution")
 
@@ -48,10 +47,7 @@ def decisions(model, images) -> tuple:
 
 
 def main() -> None:
-    setup_logging()
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(ap, DEFAULT_MODELS)
-    args = ap.parse_args()
+    args = model_bench_args(__doc__, DEFAULT_MODELS)
 
     import torch
     from tqdm import tqdm
@@ -87,11 +83,7 @@ def main() -> None:
         log.info("%s: earliest spike %.2f%%, earliest crossing %.2f%%, largest potential %.2f%%; %d tied images",
                  ck, 100 * run["accuracy_spike"], 100 * run["accuracy_crossing"], 100 * run["accuracy_potential"], n["tied"])  # fmt: skip
         runs.append(run)
-    merged = merge_runs("output_resolution", runs, lambda r: r["checkpoint"])
-    write_result("output_resolution", {"runs": merged})
-    from report import render_docs
-
-    render_docs()
+    save_runs("output_resolution", runs)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_model_args, model_specs, RESULTS, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
+from common import RESULTS, model_bench_args, model_specs, repo_path, save_runs  # noqa: E402
 
 log = logging.getLogger("bench.silent_rule")
 
@@ -29,10 +28,7 @@ DEFAULT_MODELS = ",".join(f"{d}:{RESULTS / f}" for d, f in (
 
 
 def main() -> None:
-    setup_logging()
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(ap, DEFAULT_MODELS)
-    args = ap.parse_args()
+    args = model_bench_args(__doc__, DEFAULT_MODELS)
 
     import numpy as np
     from tqdm import tqdm
@@ -71,11 +67,7 @@ def main() -> None:
         log.info("%s: potential rule %.2f%%, margin rule %.2f%%; %d silent images (%.1f%%)", ck,
                  100 * run["accuracy_potential"], 100 * run["accuracy_margin"], n_s, 100 * run["silent_fraction"])  # fmt: skip
         runs.append(run)
-    merged = merge_runs("silent_rule", runs, lambda r: r["checkpoint"])
-    write_result("silent_rule", {"runs": merged})
-    from report import render_docs
-
-    render_docs()
+    save_runs("silent_rule", runs)
 
 
 if __name__ == "__main__":
