@@ -137,10 +137,10 @@ def test_fixed_point_golden_equals_integer_reference() -> None:
         assert np.array_equal(got, t)
 
 
-@pytest.mark.parametrize("checkpoint", [TRAINED.name, "mnist_binary_csnn_fc256.pt"])
+@pytest.mark.parametrize("checkpoint", [TRAINED.name, "mnist_binary_csnn_fc256.pt", "mnist_binary_csnn_fc256_ramp.pt"])
 def test_trained_default_model_sample(checkpoint: str) -> None:
-    """The trained binary MNIST models (bench/accuracy.py output, committed: csnn and csnn_fc256,
-    its hidden dense layer) on 300 test images: zero spike-time and class mismatches, and
+    """The trained binary MNIST models (committed: csnn, csnn_fc256 with its hidden dense layer,
+    and csnn_fc256 with layer windows) on 300 test images: zero spike-time and class mismatches, and
     accuracy well above chance."""
     path = TRAINED.parent / checkpoint
     assert path.is_file(), f"{path} missing: run bench/accuracy.py"
