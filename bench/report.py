@@ -180,7 +180,7 @@ def render_docs() -> Path:
         lines.append("")
     # the default model; the same with position pairs (--positions 2); the iCEBreaker model; csnn_fc256; layer windows
     for name in ("rtl_regression", "rtl_regression_positions2", "rtl_regression_ice40", "rtl_regression_fc256",
-                 "rtl_regression_fashion_ramp"):  # fmt: skip
+                 "rtl_regression_fashion_ramp", "rtl_regression_fc256_ramp"):  # fmt: skip
         rr = _load(name)
         if not rr:
             continue
