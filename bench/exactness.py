@@ -11,7 +11,6 @@ Writes bench/results/exactness.json and refreshes docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import tempfile
@@ -19,18 +18,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_model_args, model_specs, RESULTS, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
+from common import RESULTS, merge_runs, model_bench_args, model_specs, repo_path, write_result  # noqa: E402
 
 log = logging.getLogger("bench.exactness")
 
 
 def main() -> None:
-    setup_logging()
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(ap, f"mnist:{RESULTS / 'mnist_binary.pt'},mnist:{RESULTS / 'mnist_binary_csnn_fc256.pt'},"
-                    f"fashion-mnist:{RESULTS / 'fashion-mnist_binary.pt'},"
-                    f"fashion-mnist:{RESULTS / 'fashion-mnist_binary_csnn_fashion.pt'}")
-    args = ap.parse_args()
+    args = model_bench_args(__doc__, f"mnist:{RESULTS / 'mnist_binary.pt'},mnist:{RESULTS / 'mnist_binary_csnn_fc256.pt'},"
+                            f"fashion-mnist:{RESULTS / 'fashion-mnist_binary.pt'},"
+                            f"fashion-mnist:{RESULTS / 'fashion-mnist_binary_csnn_fashion.pt'}")
 
     import numpy as np
     import torch

@@ -59,7 +59,7 @@ def main() -> None:
     for dataset, ck in model_specs(args.models):
         model = model_from_checkpoint(load_checkpoint(ck)).eval()
         out = model.layers[-1]
-        if not (getattr(out, "ramped", False) and out.binary):
+        if not (out.ramped and out.binary):
             log.warning("skipping %s: not a binary network with ramp windows (layer_windows = \"ramp\")", ck)
             continue
         test = load_split(dataset, "test").head(args.limit)
