@@ -289,15 +289,19 @@ def test_core_runs_an_exported_ramp_network() -> None:
     np.testing.assert_array_equal(got.times, want.first_time)
 
 
-def test_fashion_ramp_config_is_the_recipe_of_the_committed_model() -> None:
-    """The built-in csnn_fashion_ramp reproduces the committed Fashion-MNIST ramp model's run:
-    its network and every [train] setting the checkpoint records (the dataset comes from the CLI)."""
+@pytest.mark.parametrize("config, checkpoint, real", [
+    ("csnn_fashion_ramp", "fashion-mnist_binary_csnn_fashion_ramp.pt", {"augment_shift": 0}),
+    ("csnn_fc256_ramp", "mnist_binary_csnn_fc256_ramp.pt", {"augment_shift": 1, "epochs": 16, "latency": "rho"}),
+])
+def test_ramp_config_is_the_recipe_of_the_committed_model(config: str, checkpoint: str, real: dict) -> None:
+    """A built-in ramp config reproduces its committed model's run: the network and every [train]
+    setting the checkpoint records (the dataset comes from the CLI; [train.real] is the real mode's)."""
     from firstspike.train.model import load_config
     from firstspike.train.trainer import load_checkpoint
 
-    net, train = load_config("csnn_fashion_ramp")
-    ck = load_checkpoint(ROOT / "bench" / "results" / "fashion-mnist_binary_csnn_fashion_ramp.pt")
-    # (ramp_pow2 came after that run: its default, off, is what it trained)
+    net, train = load_config(config)
+    ck = load_checkpoint(ROOT / "bench" / "results" / checkpoint)
+    # (ramp_pow2 came after the Fashion-MNIST run: its default, off, is what it trained)
     assert {**net.to_dict(), "name": ck["net"]["name"], "mode": "binary"} == {"ramp_pow2": False, **ck["net"]}
-    real = train.pop("real")
-    assert {k: ck["train"][k] for k in train} == train and real == {"augment_shift": 0}
+    assert train.pop("real") == real
+    assert {k: ck["train"][k] for k in train} == train
