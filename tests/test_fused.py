@@ -24,15 +24,15 @@ def _grads(model: CSNN) -> dict[str, np.ndarray]:
             for n, p in model.named_parameters() if p.requires_grad}  # fmt: skip
 
 
-def _both(model: CSNN, images, labels, tc: TrainConfig, t_goal, refit: bool):
+def _both(model: CSNN, images, labels, tc: TrainConfig, t_goal, refit: bool, t_teacher=None):
     """(loss, outs, grads) of the autograd step and of the fused step on the same model."""
     res = []
     for fn in ("autograd", "fused"):
         model.zero_grad(set_to_none=True)
         if fn == "autograd":
-            loss, outs = autograd_step(model, model, images, labels, tc, t_goal, refit)
+            loss, outs = autograd_step(model, model, images, labels, tc, t_goal, refit, t_teacher)
         else:
-            loss, outs = fused.step(model, images, labels, tc, t_goal, refit)
+            loss, outs = fused.step(model, images, labels, tc, t_goal, refit, t_teacher)
         res.append((loss, [o.detach().float() for o in outs], _grads(model)))
     return res
 
@@ -74,16 +74,21 @@ def _case(draw):
         margin=draw(st.sampled_from([0.1, 0.3])), gamma=draw(st.sampled_from([1.0, 3.0])),
         refit_out_weight_bits=draw(st.sampled_from([0, 2])) if mode == "binary" else 0,
         latency=draw(st.sampled_from(["rho", "rho", "true", "channel"])),
+        distill_weight=draw(st.sampled_from([0.5, 2.0])), distill_temp=draw(st.sampled_from([1.0, 5.0])),
     )  # fmt: skip
     t_goal = draw(st.sampled_from([None, 0.5 * T]))
     refit = mode == "binary" and draw(st.booleans())
-    return cfg, tc, t_goal, refit, draw(st.integers(0, 2**31 - 1))
+    # a teacher's output times (distill; the spike-time loss's main epochs only), silent ones (T) among them
+    teach = draw(st.booleans()) and tc.loss == "relative" and not refit
+    t_teacher = torch.tensor(draw(st.lists(st.integers(0, T), min_size=5 * layers[-1].channels,
+                                           max_size=5 * layers[-1].channels)), dtype=torch.float32).view(5, -1) if teach else None  # fmt: skip
+    return cfg, tc, t_goal, refit, t_teacher, draw(st.integers(0, 2**31 - 1))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_case())
 def test_fused_step_equals_autograd_on_random_networks(case) -> None:
-    cfg, tc, t_goal, refit, seed = case
+    cfg, tc, t_goal, refit, t_teacher, seed = case
     torch.manual_seed(seed)
     model = CSNN(cfg).double()  # float64 parameters: autograd's own rounding out of the comparison
     set_backward(model, tc)
@@ -100,7 +105,7 @@ def test_fused_step_equals_autograd_on_random_networks(case) -> None:
                 m.weight.mul_(3.0)
     if refit:
         _enter_refit(model, tc, new_width=True)
-    _assert_same(_both(model, images, labels, tc, t_goal, refit), 1e-5)  # (spike-time gradients are float32 in autograd)
+    _assert_same(_both(model, images, labels, tc, t_goal, refit, t_teacher), 1e-5)  # (spike-time gradients are float32 in autograd)
 
 
 @pytest.mark.parametrize("refit", [False, True])

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from firstspike.errors import ConfigError
 from firstspike.train.model import CSNN, LayerSpec, load_config
@@ -412,3 +413,60 @@ def test_bias_channel_is_a_ramp_of_the_potential(mode: str) -> None:
         assert torch.equal(t_out.double(), torch.clamp(torch.ceil(thr / 9.0), max=16.0).expand_as(t_out.double()))
     with pytest.raises(ConfigError, match="bias"):
         tables_from_model(model)
+
+
+def test_distillation_term_is_the_gradient_of_its_kl() -> None:
+    """functional.distill_terms: (tau / T)^2 x KL(softmax(-t_teacher / tau) || softmax(-t / tau)),
+    its gradient that of autograd on outputs that fire; zero when the student's times equal the
+    teacher's; a silent output is never pushed later."""
+    from firstspike.train.functional import distill_terms
+
+    T, tau, w = 32, 4.0, 1.5
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, T, (6, 10), generator=g).double().requires_grad_(True)
+    teach = torch.randint(0, T + 1, (6, 10), generator=g).float()
+    kl = F.kl_div(F.log_softmax(-t / tau, dim=1), F.log_softmax(-teach.double() / tau, dim=1), log_target=True,
+                  reduction="batchmean") * w * (tau / T) ** 2  # fmt: skip
+    kl.backward()
+    loss, grad = distill_terms(t, teach, T, tau, w)
+    assert loss == pytest.approx(float(kl.detach()), rel=1e-12)
+    torch.testing.assert_close(grad, t.grad)
+    assert distill_terms(teach, teach, T, tau, w)[0] == pytest.approx(0.0, abs=1e-12)
+    silent = torch.full((6, 10), float(T))
+    silent[:, 0] = 0.0  # one output fires first: the teacher would move the silent ones' share later
+    _, g_silent = distill_terms(silent, torch.zeros(6, 10), T, tau, w)
+    assert bool((g_silent[:, 1:] >= 0).all()) and bool((g_silent[:, 1:] > 0).any())  # earlier only
+    assert bool((g_silent[:, 0] < 0).all())  # the firing one: later, toward the teacher's tie
+
+
+def test_distillation_from_a_teacher_checkpoint(tmp_path: Path) -> None:
+    """``distill``: a real-valued csnn_tiny teaches a binary one; the run is reproducible and
+    differs from one without the teacher; teachers that do not fit are refused by name."""
+    from firstspike.errors import CheckpointError
+    from firstspike.train.trainer import save_checkpoint
+
+    cfg, table = load_config("csnn_tiny")
+    short = {"epochs": 1, "train_subset": 256, "test_subset": 50, "progress": False}
+    real = dataclasses.replace(cfg, mode="real")
+    train(real, dataclasses.replace(TrainConfig.from_dict(table), **short), tmp_path / "teacher", resume=False)
+    teacher = tmp_path / "teacher" / "checkpoint.pt"
+    states = []
+    for run, distill in (("a", str(teacher)), ("b", str(teacher)), ("c", "")):
+        tc = dataclasses.replace(TrainConfig.from_dict(table), **short, distill=distill, distill_weight=4.0)
+        train(cfg, tc, tmp_path / run, resume=False)
+        states.append(load_checkpoint(tmp_path / run / "checkpoint.pt")["state_dict"])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0] if k.endswith("weight"))
+    ck = load_checkpoint(teacher)
+    save_checkpoint(tmp_path / "fashion.pt", {**ck, "train": {**ck["train"], "dataset": "fashion-mnist"}})
+    other = dataclasses.replace(cfg, layers=[*cfg.layers[:-1], dataclasses.replace(cfg.layers[-1], channels=5)])
+    save_checkpoint(tmp_path / "five.pt", {**ck, "net": other.to_dict(), "state_dict": CSNN(other).state_dict()})
+    for path, err, match in ((tmp_path / "fashion.pt", ConfigError, "trained on fashion-mnist"),
+                             (tmp_path / "five.pt", ConfigError, "5 classes"),
+                             (tmp_path / "missing.pt", CheckpointError, "not found")):  # fmt: skip
+        tc = dataclasses.replace(TrainConfig.from_dict(table), **short, distill=str(path))
+        with pytest.raises(err, match=match):
+            train(cfg, tc, tmp_path / "refused", resume=False)
+    assert not (tmp_path / "refused" / "checkpoint.pt").exists()
+    with pytest.raises(ConfigError, match="spike-time losses"):
+        dataclasses.replace(TrainConfig.from_dict(table), distill=str(teacher), loss="potential").validate()

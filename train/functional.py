@@ -293,6 +293,23 @@ def spike_loss(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, 
     raise ValueError(f"unknown loss {kind!r}; use 'relative', 'ce' or 'tce'")
 
 
+def distill_terms(t_out: torch.Tensor, t_teacher: torch.Tensor, T: int, tau: float,
+                  weight: float) -> tuple[float, torch.Tensor]:
+    """Knowledge distillation on the output spike times: ``weight`` x (tau / T)^2 x the mean
+    over the batch of KL(p_teacher || p_student), p = softmax(-t / tau) (tau in time steps;
+    the (tau / T)^2 puts its gradient on the scale of the relative loss's). Returns (the loss,
+    dL/dt_out (B, classes), float64). A silent output (t >= T) cannot fire later: the error
+    that would push it later is dropped (as the cross-entropy loss does)."""
+    t = t_out.detach().double()
+    log_ps = F.log_softmax(-t / tau, dim=1)
+    log_pt = F.log_softmax(-t_teacher.detach().double().to(t.device) / tau, dim=1)
+    scale = weight * (tau / T) ** 2
+    loss = scale * float((log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean())
+    grad = scale * (log_pt.exp() - log_ps.exp()) / (tau * t.shape[0])  # d/dt of -sum p_t log p_s
+    grad = torch.where((t >= T) & (grad < 0), torch.zeros_like(grad), grad)
+    return loss, grad
+
+
 def potential_loss(
     t_out: torch.Tensor,
     t_in: torch.Tensor,

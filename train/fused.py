@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from numba import njit
 
 from firstspike.train import kernels
-from firstspike.train.functional import _relative_targets, latency_slope
+from firstspike.train.functional import _relative_targets, distill_terms, latency_slope
 
 if TYPE_CHECKING:
     from firstspike.train.model import CSNN
@@ -169,10 +169,11 @@ def _potential_loss(v, labels, theta, margin, ce_weight, ce_temp, ce_hidden):
 
 
 def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainConfig", t_goal: float | None,
-         refit: bool) -> tuple[float, list[torch.Tensor]]:  # fmt: skip
+         refit: bool, t_teacher: torch.Tensor | None = None) -> tuple[float, list[torch.Tensor]]:  # fmt: skip
     """Forward, loss and gradients (written to the parameters' ``.grad``, which must be
     cleared) of one batch. Returns (the loss without the silence penalty, as the trainer
-    logs it; the spike times after every layer as ``CSNN.forward_all`` returns them)."""
+    logs it; the spike times after every layer as ``CSNN.forward_all`` returns them).
+    ``t_teacher``: a teacher's output times for ``distill`` (the relative loss)."""
     T = model.T
     B = images.shape[0]
     table = model.table.numpy().astype(np.int32)  # functional.encode
@@ -221,6 +222,10 @@ def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainCo
         e = (t_out - target) / T
         loss = float(0.5 * (e**2).sum(axis=1).mean())
         add(n, (e / (T * B)).reshape(outs[-1].shape))
+        if t_teacher is not None:
+            kd, g = distill_terms(torch.from_numpy(t_out), t_teacher, T, tc.distill_temp, tc.distill_weight)
+            loss += kd
+            add(n, g.numpy().reshape(outs[-1].shape))
         top = n
     if tc.fire_weight > 0 and tc.homeostasis <= 0 and not refit:  # functional.silence_penalty
         for i, kind in enumerate(model.kinds[:-1]):

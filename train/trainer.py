@@ -24,7 +24,7 @@ from tqdm import tqdm
 from firstspike.data import load_split
 from firstspike.errors import CheckpointError, ConfigError
 from firstspike.train import fused
-from firstspike.train.functional import latency_slope, potential_loss, relative_targets, silence_penalty, spike_loss, window_sums
+from firstspike.train.functional import distill_terms, latency_slope, potential_loss, relative_targets, silence_penalty, spike_loss, window_sums
 from firstspike.train.model import CSNN, MODES, NetConfig
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,11 @@ class TrainConfig:
     #   out_weight_bits, e.g. 2: ternary); its latent weights restart at its integer weights / qmax
     refit_t_goal: float = 0.0  # the refit's decision time t* of its potential loss, a fraction of T (0: t_goal;
     #   with the spike-time losses, whose t_goal is a deadline, choose it: t_goal >= 1 would mean none)
+    distill: str = ""  # a teacher's checkpoint (same input shape and classes, e.g. the real-valued run of the
+    #   network): its output spike times' softmax(-t / distill_temp) is a second target of the spike-time
+    #   losses (knowledge distillation; functional.distill_terms), in the main epochs, not in a refit
+    distill_weight: float = 1.0  # weight of that term ((distill_temp / T)^2 x KL: 1 is on the relative loss's scale)
+    distill_temp: float = 5.0  # its temperature in time steps of the student's T
     eval_batch: int = 500
     fused: bool = True  # the CPU training step without autograd (train/fused.py) where it covers the settings
     progress: bool = True
@@ -144,6 +149,10 @@ class TrainConfig:
             raise ConfigError(f"min_threshold_hidden must be >= -1 (-1: min_threshold, 0: no bound), not {tc.min_threshold_hidden}")
         if not 0.0 <= tc.refit_t_goal <= 1.0:
             raise ConfigError(f"refit_t_goal={tc.refit_t_goal}: a fraction of T in (0, 1], or 0 (the main phase's t_goal)")
+        if tc.distill and tc.loss == "potential":
+            raise ConfigError("distill works with the spike-time losses (loss = 'relative', 'ce' or 'tce'), not 'potential'")
+        if tc.distill and (tc.distill_temp <= 0 or tc.distill_weight < 0):
+            raise ConfigError(f"distill_temp must be > 0 time steps and distill_weight >= 0 (not {tc.distill_temp}, {tc.distill_weight})")
         if not 0 <= tc.refit_out_weight_bits <= 8 or (tc.refit_out_weight_bits and not tc.refit_epochs):
             raise ConfigError(f"refit_out_weight_bits={tc.refit_out_weight_bits}: choose 1..8 with refit_epochs > 0, or 0 (keep the width)")
 
@@ -232,6 +241,24 @@ def model_from_checkpoint(ck: dict[str, Any]) -> CSNN:
     model = CSNN(NetConfig.from_dict(ck["net"]))
     model.load_state_dict(ck["state_dict"])
     return model
+
+
+def load_teacher(path: str | os.PathLike, student: CSNN, dataset: str) -> tuple[CSNN, float]:
+    """(the teacher network of ``distill``, frozen, and the factor that puts its spike times on
+    the student's clock: T_student / T_teacher). Raise when it does not fit the student."""
+    ck = load_checkpoint(path)
+    teacher = model_from_checkpoint(ck).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if tuple(teacher.cfg.input_shape) != tuple(student.cfg.input_shape) or teacher.num_classes != student.num_classes:
+        raise ConfigError(f"distill = {str(path)!r}: its network ({teacher.cfg.name}: input {tuple(teacher.cfg.input_shape)}, "
+                          f"{teacher.num_classes} classes) does not fit the student's (input {tuple(student.cfg.input_shape)}, "
+                          f"{student.num_classes} classes); give a teacher trained on the same dataset")  # fmt: skip
+    taught = ck.get("train", {}).get("dataset")
+    if taught and taught != dataset:
+        raise ConfigError(f"distill = {str(path)!r} was trained on {taught}, this run trains on {dataset}: "
+                          f"give a teacher trained on {dataset}")  # fmt: skip
+    return teacher, student.T / teacher.T
 
 
 def _kinds_upto(model: CSNN, n: int) -> list[tuple]:
@@ -467,6 +494,11 @@ def train(
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)  # broadcasts rank 0's weights
 
     T = net_cfg.T
+    teacher, t_scale = load_teacher(tc.distill, model, tc.dataset) if tc.distill else (None, 1.0)
+    if teacher is not None:
+        teacher.to(device).backend = tc.backend
+        log.info("distillation from %s (%s mode, T=%d): weight %g, temperature %g steps", tc.distill, teacher.cfg.mode,
+                 teacher.T, tc.distill_weight, tc.distill_temp)  # fmt: skip
     why = fused.unsupported(model, tc, device, world) if tc.fused else "fused=false"
     fused_ok = why is None
     log.info("training step: %s", "fused (gradients without autograd)" if fused_ok else f"autograd ({why})")
@@ -502,10 +534,14 @@ def train(
             bi = perm[s * tc.batch_size : (s + 1) * tc.batch_size]
             xb, yb = augment_images(x_train[bi], tc.augment_shift, tc.augment_flip, g_aug).to(device), y_train[bi].to(device)
             opt.zero_grad(set_to_none=True)
+            t_teach = None
+            if teacher is not None and not refit:
+                with torch.no_grad():
+                    t_teach = teacher(xb).flatten(1) * t_scale
             if fused_ok:
-                loss, outs = fused.step(model, xb, yb, tc, t_goal, refit)
+                loss, outs = fused.step(model, xb, yb, tc, t_goal, refit, t_teach)
             else:
-                loss, outs = autograd_step(model, ddp_model, xb, yb, tc, t_goal, refit)
+                loss, outs = autograd_step(model, ddp_model, xb, yb, tc, t_goal, refit, t_teach)
             t_out = outs[-1].flatten(1)
             if diag is not None:
                 diag.step(model, t_out, yb, T, tc.gamma, t_goal)
@@ -610,10 +646,11 @@ def train(
 
 
 def autograd_step(model: CSNN, ddp_model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, tc: TrainConfig,
-                  t_goal: float | None, refit: bool) -> tuple[float, list[torch.Tensor]]:  # fmt: skip
+                  t_goal: float | None, refit: bool, t_teacher: torch.Tensor | None = None) -> tuple[float, list[torch.Tensor]]:  # fmt: skip
     """Forward, loss and backward of one batch through autograd (the parameters' ``.grad``
     must be cleared). Returns (the loss without the silence penalty, the spike times after
-    every layer). ``fused.step`` computes the same without autograd."""
+    every layer). ``t_teacher``: a teacher's output times for ``distill`` (spike-time losses).
+    ``fused.step`` computes the same without autograd."""
     T = model.T
     outs = ddp_model(images, all_layers=True)
     t_out = outs[-1].flatten(1)
@@ -627,6 +664,10 @@ def autograd_step(model: CSNN, ddp_model: torch.nn.Module, images: torch.Tensor,
                               tc.refit_ce_weight if refit else tc.ce_weight, tc.ce_temp, tc.ce_hidden)  # fmt: skip
     else:
         loss = spike_loss(t_out, labels, T, tc.gamma, tc.loss, t_goal)
+        if t_teacher is not None:  # its gradient, as a surrogate whose value is the distillation loss
+            kd, g = distill_terms(t_out, t_teacher, T, tc.distill_temp, tc.distill_weight)
+            sur = (g.to(t_out.dtype) * t_out).sum()
+            loss = loss + (sur - sur.detach() + kd)
     total = loss
     if tc.fire_weight > 0 and tc.homeostasis <= 0 and not refit:
         hidden = [o for k, o in zip(model.kinds[:-1], outs[1:-1]) if k != "pool"]
