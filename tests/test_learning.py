@@ -441,7 +441,8 @@ def test_distillation_term_is_the_gradient_of_its_kl() -> None:
 
 def test_distillation_from_a_teacher_checkpoint(tmp_path: Path) -> None:
     """``distill``: a real-valued csnn_tiny teaches a binary one; the run is reproducible and
-    differs from one without the teacher; teachers that do not fit are refused by name."""
+    differs from one without the teacher (with moved images too); teachers that do not fit
+    are refused by name."""
     from firstspike.errors import CheckpointError
     from firstspike.train.trainer import save_checkpoint
 
@@ -457,6 +458,12 @@ def test_distillation_from_a_teacher_checkpoint(tmp_path: Path) -> None:
         states.append(load_checkpoint(tmp_path / run / "checkpoint.pt")["state_dict"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0] if k.endswith("weight"))
+    # moved images: the teacher's times come batch by batch instead of once for the training set
+    for run, distill in (("d", str(teacher)), ("e", "")):
+        tc = dataclasses.replace(TrainConfig.from_dict(table), **short, distill=distill, distill_weight=4.0, augment_shift=1)
+        train(cfg, tc, tmp_path / run, resume=False)
+        states.append(load_checkpoint(tmp_path / run / "checkpoint.pt")["state_dict"])
+    assert not all(torch.equal(states[3][k], states[4][k]) for k in states[3] if k.endswith("weight"))
     ck = load_checkpoint(teacher)
     save_checkpoint(tmp_path / "fashion.pt", {**ck, "train": {**ck["train"], "dataset": "fashion-mnist"}})
     other = dataclasses.replace(cfg, layers=[*cfg.layers[:-1], dataclasses.replace(cfg.layers[-1], channels=5)])

@@ -499,6 +499,12 @@ def train(
         teacher.to(device).backend = tc.backend
         log.info("distillation from %s (%s mode, T=%d): weight %g, temperature %g steps", tc.distill, teacher.cfg.mode,
                  teacher.T, tc.distill_weight, tc.distill_temp)  # fmt: skip
+    teach_all = None  # without augmentation the teacher sees the same images every epoch: its times once
+    if teacher is not None and not (tc.augment_shift or tc.augment_flip) and start_epoch < tc.epochs:
+        with torch.no_grad():
+            teach_all = torch.cat([teacher(x_train[i : i + tc.eval_batch].to(device)).flatten(1).cpu()
+                                   for i in tqdm(range(0, len(y_train), tc.eval_batch), desc="teacher",
+                                                 disable=not (tc.progress and rank == 0), leave=False)]) * t_scale  # fmt: skip
     why = fused.unsupported(model, tc, device, world) if tc.fused else "fused=false"
     fused_ok = why is None
     log.info("training step: %s", "fused (gradients without autograd)" if fused_ok else f"autograd ({why})")
@@ -535,7 +541,9 @@ def train(
             xb, yb = augment_images(x_train[bi], tc.augment_shift, tc.augment_flip, g_aug).to(device), y_train[bi].to(device)
             opt.zero_grad(set_to_none=True)
             t_teach = None
-            if teacher is not None and not refit:
+            if teach_all is not None and not refit:
+                t_teach = teach_all[bi].to(device)
+            elif teacher is not None and not refit:
                 with torch.no_grad():
                     t_teach = teacher(xb).flatten(1) * t_scale
             if fused_ok:
