@@ -43,6 +43,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", choices=["relative", "tce", "ce", "potential"], help="output loss (default: the config's)")
     p.add_argument("--gamma", type=float, help="loss margin in time steps")
     p.add_argument("--seed", type=int)
+    p.add_argument("--distill", metavar="CHECKPOINT", help="a trained network of the same inputs and classes (e.g. "
+                   "the real-valued run) that teaches this one through its output spike times (docs/guide.md)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--backend", choices=["auto", "numba", "torch"], help="numba: event-driven CPU kernels; torch: any device")
     p.add_argument("--autograd", action="store_true", help="train through autograd, not the fused CPU step "
@@ -297,7 +299,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         "dataset": a.dataset, "data_dir": a.data_dir, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
         "optimizer": a.optimizer, "schedule": a.schedule, "loss": a.loss, "gamma": a.gamma, "seed": a.seed,
         "device": a.device, "backend": a.backend, "train_subset": a.train_subset, "test_subset": a.test_subset,
-        "val_images": a.val_images,
+        "val_images": a.val_images, "distill": a.distill,
     }  # fmt: skip
     for k, v in overrides.items():
         if v is not None:

@@ -165,6 +165,23 @@ def test_train_missing_data_dir(tmp_path: Path) -> None:
     assert not (out / "checkpoint.pt").exists()
 
 
+def test_train_teacher_that_does_not_fit(tmp_path: Path) -> None:
+    """train --distill with a teacher of other classes or a missing file: exit 2 naming it, nothing written."""
+    from firstspike.train.model import CSNN, load_config
+    from firstspike.train.trainer import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
+
+    cfg, _ = load_config("csnn_tiny")
+    cfg.layers[-1].channels = 4
+    teacher = tmp_path / "four.pt"
+    save_checkpoint(teacher, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "net": cfg.to_dict(),
+                              "train": {"dataset": "mnist"}, "state_dict": CSNN(cfg).state_dict()})  # fmt: skip
+    for path, needle in ((teacher, "4 classes"), (tmp_path / "none.pt", "none.pt")):
+        out = tmp_path / "out"
+        r = run_cli("train", *TINY, "--epochs", "1", "--distill", str(path), "--out", str(out), cwd=tmp_path)
+        assert_user_error(r, needle)
+        assert not (out / "checkpoint.pt").exists()
+
+
 BAD_KIND_TOML = """
 name = "bad"
 T = 16
