@@ -434,6 +434,12 @@ def train(
     for i in (int(v) for v in tc.freeze.split(",") if v.strip()):
         for p in model.spiking_layers()[i].parameters():
             p.requires_grad_(False)
+    # a teacher that does not fit is refused before the calibration
+    teacher, t_scale = load_teacher(tc.distill, model, tc.dataset) if tc.distill else (None, 1.0)
+    if teacher is not None:
+        teacher.to(device).backend = tc.backend
+        log.info("distillation from %s (%s mode, T=%d): weight %g, temperature %g steps", tc.distill, teacher.cfg.mode,
+                 teacher.T, tc.distill_weight, tc.distill_temp)  # fmt: skip
     resuming = resume and ck_path.is_file()
     if not resuming:
         # initialisation first (real mode sizes its learning rates by the weights): from a
@@ -494,11 +500,6 @@ def train(
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)  # broadcasts rank 0's weights
 
     T = net_cfg.T
-    teacher, t_scale = load_teacher(tc.distill, model, tc.dataset) if tc.distill else (None, 1.0)
-    if teacher is not None:
-        teacher.to(device).backend = tc.backend
-        log.info("distillation from %s (%s mode, T=%d): weight %g, temperature %g steps", tc.distill, teacher.cfg.mode,
-                 teacher.T, tc.distill_weight, tc.distill_temp)  # fmt: skip
     teach_all = None  # without augmentation the teacher sees the same images every epoch: its times once
     if teacher is not None and not (tc.augment_shift or tc.augment_flip) and start_epoch < tc.epochs:
         with torch.no_grad():
