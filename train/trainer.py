@@ -500,12 +500,17 @@ def train(
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)  # broadcasts rank 0's weights
 
     T = net_cfg.T
+
+    @torch.no_grad()
+    def teacher_times(x: torch.Tensor) -> torch.Tensor:
+        """The teacher's output spike times (B, classes) on the student's clock."""
+        return teacher(x.to(device)) * t_scale
+
     teach_all = None  # without augmentation the teacher sees the same images every epoch: its times once
     if teacher is not None and not (tc.augment_shift or tc.augment_flip) and start_epoch < tc.epochs:
-        with torch.no_grad():
-            teach_all = torch.cat([teacher(x_train[i : i + tc.eval_batch].to(device)).flatten(1).cpu()
-                                   for i in tqdm(range(0, len(y_train), tc.eval_batch), desc="teacher",
-                                                 disable=not (tc.progress and rank == 0), leave=False)]) * t_scale  # fmt: skip
+        teach_all = torch.cat([teacher_times(x_train[i : i + tc.eval_batch]).cpu()
+                               for i in tqdm(range(0, len(y_train), tc.eval_batch), desc="teacher",
+                                             disable=not (tc.progress and rank == 0), leave=False)])  # fmt: skip
     why = fused.unsupported(model, tc, device, world) if tc.fused else "fused=false"
     fused_ok = why is None
     log.info("training step: %s", "fused (gradients without autograd)" if fused_ok else f"autograd ({why})")
@@ -545,8 +550,7 @@ def train(
             if teach_all is not None and not refit:
                 t_teach = teach_all[bi].to(device)
             elif teacher is not None and not refit:
-                with torch.no_grad():
-                    t_teach = teacher(xb).flatten(1) * t_scale
+                t_teach = teacher_times(xb)
             if fused_ok:
                 loss, outs = fused.step(model, xb, yb, tc, t_goal, refit, t_teach)
             else:
