@@ -166,3 +166,73 @@ def test_output_resolution_decisions_agree_where_the_earliest_step_is_untied() -
     spike, crossing, _, tied = decisions(model, x)
     assert torch.equal(spike, model.classify(x)[0])
     assert bool((spike[~tied] == crossing[~tied]).all())
+
+
+def _ablation_record(name: str, seed: int, test: float, recipe: dict | None, config: str = "csnn", **kw) -> dict:
+    r = {"name": name, "config": config, "mode": "binary", "changes": {}, "seed": seed, "epochs": 2,
+         "train_images": 60000, "test_acc": test, "train_acc": test + 0.01, **kw}  # fmt: skip
+    return r if recipe is None else {**r, "recipe": recipe}
+
+
+def test_seed_means_group_runs_by_resolved_recipe_not_by_their_names() -> None:
+    """bench/accuracy_ablations.py --means: records with equal resolved recipes form one group
+    whatever config label they carry, a seed counts once (its latest record), records without a
+    recipe and groups of one seed are left out; the spread is the sample standard deviation."""
+    import accuracy_ablations as ab
+
+    a = {"net": {"mode": "binary", "T": 64}, "train": {"dataset": "mnist", "epochs": 2, "lr": 0.005, "refit_epochs": 0}}
+    b = {**a, "train": {**a["train"], "lr": 0.002}}
+    recs = [_ablation_record("a0", 0, 0.9850, a), _ablation_record("a1_old", 1, 0.5, a),
+            _ablation_record("a1", 1, 0.9860, a, config="other.toml"), _ablation_record("a2", 2, 0.9840, a),
+            _ablation_record("b0", 0, 0.97, b), _ablation_record("legacy", 3, 0.1, None)]  # fmt: skip
+    groups = ab.seed_means(recs)
+    assert len(groups) == 1  # b has one seed, legacy no recipe
+    g = groups[0]
+    assert g["names"] == ["a0", "a1", "a2"] and g["seeds"] == [0, 1, 2] and g["labels"] == ["csnn", "other.toml"]
+    assert abs(g["test_mean"] - 0.985) < 1e-12 and abs(g["test_sd"] - 0.001) < 1e-12
+    assert ab.recipe_id(a) == ab.recipe_id(json.loads(json.dumps(a, sort_keys=True))) != ab.recipe_id(b)
+    table = ab.means_table(groups)
+    assert "csnn = other.toml" in table and "**98.50% +- 0.10**" in table
+    assert len(ab.seed_means(recs, min_seeds=1)) == 2
+
+
+def test_a_recipe_fills_settings_added_after_its_run_and_drops_the_seed() -> None:
+    """Older code lacks newer settings (each added switched off): the recipe takes today's
+    defaults for them, also inside layers; the seed, device and progress are not recipe."""
+    import accuracy_ablations as ab
+
+    from firstspike.train.trainer import TrainConfig
+
+    resolved = {"net": {"name": "x", "T": 16, "mode": "binary", "input_shape": [1, 8, 8],
+                        "layers": [{"kind": "fc", "channels": 10}]},
+                "train": {"lr": 0.01, "seed": 7, "device": "cpu", "progress": True}}  # fmt: skip
+    r = ab.recipe_from(resolved)
+    assert r["train"]["lr"] == 0.01 and r["train"]["distill"] == TrainConfig().distill
+    assert not {"seed", "device", "progress"} & set(r["train"]) and "name" not in r["net"]
+    assert r["net"]["layers"] == [{"kind": "fc", "channels": 10, "kernel": 1, "stride": 1, "padding": 0, "weight_bits": 0}]
+
+
+def test_a_commits_resolution_of_a_record_is_the_runs_own(tmp_path) -> None:
+    """--backfill resolves an old record's settings with the code of the commit that first held it
+    (a copy of that tree, this checkout's editable install kept out): on the current commit it gives
+    what a run of the same settings records, refit epochs counted apart; a bad config gives an
+    error for that record only."""
+    import subprocess
+
+    import accuracy_ablations as ab
+
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
+        import pytest
+
+        pytest.skip("not a git checkout: --backfill needs the history")
+    sets = ["lr=0.002", "T=16", "clamp_weights=false"]
+    cfg, tc, changes = ab.resolve("csnn_ice40", None, 3, 500, 4, sets)
+    want = ab.recipe_from({"net": cfg.to_dict(), "train": __import__("dataclasses").asdict(tc)})
+    rec = {"name": "r", "config": "csnn_ice40", "mode": cfg.mode, "epochs": 3 + tc.refit_epochs, "seed": 4,
+           "train_images": 500, "changes": changes}  # fmt: skip
+    bad = {**rec, "name": "bad", "config": "no_such_config"}
+    got = ab.recipes_at("HEAD", [rec, bad])
+    assert ab.recipe_from(got["r"]) == want
+    assert tc.refit_epochs > 0 and got["r"]["train"]["epochs"] == 3
+    assert "no_such_config" in got["bad"]["error"]
+    assert ab.recipe_from(ab.recipes_at(None, [rec])["r"]) == want
