@@ -124,6 +124,8 @@ def recipes_at(commit: str | None, records: list[dict]) -> dict[str, dict]:
     """Each record's settings resolved by the code of ``commit`` (RESOLVE in a copy of that tree;
     None: this checkout's files as they are): name -> {"net": ..., "train": ...} or {"error": ...}.
     A config file the tree lacks (one under runs/, never committed) is read from this checkout."""
+    import io
+    import os
     import shutil
     import subprocess
     import tarfile
@@ -134,7 +136,7 @@ def recipes_at(commit: str | None, records: list[dict]) -> dict[str, dict]:
         if commit:
             arc = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True).stdout
             tree.mkdir()
-            with tarfile.open(fileobj=__import__("io").BytesIO(arc)) as tf:
+            with tarfile.open(fileobj=io.BytesIO(arc)) as tf:
                 tf.extractall(tree, filter="data")
         pkg = farm / "firstspike"
         shutil.copytree(tree / "firstspike", pkg)
@@ -147,7 +149,7 @@ def recipes_at(commit: str | None, records: list[dict]) -> dict[str, dict]:
             if q["path"].endswith(".toml"):  # a file: the tree's, else this checkout's (runs/ is not committed)
                 q["path"] = str(tree / q["path"] if (tree / q["path"]).is_file() else ROOT / q["path"])
             qs.append(q)
-        env = {**__import__("os").environ, "PYTHONPATH": str(farm)}
+        env = {**os.environ, "PYTHONPATH": str(farm)}
         res = subprocess.run([sys.executable, "-c", RESOLVE], input=json.dumps(qs), cwd=farm, env=env,
                              capture_output=True, text=True)  # fmt: skip
         if res.returncode:

@@ -218,6 +218,7 @@ def test_a_commits_resolution_of_a_record_is_the_runs_own(tmp_path) -> None:
     what a run of the same settings records, refit epochs counted apart; a bad config gives an
     error for that record only."""
     import subprocess
+    from dataclasses import asdict
 
     import accuracy_ablations as ab
 
@@ -227,7 +228,7 @@ def test_a_commits_resolution_of_a_record_is_the_runs_own(tmp_path) -> None:
         pytest.skip("not a git checkout: --backfill needs the history")
     sets = ["lr=0.002", "T=16", "clamp_weights=false"]
     cfg, tc, changes = ab.resolve("csnn_ice40", None, 3, 500, 4, sets)
-    want = ab.recipe_from({"net": cfg.to_dict(), "train": __import__("dataclasses").asdict(tc)})
+    want = ab.recipe_from({"net": cfg.to_dict(), "train": asdict(tc)})
     rec = {"name": "r", "config": "csnn_ice40", "mode": cfg.mode, "epochs": 3 + tc.refit_epochs, "seed": 4,
            "train_images": 500, "changes": changes}  # fmt: skip
     bad = {**rec, "name": "bad", "config": "no_such_config"}
