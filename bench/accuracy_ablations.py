@@ -306,11 +306,13 @@ GOALS = {("mnist", "binary"): {"goal csnn": 0.986, "goal iCE40 net": 0.97}, ("mn
          ("fashion-mnist", "binary"): {"goal csnn": 0.92}, ("fashion-mnist", "real"): {"goal csnn": 0.928}}  # issue 12
 
 
-def plot_means(groups: list[dict], path: Path, min_images: int = 60000, min_seeds: int = 3) -> Path | None:
-    """One row per recipe trained on the whole training set with at least ``min_seeds`` seeds: each
-    seed's test accuracy (dots), the mean (bar) and the goals of its dataset and weights (dashed);
-    None when there is nothing to draw."""
-    gs = [g for g in groups if g["train_images"] >= min_images and len(g["seeds"]) >= min_seeds]
+def plot_means(groups: list[dict], path: Path, min_images: int = 60000, min_seeds: int = 3,
+               min_epochs: int = 10) -> Path | None:  # fmt: skip
+    """One row per full-length recipe (the whole training set, at least ``min_epochs`` epochs; not
+    the short screens) with at least ``min_seeds`` seeds: each seed's test accuracy (dots), the
+    mean (bar) and the goals of its dataset and weights (dashed); None when there is nothing to draw."""
+    gs = [g for g in groups
+          if g["train_images"] >= min_images and len(g["seeds"]) >= min_seeds and g["epochs"] >= min_epochs]  # fmt: skip
     if not gs:
         return None
     import matplotlib
@@ -329,7 +331,7 @@ def plot_means(groups: list[dict], path: Path, min_images: int = 60000, min_seed
         for (what, goal), color in zip(GOALS.get(panel, {}).items(), ("tab:red", "tab:orange")):
             ax.axvline(100 * goal, ls="--", color=color, label=f"{what} {100 * goal:.1f}%")
         if panel in GOALS:
-            ax.legend(loc="lower left", fontsize=7)
+            ax.legend(loc="best", fontsize=7)
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels([f"{min(g['labels'], key=len)[:44]} ({g['epochs']} ep.)" for g in rows], fontsize=7)
         ax.set_title(f"{panel[0]}, {panel[1]} weights: each seed (dots), their mean (bar)", fontsize=9)
