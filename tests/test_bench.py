@@ -237,3 +237,16 @@ def test_a_commits_resolution_of_a_record_is_the_runs_own(tmp_path) -> None:
     assert tc.refit_epochs > 0 and got["r"]["train"]["epochs"] == 3
     assert "no_such_config" in got["bad"]["error"]
     assert ab.recipe_from(ab.recipes_at(None, [rec])["r"]) == want
+
+
+def test_the_seeds_plot_draws_full_length_recipes_only(tmp_path) -> None:
+    """The plot of --means leaves out screens (short runs, subsets, one or two seeds) and draws
+    nothing when no recipe qualifies."""
+    import accuracy_ablations as ab
+
+    g = {"labels": ["csnn"], "dataset": "mnist", "mode": "binary", "epochs": 14, "train_images": 60000,
+         "seeds": [0, 1, 2], "test": [0.985, 0.986, 0.984], "test_mean": 0.985}  # fmt: skip
+    short = [{**g, "epochs": 4}, {**g, "train_images": 10000}, {**g, "seeds": [0, 1], "test": [0.9, 0.91]}]
+    assert ab.plot_means(short, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    out = ab.plot_means(short + [g], tmp_path / "seeds.png")
+    assert out is not None and out.stat().st_size > 1000
