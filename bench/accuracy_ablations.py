@@ -10,13 +10,14 @@ test accuracy (whole test set, the model's decision rule), train accuracy (decis
 the first 10,000 training images, after training), mean first-output-spike step on
 correctly classified test images, the last epoch's diagnostics, the epoch kept by the held-out
 images with its held-out accuracy, and the run's whole resolved recipe (network and [train]
-settings from the checkpoint, less the seed and what does not change the result: device, backend,
-threads of evaluation). ``--table`` prints the records as the markdown table of docs/accuracy.md
-("What moved accuracy"); ``--means`` the mean and spread over seeds of every recipe run with more
-than one seed (records with the same resolved recipe, whatever config file or ``--set`` named it;
-docs/benchmarks.md shows it). ``--backfill`` adds the recipe to older records from their run
-folder (runs/ablations/NAME) or from a committed checkpoint under bench/results whose per-epoch
-test curve and seed are the record's.
+settings as resolved before training, less the seed and what does not change the result: device,
+backend, evaluation batch, progress). ``--table`` prints the records as the markdown table of
+docs/accuracy.md ("What moved accuracy"); ``--means`` the mean and spread over seeds of every
+recipe run with more than one seed (records with the same resolved recipe, whatever config file or
+``--set`` named it; docs/benchmarks.md shows it). ``--backfill`` completes older records: the
+recipe resolved by the code of the commit that first held each record, the kept epoch from its
+run folder (runs/ablations/NAME) or from a committed checkpoint under bench/results whose
+per-epoch test curve and seed are the record's.
 Run with one thread (OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1) when the cores are shared.
 """
 
@@ -25,8 +26,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import logging
+import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -246,16 +248,13 @@ def backfill(records: list[dict], run_root: Path, checkpoints: list[Path]) -> tu
 
 def seed_means(records: list[dict], min_seeds: int = 2) -> list[dict]:
     """Records grouped by resolved recipe (records without one left out), one run per seed (the
-    latest record of a seed), groups of at least ``min_seeds`` seeds: mean and sample standard
-    deviation of the test and training accuracies, in the order of their first record."""
+    latest record of a seed), groups of at least ``min_seeds`` seeds: the mean and sample standard
+    deviation of the test accuracies and the mean training accuracy, in the order of their first
+    record."""
     groups: dict[str, dict[int, dict]] = {}
     for r in records:
         if "recipe" in r:
             groups.setdefault(recipe_id(r["recipe"]), {})[r["seed"]] = r
-
-    def sd(xs: list[float]) -> float:
-        m = sum(xs) / len(xs)
-        return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else float("nan")
 
     out = []
     for rid, by_seed in groups.items():
@@ -271,8 +270,9 @@ def seed_means(records: list[dict], min_seeds: int = 2) -> list[dict]:
         out.append({"id": rid, "labels": labels, "dataset": rc["train"]["dataset"], "mode": rc["net"]["mode"],
                     "epochs": rc["train"]["epochs"], "refit_epochs": refit, "train_images": runs[0]["train_images"],
                     "seeds": [r["seed"] for r in runs], "names": [r["name"] for r in runs], "test": test,
-                    "kept": [r.get("kept_epoch") for r in runs], "test_mean": sum(test) / len(test),
-                    "test_sd": sd(test), "train_mean": sum(train) / len(train)})  # fmt: skip
+                    "kept": [r.get("kept_epoch") for r in runs], "test_mean": statistics.fmean(test),
+                    "test_sd": statistics.stdev(test) if len(test) > 1 else math.nan,
+                    "train_mean": statistics.fmean(train)})  # fmt: skip
     return out
 
 
@@ -396,8 +396,8 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="print the table of the stored records and exit")
     ap.add_argument("--means", action="store_true", help="print the mean and spread over seeds of each recipe and exit")
     ap.add_argument("--backfill", action="store_true",
-                    help="add the resolved recipe to records without one, from runs/ablations/NAME or a matching "
-                         "checkpoint under bench/results, and exit")  # fmt: skip
+                    help="complete older records and exit: the recipe resolved by the code of the commit that first "
+                         "held each, the kept epoch from runs/ablations/NAME or a matching checkpoint under bench/results")  # fmt: skip
     args = ap.parse_args()
     if args.table:
         print(table(_records()))

@@ -42,9 +42,9 @@ def _epochs(r: dict) -> str:
 
 def _seed_means() -> list[str]:
     """The means over seeds of bench/accuracy_ablations.py's runs, grouped by resolved recipe."""
-    from accuracy_ablations import OUT, PLOT, means_table, seed_means
+    from accuracy_ablations import PLOT, _records, means_table, seed_means
 
-    groups = seed_means(json.loads(OUT.read_text())) if OUT.is_file() else []
+    groups = seed_means(_records())
     if not groups:
         return []
     return ["### Means over seeds (`python bench/accuracy_ablations.py --means`)", "",

@@ -212,7 +212,7 @@ def test_a_recipe_fills_settings_added_after_its_run_and_drops_the_seed() -> Non
     assert r["net"]["layers"] == [{"kind": "fc", "channels": 10, "kernel": 1, "stride": 1, "padding": 0, "weight_bits": 0}]
 
 
-def test_a_commits_resolution_of_a_record_is_the_runs_own(tmp_path) -> None:
+def test_a_commits_resolution_of_a_record_is_the_runs_own() -> None:
     """--backfill resolves an old record's settings with the code of the commit that first held it
     (a copy of that tree, this checkout's editable install kept out): on the current commit it gives
     what a run of the same settings records, refit epochs counted apart; a bad config gives an
