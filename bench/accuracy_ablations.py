@@ -14,7 +14,8 @@ settings as resolved before training, less the seed and what does not change the
 backend, evaluation batch, progress). ``--table`` prints the records as the markdown table of
 docs/accuracy.md ("What moved accuracy"); ``--means`` the mean and spread over seeds of every
 recipe run with more than one seed (records with the same resolved recipe, whatever config file or
-``--set`` named it; docs/benchmarks.md shows it). ``--backfill`` completes older records: the
+``--set`` named it; docs/benchmarks.md shows it). ``--selection`` what keeping the epoch best on the
+held-out images did to each run's test figure, against keeping the last epoch. ``--backfill`` completes older records: the
 recipe resolved by the code of the commit that first held each record, the kept epoch from its
 run folder (runs/ablations/NAME) or from a committed checkpoint under bench/results whose
 per-epoch test curve and seed are the record's.
@@ -289,6 +290,37 @@ def means_table(groups: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def selection_effect(records: list[dict], min_epochs: int = 8) -> tuple[list[dict], dict]:
+    """What keeping the epoch best on the held-out images did to the test figure, against keeping
+    the last epoch: one row per run of at least ``min_epochs`` epochs with a held-out curve, and a
+    summary (runs, runs that kept their last epoch, mean and extremes of last - kept)."""
+    rows = []
+    for r in records:
+        curve, kept = r.get("test_curve") or [], r.get("kept_epoch")
+        if r["epochs"] < min_epochs or not kept or not any(v is not None for v in r.get("val_curve") or []):
+            continue
+        rows.append({"name": r["name"], "epochs": len(curve), "kept": kept, "test_kept": curve[kept - 1],
+                     "test_last": curve[-1], "delta": curve[-1] - curve[kept - 1]})  # fmt: skip
+    d = [row["delta"] for row in rows]
+    summary = {"runs": len(rows), "kept_last": sum(row["kept"] == row["epochs"] for row in rows),
+               "mean_delta": statistics.fmean(d) if d else math.nan, "last_better": sum(x > 0 for x in d),
+               "last_worse": sum(x < 0 for x in d), "max_delta": max(d, default=math.nan),
+               "min_delta": min(d, default=math.nan)}  # fmt: skip
+    return rows, summary
+
+
+def selection_table(rows: list[dict], summary: dict) -> str:
+    """The markdown table of ``selection_effect`` with its summary line."""
+    lines = ["| run | epochs | kept (held-out best) | test at kept | test at last | last - kept |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['epochs']} | {r['kept']} | {100 * r['test_kept']:.2f}% | {100 * r['test_last']:.2f}% | "
+              f"{100 * r['delta']:+.2f} |" for r in rows]  # fmt: skip
+    s = summary
+    lines.append(f"\n{s['runs']} runs; {s['kept_last']} kept their last epoch; last - kept: mean "
+                 f"{100 * s['mean_delta']:+.3f} points, last better in {s['last_better']}, worse in {s['last_worse']} "
+                 f"(from {100 * s['min_delta']:+.2f} to {100 * s['max_delta']:+.2f}).")  # fmt: skip
+    return "\n".join(lines)
+
+
 def table(records: list[dict]) -> str:
     lines = ["| name | config | mode | changes | epochs x images | test acc | train acc | latency (correct) | no output spike | s/epoch |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -395,6 +427,9 @@ def main() -> None:
                     help="continue runs/ablations/NAME from its last epoch's checkpoint (after a kill; same settings)")
     ap.add_argument("--table", action="store_true", help="print the table of the stored records and exit")
     ap.add_argument("--means", action="store_true", help="print the mean and spread over seeds of each recipe and exit")
+    ap.add_argument("--selection", action="store_true",
+                    help="print what keeping the held-out images' best epoch did to each run's test figure, "
+                         "against keeping its last epoch, and exit")  # fmt: skip
     ap.add_argument("--backfill", action="store_true",
                     help="complete older records and exit: the recipe resolved by the code of the commit that first "
                          "held each, the kept epoch from runs/ablations/NAME or a matching checkpoint under bench/results")  # fmt: skip
@@ -404,6 +439,9 @@ def main() -> None:
         return
     if args.means:
         print(means_table(seed_means(_records())))
+        return
+    if args.selection:
+        print(selection_table(*selection_effect(_records())))
         return
     if args.backfill:
         recs = _records()

@@ -250,3 +250,21 @@ def test_the_seeds_plot_draws_full_length_recipes_only(tmp_path) -> None:
     assert ab.plot_means(short, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
     out = ab.plot_means(short + [g], tmp_path / "seeds.png")
     assert out is not None and out.stat().st_size > 1000
+
+
+def test_the_selection_effect_compares_the_kept_epoch_with_the_last() -> None:
+    """--selection: per run with a held-out curve, the test figure at the kept epoch and at the last;
+    short runs and runs that held nothing out are left out."""
+    import accuracy_ablations as ab
+
+    curve = [0.97, 0.98, 0.985, 0.984]
+    recs = [_ablation_record("early", 0, 0.985, None, epochs=4, test_curve=curve, kept_epoch=3, val_curve=[0.9] * 4),
+            _ablation_record("last", 1, 0.984, None, epochs=4, test_curve=curve, kept_epoch=4, val_curve=[0.9] * 4),
+            _ablation_record("none", 2, 0.984, None, epochs=4, test_curve=curve, kept_epoch=4, val_curve=[None] * 4),
+            _ablation_record("short", 3, 0.98, None, epochs=2, test_curve=curve[:2], kept_epoch=2, val_curve=[0.9] * 2)]  # fmt: skip
+    rows, s = ab.selection_effect(recs, min_epochs=3)
+    assert [r["name"] for r in rows] == ["early", "last"]
+    assert abs(rows[0]["delta"] + 0.001) < 1e-12 and rows[1]["delta"] == 0
+    assert s["runs"] == 2 and s["kept_last"] == 1 and s["last_worse"] == 1 and s["last_better"] == 0
+    assert abs(s["mean_delta"] + 0.0005) < 1e-12
+    assert "| early | 4 | 3 | 98.50% | 98.40% | -0.10 |" in ab.selection_table(rows, s)
