@@ -128,17 +128,39 @@ def run_torch(tin, w, thr, T, stride, pad):
 def test_binned_integer_kernel_equals_the_event_order_kernel(data) -> None:
     """The integer kernel (all channels of a position at once, hist of weights per time) and
     the per-neuron event-order kernel give the same times: multi-bit weights, thresholds at
-    or below zero (fire at step 0) and above any reachable potential, int32 and int64 sums."""
+    or below zero (fire at step 0) and above any reachable potential, int32 and int64 sums.
+    Both also return every neuron's slope at its crossing (at T when silent), equal to
+    ``crossing_slope``'s: the fused training step takes its exact slopes from the forward."""
     tin, w, thr, T, stride, pad = data.draw(layer_case(True))
     w = w * data.draw(st.sampled_from([1, 3, 127]))
     thr = thr + data.draw(st.sampled_from([0, -2, 10**6]))
     Co, C, KH, KW = w.shape
     Ho = (tin.shape[2] + 2 * pad - KH) // stride + 1
     Wo = (tin.shape[3] + 2 * pad - KW) // stride + 1
-    ref = kernels.fire_forward_events(tin, w.astype(np.float64), thr.astype(np.float64), T, stride, pad, Ho, Wo)
+    wf = w.astype(np.float64)
+    ref, ref_slope = kernels.fire_forward_events(tin, wf, thr.astype(np.float64), T, stride, pad, Ho, Wo)
+    assert np.array_equal(ref_slope, kernels.crossing_slope(tin, wf, ref, T, stride, pad))
     for acc in (np.int32, np.int64):
-        assert np.array_equal(kernels.fire_forward_binned(tin, w.astype(acc), thr, T, stride, pad, Ho, Wo), ref)
+        out, slope = kernels.fire_forward_binned(tin, w.astype(acc), thr, T, stride, pad, Ho, Wo)
+        assert np.array_equal(out, ref) and np.array_equal(slope, ref_slope)
     assert np.array_equal(kernels.fire_forward(tin, w, thr, T, stride, pad, Ho, Wo), ref)
+    out, slope = kernels.fire_forward(tin, w, thr, T, stride, pad, Ho, Wo, slopes=True)
+    assert np.array_equal(out, ref) and np.array_equal(slope, ref_slope)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_real_forward_slopes_equal_crossing_slope(data) -> None:
+    """Float weights: the forward's slopes at the crossings are crossing_slope's to the bit
+    (the same additions in the same order), for firing and silent neurons; weights that are
+    not dyadic, so the order of the additions shows."""
+    tin, w, thr, T, stride, pad = data.draw(layer_case(False))
+    w = w * (1.0 + np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))).normal(0.0, 0.1, w.shape))
+    Co, C, KH, KW = w.shape
+    Ho = (tin.shape[2] + 2 * pad - KH) // stride + 1
+    Wo = (tin.shape[3] + 2 * pad - KW) // stride + 1
+    out, slope = kernels.fire_forward(tin, w, thr, T, stride, pad, Ho, Wo, slopes=True)
+    assert np.array_equal(slope, kernels.crossing_slope(tin, w, out, T, stride, pad))
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "real"])

@@ -187,7 +187,8 @@ class WindowFire(torch.autograd.Function):
 LATENCY = ("rho", "channel", "true")
 
 
-def latency_slope(kind: str, rho: float, t_in, w_eff, t_out, T: int, stride: int, pad: int):
+def latency_slope(kind: str, rho: float, t_in, w_eff, t_out, T: int, stride: int, pad: int,
+                  crossing: torch.Tensor | None = None):  # fmt: skip
     """The slope that linearises dt_j/dV_j = -1/slope in the backward.
 
     "rho": STiDi-BP, one constant per layer (theta_l / T). "true": each neuron's own slope
@@ -197,10 +198,12 @@ def latency_slope(kind: str, rho: float, t_in, w_eff, t_out, T: int, stride: int
     use rho. "channel": a constant per output channel, the batch median of the crossing
     slopes of its firing neurons (rho where none fires), floored at rho: still a linear
     approximation with no per-neuron dependence, but in binary mode it cancels the
-    per-channel scale alpha, which "rho" lets weigh every channel's error by alpha."""
+    per-channel scale alpha, which "rho" lets weigh every channel's error by alpha.
+    ``crossing``: the slopes at the crossings when the forward already computed them
+    (``kernels.fire_forward(..., slopes=True)``), else ``kernels.crossing_slope`` here."""
     if kind == "rho":
         return rho
-    slope = torch.from_numpy(
+    slope = crossing if crossing is not None else torch.from_numpy(
         kernels.crossing_slope(
             t_in.detach().cpu().numpy().astype(np.int32),
             w_eff.detach().cpu().numpy().astype(np.float64),

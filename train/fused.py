@@ -180,18 +180,23 @@ def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainCo
     t = table[images.numpy().reshape(B, *model.cfg.input_shape)]
     outs = [t]
     params, pool_idx = [], []
+    exact = tc.latency in ("true", "channel")  # the backward needs the slopes at the crossings
+    crossings: list[np.ndarray | None] = []
     for kind, k, mod in zip(model.kinds, model.pools, model.layers):
         if kind == "pool":
             neg, idx = F.max_pool2d(-torch.from_numpy(t).float(), k, stride=k, return_indices=True)
             t = (-neg).numpy().astype(np.int32)
             params.append(None)
+            crossings.append(None)
             pool_idx.append(idx)
         else:
             wf, thr, w_eff, s_int, alpha = _weights(mod)
             t = _layer_input(mod, t)
             Ho = (t.shape[2] + 2 * mod.padding - wf.shape[2]) // mod.stride + 1
             Wo = (t.shape[3] + 2 * mod.padding - wf.shape[3]) // mod.stride + 1
-            t = kernels.fire_forward(t, wf, thr, T, mod.stride, mod.padding, Ho, Wo)
+            t, sl = kernels.fire_forward(t, wf, thr, T, mod.stride, mod.padding, Ho, Wo, slopes=True)
+            # in w_eff's units: alpha * the integer slope (binary), the float slope (real)
+            crossings.append(None if not exact else sl * alpha.reshape(1, -1, 1, 1) if alpha is not None else sl)
             params.append((w_eff, s_int, alpha))
             pool_idx.append(None)
         outs.append(t)
@@ -253,8 +258,10 @@ def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainCo
             continue
         w_eff, s_int, alpha = params[i]
         t_in = _layer_input(mod, outs[i])
+        cross = crossings[i]
         slope = latency_slope(tc.latency, float(mod.theta) / T, torch.from_numpy(t_in), torch.from_numpy(w_eff),
-                              torch.from_numpy(outs[i + 1]), T, mod.stride, mod.padding)  # fmt: skip
+                              torch.from_numpy(outs[i + 1]), T, mod.stride, mod.padding,
+                              None if cross is None else torch.from_numpy(cross))  # fmt: skip
         gv = _normalise(-g_out / (slope.numpy() if isinstance(slope, torch.Tensor) else slope), model.norm_grad)
         gw, gt = kernels.fire_backward(t_in, w_eff, outs[i + 1], np.ascontiguousarray(gv), T, mod.stride,
                                        mod.padding, max(1, min(kernels.num_threads(), B)))  # fmt: skip

@@ -79,19 +79,24 @@ def _scratch(T, n):
 
 
 def fire_forward(tin: np.ndarray, w: np.ndarray, thr: np.ndarray, T: int, stride: int, pad: int, Ho: int,
-                 Wo: int) -> np.ndarray:  # fmt: skip
+                 Wo: int, slopes: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Output spike times (B, Co, Ho, Wo) int32 of one layer; see module docstring.
 
     tin: (B, C, H, W) int32 in 0..T; w: (Co, C, KH, KW) int32 or float64; thr: (Co,).
     Integer weights take ``fire_forward_binned`` (sums in any order are exact), float
-    weights ``fire_forward_events`` (the hardware's order of additions).
+    weights ``fire_forward_events`` (the hardware's order of additions). ``slopes``: also
+    return every neuron's slope at its crossing, the values of ``crossing_slope`` (integers
+    for integer weights, float64 in crossing_slope's order of additions otherwise), which the
+    stepping computes anyway.
     """
     if w.dtype.kind != "i":
-        return fire_forward_events(tin, w, thr, T, stride, pad, Ho, Wo)
-    n = w[0].size
-    bound = (int(np.abs(w).max()) if w.size else 0) * n * T  # |V| never exceeds it
-    acc = np.int32 if bound < 2**31 - 1 else np.int64
-    return fire_forward_binned(tin, w.astype(acc), np.asarray(thr, np.int64), T, stride, pad, Ho, Wo)
+        out, sl = fire_forward_events(tin, w, thr, T, stride, pad, Ho, Wo)
+    else:
+        n = w[0].size
+        bound = (int(np.abs(w).max()) if w.size else 0) * n * T  # |V| never exceeds it
+        acc = np.int32 if bound < 2**31 - 1 else np.int64
+        out, sl = fire_forward_binned(tin, w.astype(acc), np.asarray(thr, np.int64), T, stride, pad, Ho, Wo)
+    return (out, sl) if slopes else out
 
 
 @njit(cache=True, parallel=True)
@@ -99,16 +104,19 @@ def fire_forward_binned(tin, w, thr, T, stride, pad, Ho, Wo):
     """``fire_forward`` for integer weights, all output channels of a position at once:
     the receptive field's weights are summed per input time into hist[t_i + 1, co], then
     I and V are stepped through time for every channel together (loops over channels the
-    compiler vectorises), until all have fired. The same integers as the per-neuron order."""
+    compiler vectorises), until all have fired. The same integers as the per-neuron order.
+    Returns (times, slopes at the crossings)."""
     B, C, H, W = tin.shape
     Co, _, KH, KW = w.shape
     n = C * KH * KW
     wt = np.ascontiguousarray(w.reshape(Co, n).T)  # (n, Co): one input's weights to every channel
     out = np.empty((B, Co, Ho, Wo), np.int32)
+    slo = np.empty((B, Co, Ho, Wo), w.dtype)
     for b in prange(B):
         hist = np.zeros((T + 1, Co), w.dtype)
         cur = np.zeros(Co, w.dtype)
         pot = np.zeros(Co, w.dtype)
+        sl = np.zeros(Co, w.dtype)
         fired = np.empty(Co, np.int32)
         _, _, _, _, u_t, u_k, u_p = _scratch(T, n)
         tin_b = tin[b]
@@ -126,6 +134,7 @@ def fire_forward_binned(tin, w, thr, T, stride, pad, Ho, Wo):
                 for co in range(Co):
                     cur[co] = 0
                     pot[co] = 0
+                    sl[co] = 0
                     fired[co] = T
                     if thr[co] <= 0:  # V(0) = 0 reaches it at step 0
                         fired[co] = 0
@@ -142,7 +151,14 @@ def fire_forward_binned(tin, w, thr, T, stride, pad, Ho, Wo):
                         pot[co] += cur[co]
                         hit = (fired[co] == T) & (pot[co] >= thr[co])
                         fired[co] = t if hit else fired[co]
+                        sl[co] += cur[co] * hit  # (a select here stops the vectorising)
                         left += fired[co] == T
+                # after the stepping I is the sum of all inputs, but for those at T - 1 (past
+                # the last step when tend = T): the slope of the later crossings and at T
+                rest = tmax + 2 > T
+                for co in range(Co):
+                    if fired[co] == T:
+                        sl[co] = cur[co] + hist[T, co] if rest else cur[co]
                 if left > 0 and tend < T:
                     # V(tend - 1 + k) = V(tend - 1) + k I: the first k >= 1 that reaches thr
                     for co in range(Co):
@@ -155,17 +171,20 @@ def fire_forward_binned(tin, w, thr, T, stride, pad, Ho, Wo):
                         hist[t, co] = 0
                 for co in range(Co):
                     out[b, co, oy, ox] = fired[co]
-    return out
+                    slo[b, co, oy, ox] = sl[co]
+    return out, slo
 
 
 @njit(cache=True, parallel=True)
 def fire_forward_events(tin, w, thr, T, stride, pad, Ho, Wo):
-    """``fire_forward`` neuron by neuron, the events of the receptive field in time order."""
+    """``fire_forward`` neuron by neuron, the events of the receptive field in time order.
+    Returns (times, slopes at the crossings)."""
     B, C, H, W = tin.shape
     Co, _, KH, KW = w.shape
     n = C * KH * KW
     wf = w.reshape(Co, n)
     out = np.empty((B, Co, Ho, Wo), np.int32)
+    slo = np.empty((B, Co, Ho, Wo), w.dtype)
     for b in prange(B):
         scr = _scratch(T, n)
         ev_t, ev_k = scr[1], scr[2]
@@ -187,8 +206,13 @@ def fire_forward_events(tin, w, thr, T, stride, pad, Ho, Wo):
                         if pot >= th:
                             fired = t
                             break
+                    if fired == T:  # the slope at T: all inputs
+                        while e < ne:
+                            cur += wf[co, ev_k[e]]
+                            e += 1
                     out[b, co, oy, ox] = fired
-    return out
+                    slo[b, co, oy, ox] = cur
+    return out, slo
 
 
 @njit(cache=True, parallel=True)
