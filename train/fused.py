@@ -180,7 +180,7 @@ def step(model: "CSNN", images: torch.Tensor, labels: torch.Tensor, tc: "TrainCo
     t = table[images.numpy().reshape(B, *model.cfg.input_shape)]
     outs = [t]
     params, pool_idx = [], []
-    exact = tc.latency in ("true", "channel")  # the backward needs the slopes at the crossings
+    exact = tc.latency != "rho"  # the backward needs the slopes at the crossings (functional.latency_slope)
     crossings: list[np.ndarray | None] = []
     for kind, k, mod in zip(model.kinds, model.pools, model.layers):
         if kind == "pool":
