@@ -243,6 +243,30 @@ def test_binary_network_starts_from_a_real_one() -> None:
         init_from_checkpoint(CSNN(longer), ck)
 
 
+@pytest.mark.parametrize("mode", ["binary", "real"])
+def test_init_from_the_same_network_is_a_warm_restart(mode: str) -> None:
+    """init_from a checkpoint of the same network in the same mode continues from its weights
+    exactly (latent binary weights, scales and buffers), not from a re-scaled copy."""
+    cfg, _ = load_config("csnn_tiny")
+    cfg.mode = mode
+    torch.manual_seed(1)
+    src = CSNN(cfg)
+    for m in src.spiking_layers():
+        m.weight.data.mul_(0.3)  # latent weights inside (-1, 1): a re-scaled copy would differ
+    ck = {"net": cfg.to_dict(), "state_dict": src.state_dict()}
+    torch.manual_seed(2)
+    dst = CSNN(cfg)
+    init_from_checkpoint(dst, ck)
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v), k
+    if mode == "binary":  # the other mode still goes through the conversion
+        rcfg, _ = load_config("csnn_tiny")
+        rcfg.mode = "real"
+        real = CSNN(rcfg)
+        init_from_checkpoint(real, ck)
+        assert not torch.equal(real.spiking_layers()[0].weight, src.spiking_layers()[0].weight)
+
+
 def test_a_new_head_on_a_checkpoints_first_layers() -> None:
     """init_layers: the first N spiking layers come from the checkpoint (a trained network's
     convolutions), the layers after them are calibrated (a hidden fc layer and the classifier

@@ -278,8 +278,13 @@ def init_from_checkpoint(model: CSNN, ck: dict[str, Any], layers: int = 0) -> No
     model a real one goes as latent weights w / max|w| (signs kept) and per-channel scales
     alpha = mean|w|, the least-squares scale of alpha * sign(w) against w. ``layers`` > 0:
     only the first ``layers`` spiking layers (and the pools between them) must match; the
-    others are left for the caller to calibrate."""
+    others are left for the caller to calibrate. The same network in the same mode (all
+    layers) continues from the checkpoint's weights exactly, latent binary weights included:
+    a warm restart of the schedule."""
     src = model_from_checkpoint(ck)
+    if layers == 0 and {**src.cfg.to_dict(), "name": ""} == {**model.cfg.to_dict(), "name": ""}:
+        model.load_state_dict(src.state_dict())
+        return
     n = layers or len(model.spiking_layers())
     pairs = list(zip(model.spiking_layers(), src.spiking_layers()))[:n]
     if (layers == 0 and len(model.spiking_layers()) != len(src.spiking_layers())) or len(pairs) < n \
