@@ -8,7 +8,12 @@ becomes max pooling, the output is 10 logits trained with cross-entropy (Adam, c
 schedule, the config's batch size). ``--weights binary`` uses alpha * sign(w) per output
 channel with a clipped straight-through estimator, as the spiking network does. Inputs are
 the TTFS code read back as intensities, (T - t) / T, so the network sees what the spiking
-one sees. ``--shift`` / ``--flip`` augment the training images as the trainer's
+one sees. ``--activation ramp`` replaces ReLU by the forward of a network with layer windows and
+a ramp (``layer_windows = "ramp"``): every layer, the output too, is the clipped, quantised ReLU
+a = clip(floor(T z / theta), 0, T) / T of its spike time (a = (T - t) / T; ``RampReLU``, with the
+trainer's straight-through gradient), and the logits are the output times' -t / gamma of the ``ce``
+loss; so the harness trains the spiking forward itself as a network of dense layers (real mode:
+the same weights; binary: the same scales, without the rounding of the integer ramps). ``--shift`` / ``--flip`` augment the training images as the trainer's
 ``augment_shift`` / ``augment_flip`` do. Appends a record to bench/results/accuracy_ceiling.json.
 """
 
@@ -41,6 +46,13 @@ def main() -> None:
     ap.add_argument("--shift", type=int, default=0, help="random translations of the training images, +-N pixels")
     ap.add_argument("--flip", action="store_true", help="random left-right mirror of the training images")
     ap.add_argument("--batch-size", type=int, default=0, help="0: the config's")
+    ap.add_argument("--activation", default="relu", choices=["relu", "ramp", "ramp_hidden", "clip"],
+                    help="ramp: the spiking forward of a ramp network (layer windows), see above; ramp_hidden: "
+                    "its hidden layers, the output's potential as the logits; clip: ReLU clipped at theta, "
+                    "not quantised, the output's potential as the logits")
+    ap.add_argument("--hidden-silent-grad", action="store_true",
+                    help="ramp: silent hidden neurons get the error that would make them fire (the trainer's get none)")
+    ap.add_argument("--gamma", type=float, default=0.0, help="ramp: the ce loss's gamma in time steps (0: the config's)")
     ap.add_argument("--label", default="", help="what the config is, for the record (default: the --config argument)")
     args = ap.parse_args()
 
@@ -49,7 +61,7 @@ def main() -> None:
     import torch.nn.functional as F
 
     from firstspike.data import load_split
-    from firstspike.train.functional import input_table
+    from firstspike.train.functional import RampReLU, input_table
     from firstspike.train.model import load_config
     from firstspike.train.trainer import augment_images
 
@@ -76,6 +88,10 @@ def main() -> None:
                 w = torch.exp(self.la).view(-1, 1, 1, 1) * (s + ste)
             return F.conv2d(x, w, self.b, stride=self.stride, padding=self.pad)
 
+    ramp = args.activation != "relu"  # the hidden layers
+    ramp_out = args.activation == "ramp"  # the output layer too
+    quantise = args.activation != "clip"
+    gamma = args.gamma or float(tab.get("gamma", 2.0))
     mods, kinds = nn.ModuleList(), []
     c, h, w_ = cfg.input_shape
     for ly, shp in zip(cfg.layers, cfg.shapes()):
@@ -92,9 +108,12 @@ def main() -> None:
     def net(x):
         for i, (k, m) in enumerate(zip(kinds, mods)):
             x = m(x)
-            if k != "pool" and i < len(mods) - 1:
+            if ramp and k != "pool" and (ramp_out or i < len(mods) - 1):
+                x = RampReLU.apply(x, T, cfg.theta, quantise, args.hidden_silent_grad or i == len(mods) - 1)
+            elif k != "pool" and i < len(mods) - 1:
                 x = F.relu(x)
-        return x.flatten(1)
+        x = x.flatten(1)
+        return (x - 1) * (T / gamma) if ramp_out else x  # ramp: -t / gamma of the output times
 
     tr, te = load_split(args.dataset, "train"), load_split(args.dataset, "test")
 
@@ -107,6 +126,10 @@ def main() -> None:
     opt = torch.optim.Adam(mods.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
     bs = args.batch_size or int(tab.get("batch_size", 64))
+    # ramp, binary: the trainer's bound on the scales (min_threshold: integer thresholds >= it, so
+    # alpha <= theta / it in the trainer's units of time steps, T x that here)
+    mt = int(tab.get("min_threshold", 0))
+    la_max = math.log(cfg.theta * T / mt) if ramp and args.weights == "binary" and mt > 0 else None
     g_aug = torch.Generator().manual_seed(args.seed + 1)
     t0 = time.time()
 
@@ -123,20 +146,26 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if la_max is not None:
+                with torch.no_grad():
+                    for m in mods:
+                        if isinstance(m, BinConv):
+                            m.la.clamp_(max=la_max)
         sched.step()
         curve.append(acc(xte, yte))
         log.info("epoch %d: test %.2f%%", ep + 1, 100 * curve[-1])
     rec = {"config": args.label or args.config, "dataset": args.dataset, "bias": not args.no_bias, "weights": args.weights, "epochs": args.epochs, "lr": args.lr,
-           "shift": args.shift, "flip": args.flip, "batch_size": bs, "test_acc": curve[-1],
+           "shift": args.shift, "flip": args.flip, "batch_size": bs, "activation": args.activation,
+           **({"gamma": gamma} if ramp_out else {}), **({"hidden_silent_grad": args.hidden_silent_grad} if ramp else {}), "test_acc": curve[-1],
            "train_acc": acc(xtr[:10000], ytr[:10000]), "test_curve": curve, "wall_s": time.time() - t0}  # fmt: skip
     out = RESULTS / "accuracy_ceiling.json"
     recs = json.loads(out.read_text()) if out.is_file() else []
-    keys = ("config", "dataset", "bias", "weights", "epochs", "lr", "shift", "flip", "batch_size")
-    defaults = {"dataset": "mnist", "bias": True, "shift": 0, "flip": False, "batch_size": bs}
+    keys = ("config", "dataset", "bias", "weights", "epochs", "lr", "shift", "flip", "batch_size", "activation", "hidden_silent_grad")
+    defaults = {"dataset": "mnist", "bias": True, "shift": 0, "flip": False, "batch_size": bs, "activation": "relu", "hidden_silent_grad": None}
     recs = [r for r in recs if any(r.get(k, defaults.get(k)) != rec[k] for k in keys)]
     recs.append(rec)
     out.write_text(json.dumps(recs, indent=1))
-    log.info("ceiling %s %s %s %d epochs: test %.2f%% train %.2f%%", args.config, args.dataset, args.weights, args.epochs,
+    log.info("ceiling %s %s %s %s %d epochs: test %.2f%% train %.2f%%", args.config, args.dataset, args.weights, args.activation, args.epochs,
              100 * rec["test_acc"], 100 * rec["train_acc"])  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from firstspike.errors import ConfigError
 from firstspike.quantize.export import check_deployable
-from firstspike.train.functional import WindowFire, min_pool
+from firstspike.train.functional import RampReLU, WindowFire, min_pool
 from firstspike.train.model import CSNN, LayerSpec, NetConfig
 from test_backward import check_against_surrogate
 
@@ -133,6 +133,42 @@ def test_window_network_backward_equals_dense_autograd_surrogate(mode: str, late
         return _surrogate(t, w_eff, t_fwd, rho, mod.stride, mod.padding, T, slope, windows == "ramp")
 
     check_against_surrogate(net, images, gen, layer, atol=1e-6)
+
+
+def test_ramp_network_is_a_dense_network_of_ramp_relus() -> None:
+    """A real-valued ramp network, forward and backward, equals the dense network of ``RampReLU``s on
+    a = (T - t) / T that bench/accuracy_ceiling.py --activation ramp trains: every layer's spike
+    times, and every weight's gradient under a loss on the output times (silent hidden neurons get
+    no error, silent outputs do)."""
+    gen = torch.Generator().manual_seed(7)
+    images = torch.randint(0, 256, (6, 2, 10, 10), generator=gen, dtype=torch.uint8)
+    images[images < 90] = 0
+    torch.manual_seed(1)
+    net = CSNN(_cfg("real", "ramp")).double()
+    net.calibrate(images, "positive")
+    T, spiking = net.T, net.spiking_layers()
+    with torch.no_grad():  # outputs at both ends of their window: some silent, some at t' = 0
+        spiking[-1].weight.mul_(4.0)
+    outs = net.forward_all(images)
+    coef = torch.randn(outs[-1].shape, generator=gen, dtype=torch.float64)
+    (outs[-1].double() * coef).sum().backward()
+    got = [m.weight.grad.clone() for m in spiking]
+
+    net.zero_grad()
+    a = (T - outs[0].double()) / T
+    for kind, k, mod, t_fwd in zip(net.kinds, net.pools, net.layers, outs[1:]):
+        if kind == "pool":
+            a = F.max_pool2d(a, k)
+        else:
+            z = F.conv2d(a, mod.effective()[0], stride=mod.stride, padding=mod.padding)
+            a = RampReLU.apply(z, T, float(mod.theta) / T, True, mod is spiking[-1])
+            assert 0 < float((a > 0).double().mean()) < 1  # silent and firing neurons in every layer
+        assert torch.equal(T - T * a.detach(), t_fwd.double())
+    ((T - T * a) * coef).sum().backward()
+    assert float((a == 0).double().mean()) > 0 and float((a >= 1).double().mean()) > 0  # both ends of the output's window
+    for g, m in zip(got, spiking):
+        assert m.weight.grad.abs().max() > 0
+        torch.testing.assert_close(g, m.weight.grad, rtol=1e-5, atol=1e-7 * float(g.abs().max()))  # float32 spike times
 
 
 @pytest.mark.parametrize("windows", ["psp", "ramp"])

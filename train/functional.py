@@ -184,6 +184,31 @@ class WindowFire(torch.autograd.Function):
         return gt, gw.to(w_eff.dtype), None, None, None, None, None, None, None, None, None, None
 
 
+class RampReLU(torch.autograd.Function):
+    """A ramp layer (``WindowFire`` with a ramp, real mode) as a dense activation: with its input
+    times read as a = (T - t) / T, the layer's spike time is T - t' = clip(floor(T z / theta), 0, T)
+    for z = sum_i w_ji a_i (its A_j / T), so ``RampReLU.apply(z, T, theta)`` returns (T - t') / T,
+    a clipped, quantised ReLU. Its straight-through gradient is the trainer's: 1 / theta, zero where it
+    would push a neuron past either end of its window (earlier than 0, later than silent; ``WindowFire``)
+    and, with ``silent_grad`` false, at silent neurons (a hidden layer's: the layer above passes no
+    error to inputs that did not fire; the output's get one, so true there). bench/accuracy_ceiling.py
+    trains ramp networks' forward with it; tests/test_windows.py checks it against the spiking model."""
+
+    @staticmethod
+    def forward(ctx, z, T: int, theta: float, quantise: bool = True, silent_grad: bool = True):
+        a = torch.clamp(torch.floor(z * (T / theta)), 0, T) / T if quantise else torch.clamp(z / theta, 0, 1)
+        ctx.save_for_backward(a)
+        ctx.theta, ctx.silent_grad = theta, silent_grad
+        return a
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        silent = (a <= 0) & (g > 0) if ctx.silent_grad else a <= 0
+        stop = ((a >= 1) & (g < 0)) | silent
+        return torch.where(stop, torch.zeros_like(g), g / ctx.theta), None, None, None, None
+
+
 LATENCY = ("rho", "channel", "true")
 
 
