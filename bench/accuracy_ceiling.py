@@ -25,6 +25,7 @@ import math
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,6 +53,9 @@ def main() -> None:
                     "not quantised, the output's potential as the logits")
     ap.add_argument("--hidden-silent-grad", action="store_true",
                     help="ramp: silent hidden neurons get the error that would make them fire (the trainer's get none)")
+    ap.add_argument("--init", default="uniform", choices=["uniform", "calibrated"],
+                    help="uniform: w ~ U(-1, 1) / sqrt(fan-in); calibrated (ramp, real): the trainer's data-driven "
+                    "start (CSNN.calibrate, 'positive', on 512 training images), its weights unchanged")
     ap.add_argument("--gamma", type=float, default=0.0, help="ramp: the ce loss's gamma in time steps (0: the config's)")
     ap.add_argument("--label", default="", help="what the config is, for the record (default: the --config argument)")
     args = ap.parse_args()
@@ -116,6 +120,18 @@ def main() -> None:
         return (x - 1) * (T / gamma) if ramp_out else x  # ramp: -t / gamma of the output times
 
     tr, te = load_split(args.dataset, "train"), load_split(args.dataset, "test")
+    if args.init == "calibrated":  # a real ramp layer's weights are these dense layers' (RampReLU)
+        if not (ramp_out and args.weights == "real" and cfg.layer_windows == "ramp"):
+            ap.error("--init calibrated takes --activation ramp --weights real and a ramp config")
+        from firstspike.train.model import CSNN
+
+        spiking = CSNN(replace(cfg, mode="real"))
+        g = torch.Generator().manual_seed(args.seed)
+        idx = torch.randperm(len(tr.labels), generator=g)[: int(tab.get("calib_images", 512))]
+        spiking.calibrate(torch.from_numpy(tr.images[idx.numpy()].copy()), "positive")
+        with torch.no_grad():
+            for m, src in zip([m for m in mods if isinstance(m, BinConv)], spiking.spiking_layers()):
+                m.w.copy_(src.weight)
 
     def prep(imgs):
         t = table[torch.from_numpy(imgs.copy()).long()].unsqueeze(1)
@@ -156,12 +172,13 @@ def main() -> None:
         log.info("epoch %d: test %.2f%%", ep + 1, 100 * curve[-1])
     rec = {"config": args.label or args.config, "dataset": args.dataset, "bias": not args.no_bias, "weights": args.weights, "epochs": args.epochs, "lr": args.lr,
            "shift": args.shift, "flip": args.flip, "batch_size": bs, "activation": args.activation,
-           **({"gamma": gamma} if ramp_out else {}), **({"hidden_silent_grad": args.hidden_silent_grad} if ramp else {}), "test_acc": curve[-1],
+           **({"gamma": gamma} if ramp_out else {}), **({"hidden_silent_grad": args.hidden_silent_grad} if ramp else {}),
+           **({"init": args.init} if args.init != "uniform" else {}), "test_acc": curve[-1],
            "train_acc": acc(xtr[:10000], ytr[:10000]), "test_curve": curve, "wall_s": time.time() - t0}  # fmt: skip
     out = RESULTS / "accuracy_ceiling.json"
     recs = json.loads(out.read_text()) if out.is_file() else []
-    keys = ("config", "dataset", "bias", "weights", "epochs", "lr", "shift", "flip", "batch_size", "activation", "hidden_silent_grad")
-    defaults = {"dataset": "mnist", "bias": True, "shift": 0, "flip": False, "batch_size": bs, "activation": "relu", "hidden_silent_grad": None}
+    keys = ("config", "dataset", "bias", "weights", "epochs", "lr", "shift", "flip", "batch_size", "activation", "hidden_silent_grad", "init")
+    defaults = {"dataset": "mnist", "bias": True, "shift": 0, "flip": False, "batch_size": bs, "activation": "relu", "hidden_silent_grad": None, "init": "uniform"}
     recs = [r for r in recs if any(r.get(k, defaults.get(k)) != rec[k] for k in keys)]
     recs.append(rec)
     out.write_text(json.dumps(recs, indent=1))

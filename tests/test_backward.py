@@ -154,6 +154,25 @@ def test_calibration_leaves_no_silent_channel() -> None:
     assert rates["median"] < 0.03, rates  # the failure the fix addresses (so this test can fail)
 
 
+def test_fan_in_start() -> None:
+    """calib = "fan_in": real weights U(-1, 1) / sqrt(fan-in) in every spiking layer (after ``skip``:
+    those keep theirs), no data; binary mode refuses it."""
+    from dataclasses import replace
+
+    cfg, _ = load_config("csnn_fashion_ramp")
+    torch.manual_seed(0)
+    net = CSNN(replace(cfg, mode="real"))
+    first = net.spiking_layers()[0].weight.detach().clone()
+    net.calibrate(torch.zeros(0), "fan_in", skip=1)
+    assert torch.equal(net.spiking_layers()[0].weight, first)
+    for m in net.spiking_layers()[1:]:
+        bound = m.weight[0].numel() ** -0.5
+        w = m.weight.detach()
+        assert float(w.abs().max()) <= bound and float(w.abs().mean()) > 0.4 * bound  # U(-b, b): mean |w| = b / 2
+    with pytest.raises(ValueError, match="binary"):
+        CSNN(cfg).calibrate(torch.zeros(0), "fan_in")
+
+
 def test_potential_loss_gradients_are_exact() -> None:
     """potential_loss: V_k(t*) = sum_i w_ki max(0, t* - t_i) is linear in w, so its weight
     gradient is hinge' x max(0, t* - t_i) / theta and its input gradient -w_ki [t_i < t*]."""

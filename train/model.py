@@ -377,9 +377,21 @@ class CSNN(nn.Module):
         input, falling back to the channel's maximum when that quantile is <= 0. With random
         +-1 kernels on MNIST about half of the channels have a quantile <= 0 there, so
         "median" leaves them firing on ~0% of the images (threshold = the maximum), and
-        channels with a quantile of 1 get threshold 1 (alpha = theta)."""
+        channels with a quantile of 1 get threshold 1 (alpha = theta).
+
+        "fan_in" (real mode) uses no data: w ~ U(-1, 1) / sqrt(fan-in), the usual start of a dense
+        network (a ramp network's layers are dense clipped ReLUs: functional.RampReLU)."""
+        if method == "fan_in":
+            if self.cfg.mode != "real":
+                raise ValueError("calib 'fan_in' sets real-valued weights; binary mode takes 'positive' or 'median'")
+            with torch.no_grad():
+                for mod in self.spiking_layers()[skip:]:
+                    mod.weight.uniform_(-1.0, 1.0).mul_(mod.weight[0].numel() ** -0.5)
+                    if mod.bias:  # the bias channel starts at 0, as at construction
+                        mod.weight[:, -1] = 0.0
+            return
         if method not in ("positive", "median"):
-            raise ValueError(f"unknown calibration {method!r}; use 'positive' or 'median'")
+            raise ValueError(f"unknown calibration {method!r}; use 'positive', 'median' or 'fan_in'")
         cfg = self.cfg
         t = self.encode(images)
         n_layers = len(self.layers)

@@ -81,7 +81,8 @@ class TrainConfig:
     #   for Fashion-MNIST's garments, not for digits)
     freeze: str = ""  # diagnostics: comma-separated spiking-layer indices (0 = first) not to train
     latency: str = "rho"  # linearisation of dt/dV: rho (STiDi-BP) | channel | true (see functional.latency_slope)
-    calib: str = "auto"  # data-driven init: "positive" | "median" (see CSNN.calibrate) | "auto": median for binary, positive for real
+    calib: str = "auto"  # data-driven init: "positive" | "median" (see CSNN.calibrate) | "auto": median for binary, positive for
+    #   real | "fan_in" (real mode, no data: w ~ U(-1, 1) / sqrt(fan-in))
     init_from: str = ""  # a checkpoint of the same layers to start from instead of the calibration (e.g. a
     #   real-valued run for a binary one: latent weights w / max|w| and alpha = mean|w| per channel)
     init_layers: int = 0  # with init_from: > 0 takes only the first N spiking layers from the checkpoint (same
