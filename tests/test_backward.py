@@ -171,6 +171,11 @@ def test_fan_in_start() -> None:
         assert float(w.abs().max()) <= bound and float(w.abs().mean()) > 0.4 * bound  # U(-b, b): mean |w| = b / 2
     with pytest.raises(ValueError, match="binary"):
         CSNN(cfg).calibrate(torch.zeros(0), "fan_in")
+    from firstspike.errors import ConfigError
+    from firstspike.train.trainer import TrainConfig
+
+    with pytest.raises(ConfigError, match="calib must be"):  # a misspelt start is refused with the config
+        TrainConfig.from_dict({"calib": "fanin"})
 
 
 def test_potential_loss_gradients_are_exact() -> None:

@@ -138,6 +138,8 @@ class TrainConfig:
         tc = self
         if tc.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer must be 'adam' or 'sgd', not {tc.optimizer!r}")
+        if tc.calib not in ("auto", "positive", "median", "fan_in"):
+            raise ConfigError(f"calib must be 'auto', 'positive', 'median' or 'fan_in', not {tc.calib!r}")
         if tc.augment_shift < 0:
             raise ConfigError(f"augment_shift must be >= 0 pixels, not {tc.augment_shift}")
         if tc.schedule not in ("cosine", "step", "none"):
@@ -456,6 +458,8 @@ def train(
             g = torch.Generator().manual_seed(tc.seed)
             idx = torch.randperm(len(y_train), generator=g)[: tc.calib_images]
             calib = tc.calib if tc.calib != "auto" else ("median" if net_cfg.mode == "binary" else "positive")
+            if calib == "fan_in" and net_cfg.mode == "binary":
+                raise ConfigError("calib = 'fan_in' starts real-valued weights; train binary mode with 'positive' or 'median'")
             model.calibrate(x_train[idx].to(device), calib, skip=tc.init_layers if tc.init_from else 0)
     opt, sched = _make_optimizer(model, tc)
     start_epoch, history = 0, []
