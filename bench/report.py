@@ -114,6 +114,8 @@ def render_docs() -> Path:
                 lat += f" of the output's window (step {n * r['T'] + diag['latency_correct']:.0f} of {(n + 1) * r['T']})"
             tr = r.get("train", {})
             recipe = (f"batch {tr.get('batch_size', '?')}, {tr.get('loss', '?')} loss" + (", ema" if tr.get("ema") else "")
+                      + ("" if tr.get("norm_grad", True) else f", lr {tr.get('lr', '?'):g} on raw errors")
+                      + (f", start {tr['calib']}" if tr.get("calib", "auto") != "auto" else "")
                       + (f", layer windows ({r['layer_windows']})" if windowed else "")
                       + (f", translations +-{tr['augment_shift']} px" if tr.get("augment_shift") else "")
                       + (f", output refit ({tr['refit_epochs']} ep.)" if tr.get("refit_epochs") else "")

@@ -327,9 +327,9 @@ def test_core_runs_an_exported_ramp_network() -> None:
 
 @pytest.mark.parametrize("config, checkpoint", [
     ("csnn_fashion_ramp", "fashion-mnist_binary_csnn_fashion_ramp.pt"),
-    ("csnn_fashion_ramp", "fashion-mnist_real_csnn_fashion_ramp_dense_recipe.pt"),
+    ("csnn_fashion_ramp", "fashion-mnist_real_csnn_fashion_ramp.pt"),
     ("csnn_ramp", "mnist_binary_csnn_ramp.pt"),
-    ("csnn_ramp", "mnist_real_csnn_ramp_dense_recipe.pt"),
+    ("csnn_ramp", "mnist_real_csnn_ramp.pt"),
     ("csnn_fc256_ramp", "mnist_binary_csnn_fc256_ramp.pt"),
 ])
 def test_ramp_config_is_the_recipe_of_the_committed_model(config: str, checkpoint: str) -> None:
