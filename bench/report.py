@@ -190,11 +190,21 @@ def render_docs() -> Path:
         lines += ["", "Golden time: classifying the whole test set (goal <= 60 s for 10k MNIST images on 2 cores).", ""]
     fp = _load("fixed_point")
     if fp:
-        lines += ["## Real-valued network as fixed-point (bench/fixed_point.py)", "",
-                  f"`{Path(fp['checkpoint']).name}` ({fp['dataset']}), float accuracy {100 * fp['float_accuracy']:.2f}%; "
-                  f"golden model on the whole test set; {fp['date']}.", "", "| weight bits | golden accuracy |", "|---|---|"]  # fmt: skip
-        for r in fp["runs"]:
-            lines.append(f"| {r['weight_bits']} | {100 * r['golden_accuracy']:.2f}% |")
+        from fixed_point import stored_runs_v1
+
+        runs = stored_runs_v1(fp)
+        widths = sorted({r["weight_bits"] for r in runs})
+        lines += ["## Real-valued networks as fixed-point (bench/fixed_point.py)", "",
+                  "Golden-model accuracy of each real-valued checkpoint quantised to k-bit weights, on the whole test set "
+                  "unless the images column says fewer.", "",
+                  "| checkpoint | dataset | images | float | " + " | ".join(f"{b} bits" for b in widths) + " | date |",
+                  "|---|---|---|---|" + "---|" * len(widths) + "---|"]  # fmt: skip
+        for ck in dict.fromkeys(r["checkpoint"] for r in runs):
+            mine = {r["weight_bits"]: r for r in runs if r["checkpoint"] == ck}
+            r0 = next(iter(mine.values()))
+            cells = " | ".join(f"{100 * mine[b]['golden_accuracy']:.2f}%" if b in mine else "-" for b in widths)
+            lines.append(f"| `{Path(ck).name}` | {r0['dataset']} | {r0.get('images', 10000)} | {100 * r0['float_accuracy']:.2f}% | "
+                         f"{cells} | {str(r0.get('date', fp.get('date')))[:10]} |")  # fmt: skip
         lines.append("")
     # the default model; the same with position pairs (--positions 2); the iCEBreaker model; csnn_fc256; layer windows
     for name in ("rtl_regression", "rtl_regression_positions2", "rtl_regression_ice40", "rtl_regression_fc256",

@@ -268,3 +268,25 @@ def test_the_selection_effect_compares_the_kept_epoch_with_the_last() -> None:
     assert s["runs"] == 2 and s["kept_last"] == 1 and s["last_worse"] == 1 and s["last_better"] == 0
     assert abs(s["mean_delta"] + 0.0005) < 1e-12
     assert "| early | 4 | 3 | 98.50% | 98.40% | -0.10 |" in ab.selection_table(rows, s)
+
+
+def test_fixed_point_table_has_a_row_per_checkpoint_and_reads_the_old_file(tmp_path, monkeypatch) -> None:
+    """bench/fixed_point.py's result: a file of the single-checkpoint format and one of per-run
+    records render the same row; each checkpoint gets its own row, a width it was not run at '-'."""
+    import report
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "DOCS", tmp_path / "benchmarks.md")
+    old = {"benchmark": "fixed_point", "date": "2026-12-02T23:02:56+00:00", "checkpoint": "bench/results/a.pt",
+           "dataset": "mnist", "float_accuracy": 0.9882, "runs": [{"weight_bits": 4, "golden_accuracy": 0.9844},
+                                                                 {"weight_bits": 8, "golden_accuracy": 0.9876}]}  # fmt: skip
+    (tmp_path / "fixed_point.json").write_text(json.dumps(old))
+    row_a = "| `a.pt` | mnist | 10000 | 98.82% | 98.44% | 98.76% | 2026-12-02 |"
+    assert row_a in report.render_docs().read_text()
+    runs = [{"checkpoint": "bench/results/a.pt", "dataset": "mnist", "float_accuracy": 0.9882, "weight_bits": b, "golden_accuracy": g,
+             "date": "2026-12-02T23:02:56+00:00"} for b, g in ((4, 0.9844), (8, 0.9876))]  # fmt: skip
+    runs.append({"checkpoint": "bench/results/b.pt", "dataset": "fashion-mnist", "images": 500, "float_accuracy": 0.9137,
+                 "weight_bits": 8, "golden_accuracy": 0.912, "date": "2026-12-05T21:00:00+00:00"})  # fmt: skip
+    (tmp_path / "fixed_point.json").write_text(json.dumps({"benchmark": "fixed_point", "runs": runs}))
+    text = report.render_docs().read_text()
+    assert row_a in text and "| `b.pt` | fashion-mnist | 500 | 91.37% | - | 91.20% | 2026-12-05 |" in text
