@@ -48,9 +48,10 @@ def main() -> None:
                                        | {"runs": stored_runs_v1(stored)}, indent=1))  # fmt: skip
     runs = []
     for ckpt in args.checkpoint.split(","):
-        sha = hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()[:12]
+        sha = None
         for bits in [int(b) for b in args.bits.split(",")]:
-            tables, _ = quantize_checkpoint(ckpt, bits)
+            tables, _ = quantize_checkpoint(ckpt, bits)  # first: a missing or foreign file gets its clear error
+            sha = sha or hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()[:12]
             dataset, float_acc = tables.meta["dataset"], tables.meta["float_test_accuracy"]
             test = load_split(dataset, "test").head(args.limit)
             acc = GoldenModel(tables).accuracy(test.images, test.labels)
