@@ -207,14 +207,22 @@ def render_docs() -> Path:
                          f"{cells} | {str(r0.get('date', fp.get('date')))[:10]} |")  # fmt: skip
         lines.append("")
     # the default model; the same with position pairs (--positions 2); the iCEBreaker model; csnn_fc256; layer windows
-    for name in ("rtl_regression", "rtl_regression_positions2", "rtl_regression_ice40", "rtl_regression_fc256",
-                 "rtl_regression_fashion_ramp", "rtl_regression_fc256_ramp"):  # fmt: skip
+    # (then any other --name, in name order)
+    known = ["rtl_regression", "rtl_regression_positions2", "rtl_regression_ice40", "rtl_regression_fc256",
+             "rtl_regression_fashion_ramp", "rtl_regression_fc256_ramp"]  # fmt: skip
+    others = sorted(p.stem for p in RESULTS.glob("rtl_regression*.json") if p.stem not in known)
+    for name in known + others:
         rr = _load(name)
-        if not rr:
+        if not rr or "spike_mismatches" not in rr:
             continue
         mism = ", ".join(f"{k} {v}" for k, v in rr["spike_mismatches"].items())
-        lines += [f"## RTL regression: {rr['model']} on the generated core vs golden model (bench/rtl_regression.py --name {name})", "",
-                  f"`{rr['model']}`{_former(rr['model'], rr.get('model_sha256_prefix'))} ({rr['dataset']}), the core generated with lanes={rr['lanes']}"
+        bits = rr.get("weight_bits")
+        # the exactness records hash the checkpoint's default tables: a --weight-bits run is not compared with them
+        former = _former(rr["model"], rr.get("model_sha256_prefix")) if bits is None else ""
+        lines += [f"## RTL regression: {rr['model']}{f' at {bits}-bit weights' if bits else ''} on the generated core vs golden model "
+                  f"(bench/rtl_regression.py --name {name})", "",
+                  f"`{rr['model']}`{former}{f' quantised to {bits}-bit weights (--weight-bits {bits})' if bits else ''} "
+                  f"({rr['dataset']}), the core generated with lanes={rr['lanes']}"
                   f"{', positions=' + str(rr['positions']) if 'positions' in rr else ''}"
                   f"{', registered reads' if rr.get('read_reg') else ''}, simulated with "
                   f"{rr['sim']} through cocotb in {rr['jobs']} parallel jobs; {_hw(rr)}; {rr['date']}, commit {rr['commit']}.", "",

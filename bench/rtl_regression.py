@@ -2,6 +2,10 @@
 generated core on Verilator (cocotb), every test image, every spike time compared.
 
     python bench/rtl_regression.py [--model CKPT_OR_FSM] [--images 0] [--jobs 2] [--lanes 64]
+    python bench/rtl_regression.py --model bench/results/mnist_real_csnn_ramp.pt --weight-bits 4 --name rtl_regression_real4
+
+A real-valued checkpoint runs as a --weight-bits model file (the quantiser's widths; binary
+checkpoints are 1 bit by construction).
 
 Writes bench/results/rtl_regression.json (mismatches, accuracies, wall time, simulated
 cycles/s), bench/results/rtl_cycles.png (cycles per image against the lower bound
@@ -36,6 +40,8 @@ def main() -> None:
     ap.add_argument("--positions", type=int, default=1, choices=[1, 2], help="output positions per state word (plan_core)")
     ap.add_argument("--read-reg", action="store_true", help=READ_REG_HELP + " (the icebreaker's core)")
     ap.add_argument("--sim", default="verilator", choices=["verilator", "icarus"])
+    ap.add_argument("--weight-bits", type=int, default=None,
+                    help="a real-valued checkpoint's weight width (as firstspike quantize --weight-bits)")
     ap.add_argument("--name", default="rtl_regression")
     args = ap.parse_args()
 
@@ -55,7 +61,9 @@ def main() -> None:
 
     with open(args.model, "rb") as f:
         is_fsm = f.read(len(MAGIC)) == MAGIC
-    tables = load(args.model) if is_fsm else quantize_checkpoint(args.model)[0]
+    if is_fsm and args.weight_bits is not None:
+        ap.error(f"--weight-bits applies to a checkpoint; {args.model} is a model file, whose widths are fixed")
+    tables = load(args.model) if is_fsm else quantize_checkpoint(args.model, weight_bits=args.weight_bits)[0]
     test = load_split(args.dataset, "test").head(args.images)
     rep = verify(tables, test.images, test.labels, sim=args.sim, jobs=args.jobs, lanes=args.lanes,
                  build_root=ROOT / "build" / "sim", positions=args.positions, read_reg=args.read_reg)  # fmt: skip
@@ -72,6 +80,7 @@ def main() -> None:
     sim_cycles = float(rep.cycles.sum())
     d.update({
         "model": repo_path(args.model), "model_sha256_prefix": model_hash(tables).hex(),  # as board builds record it
+        "weight_bits": args.weight_bits,  # None: the checkpoint's own (binary) or the model file's widths
         "dataset": args.dataset, "jobs": args.jobs, "positions": args.positions, "read_reg": args.read_reg,
         "windows": tables.windows, "steps": plan.steps,
         "total_mismatches": rep.total_mismatches,

@@ -290,3 +290,28 @@ def test_fixed_point_table_has_a_row_per_checkpoint_and_reads_the_old_file(tmp_p
     (tmp_path / "fixed_point.json").write_text(json.dumps({"benchmark": "fixed_point", "runs": runs}))
     text = report.render_docs().read_text()
     assert row_a in text and "| `b.pt` | fashion-mnist | 500 | 91.37% | - | 91.20% | 2026-12-05 |" in text
+
+
+def test_rtl_regression_sections_cover_every_result_and_name_the_weight_width(tmp_path, monkeypatch) -> None:
+    """docs/benchmarks.md gets a section for each bench/rtl_regression.py --name, not only the known
+    ones; a --weight-bits run names its width and is not called a former model by the exactness hash
+    of the checkpoint's default tables, while a binary run with another hash still is."""
+    import report
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "DOCS", tmp_path / "benchmarks.md")
+    base = json.loads((ROOT / "bench" / "results" / "rtl_regression.json").read_text())
+    ck = "bench/results/x_real.pt"
+    ex = json.loads((ROOT / "bench" / "results" / "exactness.json").read_text())
+    ex["runs"] = [{**ex["runs"][0], "checkpoint": ck, "model_sha256_prefix": "1111222233334444"}]
+    (tmp_path / "exactness.json").write_text(json.dumps(ex))
+    (tmp_path / "rtl_regression_zz_real4.json").write_text(json.dumps({**base, "model": ck, "model_sha256_prefix": "aaaabbbbccccdddd",
+                                                                        "weight_bits": 4, "total_mismatches": 7}))  # fmt: skip
+    (tmp_path / "rtl_regression_fc256.json").write_text(json.dumps({**base, "model": ck, "model_sha256_prefix": "aaaabbbbccccdddd"}))
+    text = report.render_docs().read_text()
+    four = text.split("--name rtl_regression_zz_real4)")[1]
+    assert f"## RTL regression: {ck} at 4-bit weights on the generated core" in text
+    assert "quantised to 4-bit weights (--weight-bits 4)" in four.split("##")[0] and "former model" not in four.split("##")[0]
+    assert f"| {base['images']} | **7** |" in four
+    binary = text.split("--name rtl_regression_fc256)")[1].split("##")[0]
+    assert "**former model** aaaabbbb" in binary
