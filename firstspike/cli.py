@@ -45,6 +45,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--distill", metavar="CHECKPOINT", help="a trained network of the same inputs and classes (e.g. "
                    "the real-valued run) that teaches this one through its output spike times (docs/guide.md)")
+    p.add_argument("--init-from", metavar="CHECKPOINT", help="start from a trained network of the same layers "
+                   "instead of the calibration (e.g. a binary run from the real-valued one: latent weights w / max|w|, "
+                   "scales mean|w|; docs/accuracy.md, \"Forty-eighth session\")")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--backend", choices=["auto", "numba", "torch"], help="numba: event-driven CPU kernels; torch: any device")
     p.add_argument("--autograd", action="store_true", help="train through autograd, not the fused CPU step "
@@ -299,7 +302,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         "dataset": a.dataset, "data_dir": a.data_dir, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
         "optimizer": a.optimizer, "schedule": a.schedule, "loss": a.loss, "gamma": a.gamma, "seed": a.seed,
         "device": a.device, "backend": a.backend, "train_subset": a.train_subset, "test_subset": a.test_subset,
-        "val_images": a.val_images, "distill": a.distill,
+        "val_images": a.val_images, "distill": a.distill, "init_from": a.init_from,
     }  # fmt: skip
     for k, v in overrides.items():
         if v is not None:

@@ -182,6 +182,31 @@ def test_train_teacher_that_does_not_fit(tmp_path: Path) -> None:
         assert not (out / "checkpoint.pt").exists()
 
 
+def test_train_init_from(tmp_path: Path) -> None:
+    """train --init-from: a binary run starts from a real-valued checkpoint of the same layers (its
+    record names it); one of other layers or a missing file exits 2 naming it, nothing written."""
+    real = tmp_path / "real"
+    r = run_cli("train", *TINY, "--epochs", "1", "--mode", "real", "--out", str(real), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "bin"
+    r = run_cli("train", *TINY, "--epochs", "1", "--init-from", str(real / "checkpoint.pt"), "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import torch
+
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ck["train"]["init_from"] == str(real / "checkpoint.pt") and ck["net"]["mode"] == "binary"
+    other = tmp_path / "other.toml"
+    other.write_text(BAD_KIND_TOML.replace("maxpool", "pool").replace("channels = 4", "channels = 3"))
+    wrong = tmp_path / "wrong"
+    assert run_cli("train", "--config", str(other), *TINY[2:], "--epochs", "1", "--mode", "real", "--out", str(wrong),
+                   cwd=tmp_path).returncode == 0  # fmt: skip
+    for path, needle in ((wrong / "checkpoint.pt", "init_from"), (tmp_path / "none.pt", "none.pt")):
+        out = tmp_path / "out"
+        r = run_cli("train", *TINY, "--epochs", "1", "--init-from", str(path), "--out", str(out), cwd=tmp_path)
+        assert_user_error(r, needle)
+        assert not (out / "checkpoint.pt").exists()
+
+
 BAD_KIND_TOML = """
 name = "bad"
 T = 16
