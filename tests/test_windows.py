@@ -332,6 +332,8 @@ def test_core_runs_an_exported_ramp_network() -> None:
     ("csnn_ramp", "mnist_binary_csnn_ramp.pt"),
     ("csnn_ramp", "mnist_real_csnn_ramp.pt"),
     ("csnn_fc256_ramp", "mnist_binary_csnn_fc256_ramp.pt"),
+    ("csnn_fashion_fc256_ramp", "fashion-mnist_real_csnn_fashion_fc256_ramp.pt"),
+    ("csnn_fashion_fc256_ramp", "fashion-mnist_binary_csnn_fashion_fc256_ramp.pt"),
 ])
 def test_ramp_config_is_the_recipe_of_the_committed_model(config: str, checkpoint: str) -> None:
     """A built-in ramp config, in the committed model's mode, reproduces that model's run: the network
@@ -354,5 +356,8 @@ def test_ramp_config_is_the_recipe_of_the_committed_model(config: str, checkpoin
     skip = {"dataset", *NOT_RECIPE["train"]}
     if mode == "real":
         skip |= {"min_threshold", "min_threshold_hidden"}
+    if ck["train"].get("init_from"):  # the start is the command's (--init-from), and a committed model
+        skip.add("init_from")
+        assert (ROOT / ck["train"]["init_from"]).is_file(), ck["train"]["init_from"]
     recorded = {k: v for k, v in ck["train"].items() if k not in skip}
     assert {k: tc[k] for k in recorded} == recorded
