@@ -315,3 +315,21 @@ def test_rtl_regression_sections_cover_every_result_and_name_the_weight_width(tm
     assert f"| {base['images']} | **7** |" in four
     binary = text.split("--name rtl_regression_fc256)")[1].split("##")[0]
     assert "**former model** aaaabbbb" in binary
+
+
+def test_accuracy_table_names_the_start_and_the_teacher(tmp_path, monkeypatch) -> None:
+    """docs/benchmarks.md's recipe column: a run started from a checkpoint names that file instead of
+    the calibration, and a taught run its teacher; a run with neither names neither."""
+    import report
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "DOCS", tmp_path / "benchmarks.md")
+    acc = json.loads((ROOT / "bench" / "results" / "accuracy.json").read_text())
+    run = acc["runs"][0]
+    tr = {**run.get("train", {}), "calib": "fan_in", "init_from": "bench/results/r.pt", "distill": "runs/t/checkpoint.pt"}
+    acc["runs"] = [{**run, "config": "started", "train": tr}, {**run, "config": "plain", "train": {**tr, "init_from": "", "distill": ""}}]
+    (tmp_path / "accuracy.json").write_text(json.dumps(acc))
+    lines = report.render_docs().read_text().splitlines()
+    rows = {ln.split(" | ")[2]: ln for ln in lines if ln.startswith("| ") and (" | started | " in ln or " | plain | " in ln)}
+    assert ", start from `r.pt`, taught by `checkpoint.pt`" in rows["started"] and "start fan_in" not in rows["started"]
+    assert "start fan_in" in rows["plain"] and "start from" not in rows["plain"] and "taught" not in rows["plain"]
