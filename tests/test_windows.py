@@ -361,3 +361,48 @@ def test_ramp_config_is_the_recipe_of_the_committed_model(config: str, checkpoin
         assert (ROOT / ck["train"]["init_from"]).is_file(), ck["train"]["init_from"]
     recorded = {k: v for k, v in ck["train"].items() if k not in skip}
     assert {k: tc[k] for k in recorded} == recorded
+
+
+@pytest.mark.parametrize("checkpoint", ["fashion-mnist_binary_csnn_fashion_fc256_ramp.pt", "mnist_binary_csnn_fc256_ramp.pt"])
+def test_window_sums_in_float32_are_the_float64_integers_of_the_trained_models(checkpoint: str) -> None:
+    """The CPU computes a binary window layer's sums in float32 (``window_dtype``: eight times
+    faster than float64); at the committed models' sizes, on real images, every sum A_j and S_j of
+    every layer must still be the exact integer float64 gives (no convolution algorithm that rounds)."""
+    from firstspike.data import load_split
+    from firstspike.train.functional import window_dtype, window_sums
+    from firstspike.train.trainer import load_checkpoint, model_from_checkpoint
+
+    ck = load_checkpoint(ROOT / "bench" / "results" / checkpoint)
+    model = model_from_checkpoint(ck)
+    split = load_split(ck["train"]["dataset"], "test")
+    outs = model.forward_all(torch.from_numpy(split.images[:48].copy()))
+    checked, largest = 0, 0.0
+    for kind, mod, t_in in zip(model.kinds, model.layers, outs[:-1]):
+        if kind == "pool":
+            continue
+        w = mod.effective()[1]
+        assert window_dtype(w, model.T, t_in.device) == torch.float32
+        A, S = window_sums(t_in, w, model.T, mod.stride, mod.padding)
+        fired = (t_in < model.T).double()
+        want_A = F.conv2d((model.T - t_in.double()) * fired, w.double(), stride=mod.stride, padding=mod.padding)
+        want_S = F.conv2d(fired, w.double(), stride=mod.stride, padding=mod.padding)
+        assert torch.equal(A, want_A) and torch.equal(S, want_S)
+        largest = max(largest, float(A.abs().max()))
+        checked += 1
+    assert checked == len(model.spiking_layers())
+    assert largest > 2**8  # beyond what a reduced-precision (bfloat16) convolution would keep exact
+
+
+def test_window_dtype_is_float32_only_where_it_is_exact_on_the_cpu() -> None:
+    from firstspike.train.functional import F32_EXACT, window_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    small = torch.ones(8, 32, 5, 5, dtype=torch.int32)  # fan-in 800 x T 64 x 1
+    assert window_dtype(small, 64, cpu) == torch.float32
+    assert window_dtype(small, 64, cuda) == torch.float64  # CUDA's TF32 convolutions round
+    wide = torch.full((8, 32, 5, 5), 7, dtype=torch.int32)
+    assert 800 * 64 * 7 < F32_EXACT <= 800 * 4096 * 7
+    assert window_dtype(wide, 64, cpu) == torch.float32
+    assert window_dtype(wide, 4096, cpu) == torch.float64  # sums that could reach 2^24
+    assert window_dtype(torch.zeros(3, 4, dtype=torch.float32), 64, cpu) == torch.float32  # real weights: their own precision
+    assert window_dtype(torch.zeros(3, 4, dtype=torch.float64), 64, cpu) == torch.float64

@@ -110,26 +110,50 @@ def normalise_error(gv: torch.Tensor, norm) -> torch.Tensor:
     return gv
 
 
-def window_sums(t_in: torch.Tensor, w: torch.Tensor, T: int, stride: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+F32_EXACT = 2**24  # integers below this are exact in float32, and so is every sum of them that stays below it
+
+
+def window_dtype(w: torch.Tensor, T: int, device: torch.device) -> torch.dtype:
+    """The precision of a window layer's convolutions, float32 only where it changes nothing
+    that is exact and on the CPU (elsewhere float64; CUDA's TF32 convolutions round):
+    - integer weights (binary mode's ``w_fwd``): float32 when no sum can reach 2^24 (fan-in x T
+      x max |w|), so every partial sum of the integer products is the exact integer in any
+      order, as in float64, at an eighth of the time;
+    - real weights: the weights' own dtype (float32 parameters: float32, a ``.double()`` network
+      keeps float64); a real-valued layer's spike times are float results either way, its
+      deployment is the fixed-point model the golden model runs (quantize/).
+    tests/test_windows.py checks the float32 sums against float64 at the trained models' sizes."""
+    if device.type != "cpu":
+        return torch.float64
+    if not w.is_floating_point():
+        bound = w[0].numel() * T * int(w.abs().max()) if w.numel() else 0
+        return torch.float32 if bound < F32_EXACT else torch.float64
+    return torch.float32 if w.dtype == torch.float32 else torch.float64
+
+
+def window_sums(t_in: torch.Tensor, w: torch.Tensor, T: int, stride: int, pad: int,
+                slopes: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """(A, S) of a layer with its own time window (``NetConfig.layer_windows``): its inputs
     spike in the window before its own, so at step t' of its window every input has arrived
     and V_j(t') = sum_i w_ji (T + t' - t_i) = A_j + t' S_j, A_j = sum_i w_ji (T - t_i),
-    S_j = sum_i w_ji over the inputs that fired (float64: exact integers for integer weights)."""
-    fired = (t_in < T).double()
-    wd = w.double()
-    a = (T - t_in.double()) * fired
-    return F.conv2d(a, wd, stride=stride, padding=pad), F.conv2d(fired, wd, stride=stride, padding=pad)
+    S_j = sum_i w_ji over the inputs that fired (None without ``slopes``: a ramp replaces it).
+    Returned as float64; computed in ``window_dtype`` (exact integers for integer weights)."""
+    dt = window_dtype(w, T, t_in.device)
+    fired = (t_in < T).to(dt)
+    wd = w.to(dt)
+    a = (T - t_in.to(dt)) * fired
+    A = F.conv2d(a, wd, stride=stride, padding=pad).double()
+    return A, (F.conv2d(fired, wd, stride=stride, padding=pad).double() if slopes else None)
 
 
 def window_crossing(A: torch.Tensor, S: torch.Tensor, thr: torch.Tensor, T: int) -> torch.Tensor:
     """First t' in 0..T-1 with A + t' S >= thr (thr per output channel; S per neuron, or per
     channel (1, Co, 1, 1): a ramp), else T (silent). Exact for integers: ceil of a float64
     quotient of integers below 2^26 is the integer one."""
-    S = S.expand_as(A)
     need = thr.double().view(1, -1, 1, 1).to(A.device) - A
-    steps = torch.ceil(need / torch.where(S > 0, S, torch.ones_like(S)))
-    t = torch.where(need <= 0, torch.zeros_like(A), torch.where(S > 0, steps, torch.full_like(A, float(T))))
-    return t.clamp(max=float(T))
+    pos = S > 0  # (a ramp: per channel, broadcast; no full-size temporaries for it)
+    t = torch.ceil(need / torch.where(pos, S, 1.0))  # where S <= 0: need itself, read only where need <= 0
+    return torch.where(pos | (need <= 0), t.clamp_(0.0, float(T)), float(T))
 
 
 class WindowFire(torch.autograd.Function):
@@ -148,7 +172,9 @@ class WindowFire(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t_in, w_eff, w_fwd, thr_fwd, rho: float, T: int, stride: int, pad: int, norm, latency: str = "rho",
                 ramp_fwd=None, ramp_eff=None):  # fmt: skip
-        A, S = window_sums(t_in.detach(), w_fwd.detach(), T, stride, pad)
+        # real mode: w_fwd is w_eff in float64; the sums take the parameters' precision (window_dtype)
+        w_sum = w_fwd if not w_fwd.is_floating_point() else w_eff
+        A, S = window_sums(t_in.detach(), w_sum.detach(), T, stride, pad, slopes=ramp_fwd is None)
         if ramp_fwd is not None:
             S = ramp_fwd.detach().double().view(1, -1, 1, 1).to(A.device)
         out = window_crossing(A, S, thr_fwd.detach(), T).to(t_in.dtype)
@@ -160,24 +186,25 @@ class WindowFire(torch.autograd.Function):
     def backward(ctx, g_out):
         t_in, w_eff, t_out, ramp = ctx.saved_tensors
         rho, T, stride, pad, norm, latency = ctx.cfg
+        dt = window_dtype(w_eff, T, t_in.device)  # gradients: the weights' precision on the CPU
         slope = rho
         if ramp is not None:
-            slope = ramp.double().view(1, -1, 1, 1)
+            slope = ramp.to(dt).view(1, -1, 1, 1)
         elif latency == "true":
             _, S = window_sums(t_in.detach(), w_eff.detach(), T, stride, pad)
-            slope = torch.where(t_out < T, S.clamp_min(rho), torch.full_like(S, rho))
+            slope = torch.where(t_out < T, S.clamp_min(rho), rho).to(dt)
         elif latency != "rho":
             raise ValueError(f"latency={latency!r}: a layer with its own window takes 'rho' or 'true'")
-        gv = -g_out.double() / slope
+        gv = -g_out.to(dt) / slope
         if ramp is not None:  # clipped at both ends: a neuron at t' = 0 cannot fire earlier, a silent one cannot fire later
-            gv = torch.where(((t_out == 0) & (gv < 0)) | ((t_out >= T) & (gv > 0)), torch.zeros_like(gv), gv)
+            gv.masked_fill_(((t_out == 0) & (gv < 0)) | ((t_out >= T) & (gv > 0)), 0.0)
         gv = normalise_error(gv, norm)
-        fired = (t_in.detach() < T).double()
-        a = (T - t_in.detach().double()) * fired
-        wd = w_eff.detach().double()
+        fired = (t_in.detach() < T).to(dt)
+        a = (T - t_in.detach().to(dt)) * fired
+        wd = w_eff.detach().to(dt)
         gw = torch.nn.grad.conv2d_weight(a, wd.shape, gv, stride=stride, padding=pad)
         if ramp is None:
-            gw = gw + torch.nn.grad.conv2d_weight(fired, wd.shape, gv * t_out.double(), stride=stride, padding=pad)
+            gw = gw + torch.nn.grad.conv2d_weight(fired, wd.shape, gv * t_out.to(dt), stride=stride, padding=pad)
         gt = None
         if ctx.needs_input_grad[0]:
             gt = (-torch.nn.grad.conv2d_input(t_in.shape, wd, gv, stride=stride, padding=pad) * fired).to(t_in.dtype)
