@@ -13,6 +13,7 @@ bench/results/train_speed.json and refreshes docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import logging
 import multiprocessing as mp
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import setup_logging, write_result  # noqa: E402
+from common import git_rev, setup_logging, write_result  # noqa: E402
 
 log = logging.getLogger("bench.train_speed")
 
@@ -124,20 +125,83 @@ def _measure_step(config: str, steps: int, rounds: int, q: mp.Queue) -> None:
            "first_batch_grad_relative_difference": err})  # fmt: skip
 
 
+def _measure_window_step(config: str, dataset: str, steps: int, rounds: int, q: mp.Queue) -> None:
+    """The trainer's whole step on a network with layer windows (``config``, its [train] settings
+    per mode, batch and all), in binary and real mode: the window layers in float64 throughout
+    (``float64_windows``, the path before the forty-ninth session) against ``window_dtype``'s
+    float32, in alternating rounds of ``steps`` batches on copies of one model. The first batch
+    cross-checks them: binary spike times must be identical (exact integer sums), real ones
+    may differ by float rounding (counted)."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from firstspike.data import load_split
+    from firstspike.train.functional import float64_windows
+    from firstspike.train.model import CSNN, load_config
+    from firstspike.train.trainer import TrainConfig, _make_optimizer, autograd_step, set_backward
+
+    cfg0, table = load_config(config)
+    split = load_split(dataset, "train")
+    out = {"config": config, "dataset": dataset, "steps": steps, "rounds": rounds, "threads": torch.get_num_threads(), "modes": {}}
+    for mode in ("binary", "real"):
+        cfg = copy.deepcopy(cfg0)
+        cfg.mode = mode
+        tc = TrainConfig.from_dict(table, mode).for_mode(mode)
+        n = tc.batch_size * steps
+        x = torch.from_numpy(split.images[: max(n, 512)].copy())
+        y = torch.from_numpy(split.labels[: len(x)].astype(np.int64))
+        torch.manual_seed(0)
+        base = CSNN(cfg)
+        set_backward(base, tc)
+        base.calibrate(x[:512], tc.calib if tc.calib != "auto" else ("median" if mode == "binary" else "positive"))
+        models = {k: copy.deepcopy(base) for k in ("float64", "float32")}
+        opts = {k: _make_optimizer(m, tc)[0] for k, m in models.items()}
+
+        def one(kind: str, i: int) -> list[torch.Tensor]:
+            m, sl = models[kind], slice(i * tc.batch_size, (i + 1) * tc.batch_size)
+            opts[kind].zero_grad(set_to_none=True)
+            if kind == "float64":
+                with float64_windows():
+                    _, outs = autograd_step(m, m, x[sl], y[sl], tc, None, False)
+            else:
+                _, outs = autograd_step(m, m, x[sl], y[sl], tc, None, False)
+            opts[kind].step()
+            return outs
+
+        first, grads = {}, {}
+        for kind in models:  # warm-up and the cross-check of the first batch
+            first[kind] = [o.detach() for o in one(kind, 0)]
+            grads[kind] = [p.grad.double().flatten() for p in models[kind].parameters() if p.grad is not None]
+        differ = sum(int((a != b).sum()) for a, b in zip(first["float32"], first["float64"]))
+        total = sum(a.numel() for a in first["float64"][1:])
+        err = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(grads["float32"], grads["float64"]))
+        ms: dict[str, list[float]] = {k: [] for k in models}
+        for _ in range(rounds):
+            for kind in models:
+                t0 = time.perf_counter()
+                for i in range(1, steps):
+                    one(kind, i)
+                ms[kind].append(1e3 * (time.perf_counter() - t0) / (steps - 1))
+        out["modes"][mode] = {"batch": tc.batch_size, "ms_per_step": ms, "spike_times_differing": differ, "spike_times": total,
+                              "first_batch_grad_relative_difference": err}  # fmt: skip
+    q.put(out)
+
+
 def run_step(args: argparse.Namespace) -> dict:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_measure_step, args=(args.step_config, args.step_batches, args.step_rounds, q))
-    p.start()
-    res = q.get()
-    p.join()
-    return res
+    return _in_process(_measure_step, args.step_config, args.step_batches, args.step_rounds)
 
 
 def run(backend: str, args: argparse.Namespace) -> dict:
+    return _in_process(_measure, backend, args.config, args.T, args.batch, args.repeats)
+
+
+def _in_process(target, *a) -> dict:
+    """``target(*a, queue)`` in a fresh process (its own peak RSS and thread settings); its result."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_measure, args=(backend, args.config, args.T, args.batch, args.repeats, q))
+    p = ctx.Process(target=target, args=(*a, q))
     p.start()
     res = q.get()
     p.join()
@@ -155,11 +219,32 @@ def main() -> None:
     ap.add_argument("--step-config", default="csnn_ice40", help="network whose whole training step is timed")
     ap.add_argument("--step-batches", type=int, default=400, help="batches per round of that timing")
     ap.add_argument("--step-rounds", type=int, default=3, help="alternating rounds (autograd, fused) of it")
+    ap.add_argument("--window-config", default="csnn_fashion_fc256_ramp", help="network with layer windows whose step is timed")
+    ap.add_argument("--window-dataset", default="fashion-mnist")
+    ap.add_argument("--window-batches", type=int, default=30, help="batches per round of that timing")
+    ap.add_argument("--window-only", action="store_true", help="time only the window step; keep the rest of the stored result")
     args = ap.parse_args()
+    import numpy as np
+
+    log.info("training step of %s with layer windows: float64 against float32 sums ...", args.window_config)
+    ws = _in_process(_measure_window_step, args.window_config, args.window_dataset, args.window_batches, args.step_rounds)
+    ws.update(date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), commit=git_rev())
+    for mode, r in ws["modes"].items():
+        r["float64_ms"] = float(np.median(r["ms_per_step"]["float64"]))
+        r["float32_ms"] = float(np.median(r["ms_per_step"]["float32"]))
+        r["speedup"] = r["float64_ms"] / r["float32_ms"]
+        log.info("%s: float64 %.0f ms, float32 %.0f ms a batch of %d: %.2fx; %d of %d spike times differ", mode, r["float64_ms"],
+                 r["float32_ms"], r["batch"], r["speedup"], r["spike_times_differing"], r["spike_times"])  # fmt: skip
+    if args.window_only:
+        prev = json.loads((Path(__file__).resolve().parent / "results" / "train_speed.json").read_text())
+        write_result("train_speed", {**prev, "window_step": ws})  # (the other parts keep their date and commit)
+        from report import render_docs
+
+        render_docs()
+        return
 
     log.info("training step of %s: autograd against the fused step ...", args.step_config)
     st = run_step(args)
-    import numpy as np
 
     st["autograd_ms"] = float(np.median(st["ms_per_step"]["autograd"]))
     st["fused_ms"] = float(np.median(st["ms_per_step"]["fused"]))
@@ -192,6 +277,7 @@ def main() -> None:
         "max_grad_difference": grad_err,
         "goals": {"speedup": ">= 20", "mnist_epoch_minutes": "<= 10"},
         "training_step": st,
+        "window_step": ws,
     }
     log.info(
         "event-driven %.1f img/s, per-time-step %.2f img/s: %.1fx; MNIST epoch %.1f min; identical=%s",

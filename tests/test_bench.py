@@ -333,3 +333,25 @@ def test_accuracy_table_names_the_start_and_the_teacher(tmp_path, monkeypatch) -
     rows = {ln.split(" | ")[2]: ln for ln in lines if ln.startswith("| ") and (" | started | " in ln or " | plain | " in ln)}
     assert ", start from `r.pt`, taught by `checkpoint.pt`" in rows["started"] and "start fan_in" not in rows["started"]
     assert "start fan_in" in rows["plain"] and "start from" not in rows["plain"] and "taught" not in rows["plain"]
+
+
+def test_window_step_timing_checks_float32_against_float64() -> None:
+    """bench/train_speed.py's window step: both precisions run the same batches; binary spike
+    times are identical (exact integer sums), gradients agree to float32 rounding, and the docs
+    table has a row per mode."""
+    import queue
+
+    import train_speed
+    from report import _window_step_lines
+
+    q: queue.Queue = queue.Queue()
+    train_speed._measure_window_step("csnn_fashion_ramp", "fashion-mnist", 2, 1, q)
+    ws = q.get()
+    for mode in ("binary", "real"):
+        r = ws["modes"][mode]
+        assert r["spike_times"] > 0 and len(r["ms_per_step"]["float64"]) == len(r["ms_per_step"]["float32"]) == 1
+        assert r["first_batch_grad_relative_difference"] < 1e-4
+        r.update(float64_ms=2.0, float32_ms=1.0, speedup=2.0)
+    assert ws["modes"]["binary"]["spike_times_differing"] == 0
+    lines = _window_step_lines({**ws, "date": "d", "commit": "c"})
+    assert sum(line.startswith(("| binary |", "| real |")) for line in lines) == 2

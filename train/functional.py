@@ -6,6 +6,9 @@ silent = T, at most one spike per neuron, backward from spike times only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -113,6 +116,19 @@ def normalise_error(gv: torch.Tensor, norm) -> torch.Tensor:
 F32_EXACT = 2**24  # integers below this are exact in float32, and so is every sum of them that stays below it
 
 
+_WINDOW_F32 = [True]  # false inside float64_windows()
+
+
+@contextmanager
+def float64_windows() -> Iterator[None]:
+    """Window layers in float64 throughout, as before ``window_dtype`` (bench/train_speed.py's baseline)."""
+    _WINDOW_F32[0] = False
+    try:
+        yield
+    finally:
+        _WINDOW_F32[0] = True
+
+
 def window_dtype(w: torch.Tensor, T: int, device: torch.device) -> torch.dtype:
     """The precision of a window layer's convolutions, float32 only where it changes nothing
     that is exact and on the CPU (elsewhere float64; CUDA's TF32 convolutions round):
@@ -123,7 +139,7 @@ def window_dtype(w: torch.Tensor, T: int, device: torch.device) -> torch.dtype:
       keeps float64); a real-valued layer's spike times are float results either way, its
       deployment is the fixed-point model the golden model runs (quantize/).
     tests/test_windows.py checks the float32 sums against float64 at the trained models' sizes."""
-    if device.type != "cpu":
+    if device.type != "cpu" or not _WINDOW_F32[0]:
         return torch.float64
     if not w.is_floating_point():
         bound = w[0].numel() * T * int(w.abs().max()) if w.numel() else 0
