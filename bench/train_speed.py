@@ -64,6 +64,24 @@ def _measure(backend: str, config: str, T: int, batch: int, repeats: int, q: mp.
            "peak_rss_mb": rss_mb})  # fmt: skip
 
 
+def _alternating_ms(one, kinds: list[str], steps: int, rounds: int) -> dict[str, list[float]]:
+    """Milliseconds per batch of each kind, ``one(kind, i)`` over batches 1..steps-1 (batch 0 was
+    the warm-up), in ``rounds`` alternating rounds (the machine's drift falls on every kind)."""
+    ms: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(rounds):
+        for kind in kinds:
+            t0 = time.perf_counter()
+            for i in range(1, steps):
+                one(kind, i)
+            ms[kind].append(1e3 * (time.perf_counter() - t0) / (steps - 1))
+    return ms
+
+
+def _grad_relative_difference(got, want) -> float:
+    """Largest difference of two lists of gradients, relative to each tensor's largest value."""
+    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(got, want))
+
+
 def _measure_step(config: str, steps: int, rounds: int, q: mp.Queue) -> None:
     """The trainer's whole step (forward, loss, gradients, optimizer) on ``config`` with its
     own [train] settings: autograd against the fused step (train/fused.py), in alternating
@@ -110,14 +128,8 @@ def _measure_step(config: str, steps: int, rounds: int, q: mp.Queue) -> None:
     for kind in models:  # warm-up (JIT caches) and the cross-check of the first batch's gradients (same slopes)
         one(kind, 0)
         grads[kind] = [p.grad.double().flatten() for p in models[kind].parameters()]
-    err = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(grads["fused"], grads["autograd"]))
-    ms: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(rounds):
-        for kind in models:
-            t0 = time.perf_counter()
-            for i in range(1, steps):
-                one(kind, i)
-            ms[kind].append(1e3 * (time.perf_counter() - t0) / (steps - 1))
+    err = _grad_relative_difference(grads["fused"], grads["autograd"])
+    ms = _alternating_ms(one, list(models), steps, rounds)
     from firstspike.train import kernels
 
     q.put({"config": config, "batch": tc.batch_size, "latency": tc.latency, "steps": steps, "rounds": rounds, "ms_per_step": ms,
@@ -176,14 +188,8 @@ def _measure_window_step(config: str, dataset: str, steps: int, rounds: int, q: 
             grads[kind] = [p.grad.double().flatten() for p in models[kind].parameters() if p.grad is not None]
         differ = sum(int((a != b).sum()) for a, b in zip(first["float32"], first["float64"]))
         total = sum(a.numel() for a in first["float64"][1:])
-        err = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(grads["float32"], grads["float64"]))
-        ms: dict[str, list[float]] = {k: [] for k in models}
-        for _ in range(rounds):
-            for kind in models:
-                t0 = time.perf_counter()
-                for i in range(1, steps):
-                    one(kind, i)
-                ms[kind].append(1e3 * (time.perf_counter() - t0) / (steps - 1))
+        err = _grad_relative_difference(grads["float32"], grads["float64"])
+        ms = _alternating_ms(one, list(models), steps, rounds)
         out["modes"][mode] = {"batch": tc.batch_size, "ms_per_step": ms, "spike_times_differing": differ, "spike_times": total,
                               "first_batch_grad_relative_difference": err}  # fmt: skip
     q.put(out)
