@@ -147,6 +147,12 @@ def window_dtype(w: torch.Tensor, T: int, device: torch.device) -> torch.dtype:
     return torch.float32 if w.dtype == torch.float32 else torch.float64
 
 
+def _window_inputs(t_in: torch.Tensor, T: int, dt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 where an input fired, T - t_i where it fired and 0 elsewhere), in ``dt``."""
+    fired = (t_in < T).to(dt)
+    return fired, (T - t_in.to(dt)) * fired
+
+
 def window_sums(t_in: torch.Tensor, w: torch.Tensor, T: int, stride: int, pad: int,
                 slopes: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """(A, S) of a layer with its own time window (``NetConfig.layer_windows``): its inputs
@@ -155,9 +161,8 @@ def window_sums(t_in: torch.Tensor, w: torch.Tensor, T: int, stride: int, pad: i
     S_j = sum_i w_ji over the inputs that fired (None without ``slopes``: a ramp replaces it).
     Returned as float64; computed in ``window_dtype`` (exact integers for integer weights)."""
     dt = window_dtype(w, T, t_in.device)
-    fired = (t_in < T).to(dt)
+    fired, a = _window_inputs(t_in, T, dt)
     wd = w.to(dt)
-    a = (T - t_in.to(dt)) * fired
     A = F.conv2d(a, wd, stride=stride, padding=pad).double()
     return A, (F.conv2d(fired, wd, stride=stride, padding=pad).double() if slopes else None)
 
@@ -215,8 +220,7 @@ class WindowFire(torch.autograd.Function):
         if ramp is not None:  # clipped at both ends: a neuron at t' = 0 cannot fire earlier, a silent one cannot fire later
             gv.masked_fill_(((t_out == 0) & (gv < 0)) | ((t_out >= T) & (gv > 0)), 0.0)
         gv = normalise_error(gv, norm)
-        fired = (t_in.detach() < T).to(dt)
-        a = (T - t_in.detach().to(dt)) * fired
+        fired, a = _window_inputs(t_in.detach(), T, dt)
         wd = w_eff.detach().to(dt)
         gw = torch.nn.grad.conv2d_weight(a, wd.shape, gv, stride=stride, padding=pad)
         if ramp is None:
