@@ -360,15 +360,20 @@ def test_config_base_inherits_and_overrides(tmp_path: Path) -> None:
     base, btrain = load_config("csnn")
     fash, ftrain = load_config("csnn_fashion")
     assert fash.to_dict() == {**base.to_dict(), "name": "csnn_fashion", "input_gamma": 0.5}
-    # csnn_fashion drops csnn's deadline, adds an output refit and replaces csnn's real-mode table
+    # csnn_fashion drops csnn's deadline, adds an output refit and sets two of csnn's real-mode keys
     assert btrain["t_goal"] == 0.5 and btrain["real"] == {"augment_shift": 1, "epochs": 16, "latency": "rho"}
     # both keep csnn's former binary recipe (10 epochs, -1/rho), which trained their committed models
     assert ftrain == {**btrain, "epochs": 10, "latency": "rho", "t_goal": 1.0, "refit_epochs": 1, "refit_out_weight_bits": 2, "refit_t_goal": 0.98,
-                      "real": {"augment_shift": 0}}  # fmt: skip
+                      "real": {"augment_shift": 0, "epochs": 10, "latency": "rho"}}  # fmt: skip
     own = tmp_path / "own.toml"
-    own.write_text('base = "csnn"\nname = "own"\nT = 32\n[train]\nlr = 0.01\n')
+    own.write_text('base = "csnn"\nname = "own"\nT = 32\n[train]\nlr = 0.01\n[train.real]\nlr = 0.02\n[train.binary]\ngamma = 2\n')
     cfg, train = load_config(own)
-    assert (cfg.name, cfg.T, cfg.layers) == ("own", 32, base.layers) and train == {**btrain, "lr": 0.01}
+    # [train] and its mode sub-tables key by key: the base's real-mode epochs stay
+    assert (cfg.name, cfg.T, cfg.layers) == ("own", 32, base.layers)
+    assert train == {**btrain, "lr": 0.01, "real": {**btrain["real"], "lr": 0.02}, "binary": {"gamma": 2}}
+    real, binary = trainer.TrainConfig.from_dict(train, "real"), trainer.TrainConfig.from_dict(train, "binary")
+    assert (real.lr, real.epochs, real.augment_shift, real.gamma) == (0.02, 16, 1, btrain["gamma"])
+    assert (binary.lr, binary.epochs, binary.augment_shift, binary.gamma) == (0.01, btrain["epochs"], 0, 2)
     # a base's layers are replaced as a whole: csnn_strided is csnn without pools, the same
     # features into the classifier, csnn's [train]
     strided, strain = load_config("csnn_strided")

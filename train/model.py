@@ -132,7 +132,8 @@ class NetConfig:
 
 def _config_dict(path_or_name: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A config's TOML as a dict, with ``base = "NAME"`` resolved: the base config's settings,
-    this file's on top (its [train] keys one by one; its layers, if any, replace the base's)."""
+    this file's on top (its [train] keys one by one, and so its [train.real] / [train.binary]
+    keys; its layers, if any, replace the base's)."""
     p = Path(path_or_name)
     if not p.is_file():
         cand = CONFIG_DIR / f"{path_or_name}.toml"
@@ -149,7 +150,11 @@ def _config_dict(path_or_name: str | Path, seen: tuple[Path, ...] = ()) -> dict[
     if "base" not in d:
         return d
     out = _config_dict(d.pop("base"), (*seen, p.resolve()))
-    train = {**out.get("train", {}), **d.pop("train", {})}
+    base_train, own_train = out.get("train", {}), d.pop("train", {})
+    train = {**base_train, **own_train}
+    for mode in MODES:  # a mode's sub-table on top of the base's, key by key
+        if isinstance(base_train.get(mode), dict) and isinstance(own_train.get(mode), dict):
+            train[mode] = {**base_train[mode], **own_train[mode]}
     return {**out, **d, "train": train}
 
 
