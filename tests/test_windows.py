@@ -406,3 +406,49 @@ def test_window_dtype_is_float32_only_where_it_is_exact_on_the_cpu() -> None:
     assert window_dtype(wide, 4096, cpu) == torch.float64  # sums that could reach 2^24
     assert window_dtype(torch.zeros(3, 4, dtype=torch.float32), 64, cpu) == torch.float32  # real weights: their own precision
     assert window_dtype(torch.zeros(3, 4, dtype=torch.float64), 64, cpu) == torch.float64
+
+
+def test_dropout_is_inverted_on_the_dense_inputs_and_off_in_evaluation(tmp_path: Path) -> None:
+    """``dropout``: in training each input of a dense layer is silenced with probability p and the
+    kept values T - t grow by 1 / (1 - p), so a dense layer's sums A_j keep their mean; the dropped
+    inputs get no gradient; evaluation (``eval()``) computes the undropped network, bit for bit."""
+    from firstspike.train.functional import window_sums
+    from firstspike.train.trainer import TrainConfig, train
+
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (4, 2, 10, 10), generator=gen, dtype=torch.uint8)
+    images[images < 90] = 0
+    torch.manual_seed(4)
+    net = CSNN(_cfg("real", "ramp")).double()
+    net.calibrate(images, "positive")
+    ref = [t.detach().clone() for t in net.forward_all(images)]
+    fc = net.spiking_layers()[-1]
+    t_fc = ref[-2]  # the dense layer's input times, undropped
+    assert 0 < float((t_fc < net.T).double().mean()) < 1
+    net.train()
+    net.dropout, net.dropout_rng = 0.25, torch.Generator().manual_seed(5)
+    draws = torch.stack([net._dropped(t_fc) for _ in range(4000)])
+    fired = t_fc < net.T
+    dropped = (draws >= net.T) & fired
+    assert abs(float(dropped.double().mean()) / float(fired.double().mean()) - 0.25) < 0.01
+    kept = draws[~dropped & fired.expand_as(draws)]
+    assert torch.allclose(net.T - kept, ((net.T - t_fc) / 0.75).expand_as(draws)[~dropped & fired.expand_as(draws)])
+    A = torch.stack([window_sums(d, fc.weight.detach(), net.T, fc.stride, fc.padding, slopes=False)[0] for d in draws[:1000]])
+    A0 = window_sums(t_fc, fc.weight.detach(), net.T, fc.stride, fc.padding, slopes=False)[0]
+    assert torch.allclose(A.mean(0), A0, atol=4 * float(A.std(0).max()) / 1000**0.5)  # unbiased within 4 standard errors
+    # gradient: only through the kept inputs
+    t_in = t_fc.clone().requires_grad_(True)
+    d = net._dropped(t_in)
+    d.sum().backward()
+    g = t_in.grad
+    assert torch.equal(g == 0, (d >= net.T).detach()) and torch.allclose(g[g != 0], torch.tensor(1 / 0.75, dtype=g.dtype))
+    # training differs, evaluation does not
+    assert not all(torch.equal(a, b) for a, b in zip(net.forward_all(images), ref))
+    net.eval()
+    assert all(torch.equal(a, b) for a, b in zip(net.forward_all(images), ref))
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="dropout"):
+            TrainConfig(dropout=bad).validate()
+    with pytest.raises(ConfigError, match="needs layer_windows"):
+        train(NetConfig(name="x", T=16, mode="real", input_shape=(1, 28, 28), layers=[LayerSpec("fc", 10)]),
+              TrainConfig(dropout=0.2, epochs=1, train_subset=64, test_subset=64), tmp_path / "run")  # fmt: skip

@@ -36,6 +36,8 @@ def unsupported(model: "CSNN", tc: "TrainConfig", device: torch.device, world: i
         return f"loss={tc.loss!r}"
     if model.cfg.layer_windows != "off":
         return "layer_windows"
+    if tc.dropout > 0:
+        return "dropout"
     return None
 
 

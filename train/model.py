@@ -317,6 +317,8 @@ class CSNN(nn.Module):
         self.backend = "auto"
         self.norm_grad = False
         self.latency = "rho"  # linearisation of dt/dV in the backward (functional.latency_slope)
+        self.dropout = 0.0  # training only (TrainConfig.dropout): inverted dropout on the dense layers' inputs
+        self.dropout_rng: torch.Generator | None = None
 
     @property
     def num_classes(self) -> int:
@@ -336,9 +338,19 @@ class CSNN(nn.Module):
             if kind == "pool":
                 t = min_pool(t, k)
             else:
-                t = mod(t, self.backend, self.norm_grad, self.latency)
+                t_in = self._dropped(t) if kind == "fc" and self.training and self.dropout > 0 else t
+                t = mod(t_in, self.backend, self.norm_grad, self.latency)
             outs.append(t)
         return outs
+
+    def _dropped(self, t: torch.Tensor) -> torch.Tensor:
+        """Inverted dropout in spike-time terms: each input silenced (t = T) with probability p, the
+        others' values T - t divided by 1 - p (earlier, fractional, possibly before the window),
+        so that a layer's sums keep their expectation; the gradient flows to the kept ones."""
+        p = self.dropout
+        keep = torch.rand(t.shape, generator=self.dropout_rng, device=t.device) >= p
+        silent = torch.full_like(t, float(self.T))
+        return torch.where(keep & (t < self.T), self.T - (self.T - t) / (1.0 - p), silent)
 
     def forward(self, images: torch.Tensor, all_layers: bool = False) -> torch.Tensor | list[torch.Tensor]:
         """Output spike times (B, classes), or with ``all_layers`` the list of forward_all."""

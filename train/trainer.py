@@ -79,6 +79,9 @@ class TrainConfig:
     augment_shift: int = 0  # > 0: translate each training image by a random (dy, dx) in [-N, N] pixels (zero fill)
     augment_flip: bool = False  # mirror each training image left-right with probability 1/2 (label-preserving
     #   for Fashion-MNIST's garments, not for digits)
+    dropout: float = 0.0  # > 0: training silences each input of a dense layer (the classifier's and a hidden fc's)
+    #   with this probability and moves the kept ones earlier, T - (T - t) / (1 - p) (inverted dropout on the
+    #   values T - t a window layer sums); evaluation and the exported model never drop (CSNN.forward_all)
     freeze: str = ""  # diagnostics: comma-separated spiking-layer indices (0 = first) not to train
     latency: str = "rho"  # linearisation of dt/dV: rho (STiDi-BP) | channel | true (see functional.latency_slope)
     calib: str = "auto"  # data-driven init: "positive" | "median" (see CSNN.calibrate) | "auto": median for binary, positive for
@@ -142,6 +145,8 @@ class TrainConfig:
             raise ConfigError(f"calib must be 'auto', 'positive', 'median' or 'fan_in', not {tc.calib!r}")
         if tc.augment_shift < 0:
             raise ConfigError(f"augment_shift must be >= 0 pixels, not {tc.augment_shift}")
+        if not 0.0 <= tc.dropout < 1.0:
+            raise ConfigError(f"dropout={tc.dropout} must be in [0, 1): the probability of silencing a dense layer's input")
         if tc.schedule not in ("cosine", "step", "none"):
             raise ConfigError(f"schedule must be cosine, step or none, not {tc.schedule!r}")
         if tc.refit_epochs < 0:
@@ -448,6 +453,9 @@ def train(
         teacher.to(device).backend = tc.backend
         log.info("distillation from %s (%s mode, T=%d): weight %g, temperature %g steps", tc.distill, teacher.cfg.mode,
                  teacher.T, tc.distill_weight, tc.distill_temp)  # fmt: skip
+    if tc.dropout > 0 and net_cfg.layer_windows == "off":
+        raise ConfigError(f"dropout={tc.dropout} needs layer_windows (its kept inputs move to fractional times, which "
+                          "only window layers sum); set layer_windows = 'ramp' or dropout = 0")  # fmt: skip
     resuming = resume and ck_path.is_file()
     if not resuming:
         # initialisation first (real mode sizes its learning rates by the weights): from a
@@ -543,6 +551,8 @@ def train(
                      "cross-entropy weight %g)", tc.refit_epochs, f"{t_frac:g} T" if t_frac < 1 else "the first spike",
                      tc.refit_ce_weight)  # fmt: skip
         model.train()
+        model.dropout = 0.0 if refit else tc.dropout  # (the refit trains the output layer on the kept hidden layers)
+        model.dropout_rng = torch.Generator(device=device).manual_seed(tc.seed * 65537 + epoch * 17 + rank)
         t0 = time.time()
         g = torch.Generator().manual_seed(tc.seed * 100003 + epoch)
         perm = torch.randperm(len(y_train), generator=g)
