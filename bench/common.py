@@ -9,7 +9,7 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -102,13 +102,16 @@ def add_model_args(ap, default: str) -> None:
     ap.add_argument("--batch", type=int, default=1000)
 
 
-def model_bench_args(doc: str, default: str):
-    """Logging set up and the parsed options (``add_model_args``) of such a benchmark."""
+def model_bench_args(doc: str, default: str, extra: Callable[[Any], Any] | None = None):
+    """Logging set up and the parsed options (``add_model_args``, then ``extra(parser)``'s) of
+    such a benchmark."""
     import argparse
 
     setup_logging()
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     add_model_args(ap, default)
+    if extra is not None:
+        extra(ap)
     return ap.parse_args()
 
 

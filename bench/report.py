@@ -184,6 +184,22 @@ def render_docs() -> Path:
                 f"{100 * r['accuracy_crossing']:.2f}% | {100 * r['accuracy_potential']:.2f}% |"
             )
         lines.append("")
+    tr = _load("time_resolution")
+    if tr:
+        lines += ["## The hidden layers' time steps in a window network (bench/time_resolution.py)", "",
+                  "How many of the T levels a trained network's neurons use (T - t of the firing ones, on the first batch of "
+                  "test images: median and 90th percentile per spiking layer), and the test accuracy of the same "
+                  f"parameters at a k times finer clock (the same sums, finer steps). {_hw(tr)}; {tr['date']}, commit "
+                  f"{tr['commit']}.", "",
+                  "| checkpoint | mode | T | firing / median / p90 level per spiking layer | accuracy at " +
+                  " / ".join(f"{k} T" for k in tr["runs"][0]["accuracy_at"]) + " |", "|---|---|---|---|---|"]  # fmt: skip
+        for r in tr["runs"]:
+            q50, q90 = r["quantiles"].index(0.5), r["quantiles"].index(0.9)
+            per = "; ".join(f"{100 * lv['firing']:.0f}% / {lv['quantiles'][q50]:g} / {lv['quantiles'][q90]:g}"
+                            for kind, lv in zip(r["layers"], r["levels"]) if kind in ("conv", "fc"))  # fmt: skip
+            accs = " / ".join(f"{100 * a:.2f}%" for a in r["accuracy_at"].values())
+            lines.append(f"| `{r['checkpoint']}` | {r['mode']} | {r['T']} | {per} | {accs} |")
+        lines.append("")
     at = _load("accuracy_vs_T")
     if at:
         lines += ["## Accuracy against T (bench/accuracy_vs_T.py)", "",

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -166,6 +168,35 @@ def test_output_resolution_decisions_agree_where_the_earliest_step_is_untied() -
     spike, crossing, _, tied = decisions(model, x)
     assert torch.equal(spike, model.classify(x)[0])
     assert bool((spike[~tied] == crossing[~tied]).all())
+
+
+@pytest.mark.parametrize("mode", ["real", "binary"])
+def test_time_resolution_at_its_own_T_is_the_model_and_finer_clocks_keep_the_sums(mode: str) -> None:
+    """bench/time_resolution.py on the committed Fashion-MNIST fc256 ramp networks (48 test images):
+    ``at_T`` at the model's own T is the model, every layer's spike times; at 4 T the first layer's
+    values (4T - t) / 4 stay within a step of T - t (the same sums, a finer input code and clock);
+    ``levels`` counts the firing neurons and their quantiles of T - t."""
+    import torch
+
+    from time_resolution import at_T, levels
+
+    from firstspike.data import load_split
+    from firstspike.train.trainer import load_checkpoint, model_from_checkpoint
+
+    ck = ROOT / f"bench/results/fashion-mnist_{mode}_csnn_fashion_fc256_ramp.pt"
+    model = model_from_checkpoint(load_checkpoint(ck)).eval()
+    x = torch.from_numpy(load_split("fashion-mnist", "test").head(48).images.copy())
+    T = model.T
+    with torch.no_grad():
+        ref = model.forward_all(x)
+        same = at_T(model, T).forward_all(x)
+        fine = at_T(model, 4 * T).forward_all(x)
+    assert all(torch.equal(a, b) for a, b in zip(ref, same))
+    v, v4 = T - ref[1].double(), (4 * T - fine[1].double()) / 4
+    assert float((v - v4).abs().mean()) < 1.0 and not torch.equal(v, v4)
+    lv = levels(ref, T)
+    assert len(lv) == len(ref) and lv[1]["firing"] == float((ref[1] < T).double().mean())
+    assert all(1 <= q <= T for row in lv for q in row["quantiles"]) and all(row["quantiles"] == sorted(row["quantiles"]) for row in lv)
 
 
 def _ablation_record(name: str, seed: int, test: float, recipe: dict | None, config: str = "csnn", **kw) -> dict:
