@@ -139,6 +139,9 @@ def render_docs() -> Path:
                       + (f", taught by `{Path(tr['distill']).name}`" if tr.get("distill") else "")
                       + (f", layer windows ({r['layer_windows']})" if windowed else "")
                       + (f", translations +-{tr['augment_shift']} px" if tr.get("augment_shift") else "")
+                      + (", mirrors" if tr.get("augment_flip") else "")
+                      + (f", dropout {tr['dropout']:g}" if tr.get("dropout") else "")
+                      + (", no silence penalty" if tr.get("fire_weight", 1.0) == 0 and "fire_weight" in tr else "")
                       + (f", output refit ({tr['refit_epochs']} ep.)" if tr.get("refit_epochs") else "")
                       + (f", dt/dV {'exact slopes' if tr['latency'] == 'true' else tr['latency']}" if tr.get("latency", "rho") != "rho" else ""))  # fmt: skip
             lines.append(
