@@ -136,17 +136,23 @@ def test_window_network_backward_equals_dense_autograd_surrogate(mode: str, late
     check_against_surrogate(net, images, gen, layer, atol=1e-6)
 
 
+def _real_ramp_net(gen: torch.Generator, n: int, seed: int) -> tuple[CSNN, torch.Tensor]:
+    """A float64 real-valued ramp network of ``_cfg``, calibrated on ``n`` sparse random images (drawn from ``gen``)."""
+    images = torch.randint(0, 256, (n, 2, 10, 10), generator=gen, dtype=torch.uint8)
+    images[images < 90] = 0
+    torch.manual_seed(seed)
+    net = CSNN(_cfg("real", "ramp")).double()
+    net.calibrate(images, "positive")
+    return net, images
+
+
 def test_ramp_network_is_a_dense_network_of_ramp_relus() -> None:
     """A real-valued ramp network, forward and backward, equals the dense network of ``RampReLU``s on
     a = (T - t) / T that bench/accuracy_ceiling.py --activation ramp trains: every layer's spike
     times, and every weight's gradient under a loss on the output times (silent hidden neurons get
     no error, silent outputs do)."""
     gen = torch.Generator().manual_seed(7)
-    images = torch.randint(0, 256, (6, 2, 10, 10), generator=gen, dtype=torch.uint8)
-    images[images < 90] = 0
-    torch.manual_seed(1)
-    net = CSNN(_cfg("real", "ramp")).double()
-    net.calibrate(images, "positive")
+    net, images = _real_ramp_net(gen, 6, 1)
     T, spiking = net.T, net.spiking_layers()
     with torch.no_grad():  # outputs at both ends of their window: some silent, some at t' = 0
         spiking[-1].weight.mul_(4.0)
@@ -415,12 +421,7 @@ def test_dropout_is_inverted_on_the_dense_inputs_and_off_in_evaluation(tmp_path:
     from firstspike.train.functional import window_sums
     from firstspike.train.trainer import TrainConfig, train
 
-    gen = torch.Generator().manual_seed(3)
-    images = torch.randint(0, 256, (4, 2, 10, 10), generator=gen, dtype=torch.uint8)
-    images[images < 90] = 0
-    torch.manual_seed(4)
-    net = CSNN(_cfg("real", "ramp")).double()
-    net.calibrate(images, "positive")
+    net, images = _real_ramp_net(torch.Generator().manual_seed(3), 4, 4)
     ref = [t.detach().clone() for t in net.forward_all(images)]
     fc = net.spiking_layers()[-1]
     t_fc = ref[-2]  # the dense layer's input times, undropped
