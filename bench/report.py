@@ -141,7 +141,7 @@ def render_docs() -> Path:
                       + (f", translations +-{tr['augment_shift']} px" if tr.get("augment_shift") else "")
                       + (", mirrors" if tr.get("augment_flip") else "")
                       + (f", dropout {tr['dropout']:g}" if tr.get("dropout") else "")
-                      + (", no silence penalty" if tr.get("fire_weight", 1.0) == 0 and "fire_weight" in tr else "")
+                      + (", no silence penalty" if tr.get("fire_weight") == 0 else "")
                       + (f", output refit ({tr['refit_epochs']} ep.)" if tr.get("refit_epochs") else "")
                       + (f", dt/dV {'exact slopes' if tr['latency'] == 'true' else tr['latency']}" if tr.get("latency", "rho") != "rho" else ""))  # fmt: skip
             lines.append(
@@ -187,16 +187,16 @@ def render_docs() -> Path:
                 f"{100 * r['accuracy_crossing']:.2f}% | {100 * r['accuracy_potential']:.2f}% |"
             )
         lines.append("")
-    tr = _load("time_resolution")
-    if tr:
+    tres = _load("time_resolution")
+    if tres:
         lines += ["## The hidden layers' time steps in a window network (bench/time_resolution.py)", "",
                   "How many of the T levels a trained network's neurons use (T - t of the firing ones, on the first batch of "
                   "test images: median and 90th percentile per spiking layer), and the test accuracy of the same "
-                  f"parameters at a k times finer clock (the same sums, finer steps). {_hw(tr)}; {tr['date']}, commit "
-                  f"{tr['commit']}.", "",
+                  f"parameters at a k times finer clock (the same sums, finer steps). {_hw(tres)}; {tres['date']}, commit "
+                  f"{tres['commit']}.", "",
                   "| checkpoint | mode | T | firing / median / p90 level per spiking layer | accuracy at " +
-                  " / ".join(f"{k} T" for k in tr["runs"][0]["accuracy_at"]) + " |", "|---|---|---|---|---|"]  # fmt: skip
-        for r in tr["runs"]:
+                  " / ".join(f"{k} T" for k in tres["runs"][0]["accuracy_at"]) + " |", "|---|---|---|---|---|"]  # fmt: skip
+        for r in tres["runs"]:
             q50, q90 = r["quantiles"].index(0.5), r["quantiles"].index(0.9)
             per = "; ".join(f"{100 * lv['firing']:.0f}% / {lv['quantiles'][q50]:g} / {lv['quantiles'][q90]:g}"
                             for kind, lv in zip(r["layers"], r["levels"]) if kind in ("conv", "fc"))  # fmt: skip
