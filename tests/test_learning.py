@@ -218,7 +218,8 @@ def test_validation_split_keeps_the_best_epoch(tmp_path: Path, monkeypatch: pyte
 
 def test_binary_network_starts_from_a_real_one() -> None:
     """init_from: a real-valued checkpoint becomes latent weights w / max|w| (same signs) and
-    per-channel scales alpha = mean|w|; a checkpoint of other layers is refused."""
+    per-channel scales alpha = mean|w| (a k-bit layer: max|w| / qmax, its integers then w to
+    half a step); a checkpoint of other layers is refused."""
     cfg, _ = load_config("csnn_tiny")
     cfg.mode = "real"
     torch.manual_seed(0)
@@ -234,6 +235,16 @@ def test_binary_network_starts_from_a_real_one() -> None:
         assert torch.equal(b.sign(), torch.where(w >= 0, 1.0, -1.0))
         assert float(b.weight.detach().abs().amax()) == pytest.approx(1.0)
         torch.testing.assert_close(b.alpha().detach(), w.flatten(1).abs().mean(1))
+    kbit, _ = load_config("csnn_tiny")  # a 4-bit first layer and output layer: alpha = max|w| / 7
+    kbit.layers[0].weight_bits, kbit.out_weight_bits = 4, 4
+    mixed = CSNN(kbit)
+    init_from_checkpoint(mixed, ck)
+    for i in (0, -1):
+        b, w = mixed.spiking_layers()[i], real.spiking_layers()[i].weight.detach()
+        step = w.flatten(1).abs().amax(1) / 7
+        torch.testing.assert_close(b.alpha().detach(), step)
+        err = (b.alpha().detach().view(-1, 1, 1, 1) * b.sign() - w).flatten(1).abs().amax(1)
+        assert bool((err <= step / 2 + 1e-6).all()), i
     other, _ = load_config("csnn_ice40")
     with pytest.raises(ConfigError, match="init_from: the checkpoint's layers"):
         init_from_checkpoint(CSNN(other), ck)

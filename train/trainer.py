@@ -284,7 +284,8 @@ def _kinds_upto(model: CSNN, n: int) -> list[tuple]:
 def init_from_checkpoint(model: CSNN, ck: dict[str, Any], layers: int = 0) -> None:
     """Start ``model`` from a checkpoint of the same layers (real or binary). Into a binary
     model a real one goes as latent weights w / max|w| (signs kept) and per-channel scales
-    alpha = mean|w|, the least-squares scale of alpha * sign(w) against w. ``layers`` > 0:
+    alpha = mean|w|, the least-squares scale of alpha * sign(w) against w (a k-bit layer:
+    alpha = max|w| / qmax, so that alpha times its rounded integers is w to half a step). ``layers`` > 0:
     only the first ``layers`` spiking layers (and the pools between them) must match; the
     others are left for the caller to calibrate. The same network in the same mode (all
     layers) continues from the checkpoint's weights exactly, latent binary weights included:
@@ -304,8 +305,10 @@ def init_from_checkpoint(model: CSNN, ck: dict[str, Any], layers: int = 0) -> No
         w = s.effective()[0].detach().to(dst.weight.dtype) if s.binary else s.weight.detach()
         if dst.binary:
             flat = w.flatten(1)
-            dst.weight.copy_(w / flat.abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1))
-            a = flat.abs().mean(1).clamp_min(1e-12)
+            wmax = flat.abs().amax(1).clamp_min(1e-12)
+            dst.weight.copy_(w / wmax.view(-1, 1, 1, 1))
+            # +-1: the least-squares scale mean|w|; k bits: round(w / max|w| * qmax) * max|w| / qmax ~ w
+            a = wmax / dst.qmax if dst.weight_bits > 1 else flat.abs().mean(1).clamp_min(1e-12)
             dst.log_alpha.copy_(torch.log(a if dst.log_alpha.numel() > 1 else a.mean().view(1)))
         else:
             dst.weight.copy_(w)
