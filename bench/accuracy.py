@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, merge_runs, setup_logging, write_result  # noqa: E402
+from common import RESULTS, ROOT, merge_runs, setup_logging, weights_label, write_result  # noqa: E402
 
 log = logging.getLogger("bench.accuracy")
 
@@ -110,6 +110,7 @@ def main() -> None:
         results.append({
             "dataset": dataset, "mode": mode, "config": args.config, "checkpoint": f"bench/results/{stem}.pt", "T": cfg.T,
             "layer_windows": cfg.layer_windows, "spiking_layers": sum(1 for spec in cfg.layers if spec.kind != "pool"),
+            "weight_bits": NetConfig.from_dict(ck["net"]).weight_widths(),
             "epochs": ck["epoch"],
             "train_images": (ck["train"].get("train_subset") or 60000) - ck["train"].get("val_images", 0),
             "val_images": ck["train"].get("val_images", 0),
@@ -122,7 +123,8 @@ def main() -> None:
         log.info("%s %s: %.2f%% (paper %.1f%%)", dataset, mode, 100 * ck["test_acc"], 100 * PAPER[(dataset, mode)])
         merged = merge_runs("accuracy", results, lambda r: (r["dataset"], r["mode"], r.get("config", "csnn")))
         plot_curves(merged, RESULTS / "accuracy_curves.png")
-        reached = [f"{r['dataset']} {r['mode']} {100 * r['test_acc']:.2f}% vs {100 * r['paper']:.1f}%" for r in merged]
+        reached = [f"{r['dataset']} {weights_label(r['mode'], r.get('weight_bits'))} {100 * r['test_acc']:.2f}% vs {100 * r['paper']:.1f}%"
+                   for r in merged]
         write_result("accuracy", {"runs": merged, "note": "Reached: " + "; ".join(reached) + "."})
         from report import render_docs
 

@@ -134,3 +134,16 @@ def model_specs(spec: str) -> list[tuple[str, str]]:
         else:
             logging.getLogger("bench").warning("skipping %s: %s not found (run bench/accuracy.py)", dataset, ck)
     return out
+
+
+def weights_label(mode: str, bits: list[int] | None) -> str:
+    """The weights of an accuracy row: "real", "binary", or for a binary network with k-bit
+    layers which ones, e.g. "binary; layers 1, 4 at 4 bits" (spiking layers counted from 1)."""
+    wide = [(i + 1, b) for i, b in enumerate(bits or []) if b > 1]
+    if mode != "binary" or not wide:
+        return mode
+    groups = []
+    for w in sorted({b for _, b in wide}):
+        at = [str(i) for i, b in wide if b == w]
+        groups.append(f"layer{'s' if len(at) > 1 else ''} {', '.join(at)} at {w} bits")
+    return "binary; " + "; ".join(groups)

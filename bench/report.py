@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DOCS, RESULTS  # noqa: E402
+from common import DOCS, RESULTS, weights_label  # noqa: E402
 
 
 def _load(name: str) -> dict | None:
@@ -145,7 +145,7 @@ def render_docs() -> Path:
                       + (f", output refit ({tr['refit_epochs']} ep.)" if tr.get("refit_epochs") else "")
                       + (f", dt/dV {'exact slopes' if tr['latency'] == 'true' else tr['latency']}" if tr.get("latency", "rho") != "rho" else ""))  # fmt: skip
             lines.append(
-                f"| {r['dataset']} | {r['mode']} | {r['config']} | {r['T']} | {_epochs(r)} | {r['train_images']} | "
+                f"| {r['dataset']} | {weights_label(r['mode'], r.get('weight_bits'))} | {r['config']} | {r['T']} | {_epochs(r)} | {r['train_images']} | "
                 f"**{100 * r['test_acc']:.2f}%**{_at_training(r)} | {100 * r['paper']:.1f}% | {lat} | {recipe} | {r['wall_minutes']:.1f} min |"
             )
         lines += ["", "Output latency: mean first-output-spike step of the correctly classified images among the first "

@@ -386,3 +386,18 @@ def test_window_step_timing_checks_float32_against_float64() -> None:
     assert ws["modes"]["binary"]["spike_times_differing"] == 0
     lines = _window_step_lines({**ws, "date": "d", "commit": "c"})
     assert sum(line.startswith(("| binary |", "| real |")) for line in lines) == 2
+
+
+def test_accuracy_rows_name_the_k_bit_layers_of_a_binary_network() -> None:
+    """A binary network with a 4-bit first and output layer is not reported as plain "binary"
+    (its row would read as the all-binary goal's); the widths come from the network's config."""
+    from firstspike.train.model import load_config
+
+    cfg, _ = load_config("csnn_fashion_fc256_ramp_m4")
+    assert cfg.weight_widths() == [4, 1, 1, 4]
+    assert common.weights_label("binary", cfg.weight_widths()) == "binary; layers 1, 4 at 4 bits"
+    plain, _ = load_config("csnn_fashion_fc256_ramp")
+    assert plain.weight_widths() == [1, 1, 1, 1] and common.weights_label("binary", plain.weight_widths()) == "binary"
+    plain.mode = "real"
+    assert plain.weight_widths() == [] and common.weights_label("real", []) == "real"
+    assert common.weights_label("binary", [4, 1, 1, 2]) == "binary; layer 4 at 2 bits; layer 1 at 4 bits"

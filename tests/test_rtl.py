@@ -55,11 +55,12 @@ def test_trained_hidden_dense_model_sample(build_root: Path) -> None:
 @pytest.mark.parametrize("checkpoint, dataset, weight_bits", [
     ("fashion-mnist_binary_csnn_fashion_ramp.pt", "fashion-mnist", None),
     ("fashion-mnist_binary_csnn_fashion_fc256_ramp.pt", "fashion-mnist", None),  # + a hidden fc256, from the real run
+    ("fashion-mnist_binary_csnn_fashion_fc256_ramp_m4.pt", "fashion-mnist", None),  # the same with 4-bit first and output layers
     ("mnist_real_csnn_ramp.pt", "mnist", 4),  # the real-valued 99.38% network as 4-bit weights
 ])  # fmt: skip
 def test_trained_layer_windows_model_sample(checkpoint: str, dataset: str, weight_bits: int | None, build_root: Path) -> None:
-    """The committed models with layer windows (binary, and a real-valued one quantised to 4-bit
-    weights) on Verilator at the ULX3S's 64 lanes, test images spread over the set: every value
+    """The committed models with layer windows (binary, binary with 4-bit first and output layers,
+    and a real-valued one quantised to 4-bit weights) on Verilator at the ULX3S's 64 lanes, test images spread over the set: every value
     equals the golden model's."""
     tables, _ = quantize_checkpoint(TRAINED.parent / checkpoint, weight_bits=weight_bits)
     assert tables.windows == "ramp"

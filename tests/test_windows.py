@@ -340,6 +340,7 @@ def test_core_runs_an_exported_ramp_network() -> None:
     ("csnn_fc256_ramp", "mnist_binary_csnn_fc256_ramp.pt"),
     ("csnn_fashion_fc256_ramp", "fashion-mnist_real_csnn_fashion_fc256_ramp.pt"),
     ("csnn_fashion_fc256_ramp", "fashion-mnist_binary_csnn_fashion_fc256_ramp.pt"),
+    ("csnn_fashion_fc256_ramp_m4", "fashion-mnist_binary_csnn_fashion_fc256_ramp_m4.pt"),  # 4-bit first and output layers
 ])
 def test_ramp_config_is_the_recipe_of_the_committed_model(config: str, checkpoint: str) -> None:
     """A built-in ramp config, in the committed model's mode, reproduces that model's run: the network
@@ -369,7 +370,8 @@ def test_ramp_config_is_the_recipe_of_the_committed_model(config: str, checkpoin
     assert {k: tc[k] for k in recorded} == recorded
 
 
-@pytest.mark.parametrize("checkpoint", ["fashion-mnist_binary_csnn_fashion_fc256_ramp.pt", "mnist_binary_csnn_fc256_ramp.pt"])
+@pytest.mark.parametrize("checkpoint", ["fashion-mnist_binary_csnn_fashion_fc256_ramp.pt", "mnist_binary_csnn_fc256_ramp.pt",
+                                        "fashion-mnist_binary_csnn_fashion_fc256_ramp_m4.pt"])  # fmt: skip
 def test_window_sums_in_float32_are_the_float64_integers_of_the_trained_models(checkpoint: str) -> None:
     """The CPU computes a binary window layer's sums in float32 (``window_dtype``: eight times
     faster than float64); at the committed models' sizes, on real images, every sum A_j and S_j of

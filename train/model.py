@@ -82,6 +82,13 @@ class NetConfig:
         cfg.validate()
         return cfg
 
+    def weight_widths(self) -> list[int]:
+        """Binary mode: each spiking layer's integer weight width (1: +-1, k: k-bit); real mode: []."""
+        if self.mode != "binary":
+            return []
+        spiking = [ly for ly in self.layers if ly.kind != "pool"]
+        return [max(ly.weight_bits, 1) for ly in spiking[:-1]] + [self.out_weight_bits]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
@@ -301,16 +308,14 @@ class CSNN(nn.Module):
         self.kinds: list[str] = []
         self.pools: list[int] = []
         ins = [tuple(cfg.input_shape), *cfg.shapes()[:-1]]
+        widths = iter(cfg.weight_widths())
         for ly, (c, h, w) in zip(cfg.layers, ins):
             if ly.kind == "conv":
-                bits = max(ly.weight_bits, 1) if cfg.mode == "binary" else 1
-                mods.append(SpikingLayer(c, ly.channels, ly.kernel, ly.kernel, ly.stride, ly.padding, cfg, bits))
+                mods.append(SpikingLayer(c, ly.channels, ly.kernel, ly.kernel, ly.stride, ly.padding, cfg, next(widths, 1)))
             elif ly.kind == "pool":
                 mods.append(nn.Identity())
             else:
-                last = len(mods) == len(cfg.layers) - 1
-                bits = cfg.out_weight_bits if last and cfg.mode == "binary" else 1
-                mods.append(SpikingLayer(c, ly.channels, h, w, 1, 0, cfg, bits))
+                mods.append(SpikingLayer(c, ly.channels, h, w, 1, 0, cfg, next(widths, 1)))
             self.kinds.append(ly.kind)
             self.pools.append(ly.kernel if ly.kind == "pool" else 0)
         self.layers = nn.ModuleList(mods)
