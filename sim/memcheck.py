@@ -124,7 +124,7 @@ class MemTorture(Elaboratable):
 
 
 TB = """`timescale 1ns/1ps
-module fs_memcheck_tb (input clk);
+module {top}_tb (input clk);
     wire [{w}:0] rd;
     reg [31:0] n = 0;
     {top} dut (.clk(clk), .rst(n == 0), .rd(rd));
@@ -158,23 +158,25 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def _run_verilator(sources: list[Path], work: Path, extra: list[str], name: str) -> list[str]:
-    """Build (once per content: a second check in the same folder reuses it) and run one side."""
+def _run_verilator(sources: list[Path], work: Path, extra: list[str], name: str, top: str = TOP,
+                   what: str = "memory check") -> list[str]:  # fmt: skip
+    """Build (once per content: a second check in the same folder reuses it) and run one side
+    of a check whose test bench is ``<top>_tb``."""
     (work / "main.cpp").write_text(MAIN_CPP)
     key = _digest(name, *extra, MAIN_CPP, *(s.read_text() for s in sources))
     odir = work / f"obj_{name}_{key}"
     cmd = ["verilator", "--cc", "--exe", "--build", "-j", "2", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign",
-           "fast", "--x-initial", "fast", "-O0", "-CFLAGS", "-O0", "-Mdir", str(odir), "--prefix", "Vtb", "--top-module", f"{TOP}_tb",
+           "fast", "--x-initial", "fast", "-O0", "-CFLAGS", "-O0", "-Mdir", str(odir), "--prefix", "Vtb", "--top-module", f"{top}_tb",
            "-o", "sim", *extra, str(work / "main.cpp"), *map(str, sources)]  # fmt: skip
     if not (odir / ".built").exists():
         shutil.rmtree(odir, ignore_errors=True)
         r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
         if r.returncode:
-            raise SimulatorError(f"Verilator failed to build the memory check ({name}): {(r.stderr or r.stdout)[-1500:]}")
+            raise SimulatorError(f"Verilator failed to build the {what} ({name}): {(r.stderr or r.stdout)[-1500:]}")
         (odir / ".built").touch()
     r = subprocess.run([str(odir / "sim")], cwd=work, capture_output=True, text=True)
     if r.returncode:
-        raise SimulatorError(f"memory check simulation ({name}) failed: {(r.stderr or r.stdout)[-1500:]}")
+        raise SimulatorError(f"{what} simulation ({name}) failed: {(r.stderr or r.stdout)[-1500:]}")
     return r.stdout.splitlines()
 
 
@@ -230,16 +232,16 @@ def memory_check(family: str, work: str | Path, cycles: int = 4000, cases: tuple
     return MemCheckReport(family, cycles, len(bad), first, per_case, cells, notes)
 
 
-def _synthesize(work: Path, family: str, replace_blackboxes: bool) -> list[Path]:
-    """Yosys's netlist of work/<TOP>.v for ``family`` (reused while the design is unchanged:
+def _synthesize(work: Path, family: str, replace_blackboxes: bool, top: str = TOP) -> list[Path]:
+    """Yosys's netlist of work/<top>.v for ``family`` (reused while the design is unchanged:
     the check with and without firstspike's cell models synthesises once) and its models."""
     stamp = work / f".gl_{family}.key"
-    key = _digest(family, (work / f"{TOP}.v").read_text(), synthesis(family).key(TOP))
+    key = _digest(family, (work / f"{top}.v").read_text(), synthesis(family).key(top))
     netlist = work / f"gl_{family}.v"
     if netlist.exists() and stamp.exists() and stamp.read_text() == key:
         return [netlist, *gate_level_models(work, family, netlist, replace_blackboxes)]
     stamp.unlink(missing_ok=True)
-    out = synthesize_netlist(work, family, TOP, replace_blackboxes)
+    out = synthesize_netlist(work, family, top, replace_blackboxes)
     stamp.write_text(key)
     return out
 

