@@ -26,6 +26,7 @@ from firstspike.cli import READ_REG_HELP  # noqa: E402
 
 log = logging.getLogger("bench.gate_level")
 BRAM = {"ice40": "SB_RAM40_4K", "ecp5": "DP16KD"}
+DSP = {"ice40": "SB_MAC16", "ecp5": "MULT18X18D"}
 
 
 def main() -> None:
@@ -71,7 +72,8 @@ def main() -> None:
         d = rep.as_dict()
         d.update(model=model, dataset=args.dataset, family=fam, T=tables.T, total_mismatches=rep.total_mismatches,
                  cycle_mismatches_vs_rtl=int((rep.cycles != ref.cycles).sum()),
-                 bram_cells=len(re.findall(rf"^\s+{BRAM[fam]}\b", netlist, re.M)), wall_minutes=(time.perf_counter() - t0) / 60,
+                 bram_cells=len(re.findall(rf"^\s+{BRAM[fam]}\b", netlist, re.M)),
+                 dsp_cells=len(re.findall(rf"^\s+{DSP[fam]}\b", netlist, re.M)), wall_minutes=(time.perf_counter() - t0) / 60,
                  rtl_wall_minutes=rtl_s / 60, commit=git_rev(), date=time.strftime("%Y-%m-%d"))  # fmt: skip
         log.info("%s %s: %d mismatches, %d cycle mismatches vs RTL, %d images", model, fam, d["total_mismatches"],
                  d["cycle_mismatches_vs_rtl"], d["images"])  # fmt: skip

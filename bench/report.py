@@ -298,16 +298,18 @@ def render_docs() -> Path:
     if gl:
         lines += ["## Gate-level regression (bench/gate_level.py)", "",
                   "Yosys's post-synthesis netlist of each FPGA family (`synth_ice40` / `synth_ecp5`) with the family's "
-                  "cell models on Verilator; the ECP5 block RAM (DP16KD, a blackbox in Yosys) runs on firstspike's model "
-                  "`sim/cells/ecp5_dp16kd.v`. Every layer's spike times, V(T-1) and the class against the golden model; "
+                  "cell models on Verilator; the ECP5 block RAM (DP16KD, a blackbox in Yosys) and multipliers (MULT18X18D, "
+                  "which Yosys does not model) run on firstspike's models `sim/cells/ecp5_dp16kd.v` and "
+                  "`sim/cells/ecp5_mult18x18d.v`. Every layer's spike times, V(T-1) and the class against the golden model; "
                   f"cycles per image against the RTL on the same images. Test images spread over the test set; {_hw(gl)}.", "",
-                  "| model | family | lanes | block RAM cells | images | mismatches (values + classes) | values compared | "
+                  "| model | family | lanes | block RAM (+ DSP) cells | images | mismatches (values + classes) | values compared | "
                   "cycle counts differing from RTL | accuracy (= golden) | cycles/image | wall time | date, commit |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in gl["runs"]:
             pos = f" x {r['positions']} positions" if r.get("positions", 1) > 1 else ""
             pos += ", registered reads" if r.get("read_reg") else ""
-            lines.append(f"| `{r['model']}`{_former(r['model'], r.get('model_sha256_prefix'))} (T={r['T']}) | {r['family']} | {r['lanes']}{pos} | {r['bram_cells']} | {r['images']} | "
+            dsp = f" + {r['dsp_cells']} DSP" if r.get("dsp_cells") else ""
+            lines.append(f"| `{r['model']}`{_former(r['model'], r.get('model_sha256_prefix'))} (T={r['T']}) | {r['family']} | {r['lanes']}{pos} | {r['bram_cells']}{dsp} | {r['images']} | "
                          f"**{r['total_mismatches']}** | {r['values_compared']:,} | {r['cycle_mismatches_vs_rtl']} | "
                          f"{100 * r['rtl_accuracy']:.2f}% ({100 * r['golden_accuracy']:.2f}%) | {r['cycles_mean']:,.0f} | "
                          f"{r['wall_minutes']:.1f} min | {r['date']}, {r['commit']} |")  # fmt: skip
