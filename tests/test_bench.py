@@ -401,3 +401,28 @@ def test_accuracy_rows_name_the_k_bit_layers_of_a_binary_network() -> None:
     plain.mode = "real"
     assert plain.weight_widths() == [] and common.weights_label("real", []) == "real"
     assert common.weights_label("binary", [4, 1, 1, 2]) == "binary; layer 4 at 2 bits; layer 1 at 4 bits"
+
+
+def test_gate_level_and_board_rows_name_the_dsp_blocks_of_a_k_bit_core(tmp_path, monkeypatch) -> None:
+    """A gate-level run or board build whose netlist uses DSP blocks (k-bit layers: MULT18X18D)
+    says how many; binary rows, which use none, stay as they were."""
+    import report
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "DOCS", tmp_path / "benchmarks.md")
+    gl = json.loads((ROOT / "bench" / "results" / "gate_level.json").read_text())
+    binary = {k: v for k, v in gl["runs"][0].items() if k != "dsp_cells"}
+    gl["runs"] = [binary, {**binary, "model": "bench/results/k.pt", "bram_cells": 238, "dsp_cells": 74}]
+    (tmp_path / "gate_level.json").write_text(json.dumps(gl))
+    bd = json.loads((ROOT / "bench" / "results" / "boards.json").read_text())
+    run = bd["runs"][-1]
+    res = {**run["resources"], "dsp": {"used": 42, "available": 156}}
+    bd["runs"] = [run, {**run, "board": "ulx3s", "model": "kbit", "resources": res}]
+    (tmp_path / "boards.json").write_text(json.dumps(bd))
+    text = report.render_docs().read_text()
+    k_row = next(ln for ln in text.splitlines() if "`bench/results/k.pt`" in ln)
+    assert "| 238 + 74 DSP |" in k_row
+    b_row = next(ln for ln in text.splitlines() if ln.startswith("| ulx3s") and "| kbit" in ln)
+    assert f"{res['bram']['used']}/{res['bram']['available']} (+ 42/156 DSP) |" in b_row
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "| model |" not in ln and "| board |" not in ln]
+    assert [ln for ln in rows if "DSP" in ln] == [k_row, b_row]
