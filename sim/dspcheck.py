@@ -22,8 +22,8 @@ from pathlib import Path
 from amaranth.back import verilog
 from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal, signed, unsigned
 
-from firstspike.sim.memcheck import TB, _run_verilator, _synthesize
-from firstspike.sim.rtl import SimulatorError, check_simulator, gate_level_args
+from firstspike.sim.memcheck import TB, _run_verilator, _synthesize, cycle_rows, xorshift
+from firstspike.sim.rtl import check_simulator, gate_level_args
 
 log = logging.getLogger(__name__)
 TOP = "fs_dspcheck"
@@ -83,10 +83,7 @@ class MulTorture(Elaboratable):
         m = Module()
         outs = []
         for i, c in enumerate(self.cases):
-            r = Signal(64, init=(0x9E3779B97F4A7C15 * (i + 3)) & (2**64 - 1) or 1, name=f"rng{i}")
-            x1 = r ^ (r << 13)[:64]
-            x2 = x1 ^ (x1 >> 7)
-            m.d.sync += r.eq(x2 ^ (x2 << 17)[:64])
+            r = xorshift(m, i, 0x9E3779B97F4A7C15 * (i + 3))
             bits = Cat(r, r.rotate_left(29))
 
             def operand(n: int, sg: bool, off: int, sel: int) -> Signal:
@@ -138,11 +135,7 @@ def dsp_check(family: str, work: str | Path, cycles: int = 3000, cases: tuple[Mu
     what = "multiplier check"
     rtl = _run_verilator([work / f"{TOP}.v", work / "tb.v"], work, [], "rtl", TOP, what)
     gl = _run_verilator([netlist, *models, work / "tb.v"], work, gate_level_args(family), family, TOP, what)
-    notes = [ln for ln in gl if not re.match(r"^\d+ ", ln)]
-    rows_r = [ln for ln in rtl if re.match(r"^\d+ ", ln)]
-    rows_g = [ln for ln in gl if re.match(r"^\d+ ", ln)]
-    if len(rows_r) != cycles or len(rows_g) != cycles:
-        raise SimulatorError(f"{what}: {len(rows_r)} RTL and {len(rows_g)} netlist cycles, {cycles} expected; {notes[-3:]}")
+    rows_r, rows_g, notes = cycle_rows(rtl, gl, cycles, what)
     per_case: dict[str, int] = {}
     first = None
     bad = 0

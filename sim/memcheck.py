@@ -73,6 +73,15 @@ def _init(seed: int | None, width: int, depth: int) -> list[int]:
     return out
 
 
+def xorshift(m: Module, i: int, seed: int) -> Signal:
+    """A 64-bit xorshift stream (one step a cycle) named rng<i>, from ``seed`` (mod 2**64, never 0)."""
+    r = Signal(64, init=seed & (2**64 - 1) or 1, name=f"rng{i}")
+    x1 = r ^ (r << 13)[:64]
+    x2 = x1 ^ (x1 >> 7)
+    m.d.sync += r.eq(x2 ^ (x2 << 17)[:64])
+    return r
+
+
 class MemTorture(Elaboratable):
     """The check design: one xorshift stream per memory; output ``rd`` is every read port's
     data, concatenated."""
@@ -86,10 +95,7 @@ class MemTorture(Elaboratable):
         m = Module()
         outs = []
         for i, c in enumerate(self.cases):
-            r = Signal(64, init=(0x2545F4914F6CDD1D * (i + 1)) & (2**64 - 1) or 1, name=f"rng{i}")
-            x1 = r ^ (r << 13)[:64]
-            x2 = x1 ^ (x1 >> 7)
-            m.d.sync += r.eq(x2 ^ (x2 << 17)[:64])
+            r = xorshift(m, i, 0x2545F4914F6CDD1D * (i + 1))
             mem = Memory(shape=c.width, depth=c.depth, init=_init(c.init_seed, c.width, c.depth))
             m.submodules[f"mem{i}"] = mem
             ab = max(1, (c.depth - 1).bit_length())
@@ -180,6 +186,19 @@ def _run_verilator(sources: list[Path], work: Path, extra: list[str], name: str,
     return r.stdout.splitlines()
 
 
+def cycle_rows(rtl: list[str], gl: list[str], cycles: int, what: str) -> tuple[list[str], list[str], list[str]]:
+    """The test bench's per-cycle lines of both sides ("<cycle> <hex>") and the netlist side's
+    other lines (notes); a side that did not run every cycle is an error."""
+    import re
+
+    rows_r = [ln for ln in rtl if re.match(r"^\d+ ", ln)]
+    rows_g = [ln for ln in gl if re.match(r"^\d+ ", ln)]
+    notes = [ln for ln in gl if not re.match(r"^\d+ ", ln)]
+    if len(rows_r) != cycles or len(rows_g) != cycles:
+        raise SimulatorError(f"{what}: {len(rows_r)} RTL and {len(rows_g)} netlist cycles, {cycles} expected; {notes[-3:]}")
+    return rows_r, rows_g, notes
+
+
 @dataclass
 class MemCheckReport:
     family: str
@@ -215,11 +234,7 @@ def memory_check(family: str, work: str | Path, cycles: int = 4000, cases: tuple
     rtl = _run_verilator([work / f"{TOP}.v", work / "tb.v"], work, [], "rtl")
     gl = _run_verilator([netlist, *models, work / "tb.v"], work,
                         gate_level_args(family), family)  # fmt: skip
-    notes = [ln for ln in gl if not re.match(r"^\d+ ", ln)]
-    rows_r = [ln for ln in rtl if re.match(r"^\d+ ", ln)]
-    rows_g = [ln for ln in gl if re.match(r"^\d+ ", ln)]
-    if len(rows_r) != cycles or len(rows_g) != cycles:
-        raise SimulatorError(f"memory check: {len(rows_r)} RTL and {len(rows_g)} netlist cycles, {cycles} expected")
+    rows_r, rows_g, notes = cycle_rows(rtl, gl, cycles, "memory check")
     bad = [(a, b) for a, b in zip(rows_r, rows_g) if a != b]
     per_case: dict[str, int] = {}
     for a, b in bad:
