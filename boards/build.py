@@ -56,6 +56,7 @@ class Board:
     positions: int = 1  # default output positions per state word (--positions; plan_core)
     read_reg: bool = False  # registered state reads (plan_core read_reg): one more pipeline stage for clock
     pnr_seeds: tuple[int | None, ...] = (None,)  # nextpnr placement seeds (None: its default), tried in turn while the core clock is missed
+    dsp: int = 0  # DSP multipliers the synthesis maps products to (ECP5 MULT18X18D); 0: products are LUTs (synth_ice40 without -dsp)
     program_args: tuple[str, ...] = ()  # programmer arguments before the bitstream (`deploy`)
 
     @property
@@ -85,9 +86,9 @@ BOARDS = {
     # train, not only the committed one (one position: Fmax 52.4-53.5 at 50); the OrangeCrab (speed grade 8, one position: Fmax 72.2 MHz when
     # built for 60) at 66 MHz from its 48 MHz (PLL: 48 x 11 / 8; 3 Mbaud = 22 cycles a bit)
     "ulx3s": Board("ulx3s", "ecp5", "LFE5U-85F", "amaranth_boards.ulx3s.ULX3S_85F_Platform", 25e6, 8, "openFPGALoader",
-                   208 * 18432, 83640, core_clock_hz=40e6, lanes=64, positions=2, program_args=("-b", "ulx3s")),
+                   208 * 18432, 83640, core_clock_hz=40e6, lanes=64, positions=2, program_args=("-b", "ulx3s"), dsp=156),
     "orangecrab": Board("orangecrab", "ecp5", "LFE5U-85F", "amaranth_boards.orangecrab_r0_2.OrangeCrabR0_2_85FPlatform", 48e6, 1,
-                        "dfu-util", 208 * 18432, 83640, core_clock_hz=66e6, lanes=64, program_args=("-a", "0", "-D")),
+                        "dfu-util", 208 * 18432, 83640, core_clock_hz=66e6, lanes=64, program_args=("-a", "0", "-D"), dsp=156),
 }  # fmt: skip
 
 
@@ -194,11 +195,16 @@ def default_positions(tables: ModelTables, b: Board, lanes: int, spikes: bool, r
     with them exceed the block RAM (two positions take more memory words). A bit count only:
     ``build`` falls back to one position too when nextpnr finds the blocks overflowing."""
     if b.positions > 1:
-        need = board_plan(tables, lanes, spikes, b.positions, read_reg).summary()["memory_bits"]
+        summ = board_plan(tables, lanes, spikes, b.positions, read_reg).summary()
+        need = summ["memory_bits"]
         if need > b.bram_bits:
             log.warning("%s: %d output positions per state word need %.0f kbit of memories, more than the %.0f kbit "
                         "of block RAM: building with one (--positions 1)", b.name, b.positions, need / 1000,
                         b.bram_bits / 1000)  # fmt: skip
+            return 1
+        if b.dsp and summ["multipliers"] > b.dsp:
+            log.warning("%s: %d output positions per state word need %d multipliers, more than the %d DSP blocks: "
+                        "building with one (--positions 1)", b.name, b.positions, summ["multipliers"], b.dsp)  # fmt: skip
             return 1
     return b.positions
 
@@ -239,6 +245,12 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
         raise BuildError(f"{board}: the core needs {need / 1000:.0f} kbit of memories, the {b.device} has "
                          f"{b.bram_bits / 1000:.0f} kbit of block RAM. Shrink the network (fewer channels, a strided "
                          "first layer, smaller T: see train/configs/csnn_ice40.toml) or use ulx3s / orangecrab (ECP5-85F)")  # fmt: skip
+    mults = top.plan.summary()["multipliers"]
+    if b.dsp and mults > b.dsp:  # Yosys maps each to a DSP block and nextpnr would fail after synthesis
+        top._MustUse__silence = True  # refused, never elaborated
+        raise BuildError(f"{board}: the core's k-bit layers need {mults} multipliers (one per neuron of a state word in "
+                         f"each layer with k-bit weights and a layer window: lanes x positions), the {b.device} has "
+                         f"{b.dsp} DSP blocks. Use fewer lanes (--lanes), --positions 1, or binary weights in those layers")  # fmt: skip
     out = Path(out_dir) / board
     out.mkdir(parents=True, exist_ok=True)
     env = _tool_env(b.family)

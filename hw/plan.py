@@ -402,6 +402,9 @@ class CorePlan:
             "layers": layers,
             "memories": mems,
             "memory_bits": sum(mm["bits"] for mm in mems),
+            # layer windows with k-bit weights add w (T - t_i): one multiplier per neuron of a state
+            # word (hw/layer.py, times_k; the ECP5 maps each to a MULT18X18D, the iCE40 to LUTs)
+            "multipliers": sum(lp.positions * lp.lanes for lp in self.layers if lp.ramps is not None and lp.weight_bits > 1),
             "readout": [{"name": s, "shape": list(sh)} for s, sh in self.readout_segments()],
         }
 

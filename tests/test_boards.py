@@ -657,6 +657,38 @@ def test_default_positions_fall_back_to_one_when_two_do_not_fit() -> None:
     assert default_positions(tables, BOARDS["icebreaker"], 2, False, True) == 1  # its default: one
 
 
+def test_k_bit_cores_count_their_multipliers_and_a_board_without_enough_dsp_refuses(tmp_path) -> None:
+    """A core with k-bit weights in layer windows has one multiplier per neuron of a state word
+    (the counts Yosys's ECP5 netlists of the m4 model hold: 42 MULT18X18D at one position, 74 at
+    two). The two-position default falls back to one where the DSP blocks run out; a core that
+    needs more than the board has is refused before synthesis, naming the count and the fix."""
+    import dataclasses
+
+    from firstspike.boards.build import BOARDS, BuildError, build, default_positions
+    from firstspike.boards.link import board_plan
+    from firstspike.quantize.export import quantize_checkpoint
+
+    root = Path(__file__).resolve().parent.parent / "bench" / "results"
+    m4, _ = quantize_checkpoint(root / "fashion-mnist_binary_csnn_fashion_fc256_ramp_m4.pt")
+    b = BOARDS["ulx3s"]
+    mults = {pos: board_plan(m4, b.lanes, True, pos).summary()["multipliers"] for pos in (1, 2)}
+    assert mults == {1: 42, 2: 74}
+    binary, _ = quantize_checkpoint(root / "fashion-mnist_binary_csnn_fashion_fc256_ramp.pt")
+    assert board_plan(binary, b.lanes, True, 2).summary()["multipliers"] == 0  # +-1 weights: no products
+    assert b.dsp == 156 and default_positions(m4, b, b.lanes, True, False) == 2
+    assert default_positions(m4, dataclasses.replace(b, dsp=60), b.lanes, True, False) == 1
+    small = dataclasses.replace(b, dsp=40)
+    BOARDS["tiny_dsp"] = dataclasses.replace(small, name="tiny_dsp")
+    try:
+        with pytest.raises(BuildError, match=r"tiny_dsp: the core's k-bit layers need 42 multipliers .* has 40 DSP "
+                                             r"blocks\. Use fewer lanes \(--lanes\), --positions 1, or binary weights"):
+            build(m4, "tiny_dsp", tmp_path, positions=1)
+    finally:
+        del BOARDS["tiny_dsp"]
+    assert not (tmp_path / "tiny_dsp").exists()  # refused before anything was written
+    assert BOARDS["icebreaker"].dsp == 0  # synth_ice40 without -dsp: products are LUTs
+
+
 # ---- clocking: the ECP5 PLL that makes the core clock --------------------------------------
 @pytest.mark.parametrize("f_in", [12e6, 25e6, 48e6])
 def test_ecp5_pll_parameters_stay_within_the_limits(f_in: float) -> None:
