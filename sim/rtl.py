@@ -162,10 +162,14 @@ def gate_level_models(src: Path, family: str, netlist: Path, replace_blackboxes:
                              f"CELL_MODELS (firstspike/sim/rtl.py)")  # fmt: skip
     out = []
     for path, (_, bb) in zip(paths, libs):
-        drop = bb & need
+        text = path.read_text()
+        drop = blackboxes(text) & need
+        if (bb & need) - drop:  # drop_modules edits this file only, not the files it includes
+            raise SimulatorError(f"{', '.join(sorted((bb & need) - drop))}: a blackbox in a file that {path.name} "
+                                 "includes; firstspike can only replace blackboxes of the file itself")  # fmt: skip
         if drop:
             patched = src / f"{path.stem}_fs.v"
-            patched.write_text(drop_modules(path.read_text(), drop))
+            patched.write_text(drop_modules(text, drop))
             out.append(patched)
         else:
             out.append(path)
