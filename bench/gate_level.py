@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, git_rev, merge_runs, repo_path, setup_logging, write_result  # noqa: E402
 
 from firstspike.cli import READ_REG_HELP  # noqa: E402
+from firstspike.sim.dspcheck import DSP  # noqa: E402
 
 log = logging.getLogger("bench.gate_level")
 BRAM = {"ice40": "SB_RAM40_4K", "ecp5": "DP16KD"}
-DSP = {"ice40": "SB_MAC16", "ecp5": "MULT18X18D"}
 
 
 def main() -> None:

@@ -239,13 +239,14 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     if top.pll is not None:
         log.info("%s: core clock %g MHz from a PLL on the %g MHz board clock (requested %g MHz; %s)", board, core_mhz,
                  b.clock_hz / 1e6, top.pll.requested_hz / 1e6, top.pll.as_dict())  # fmt: skip
-    need = top.plan.summary()["memory_bits"]
+    summary = top.plan.summary()
+    need = summary["memory_bits"]
     if need > b.bram_bits:  # cannot fit whatever the tools do: say so before minutes of synthesis
         top._MustUse__silence = True  # refused, never elaborated
         raise BuildError(f"{board}: the core needs {need / 1000:.0f} kbit of memories, the {b.device} has "
                          f"{b.bram_bits / 1000:.0f} kbit of block RAM. Shrink the network (fewer channels, a strided "
                          "first layer, smaller T: see train/configs/csnn_ice40.toml) or use ulx3s / orangecrab (ECP5-85F)")  # fmt: skip
-    mults = top.plan.summary()["multipliers"]
+    mults = summary["multipliers"]
     if b.dsp and mults > b.dsp:  # Yosys maps each to a DSP block and nextpnr would fail after synthesis
         top._MustUse__silence = True  # refused, never elaborated
         raise BuildError(f"{board}: the core's k-bit layers need {mults} multipliers (one per neuron of a state word in "
@@ -326,7 +327,7 @@ def build(model: str | os.PathLike | ModelTables, board: str = "icebreaker", out
     res.update({"board": board, "device": b.device, "clock_mhz": core_mhz, "board_clock_mhz": b.clock_hz / 1e6,
                 "pll": top.pll.as_dict() if top.pll else None, "uart_divisor": divisor_json(top.divisor), "lanes": lanes, "positions": positions, "read_reg": read_reg, "pnr_seed": seed, "baud": baud, "spikes": spikes,
                 "model": tables.name, "model_sha256_prefix": top.hash.hex(), "bitstream": str(bit),
-                "build_seconds": round(time.perf_counter() - t0, 1), "memory_bits": top.plan.summary()["memory_bits"]})  # fmt: skip
+                "build_seconds": round(time.perf_counter() - t0, 1), "memory_bits": need})  # fmt: skip
     res["fmax_mhz"] = _fmax_mhz(report)
     (out / "build.json").write_text(json.dumps(res, indent=1) + "\n")
     return res
