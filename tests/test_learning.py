@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from firstspike.errors import ConfigError
 from firstspike.train.model import CSNN, LayerSpec, load_config
-from firstspike.train.trainer import TrainConfig, augment_images, init_from_checkpoint, load_checkpoint, model_from_checkpoint, shift_images, train
+from firstspike.train.trainer import TrainConfig, augment_images, erase_images, init_from_checkpoint, load_checkpoint, model_from_checkpoint, shift_images, train
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +88,33 @@ def test_random_mirrors(tmp_path: Path) -> None:
     assert torch.equal(augment_images(x, 2, False, torch.Generator().manual_seed(5)),
                        shift_images(x, 2, torch.Generator().manual_seed(5)))  # fmt: skip
     _same_same_different(tmp_path, "augment_flip", (True, True, False))
+
+
+def test_random_erasing(tmp_path: Path) -> None:
+    """augment_erase: about p of the images lose exactly one rectangle to 0 (the rest of the
+    image unchanged, its area within 2-40% of the image), the others are unchanged; p = 0 draws
+    nothing; out-of-range p is refused; a run with it is reproducible and differs from one without."""
+    x = torch.randint(1, 256, (400, 1, 28, 28), dtype=torch.uint8)
+    y = erase_images(x, 0.5, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    erased = 0
+    for a, b in zip(x, y):
+        z = (b[0] == 0).nonzero()
+        if len(z) == 0:
+            assert torch.equal(a, b)
+            continue
+        erased += 1
+        (r0, c0), (r1, c1) = z.min(0).values.tolist(), z.max(0).values.tolist()
+        box = torch.zeros(28, 28, dtype=torch.bool)
+        box[r0 : r1 + 1, c0 : c1 + 1] = True
+        assert bool((b[0][box] == 0).all()) and torch.equal(b[0][~box], a[0][~box])  # one rectangle, the rest kept
+        assert 0.015 * 784 <= int(box.sum()) <= 0.42 * 784
+    assert 160 < erased < 240
+    g = torch.Generator().manual_seed(1)
+    assert torch.equal(erase_images(x, 0.0, g), x) and torch.equal(g.get_state(), torch.Generator().manual_seed(1).get_state())
+    with pytest.raises(ConfigError, match="augment_erase"):
+        TrainConfig.from_dict({"augment_erase": 1.5})
+    _same_same_different(tmp_path, "augment_erase", (0.5, 0.5, 0.0))
 
 
 def test_real_valued_network_learns(tmp_path: Path) -> None:

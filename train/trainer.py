@@ -79,6 +79,8 @@ class TrainConfig:
     augment_shift: int = 0  # > 0: translate each training image by a random (dy, dx) in [-N, N] pixels (zero fill)
     augment_flip: bool = False  # mirror each training image left-right with probability 1/2 (label-preserving
     #   for Fashion-MNIST's garments, not for digits)
+    augment_erase: float = 0.0  # > 0: with this probability a training image loses one random rectangle (2-40% of
+    #   its area, aspect 0.3-3.3) to 0 (no spike): random erasing (Zhong et al. 2020), after mirrors and translations
     dropout: float = 0.0  # > 0: training silences each input of a dense layer (the classifier's and a hidden fc's)
     #   with this probability and moves the kept ones earlier, T - (T - t) / (1 - p) (inverted dropout on the
     #   values T - t a window layer sums); evaluation and the exported model never drop (CSNN.forward_all)
@@ -145,6 +147,8 @@ class TrainConfig:
             raise ConfigError(f"calib must be 'auto', 'positive', 'median' or 'fan_in', not {tc.calib!r}")
         if tc.augment_shift < 0:
             raise ConfigError(f"augment_shift must be >= 0 pixels, not {tc.augment_shift}")
+        if not 0.0 <= tc.augment_erase <= 1.0:
+            raise ConfigError(f"augment_erase is a probability in [0, 1], not {tc.augment_erase}")
         if not 0.0 <= tc.dropout < 1.0:
             raise ConfigError(f"dropout={tc.dropout} must be in [0, 1): the probability of silencing a dense layer's input")
         if tc.schedule not in ("cosine", "step", "none"):
@@ -345,14 +349,41 @@ def shift_images(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.T
     return torch.stack([padded[i, ..., dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(d)])
 
 
-def augment_images(x: torch.Tensor, max_shift: int, flip: bool, g: torch.Generator) -> torch.Tensor:
+def erase_images(x: torch.Tensor, p: float, g: torch.Generator, area: tuple[float, float] = (0.02, 0.4),
+                 aspect: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+    """Random erasing: each image of ``x`` (N, C, H, W), with probability ``p``, gets one
+    rectangle of a random area fraction in ``area`` and aspect ratio (h / w, log-uniform) in
+    ``aspect`` set to 0 (no spike), at a random place wholly inside the image; a draw whose
+    rectangle does not fit is redrawn (up to 10 times, then the image is kept)."""
+    if p <= 0:
+        return x
+    n, hh, ww = x.shape[0], x.shape[-2], x.shape[-1]
+    out = x.clone()
+    pick = (torch.rand(n, generator=g) < p).tolist()
+    la, lb = math.log(aspect[0]), math.log(aspect[1])
+    for i in range(n):
+        if not pick[i]:
+            continue
+        for _ in range(10):
+            u = torch.rand(4, generator=g).tolist()
+            s = (area[0] + (area[1] - area[0]) * u[0]) * hh * ww
+            r = math.exp(la + (lb - la) * u[1])
+            h, w = int(round(math.sqrt(s * r))), int(round(math.sqrt(s / r)))
+            if 0 < h <= hh and 0 < w <= ww:
+                y0, x0 = int(u[2] * (hh - h + 1)), int(u[3] * (ww - w + 1))
+                out[i, ..., y0 : y0 + h, x0 : x0 + w] = 0
+                break
+    return out
+
+
+def augment_images(x: torch.Tensor, max_shift: int, flip: bool, g: torch.Generator, erase: float = 0.0) -> torch.Tensor:
     """The training augmentation: a random left-right mirror of half the images (``flip``),
-    then :func:`shift_images`. Draws nothing from ``g`` for what is off, so a run without
-    flips sees the same shifts as before the option existed."""
+    then :func:`shift_images`, then :func:`erase_images`. Draws nothing from ``g`` for what
+    is off, so a run without flips or erasing sees the same shifts as before the options existed."""
     if flip:
         m = torch.rand(x.shape[0], generator=g) < 0.5
         x = torch.where(m.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
-    return shift_images(x, max_shift, g)
+    return erase_images(shift_images(x, max_shift, g), erase, g)
 
 
 def _make_optimizer(model: torch.nn.Module, tc: TrainConfig, opt: torch.optim.Optimizer | None = None):
@@ -528,7 +559,7 @@ def train(
         return teacher(x.to(device)) * t_scale
 
     teach_all = None  # without augmentation the teacher sees the same images every epoch: its times once
-    if teacher is not None and not (tc.augment_shift or tc.augment_flip) and start_epoch < tc.epochs:
+    if teacher is not None and not (tc.augment_shift or tc.augment_flip or tc.augment_erase) and start_epoch < tc.epochs:
         teach_all = torch.cat([teacher_times(x_train[i : i + tc.eval_batch]).cpu()
                                for i in tqdm(range(0, len(y_train), tc.eval_batch), desc="teacher",
                                              disable=not (tc.progress and rank == 0), leave=False)])  # fmt: skip
@@ -567,7 +598,7 @@ def train(
         diag = _Diag(model) if tc.diagnostics else None
         for s in bar:
             bi = perm[s * tc.batch_size : (s + 1) * tc.batch_size]
-            xb, yb = augment_images(x_train[bi], tc.augment_shift, tc.augment_flip, g_aug).to(device), y_train[bi].to(device)
+            xb, yb = augment_images(x_train[bi], tc.augment_shift, tc.augment_flip, g_aug, tc.augment_erase).to(device), y_train[bi].to(device)
             opt.zero_grad(set_to_none=True)
             t_teach = None
             if teach_all is not None and not refit:
