@@ -147,6 +147,7 @@ def render_docs() -> Path:
                       + (f", translations +-{tr['augment_shift']} px" if tr.get("augment_shift") else "")
                       + (", mirrors" if tr.get("augment_flip") else "")
                       + (f", random erasing {tr['augment_erase']:g}" if tr.get("augment_erase") else "")
+                      + (f", label smoothing {tr['label_smoothing']:g}" if tr.get("label_smoothing") else "")
                       + (f", dropout {tr['dropout']:g}" if tr.get("dropout") else "")
                       + (", no silence penalty" if tr.get("fire_weight") == 0 else "")
                       + (f", output refit ({tr['refit_epochs']} ep.)" if tr.get("refit_epochs") else "")

@@ -117,6 +117,28 @@ def test_random_erasing(tmp_path: Path) -> None:
     _same_same_different(tmp_path, "augment_erase", (0.5, 0.5, 0.0))
 
 
+def test_label_smoothing_of_the_cross_entropies() -> None:
+    """label_smoothing: the ce loss is (1 - s) x its cross-entropy + s x the mean over classes of
+    -log softmax, computed here by hand; s = 0 is the plain loss; the setting is refused out of
+    [0, 1) or with a loss that is not a cross-entropy."""
+    from firstspike.train.functional import spike_loss
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 32, (16, 10), generator=g).float()
+    y = torch.randint(0, 10, (16,), generator=g)
+    t[y == 3, 5] = 32.0  # a silent wrong output: no gradient, its value still counts
+    gamma, s = 2.0, 0.1
+    logp = torch.log_softmax(-t / gamma, 1)
+    want = ((1 - s) * -logp.gather(1, y.view(-1, 1)).squeeze(1) + s * -logp.mean(1)).mean()
+    assert torch.allclose(spike_loss(t, y, 32, gamma, "ce", smoothing=s), want)
+    assert torch.allclose(spike_loss(t, y, 32, gamma, "ce", smoothing=0.0), (-logp.gather(1, y.view(-1, 1))).mean())
+    assert not torch.allclose(spike_loss(t, y, 32, gamma, "ce", smoothing=s), spike_loss(t, y, 32, gamma, "ce"))
+    for bad in ({"loss": "ce", "label_smoothing": 1.0}, {"loss": "relative", "label_smoothing": 0.1}):
+        with pytest.raises(ConfigError, match="label_smoothing"):
+            TrainConfig.from_dict(bad)
+    TrainConfig.from_dict({"loss": "ce", "label_smoothing": 0.1})
+
+
 def test_real_valued_network_learns(tmp_path: Path) -> None:
     """Real-valued csnn_ice40 used to stay at chance (11-15%): Adam's absolute step (lr 5e-3)
     is tiny against calibrated real weights (mean |w| 3-10), and the original calibration

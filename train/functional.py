@@ -350,21 +350,23 @@ def _relative_targets(t, labels, T, gamma, t_goal, single):
 
 
 def spike_loss(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, kind: str = "relative",
-               t_goal: float | None = None) -> torch.Tensor:
+               t_goal: float | None = None, smoothing: float = 0.0) -> torch.Tensor:
     """Mean over the batch of 0.5 * sum_k e_k^2, e_k = (t_k - target_k) / T ("relative"),
-    or a temporal cross-entropy on -t_k / T * 10 ("tce")."""
+    or a temporal cross-entropy on -t_k / T * 10 ("tce") or on -t_k / gamma ("ce");
+    ``smoothing`` > 0: the cross-entropies' targets are label-smoothed (1 - s on the class,
+    s / K spread over all K)."""
     if kind == "relative":
         e = (t_out - relative_targets(t_out, labels, T, gamma, t_goal)) / T
         return 0.5 * (e**2).sum(dim=1).mean()
     if kind == "tce":
-        return F.cross_entropy(-t_out / T * 10.0, labels)
+        return F.cross_entropy(-t_out / T * 10.0, labels, label_smoothing=smoothing)
     if kind == "ce":
         # cross-entropy on -t / gamma (gamma steps = one logit unit); a silent output other
         # than the correct class cannot fire later, so it gets no gradient (its weights would
         # otherwise shrink without bound)
         silent_other = (t_out.detach() >= T) & ~F.one_hot(labels, t_out.shape[1]).bool()
         t = torch.where(silent_other, t_out.detach(), t_out)
-        return F.cross_entropy(-t / gamma, labels)
+        return F.cross_entropy(-t / gamma, labels, label_smoothing=smoothing)
     raise ValueError(f"unknown loss {kind!r}; use 'relative', 'ce' or 'tce'")
 
 

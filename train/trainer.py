@@ -48,6 +48,7 @@ class TrainConfig:
     step_size: int = 10
     gamma: float = 3.0  # loss margin (time steps)
     loss: str = "relative"  # relative | ce | tce (functional.spike_loss) | potential (functional.potential_loss)
+    label_smoothing: float = 0.0  # ce / tce losses: label-smoothed targets (1 - s on the class, s / K over all K)
     margin: float = 0.1  # potential loss: hinge margin, a fraction of the threshold
     ce_weight: float = 0.0  # potential loss: + this x cross-entropy of z / ce_temp (an error on every image)
     ce_temp: float = 0.1  # potential loss: temperature of that cross-entropy, in fractions of the threshold
@@ -147,6 +148,9 @@ class TrainConfig:
             raise ConfigError(f"calib must be 'auto', 'positive', 'median' or 'fan_in', not {tc.calib!r}")
         if tc.augment_shift < 0:
             raise ConfigError(f"augment_shift must be >= 0 pixels, not {tc.augment_shift}")
+        if not 0.0 <= tc.label_smoothing < 1.0 or (tc.label_smoothing and tc.loss not in ("ce", "tce")):
+            raise ConfigError(f"label_smoothing must be in [0, 1) and needs loss = 'ce' or 'tce' "
+                              f"(got {tc.label_smoothing} with loss = {tc.loss!r})")
         if not 0.0 <= tc.augment_erase <= 1.0:
             raise ConfigError(f"augment_erase is a probability in [0, 1], not {tc.augment_erase}")
         if not 0.0 <= tc.dropout < 1.0:
@@ -730,7 +734,7 @@ def autograd_step(model: CSNN, ddp_model: torch.nn.Module, images: torch.Tensor,
                               tc.margin, t_goal, out_layer.stride, out_layer.padding,
                               tc.refit_ce_weight if refit else tc.ce_weight, tc.ce_temp, tc.ce_hidden)  # fmt: skip
     else:
-        loss = spike_loss(t_out, labels, T, tc.gamma, tc.loss, t_goal)
+        loss = spike_loss(t_out, labels, T, tc.gamma, tc.loss, t_goal, tc.label_smoothing)
         if t_teacher is not None:  # its gradient, as a surrogate whose value is the distillation loss
             kd, g = distill_terms(t_out, t_teacher, T, tc.distill_temp, tc.distill_weight)
             sur = (g.to(t_out.dtype) * t_out).sum()
