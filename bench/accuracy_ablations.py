@@ -18,7 +18,9 @@ recipe run with more than one seed (records with the same resolved recipe, whate
 held-out images did to each run's test figure, against keeping the last epoch. ``--backfill`` completes older records: the
 recipe resolved by the code of the commit that first held each record, the kept epoch from its
 run folder (runs/ablations/NAME) or from a committed checkpoint under bench/results whose
-per-epoch test curve and seed are the record's.
+per-epoch test curve and seed are the record's. ``--park --name NAME`` copies an unfinished run
+to bench/results/in_progress/NAME (to commit: runs/ is not tracked); ``--resume`` on a fresh
+checkout starts from that copy, and a finished run removes it.
 Run with one thread (OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1) when the cores are shared.
 """
 
@@ -29,6 +31,7 @@ import hashlib
 import json
 import logging
 import math
+import shlex
 import statistics
 import sys
 import time
@@ -413,6 +416,83 @@ def resolve(config: str, mode: str | None, epochs: int, train_subset: int, seed:
     return cfg, tc, changes
 
 
+PARKED = RESULTS / "in_progress"
+_PARKED_FILES = ("checkpoint.pt", "history.json", "command.txt")
+
+
+def _parked_table(parked: Path) -> str:
+    """The in_progress README's table rows: one per parked run (its epochs so far and the command)."""
+    rows = []
+    for d in sorted(p for p in parked.iterdir() if (p / "checkpoint.pt").exists()):
+        hist = json.loads((d / "history.json").read_text()) if (d / "history.json").exists() else []
+        cmd = (d / "command.txt").read_text().strip() if (d / "command.txt").exists() else "(not recorded)"
+        last = f", test {100 * hist[-1]['test_acc']:.2f}% after the last" if hist else ""
+        rows.append(f"| {d.name} | `{cmd}` | {len(hist)} epochs done{last} |")
+    return "\n".join(rows)
+
+
+def park(name: str, runs: Path, parked: Path = PARKED) -> Path:
+    """Copy the unfinished run runs/NAME (its last checkpoint, history and command) to ``parked``
+    / NAME, committed so that a fresh checkout can resume it, and list it in the README's table
+    there (rows between the table's header and the first blank line after it are regenerated)."""
+    import shutil
+
+    src = runs / name.replace("/", "_")
+    if not (src / "checkpoint.pt").exists():
+        raise SystemExit(f"--park: {src} has no checkpoint.pt (a run stopped before its first epoch ends has none)")
+    dst = parked / src.name
+    tmp = parked / f".{src.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in _PARKED_FILES:
+        if (src / f).exists():
+            shutil.copy2(src / f, tmp / f)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    _write_parked_readme(parked)
+    return dst
+
+
+def _write_parked_readme(parked: Path) -> None:
+    readme = parked / "README.md"
+    if not readme.exists():
+        return
+    lines = readme.read_text().splitlines()
+    head = next((i for i, ln in enumerate(lines) if ln.startswith("|---")), None)
+    if head is None:
+        return
+    end = next((i for i in range(head + 1, len(lines)) if not lines[i].startswith("|")), len(lines))
+    rows = _parked_table(parked)
+    readme.write_text("\n".join(lines[: head + 1] + ([rows] if rows else []) + lines[end:]) + "\n")
+
+
+def unpark(name: str, runs: Path, parked: Path = PARKED) -> bool:
+    """Before a --resume: if runs/NAME has no checkpoint and ``parked`` / NAME has one, copy it
+    back (a fresh checkout). Returns whether it did."""
+    import shutil
+
+    dst, src = runs / name.replace("/", "_"), parked / name.replace("/", "_")
+    if (dst / "checkpoint.pt").exists() or not (src / "checkpoint.pt").exists():
+        return False
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in _PARKED_FILES:
+        if (src / f).exists():
+            shutil.copy2(src / f, dst / f)
+    return True
+
+
+def unpark_finished(name: str, parked: Path = PARKED) -> bool:
+    """After a run finished: drop its parked copy (and its README row). Returns whether there was one."""
+    import shutil
+
+    src = parked / name.replace("/", "_")
+    if not src.exists():
+        return False
+    shutil.rmtree(src)
+    _write_parked_readme(parked)
+    return True
+
+
 def main() -> None:
     setup_logging()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -425,6 +505,9 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--resume", action="store_true",
                     help="continue runs/ablations/NAME from its last epoch's checkpoint (after a kill; same settings)")
+    ap.add_argument("--park", action="store_true",
+                    help="copy the unfinished run runs/ablations/NAME to bench/results/in_progress/NAME (to commit; "
+                         "a later --resume on a fresh checkout starts from it) and exit")  # fmt: skip
     ap.add_argument("--table", action="store_true", help="print the table of the stored records and exit")
     ap.add_argument("--means", action="store_true", help="print the mean and spread over seeds of each recipe and exit")
     ap.add_argument("--selection", action="store_true",
@@ -434,6 +517,12 @@ def main() -> None:
                     help="complete older records and exit: the recipe resolved by the code of the commit that first "
                          "held each, the kept epoch from runs/ablations/NAME or a matching checkpoint under bench/results")  # fmt: skip
     args = ap.parse_args()
+    runs = ROOT / "runs" / "ablations"
+    if args.park:
+        if not args.name:
+            raise SystemExit("--park needs --name NAME (the run folder under runs/ablations)")
+        log.info("parked %s (commit it)", park(args.name, runs).relative_to(ROOT))
+        return
     if args.table:
         print(table(_records()))
         return
@@ -462,9 +551,16 @@ def main() -> None:
     cfg, tc, changes = resolve(args.config, args.mode, args.epochs, args.train_subset, args.seed, args.set)
     resolved = {"net": cfg.to_dict(), "train": asdict(tc)}  # before training: what RESOLVE gives for this record
     name = args.name or ("default" if not changes else ",".join(f"{k}={v}" for k, v in changes.items()))
-    out = ROOT / "runs" / "ablations" / name.replace("/", "_")
+    out = runs / name.replace("/", "_")
+    if args.resume and unpark(name, runs):
+        log.info("resuming from the parked copy %s", (PARKED / out.name).relative_to(ROOT))
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [a for a in sys.argv[1:] if a != "--resume"]
+    (out / "command.txt").write_text("python bench/accuracy_ablations.py --resume " + shlex.join(argv) + "\n")
     t0 = time.time()
     ck = train(cfg, tc, out, resume=args.resume)
+    if unpark_finished(name):
+        log.info("the run finished: its parked copy under %s is removed (commit that)", PARKED.relative_to(ROOT))
     model = model_from_checkpoint(ck)
     tr = load_split(tc.dataset, "train", tc.data_dir)
     xtr, ytr = torch.from_numpy(tr.images[:10000].copy()), torch.from_numpy(tr.labels[:10000].copy())

@@ -205,6 +205,38 @@ def _ablation_record(name: str, seed: int, test: float, recipe: dict | None, con
     return r if recipe is None else {**r, "recipe": recipe}
 
 
+def test_park_and_resume_an_unfinished_ablation_run(tmp_path: Path) -> None:
+    """--park copies an unfinished run (checkpoint, history, command) to the committed folder and
+    lists it in that folder's README table; a fresh checkout's --resume copies it back (never over
+    a checkpoint it has); a finished run drops its parked copy and its row; a run without a
+    checkpoint is refused by name."""
+    import accuracy_ablations as ab
+
+    runs, parked = tmp_path / "runs", tmp_path / "in_progress"
+    parked.mkdir()
+    (parked / "README.md").write_text("# runs\n\n| folder | command | state |\n|---|---|---|\n\nFinished: x.\n")
+    run = runs / "r1"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"ck1")
+    (run / "history.json").write_text(json.dumps([{"test_acc": 0.9}, {"test_acc": 0.9123}]))
+    (run / "command.txt").write_text("python bench/accuracy_ablations.py --resume --name r1 --epochs 40\n")
+    ab.park("r1", runs, parked)
+    assert (parked / "r1" / "checkpoint.pt").read_bytes() == b"ck1"
+    readme = (parked / "README.md").read_text()
+    assert "| r1 | `python bench/accuracy_ablations.py --resume --name r1 --epochs 40` | 2 epochs done, test 91.23%" in readme
+    assert readme.endswith("\n\nFinished: x.\n") and not list(parked.glob(".*tmp"))
+    fresh = tmp_path / "fresh_runs"
+    assert ab.unpark("r1", fresh, parked) and (fresh / "r1" / "checkpoint.pt").read_bytes() == b"ck1"
+    (fresh / "r1" / "checkpoint.pt").write_bytes(b"ck2")  # training went on: the parked copy must not overwrite it
+    assert not ab.unpark("r1", fresh, parked) and (fresh / "r1" / "checkpoint.pt").read_bytes() == b"ck2"
+    assert not ab.unpark("other", fresh, parked)
+    assert ab.unpark_finished("r1", parked) and not (parked / "r1").exists()
+    assert "| r1 |" not in (parked / "README.md").read_text() and not ab.unpark_finished("r1", parked)
+    (runs / "r2").mkdir()
+    with pytest.raises(SystemExit, match="r2 has no checkpoint.pt"):
+        ab.park("r2", runs, parked)
+
+
 def test_seed_means_group_runs_by_resolved_recipe_not_by_their_names() -> None:
     """bench/accuracy_ablations.py --means: records with equal resolved recipes form one group
     whatever config label they carry, a seed counts once (its latest record), records without a
