@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -132,7 +133,6 @@ def recipes_at(commit: str | None, records: list[dict]) -> dict[str, dict]:
     A config file the tree lacks (one under runs/, never committed) is read from this checkout."""
     import io
     import os
-    import shutil
     import subprocess
     import tarfile
     import tempfile
@@ -431,22 +431,25 @@ def _parked_table(parked: Path) -> str:
     return "\n".join(rows)
 
 
+def _copy_run(src: Path, dst: Path) -> None:
+    """A run folder's checkpoint, history and command (those present) from ``src`` to ``dst``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in _PARKED_FILES:
+        if (src / f).exists():
+            shutil.copy2(src / f, dst / f)
+
+
 def park(name: str, runs: Path, parked: Path = PARKED) -> Path:
     """Copy the unfinished run runs/NAME (its last checkpoint, history and command) to ``parked``
     / NAME, committed so that a fresh checkout can resume it, and list it in the README's table
     there (rows between the table's header and the first blank line after it are regenerated)."""
-    import shutil
-
     src = runs / name.replace("/", "_")
     if not (src / "checkpoint.pt").exists():
         raise SystemExit(f"--park: {src} has no checkpoint.pt (a run stopped before its first epoch ends has none)")
     dst = parked / src.name
     tmp = parked / f".{src.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in _PARKED_FILES:
-        if (src / f).exists():
-            shutil.copy2(src / f, tmp / f)
+    _copy_run(src, tmp)
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
     _write_parked_readme(parked)
@@ -469,22 +472,15 @@ def _write_parked_readme(parked: Path) -> None:
 def unpark(name: str, runs: Path, parked: Path = PARKED) -> bool:
     """Before a --resume: if runs/NAME has no checkpoint and ``parked`` / NAME has one, copy it
     back (a fresh checkout). Returns whether it did."""
-    import shutil
-
     dst, src = runs / name.replace("/", "_"), parked / name.replace("/", "_")
     if (dst / "checkpoint.pt").exists() or not (src / "checkpoint.pt").exists():
         return False
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in _PARKED_FILES:
-        if (src / f).exists():
-            shutil.copy2(src / f, dst / f)
+    _copy_run(src, dst)
     return True
 
 
 def unpark_finished(name: str, parked: Path = PARKED) -> bool:
     """After a run finished: drop its parked copy (and its README row). Returns whether there was one."""
-    import shutil
-
     src = parked / name.replace("/", "_")
     if not src.exists():
         return False
