@@ -56,7 +56,8 @@ def main() -> None:
     ap.add_argument("--init", default="uniform", choices=["uniform", "calibrated"],
                     help="uniform: w ~ U(-1, 1) / sqrt(fan-in); calibrated (ramp, real): the trainer's data-driven "
                     "start (CSNN.calibrate, 'positive', on 512 training images), its weights unchanged")
-    ap.add_argument("--gamma", type=float, default=0.0, help="ramp: the ce loss's gamma in time steps (0: the config's)")
+    ap.add_argument("--gamma", type=float, default=0.0, help="ramp: the ce loss's gamma in time steps (0: the config's, times T / the config's T)")
+    ap.add_argument("--T", type=int, default=0, help="ramp: time steps of a window (0: the config's); finer steps, the same range")
     ap.add_argument("--label", default="", help="what the config is, for the record (default: the --config argument)")
     args = ap.parse_args()
 
@@ -71,7 +72,7 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     cfg, tab = load_config(args.config)
-    T = cfg.T
+    T = args.T or cfg.T
     table = torch.from_numpy(input_table(T, cfg.input_gamma)).float()
 
     class BinConv(nn.Module):
@@ -95,7 +96,7 @@ def main() -> None:
     ramp = args.activation != "relu"  # the hidden layers
     ramp_out = args.activation == "ramp"  # the output layer too
     quantise = args.activation != "clip"
-    gamma = args.gamma or float(tab.get("gamma", 2.0))
+    gamma = args.gamma or float(tab.get("gamma", 2.0)) * T / cfg.T
     mods, kinds = nn.ModuleList(), []
     c, h, w_ = cfg.input_shape
     for ly, shp in zip(cfg.layers, cfg.shapes()):
@@ -173,13 +174,13 @@ def main() -> None:
     rec = {"config": args.label or args.config, "dataset": args.dataset, "bias": not args.no_bias, "weights": args.weights, "epochs": args.epochs, "lr": args.lr,
            "shift": args.shift, "flip": args.flip, "batch_size": bs, "activation": args.activation,
            **({"gamma": gamma} if ramp_out else {}), **({"hidden_silent_grad": args.hidden_silent_grad} if ramp else {}),
-           **({"init": args.init} if args.init != "uniform" else {}), "test_acc": curve[-1],
+           **({"init": args.init} if args.init != "uniform" else {}), **({"T": T} if T != cfg.T else {}), "test_acc": curve[-1],
            "train_acc": acc(xtr[:10000], ytr[:10000]), "test_curve": curve, "wall_s": time.time() - t0}  # fmt: skip
     out = RESULTS / "accuracy_ceiling.json"
     recs = json.loads(out.read_text()) if out.is_file() else []
-    keys = ("config", "dataset", "bias", "weights", "epochs", "lr", "shift", "flip", "batch_size", "activation", "hidden_silent_grad", "init")
-    defaults = {"dataset": "mnist", "bias": True, "shift": 0, "flip": False, "batch_size": bs, "activation": "relu", "hidden_silent_grad": None, "init": "uniform"}
-    recs = [r for r in recs if any(r.get(k, defaults.get(k)) != rec[k] for k in keys)]
+    keys = ("config", "dataset", "bias", "weights", "epochs", "lr", "shift", "flip", "batch_size", "activation", "hidden_silent_grad", "init", "T")
+    defaults = {"T": None, "dataset": "mnist", "bias": True, "shift": 0, "flip": False, "batch_size": bs, "activation": "relu", "hidden_silent_grad": None, "init": "uniform"}
+    recs = [r for r in recs if any(r.get(k, defaults.get(k)) != rec.get(k, defaults.get(k)) for k in keys)]
     recs.append(rec)
     out.write_text(json.dumps(recs, indent=1))
     log.info("ceiling %s %s %s %s %d epochs: test %.2f%% train %.2f%%", args.config, args.dataset, args.weights, args.activation, args.epochs,
