@@ -174,12 +174,12 @@ def main() -> None:
     rec = {"config": args.label or args.config, "dataset": args.dataset, "bias": not args.no_bias, "weights": args.weights, "epochs": args.epochs, "lr": args.lr,
            "shift": args.shift, "flip": args.flip, "batch_size": bs, "activation": args.activation,
            **({"gamma": gamma} if ramp_out else {}), **({"hidden_silent_grad": args.hidden_silent_grad} if ramp else {}),
-           **({"init": args.init} if args.init != "uniform" else {}), **({"T": T} if T != cfg.T else {}), "test_acc": curve[-1],
+           **({"init": args.init} if args.init != "uniform" else {}), **({"T": T} if T != cfg.T else {}), **({"seed": args.seed} if args.seed else {}), "test_acc": curve[-1],
            "train_acc": acc(xtr[:10000], ytr[:10000]), "test_curve": curve, "wall_s": time.time() - t0}  # fmt: skip
     out = RESULTS / "accuracy_ceiling.json"
     recs = json.loads(out.read_text()) if out.is_file() else []
-    keys = ("config", "dataset", "bias", "weights", "epochs", "lr", "shift", "flip", "batch_size", "activation", "hidden_silent_grad", "init", "T")
-    defaults = {"T": None, "dataset": "mnist", "bias": True, "shift": 0, "flip": False, "batch_size": bs, "activation": "relu", "hidden_silent_grad": None, "init": "uniform"}
+    keys = ("config", "dataset", "bias", "weights", "epochs", "lr", "shift", "flip", "batch_size", "activation", "hidden_silent_grad", "init", "T", "seed")
+    defaults = {"T": None, "seed": 0, "dataset": "mnist", "bias": True, "shift": 0, "flip": False, "batch_size": bs, "activation": "relu", "hidden_silent_grad": None, "init": "uniform"}
     recs = [r for r in recs if any(r.get(k, defaults.get(k)) != rec.get(k, defaults.get(k)) for k in keys)]
     recs.append(rec)
     out.write_text(json.dumps(recs, indent=1))
