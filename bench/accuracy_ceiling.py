@@ -57,9 +57,11 @@ def main() -> None:
                     help="uniform: w ~ U(-1, 1) / sqrt(fan-in); calibrated (ramp, real): the trainer's data-driven "
                     "start (CSNN.calibrate, 'positive', on 512 training images), its weights unchanged")
     ap.add_argument("--gamma", type=float, default=0.0, help="ramp: the ce loss's gamma in time steps (0: the config's, times T / the config's T)")
-    ap.add_argument("--T", type=int, default=0, help="ramp: time steps of a window (0: the config's); finer steps, the same range")
+    ap.add_argument("--T", type=int, default=0, help="time steps of a window and of the input code (0: the config's); finer steps, the same range")
     ap.add_argument("--label", default="", help="what the config is, for the record (default: the --config argument)")
     args = ap.parse_args()
+    if args.T < 0:
+        ap.error(f"--T {args.T}: give a positive number of time steps (0: the config's)")
 
     import torch
     import torch.nn as nn
