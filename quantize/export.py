@@ -25,17 +25,20 @@ from firstspike.train.trainer import load_checkpoint, model_from_checkpoint
 log = logging.getLogger(__name__)
 
 
-def _fixed_scale(layer: SpikingLayer, bits: int) -> np.ndarray:
-    """One scale per output channel: the largest |w| is qmax."""
+def _fixed_scale(layer: SpikingLayer, bits: int, shared: bool = False) -> np.ndarray:
+    """One scale per output channel: the largest |w| is qmax (``shared``: the layer's largest, for
+    every channel, so that the integer potentials of the channels compare as the real ones)."""
     w = layer.weight.detach().double().numpy()
     m = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
+    if shared:
+        m = np.full_like(m, m.max(initial=0.0))
     return np.where(m > 0, m / ((1 << (bits - 1)) - 1), 1.0)
 
 
-def _fixed_point(layer: SpikingLayer, bits: int) -> tuple[np.ndarray, np.ndarray]:
+def _fixed_point(layer: SpikingLayer, bits: int, shared: bool = False) -> tuple[np.ndarray, np.ndarray]:
     w = layer.weight.detach().double().numpy()
     qmax = (1 << (bits - 1)) - 1
-    s = _fixed_scale(layer, bits)
+    s = _fixed_scale(layer, bits, shared)
     wq = np.clip(np.rint(w / s[:, None, None, None]), -qmax, qmax).astype(np.int32)
     thr = np.ceil(float(layer.theta) / s).astype(np.int64)
     return wq, thr
@@ -68,8 +71,10 @@ def tables_from_model(model: CSNN, weight_bits: int | None = None, meta: dict | 
     shape = tuple(cfg.input_shape)
     with torch.no_grad():
         outs = model.forward_all(torch.zeros(1, *cfg.input_shape, dtype=torch.uint8))
-    for kind, k, mod, o in zip(model.kinds, model.pools, model.layers, outs[1:]):
+    last = len(model.layers) - 1
+    for i, (kind, k, mod, o) in enumerate(zip(model.kinds, model.pools, model.layers, outs[1:])):
         out_shape = tuple(int(v) for v in o.shape[1:])
+        shared = i == last and cfg.output == "potential"  # one scale for all classes (NetConfig.output)
         if kind == "pool":
             layers.append(Layer("pool", shape, out_shape, (k, k), k, 0))  # type: ignore[arg-type]
         else:
@@ -78,19 +83,21 @@ def tables_from_model(model: CSNN, weight_bits: int | None = None, meta: dict | 
                 w_t, thr_t = mod.integer_weights()
                 w, thr, bits = w_t.numpy().astype(np.int32), thr_t.numpy().astype(np.int64), mod.weight_bits
             else:
-                w, thr = _fixed_point(mod, weight_bits)  # type: ignore[arg-type]
+                w, thr = _fixed_point(mod, weight_bits, shared)  # type: ignore[arg-type]
                 bits = weight_bits
             kh, kw = w.shape[2], w.shape[3]
             ramps = None
             if mod.ramped:  # binary: the integer ramps training computes with; fixed point: the ramp in the weights' units
-                ramps = mod.ramp()[0].numpy() if binary else np.maximum(1, np.rint(mod.ramp()[0].numpy() / _fixed_scale(mod, bits)))
+                ramps = mod.ramp()[0].numpy() if binary else np.maximum(1, np.rint(mod.ramp()[0].numpy() / _fixed_scale(mod, bits, shared)))
                 ramps = ramps.astype(np.int64)
+            if shared:  # an output that never fires: clip_thresholds makes this the highest reachable V + 1
+                thr = np.full_like(thr, np.iinfo(np.int64).max // 2)
             sb, pb = accumulator_bounds(w, T, ramps)
             layers.append(Layer(kind, shape, out_shape, (kh, kw), mod.stride, mod.padding, w,  # type: ignore[arg-type]
                                 clip_thresholds(thr, w, T, ramps), bits, sb, pb, ramps))  # fmt: skip
         shape = out_shape
     return ModelTables(name=cfg.name, T=T, input_shape=tuple(cfg.input_shape), input_table=model.table.numpy().astype(np.int32),  # type: ignore[arg-type]
-                       layers=layers, decision=dict(DECISIONS[cfg.silent_rule]), meta=meta or {},
+                       layers=layers, decision=dict(DECISIONS[cfg.decision_rule]), meta=meta or {},
                        windows=cfg.layer_windows)  # fmt: skip
 
 

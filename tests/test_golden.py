@@ -57,7 +57,7 @@ def random_net(draw) -> tuple[CSNN, np.ndarray]:
     layers.append(LayerSpec("fc", channels=draw(st.integers(1, 10))))
     cfg = NetConfig(name="rand", T=T, mode="binary", input_shape=(1, side, side), layers=layers,
                     per_channel_alpha=draw(st.booleans()), out_weight_bits=draw(st.sampled_from([1, 1, 2, 3, 8])),
-                    silent_rule=draw(st.sampled_from(["margin", "potential"])),
+                    silent_rule=draw(st.sampled_from(["margin", "potential"])), output=draw(st.sampled_from(["spike", "spike", "potential"])),
                     layer_windows=draw(st.sampled_from(["off", "off", "ramp"])))  # fmt: skip
     torch.manual_seed(draw(st.integers(0, 2**31 - 1)))
     net = CSNN(cfg)

@@ -354,8 +354,8 @@ def test_ramp_config_is_the_recipe_of_the_committed_model(config: str, checkpoin
     net, train = load_config(config)
     ck = load_checkpoint(ROOT / "bench" / "results" / checkpoint)
     mode = ck["net"]["mode"]
-    # (ramp_pow2 came after the Fashion-MNIST binary run: its default, off, is what it trained)
-    assert {**net.to_dict(), "name": ck["net"]["name"], "mode": mode} == {"ramp_pow2": False, **ck["net"]}
+    # (ramp_pow2 and output came after these runs: their defaults, off and "spike", are what they trained)
+    assert {**net.to_dict(), "name": ck["net"]["name"], "mode": mode} == {"ramp_pow2": False, "output": "spike", **ck["net"]}
     tc = asdict(TrainConfig.from_dict(train, mode).for_mode(mode))
     sys.path.insert(0, str(ROOT / "bench"))
     from accuracy_ablations import NOT_RECIPE  # the settings that do not change what a run learns

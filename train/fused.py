@@ -34,6 +34,8 @@ def unsupported(model: "CSNN", tc: "TrainConfig", device: torch.device, world: i
         return "data-parallel training"
     if tc.loss not in ("potential", "relative"):
         return f"loss={tc.loss!r}"
+    if model.cfg.output != "spike":
+        return f"output={model.cfg.output!r}"
     if model.cfg.layer_windows != "off":
         return "layer_windows"
     if tc.dropout > 0:

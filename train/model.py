@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("binary", "real")  # the weight modes
 SILENT_RULES = ("margin", "potential")
+OUTPUTS = ("spike", "potential")  # NetConfig.output
 WINDOWS = ("off", "psp", "ramp")  # NetConfig.layer_windows  # NetConfig.silent_rule (functional.decide)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -68,6 +69,17 @@ class NetConfig:
     #   (a quantised ReLU; STiDi-BP's -1/rho is then the exact derivative). "ramp" deploys (model file
     #   version 2, golden model, core); "psp" is training only
     ramp_pow2: bool = False  # binary "ramp": integer ramps rounded to a power of two (a shift, not a divider, in hardware)
+    output: str = "spike"  # "spike": the class is the earliest output spike (silent_rule if none fires);
+    #   "potential": the output layer never fires (its exported thresholds lie above any reachable V) and the
+    #   class is the largest V(T-1) at the end of its window (model file rule "max-potential"), trained with
+    #   cross-entropy on V(T-1) / theta_l (CSNN.logits); binary mode gives the output layer one scale alpha
+    #   for all classes, so that the integer potentials the hardware compares rank as the trained logits
+
+    @property
+    def decision_rule(self) -> str:
+        """The model file's decision (modelfile.DECISIONS key): the silent rule, or "potential" for
+        ``output = "potential"`` (no output fires, so the class is always the largest V(T-1))."""
+        return "potential" if self.output == "potential" else self.silent_rule
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "NetConfig":
@@ -119,6 +131,8 @@ class NetConfig:
             raise ConfigError(f"layer_windows={self.layer_windows!r}: choose one of {WINDOWS}")
         if self.silent_rule not in SILENT_RULES:
             raise ConfigError(f"silent_rule={self.silent_rule!r}: choose one of {SILENT_RULES}")
+        if self.output not in OUTPUTS:
+            raise ConfigError(f"output={self.output!r}: choose one of {OUTPUTS}")
         if not 1 <= self.out_weight_bits <= 8:
             raise ConfigError(f"out_weight_bits={self.out_weight_bits}: choose 1 (binary) .. 8")
         if self.mode not in MODES:
@@ -183,7 +197,7 @@ class SpikingLayer(nn.Module):
     """A spiking convolution or dense layer (dense = kernel covering the whole input)."""
 
     def __init__(self, cin: int, cout: int, kh: int, kw: int, stride: int, padding: int, cfg: NetConfig,
-                 weight_bits: int = 1):  # fmt: skip
+                 weight_bits: int = 1, shared_alpha: bool = False):  # fmt: skip
         super().__init__()
         self.set_weight_bits(weight_bits)
         self.stride, self.padding = stride, padding
@@ -206,7 +220,7 @@ class SpikingLayer(nn.Module):
                 self.weight.data[:, -1] = 0.0
         self.register_buffer("theta", torch.tensor(float(cfg.theta * cfg.T), dtype=torch.float64))
         if self.binary:
-            self.log_alpha = nn.Parameter(torch.zeros(cout if cfg.per_channel_alpha else 1))
+            self.log_alpha = nn.Parameter(torch.zeros(cout if cfg.per_channel_alpha and not shared_alpha else 1))
 
     def set_weight_bits(self, bits: int) -> None:
         """Width of the exported integer weights (binary mode): 1 = sign, k > 1 = round(w * qmax)."""
@@ -284,16 +298,21 @@ class SpikingLayer(nn.Module):
             return t
         return torch.where(t < self.T, t - self.T, torch.full_like(t, 3.0 * self.T))
 
-    def potential_at(self, t_in: torch.Tensor, t: float) -> torch.Tensor:
-        """V_j(t) with the forward weights (float64; exact integers in binary mode)."""
-        _, w_fwd, _ = self.effective()
+    def potential_at(self, t_in: torch.Tensor, t: float, effective: bool = False) -> torch.Tensor:
+        """V_j(t) with the forward weights (float64; exact integers in binary mode), or with
+        ``effective`` the differentiable V_j(t) of the effective weights and ramps (alpha times
+        those integers in binary mode; its gradients: dV/dw_ji = the input's term, dV/dt_i = -w_ji
+        for an input that fired before t, 0 for a silent one)."""
+        w_eff, w_fwd, _ = self.effective()
+        w = w_eff if effective else w_fwd.double()
         if self.ramped:  # V(t) = A + t r in the layer's window
-            t_in = self.layer_input(t_in).double()
+            t_in = self.layer_input(t_in).to(w.dtype if effective else torch.float64)
             a = torch.where(t_in < self.T, self.T - t_in, torch.zeros_like(t_in))
-            v = F.conv2d(a, w_fwd.double().to(a.device), stride=self.stride, padding=self.padding)
-            return v + t * self.ramp()[0].to(v.device).view(1, -1, 1, 1)
-        x = torch.clamp(t - self.potential_times(t_in).double(), min=0.0)
-        return F.conv2d(x, w_fwd.double().to(x.device), stride=self.stride, padding=self.padding)
+            v = F.conv2d(a, w.to(a.device), stride=self.stride, padding=self.padding)
+            r = self.ramp()[1 if effective else 0].to(device=v.device, dtype=v.dtype)
+            return v + t * r.view(1, -1, 1, 1)
+        x = F.relu(t - self.potential_times(t_in).to(w.dtype if effective else torch.float64))  # relu: no gradient at t_i = t
+        return F.conv2d(x, w.to(x.device), stride=self.stride, padding=self.padding)
 
 
 class CSNN(nn.Module):
@@ -309,13 +328,15 @@ class CSNN(nn.Module):
         self.pools: list[int] = []
         ins = [tuple(cfg.input_shape), *cfg.shapes()[:-1]]
         widths = iter(cfg.weight_widths())
-        for ly, (c, h, w) in zip(cfg.layers, ins):
+        last = len(cfg.layers) - 1
+        for i, (ly, (c, h, w)) in enumerate(zip(cfg.layers, ins)):
             if ly.kind == "conv":
                 mods.append(SpikingLayer(c, ly.channels, ly.kernel, ly.kernel, ly.stride, ly.padding, cfg, next(widths, 1)))
             elif ly.kind == "pool":
                 mods.append(nn.Identity())
             else:
-                mods.append(SpikingLayer(c, ly.channels, h, w, 1, 0, cfg, next(widths, 1)))
+                mods.append(SpikingLayer(c, ly.channels, h, w, 1, 0, cfg, next(widths, 1),
+                                         shared_alpha=i == last and cfg.output == "potential"))  # fmt: skip
             self.kinds.append(ly.kind)
             self.pools.append(ly.kernel if ly.kind == "pool" else 0)
         self.layers = nn.ModuleList(mods)
@@ -339,9 +360,13 @@ class CSNN(nn.Module):
         """Spike times after every layer (the input times first), each (B, C, H, W)."""
         t = self.encode(images)
         outs = [t]
-        for kind, k, mod in zip(self.kinds, self.pools, self.layers):
+        last = len(self.layers) - 1
+        for i, (kind, k, mod) in enumerate(zip(self.kinds, self.pools, self.layers)):
             if kind == "pool":
                 t = min_pool(t, k)
+            elif i == last and self.cfg.output == "potential":  # never fires (CSNN.logits reads its potentials)
+                dt = t.dtype if t.is_floating_point() else torch.float32
+                t = torch.full((t.shape[0], self.num_classes, 1, 1), float(self.T), dtype=dt, device=t.device)
             else:
                 t_in = self._dropped(t) if kind == "fc" and self.training and self.dropout > 0 else t
                 t = mod(t_in, self.backend, self.norm_grad, self.latency)
@@ -362,6 +387,13 @@ class CSNN(nn.Module):
         outs = self.forward_all(images)
         return outs if all_layers else outs[-1].flatten(1)
 
+    def logits(self, t_in: torch.Tensor) -> torch.Tensor:
+        """``output = "potential"``: the output layer's V(T-1) / theta_l (B, classes) from its input
+        times (``forward_all``'s last but one), differentiable: the cross-entropy's logits. Binary
+        mode: alpha times the integer V(T-1) the hardware compares, one alpha for all classes."""
+        out = self.layers[-1]
+        return (out.potential_at(t_in, self.T - 1, effective=True) / float(out.theta)).flatten(1)
+
     @torch.no_grad()
     def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(classes, spike times of every layer) with the decision rule of the model."""
@@ -377,7 +409,7 @@ class CSNN(nn.Module):
             return torch.argmin(t_out.detach(), dim=1)  # (functional.decide's earliest spike, lowest index on ties)
         v_last = out.potential_at(t_in.detach(), self.T - 1).flatten(1)
         thr = None
-        if self.cfg.silent_rule == "margin":  # the thresholds as exported: at most the highest reachable V + 1
+        if self.cfg.decision_rule == "margin":  # the thresholds as exported: at most the highest reachable V + 1
             _, w, thr = out.effective()
             pos = w.detach().double().clamp_min(0).flatten(1).sum(1)
             if out.ramped:  # modelfile.potential_range with ramps

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from firstspike.data import load_split
@@ -460,6 +461,9 @@ def train(
                  tc.refit_epochs, net_cfg.mode, tc.epochs)  # fmt: skip
         tc = tc.for_mode(net_cfg.mode)
     tc.validate()
+    if net_cfg.output == "potential" and (tc.loss != "ce" or tc.refit_epochs or tc.distill):
+        raise ConfigError(f"{net_cfg.name}: output = 'potential' trains with cross-entropy on the output potentials: set "
+                          f"loss = 'ce' (not {tc.loss!r}), refit_epochs = 0 and no distill")  # fmt: skip
     rank, world = dist_info()
     out = Path(out_dir)
     n_epochs = tc.epochs + tc.refit_epochs
@@ -725,7 +729,9 @@ def autograd_step(model: CSNN, ddp_model: torch.nn.Module, images: torch.Tensor,
     T = model.T
     outs = ddp_model(images, all_layers=True)
     t_out = outs[-1].flatten(1)
-    if tc.loss == "potential" or refit:  # (the refit trains the output's potentials, whatever the main loss)
+    if model.cfg.output == "potential":  # cross-entropy on V(T-1) / theta_l (CSNN.logits; tc.loss is "ce")
+        loss = F.cross_entropy(model.logits(outs[-2]), labels, label_smoothing=tc.label_smoothing)
+    elif tc.loss == "potential" or refit:  # (the refit trains the output's potentials, whatever the main loss)
         out_layer = model.layers[-1]
         if out_layer.ramped:
             raise ConfigError("the potential loss (and the output refit) do not cover layer_windows = 'ramp' yet: "
