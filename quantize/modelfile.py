@@ -389,6 +389,10 @@ def summary(tables: ModelTables, path: str | None = None) -> str:
     lines.append(f"  weights total: {total_bits} bits ({total_bits / 8192:.1f} KiB)")
     lines.append(f"  decision: {tables.decision['rule']} (ties {tables.decision['ties']}), if none fires: "
                  f"{tables.decision['if_silent']} at {tables.decision['potential_at']}")  # fmt: skip
+    out = tables.layers[-1]
+    if out.weights is not None and (out.thresholds > potential_range(out.weights, tables.T, out.ramps)[1]).all():
+        lines.append("  the outputs never fire (thresholds above any reachable potential): every image is decided "
+                     f"by {tables.decision['if_silent']} at {tables.decision['potential_at']}")  # fmt: skip
     for k, v in tables.meta.items():
         lines.append(f"  {k}: {v}")
     return "\n".join(lines)

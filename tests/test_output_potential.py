@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,16 @@ def test_logits_are_the_potential_at_the_windows_end_with_its_gradients(mode: st
         np.testing.assert_allclose(out.weight.grad.double().flatten(1).numpy(), (g.double().T @ term / theta).numpy(), rtol=1e-5, atol=1e-6)
 
 
+def _spiking_twin(net: CSNN) -> CSNN:
+    """The same weights with ``output = "spike"`` (its output layer fires at its thresholds)."""
+    twin = CSNN(dataclasses.replace(net.cfg, output="spike"))
+    state = net.state_dict()
+    key = f"layers.{len(net.layers) - 1}.log_alpha"  # the one scale, per class
+    state[key] = state[key].expand_as(twin.state_dict()[key]).clone()
+    twin.load_state_dict(state)
+    return twin
+
+
 @pytest.mark.parametrize("windows", ["off", "ramp"])
 def test_exported_potential_output_equals_golden_model_and_core(windows: str) -> None:
     from firstspike.hw.plan import plan_core
@@ -87,6 +98,8 @@ def test_exported_potential_output_equals_golden_model_and_core(windows: str) ->
     out = tables.layers[-1]
     _, hi = modelfile.potential_range(out.weights, T, out.ramps)
     assert (out.thresholds == hi + 1).all()  # above any reachable potential: never fires
+    assert "outputs never fire" in modelfile.summary(tables)  # `firstspike info` says so
+    assert "outputs never fire" not in modelfile.summary(tables_from_model(_spiking_twin(net)))
     res = GoldenModel(tables).run(x)
     assert [int((o.numpy().astype(np.int64) != r).sum()) for o, r in zip(outs, res.layer_times)] == [0] * len(outs)
     np.testing.assert_array_equal(res.classes, cls.numpy())
