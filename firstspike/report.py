@@ -20,6 +20,7 @@ import numpy as np
 
 from firstspike.errors import FirstSpikeError
 from firstspike.files import atomic_write
+from firstspike.quantize.modelfile import outputs_never_fire
 
 log = logging.getLogger(__name__)
 
@@ -131,30 +132,31 @@ def _figures(root: Path, figdir: Path, state: dict[str, Any], tables) -> dict[st
         cls, lab, out_t = g["classes"], g["labels"], g["out_times"]
         first = out_t.min(axis=1)
         ok = cls == lab
-        fig, ax = plt.subplots(figsize=(6, 3.4))
-        bins = np.arange(T + 2) - 0.5
-        ax.hist([first[ok], first[~ok]], bins=bins, stacked=True, label=["correct", "wrong"], color=["#3a7", "#d44"])
-        ax.set(xlabel=f"first output spike step (T = {T}: no output spike)", ylabel="images",
-               title=f"Output latency, golden model, {len(lab):,} test images")  # fmt: skip
-        ax.legend()
-        wins = tables.windows != "off"
-        n_spiking = sum(ly.kind != "pool" for ly in tables.layers)
-        save(fig, "latency", "Output latency: the step of the first output spike per test image"
-             + (f" in the output layer's own window (layer windows: it opens at step {n_spiking * T} of the core's "
-                f"{(n_spiking + 1) * T})." if wins else "."))  # fmt: skip
+        if not outputs_never_fire(tables):  # (an output-potential model has no output spikes to plot)
+            fig, ax = plt.subplots(figsize=(6, 3.4))
+            bins = np.arange(T + 2) - 0.5
+            ax.hist([first[ok], first[~ok]], bins=bins, stacked=True, label=["correct", "wrong"], color=["#3a7", "#d44"])
+            ax.set(xlabel=f"first output spike step (T = {T}: no output spike)", ylabel="images",
+                   title=f"Output latency, golden model, {len(lab):,} test images")  # fmt: skip
+            ax.legend()
+            wins = tables.windows != "off"
+            n_spiking = sum(ly.kind != "pool" for ly in tables.layers)
+            save(fig, "latency", "Output latency: the step of the first output spike per test image"
+                 + (f" in the output layer's own window (layer windows: it opens at step {n_spiking * T} of the core's "
+                    f"{(n_spiking + 1) * T})." if wins else "."))  # fmt: skip
 
-        # accuracy against the decision deadline: decide at step t with the spikes so far
-        ts = np.arange(1, T + 1)
-        arg = out_t.argmin(axis=1)
-        acc_t = [float(((first < t) & (arg == lab)).mean()) for t in ts]
-        fig, ax = plt.subplots(figsize=(6, 3.4))
-        ax.plot(ts, [100 * a for a in acc_t], marker=".", label="first output spike before step t")
-        ax.axhline(100 * ok.mean(), color="k", ls="--", lw=1, label=f"full decision rule at T={T}: {100 * ok.mean():.2f}%")
-        ax.set(xlabel="decision deadline t (time steps)", ylabel="accuracy (%)", title="Accuracy against time (golden model)")
-        ax.legend(loc="lower right")
-        ax.grid(alpha=0.3)
-        save(fig, "accuracy_vs_t", "Accuracy against time: the class of the first output spike if it comes before step t "
-                                   "(no spike yet counts as wrong); dashed, the model's decision rule at T.")  # fmt: skip
+            # accuracy against the decision deadline: decide at step t with the spikes so far
+            ts = np.arange(1, T + 1)
+            arg = out_t.argmin(axis=1)
+            acc_t = [float(((first < t) & (arg == lab)).mean()) for t in ts]
+            fig, ax = plt.subplots(figsize=(6, 3.4))
+            ax.plot(ts, [100 * a for a in acc_t], marker=".", label="first output spike before step t")
+            ax.axhline(100 * ok.mean(), color="k", ls="--", lw=1, label=f"full decision rule at T={T}: {100 * ok.mean():.2f}%")
+            ax.set(xlabel="decision deadline t (time steps)", ylabel="accuracy (%)", title="Accuracy against time (golden model)")
+            ax.legend(loc="lower right")
+            ax.grid(alpha=0.3)
+            save(fig, "accuracy_vs_t", "Accuracy against time: the class of the first output spike if it comes before step t "
+                                       "(no spike yet counts as wrong); dashed, the model's decision rule at T.")  # fmt: skip
 
         nc = int(max(cls.max(), lab.max()) + 1)
         cm = np.zeros((nc, nc), np.int64)
@@ -253,6 +255,7 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None, 
         r["golden_s"] = _pct(r["golden_same_images"]) if r.get("golden_same_images") is not None else ""
     brows = board_rows(state, tables)
     figs = _figures(root, out / "figures", state, tables)
+
     g = state["steps"].get("golden", {}).get("metrics")
     cfg = state.get("config", {})
     title = f"firstspike report: {tables.name if tables else 'run'} ({cfg.get('dataset', '')})"
@@ -260,7 +263,10 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None, 
     if tables is not None:
         intro.append(f"Model `{tables.name}`, T = {tables.T}, layers: {', '.join(ly.kind for ly in tables.layers)}; "
                      f"model file SHA-256 `{state['steps']['quantize']['metrics']['model_sha256'][:16]}...`."
-                     + (" Layer windows (a window of T steps per layer, model file version 2)." if tables.windows != "off" else ""))  # fmt: skip
+                     + (" Layer windows (a window of T steps per layer, model file version 2)." if tables.windows != "off" else "")
+                     + (" Decision by potential: the outputs never fire, and every image's class is the largest output "
+                        "potential at the end of the output window (no early decision, so no latency figures)."
+                        if outputs_never_fire(tables) else ""))  # fmt: skip
     if g:
         intro.append(f"Synaptic events per image (energy proxy): mean {g['synaptic_updates_mean']:,.0f}; "
                      f"neuron updates per image: {g['neuron_updates_mean']:,.0f}.")  # fmt: skip

@@ -365,6 +365,13 @@ def tables_sha256(tables: ModelTables) -> str:
     return hashlib.sha256(encode(tables)).hexdigest()
 
 
+def outputs_never_fire(tables: ModelTables) -> bool:
+    """Every output threshold lies above the highest reachable potential (``NetConfig.output =
+    "potential"``): the decision's rule for silent outputs decides every image, at the window's end."""
+    out = tables.layers[-1]
+    return out.weights is not None and bool((out.thresholds > potential_range(out.weights, tables.T, out.ramps)[1]).all())
+
+
 def summary(tables: ModelTables, path: str | None = None) -> str:
     """Human-readable description (``firstspike info``)."""
     lines = [f"model {tables.name!r}" + (f" ({path})" if path else ""), f"  format version {tables.version}, T={tables.T}, input {tables.input_shape}"]
@@ -389,8 +396,7 @@ def summary(tables: ModelTables, path: str | None = None) -> str:
     lines.append(f"  weights total: {total_bits} bits ({total_bits / 8192:.1f} KiB)")
     lines.append(f"  decision: {tables.decision['rule']} (ties {tables.decision['ties']}), if none fires: "
                  f"{tables.decision['if_silent']} at {tables.decision['potential_at']}")  # fmt: skip
-    out = tables.layers[-1]
-    if out.weights is not None and (out.thresholds > potential_range(out.weights, tables.T, out.ramps)[1]).all():
+    if outputs_never_fire(tables):
         lines.append("  the outputs never fire (thresholds above any reachable potential): every image is decided "
                      f"by {tables.decision['if_silent']} at {tables.decision['potential_at']}")  # fmt: skip
     for k, v in tables.meta.items():
