@@ -110,7 +110,7 @@ def main() -> None:
         results.append({
             "dataset": dataset, "mode": mode, "config": args.config, "checkpoint": f"bench/results/{stem}.pt", "T": cfg.T,
             "layer_windows": cfg.layer_windows, "spiking_layers": sum(1 for spec in cfg.layers if spec.kind != "pool"),
-            "weight_bits": NetConfig.from_dict(ck["net"]).weight_widths(),
+            "weight_bits": NetConfig.from_dict(ck["net"]).weight_widths(), "output": NetConfig.from_dict(ck["net"]).output,
             "epochs": ck["epoch"],
             "train_images": (ck["train"].get("train_subset") or 60000) - ck["train"].get("val_images", 0),
             "val_images": ck["train"].get("val_images", 0),

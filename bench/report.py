@@ -137,6 +137,9 @@ def render_docs() -> Path:
             if windowed and "latency_correct" in diag:  # measured in the output's own window: also on the image's clock
                 n = r["spiking_layers"]
                 lat += f" of the output's window (step {n * r['T'] + diag['latency_correct']:.0f} of {(n + 1) * r['T']})"
+            if r.get("output") == "potential":  # no output spike: every image is decided when the output's window ends
+                end = (r["spiking_layers"] + 1) * r["T"] if windowed else r["T"]
+                lat = f"no output spike: decided by V(T-1) at step {end} of {end}"
             tr = r.get("train", {})
             recipe = (f"batch {tr.get('batch_size', '?')}, {tr.get('loss', '?')} loss" + (", ema" if tr.get("ema") else "")
                       + ("" if tr.get("norm_grad", True) else f", lr {tr.get('lr', '?'):g} on raw errors")
