@@ -56,6 +56,8 @@ def test_trained_hidden_dense_model_sample(build_root: Path) -> None:
     ("fashion-mnist_binary_csnn_fashion_ramp.pt", "fashion-mnist", None),
     ("fashion-mnist_binary_csnn_fashion_fc256_ramp.pt", "fashion-mnist", None),  # + a hidden fc256, from the real run
     ("fashion-mnist_binary_csnn_fashion_fc256_ramp_m4.pt", "fashion-mnist", None),  # the same with 4-bit first and output layers
+    ("fashion-mnist_binary_csnn_fashion_fc256_ramp_pot.pt", "fashion-mnist", None),  # deciding by potential (no output fires)
+    ("fashion-mnist_binary_csnn_fashion_fc256_ramp_m4_pot.pt", "fashion-mnist", None),  # the same with 4-bit first and output layers
     ("mnist_real_csnn_ramp.pt", "mnist", 4),  # the real-valued 99.38% network as 4-bit weights
 ])  # fmt: skip
 def test_trained_layer_windows_model_sample(checkpoint: str, dataset: str, weight_bits: int | None, build_root: Path) -> None:

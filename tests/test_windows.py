@@ -342,6 +342,8 @@ def test_core_runs_an_exported_ramp_network() -> None:
     ("csnn_fashion_fc256_ramp", "fashion-mnist_binary_csnn_fashion_fc256_ramp.pt"),
     ("csnn_fashion_fc256_ramp_m4", "fashion-mnist_binary_csnn_fashion_fc256_ramp_m4.pt"),  # 4-bit first and output layers
     ("csnn_fashion_fc256_ramp_pot", "fashion-mnist_real_csnn_fashion_fc256_ramp_pot.pt"),  # decision by potential
+    ("csnn_fashion_fc256_ramp_pot", "fashion-mnist_binary_csnn_fashion_fc256_ramp_pot.pt"),
+    ("csnn_fashion_fc256_ramp_m4_pot", "fashion-mnist_binary_csnn_fashion_fc256_ramp_m4_pot.pt"),
 ])
 def test_ramp_config_is_the_recipe_of_the_committed_model(config: str, checkpoint: str) -> None:
     """A built-in ramp config, in the committed model's mode, reproduces that model's run: the network
