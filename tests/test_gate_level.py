@@ -7,6 +7,7 @@ Verilator, against the golden model and the RTL, at the sizes users run.
 * a random 28x28 network on both netlists;
 * a random network with 4-bit weights and layer windows (w (T - t_i): the ECP5 netlist's
   MULT18X18D blocks, with firstspike's model) on both netlists;
+* an exported network that decides by potential (no output fires) on both netlists;
 * a netlist that uses a cell Yosys does not model (a blackbox, or no module at all) and
   firstspike has no model for is refused with a clear error.
 
@@ -123,6 +124,34 @@ def test_gate_level_k_bit_windows(family: str, tmp_path: Path) -> None:
         netlist = (rep.build_dir / "src" / "gl_ecp5.v").read_text()
         assert len(re.findall(r"^\s+MULT18X18D\b", netlist, re.M)) >= 2
     assert rep.values_compared == expected(tables, images).stream.size
+    assert rep.total_mismatches == 0 and rep.class_mismatches == 0, (family, rep.spike_mismatches)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ice40", "ecp5"])
+def test_gate_level_decision_by_potential(family: str, tmp_path: Path) -> None:
+    """An exported ``output = "potential"`` network (layer windows, a 4-bit output layer with one
+    scale; its thresholds above reach, so no output fires and the core's "max-potential" rule
+    decides every image, as csnn_fashion_fc256_ramp_m4_pot) on both netlists: every value equal
+    to the golden model's."""
+    import torch
+
+    from firstspike.quantize.export import tables_from_model
+    from firstspike.train.model import CSNN, LayerSpec, NetConfig
+
+    cfg = NetConfig(name="gp", T=12, mode="binary", input_shape=(1, 8, 8), output="potential", layer_windows="ramp",
+                    out_weight_bits=4, layers=[LayerSpec("conv", channels=3, kernel=3, padding=1), LayerSpec("pool", kernel=2),
+                                               LayerSpec("fc", channels=5)])  # fmt: skip
+    torch.manual_seed(2)
+    net = CSNN(cfg)
+    x = np.random.default_rng(2).integers(0, 256, size=(16, 1, 8, 8)).astype(np.uint8)
+    net.calibrate(torch.from_numpy(x[:, 0]), "positive")
+    tables = tables_from_model(net)
+    images = x[:3]
+    want = expected(tables, images)
+    assert tables.decision["if_silent"] == "max-potential" and (want.first_time == tables.T).all()
+    rep = rtl.verify(tables, images, lanes=2, build_root=tmp_path, gate_level=family, progress=False)
+    assert rep.values_compared == want.stream.size
     assert rep.total_mismatches == 0 and rep.class_mismatches == 0, (family, rep.spike_mismatches)
 
 
