@@ -107,10 +107,11 @@ def main() -> None:
         if not args.evaluate:  # the model without the optimizer state (slim_checkpoint): what the repository keeps
             save_checkpoint(RESULTS / f"{stem}.pt", slim_checkpoint(load_checkpoint(out / "checkpoint.pt")))
         hist = ck["history"]
+        net = NetConfig.from_dict(ck["net"])  # the run's network as it was trained
         results.append({
             "dataset": dataset, "mode": mode, "config": args.config, "checkpoint": f"bench/results/{stem}.pt", "T": cfg.T,
             "layer_windows": cfg.layer_windows, "spiking_layers": sum(1 for spec in cfg.layers if spec.kind != "pool"),
-            "weight_bits": NetConfig.from_dict(ck["net"]).weight_widths(), "output": NetConfig.from_dict(ck["net"]).output,
+            "weight_bits": net.weight_widths(), "output": net.output,
             "epochs": ck["epoch"],
             "train_images": (ck["train"].get("train_subset") or 60000) - ck["train"].get("val_images", 0),
             "val_images": ck["train"].get("val_images", 0),
