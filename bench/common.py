@@ -55,7 +55,8 @@ def repo_path(path: str | os.PathLike) -> str:
 def merge_runs(name: str, runs: list[dict[str, Any]], key, model_field: str | None = None) -> list[dict[str, Any]]:
     """``runs`` with the runs stored in bench/results/NAME.json whose ``key(run)`` none of
     them has (re-running part of a benchmark keeps the rest of its results). Every run keeps
-    its own ``date`` and ``commit``: new runs get now's, kept runs without them the file's.
+    its own ``date``, ``commit`` and ``hardware``: new runs get now's, kept runs without them the
+    file's (the machine only for runs of the file's last write: the report says "not recorded" else).
     With ``model_field`` (the field naming the checkpoint), stored runs of a checkpoint path
     whose ``model_sha256_prefix`` differs from the new runs' are dropped: they measured an
     earlier file at that path (runs recorded without a hash are kept)."""
@@ -65,10 +66,16 @@ def merge_runs(name: str, runs: list[dict[str, Any]], key, model_field: str | No
     for r in old:
         r.setdefault("date", stored.get("date"))
         r.setdefault("commit", stored.get("commit"))
-    now, rev = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), git_rev()
+        # the file's machine is a kept run's only when that run came with the file's last write (same
+        # commit and day); older runs may have run elsewhere, and stay without one ("not recorded")
+        if "hardware" not in r and stored.get("hardware") and r["commit"] == stored.get("commit") \
+                and str(r["date"])[:10] == str(stored.get("date"))[:10]:  # fmt: skip
+            r["hardware"] = stored["hardware"]
+    now, rev, hw = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), git_rev(), hardware()
     for r in runs:
         r.setdefault("date", now)
         r.setdefault("commit", rev)
+        r.setdefault("hardware", hw)
     if model_field:
         sha = {r[model_field]: r["model_sha256_prefix"] for r in runs if r.get("model_sha256_prefix")}
         def stale(r: dict[str, Any]) -> bool:

@@ -28,6 +28,14 @@ def _hw(r: dict) -> str:
     return f"{h.get('cpu', '?')}, {h.get('cores', '?')} cores" + (f", {h['gpu']}" if "gpu" in h else "")
 
 
+def _measured(r: dict) -> str:
+    """A merged row's own date, commit and machine (bench/common.merge_runs): the rows of one table
+    may come from different days and machines."""
+    h = r.get("hardware")
+    machine = f"{h.get('cpu', '?')}, {h.get('cores', '?')} cores" + (f", {h['gpu']}" if "gpu" in h else "") if h else "machine not recorded"
+    return f"{str(r.get('date', '?'))[:10]}, {r.get('commit', '?')}, {machine}"
+
+
 def _at_training(r: dict) -> str:
     """An accuracy row's figure when its checkpoint was trained, if the current decision rule changed it."""
     old = r.get("test_acc_at_training")
@@ -127,9 +135,9 @@ def render_docs() -> Path:
         lines += _window_step_lines(sp.get("window_step"))
     acc = _load("accuracy")
     if acc:
-        lines += ["## Accuracy (bench/accuracy.py)", "", f"{_hw(acc)}; {acc['date']}, commit {acc['commit']}.", "",
-                  "| dataset | mode | config | T | epochs | train images | test accuracy | paper | output latency | recipe | wall time |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["## Accuracy (bench/accuracy.py)", "", "Each row's date, commit and machine in its last column.", "",
+                  "| dataset | mode | config | T | epochs | train images | test accuracy | paper | output latency | recipe | wall time | measured |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in acc["runs"]:
             diag = (r["history"][-1].get("diag") or {}) if r.get("history") else {}
             lat = f"{diag['latency_correct']:.1f} / {r['T']}" if "latency_correct" in diag else "-"
@@ -157,7 +165,7 @@ def render_docs() -> Path:
                       + (f", dt/dV {'exact slopes' if tr['latency'] == 'true' else tr['latency']}" if tr.get("latency", "rho") != "rho" else ""))  # fmt: skip
             lines.append(
                 f"| {r['dataset']} | {weights_label(r['mode'], r.get('weight_bits'))} | {r['config']} | {r['T']} | {_epochs(r)} | {r['train_images']} | "
-                f"**{100 * r['test_acc']:.2f}%**{_at_training(r)} | {100 * r['paper']:.1f}% | {lat} | {recipe} | {r['wall_minutes']:.1f} min |"
+                f"**{100 * r['test_acc']:.2f}%**{_at_training(r)} | {100 * r['paper']:.1f}% | {lat} | {recipe} | {r['wall_minutes']:.1f} min | {_measured(r)} |"
             )
         lines += ["", "Output latency: mean first-output-spike step of the correctly classified images among the first "
                   "1,000 test images, after the last epoch. Test accuracy by the current decision rule (if no output fires: "
@@ -229,14 +237,14 @@ def render_docs() -> Path:
     ex = _load("exactness")
     if ex:
         lines += ["## Exactness: training forward pass vs integer golden model (bench/exactness.py)", "",
-                  f"Every spike time of every layer and the class, whole test sets; {_hw(ex)}; {ex['date']}, commit {ex['commit']}.",
-                  "", "| checkpoint | dataset | images | class mismatches | spike-time mismatches / compared | golden acc. | training acc. | golden time |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "Every spike time of every layer and the class, whole test sets; each row's date, commit and machine in its last column.",
+                  "", "| checkpoint | dataset | images | class mismatches | spike-time mismatches / compared | golden acc. | training acc. | golden time | measured |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in ex["runs"]:
             lines.append(
                 f"| `{r.get('checkpoint', '?')}` | {r['dataset']} | {r['images']} | **{r['class_mismatches']}** | **{r['spike_time_mismatches']}** / "
                 f"{r['spike_times_compared']:,} | {100 * r['golden_accuracy']:.2f}% | {100 * r['training_forward_accuracy']:.2f}% | "
-                f"{r['golden_seconds']:.1f} s |"
+                f"{r['golden_seconds']:.1f} s | {_measured(r)} |"
             )
         lines += ["", "Golden time: classifying the whole test set (goal <= 60 s for 10k MNIST images on 2 cores).", ""]
     fp = _load("fixed_point")
@@ -312,9 +320,9 @@ def render_docs() -> Path:
                   "cell models on Verilator; the ECP5 block RAM (DP16KD, a blackbox in Yosys) and multipliers (MULT18X18D, "
                   "which Yosys does not model) run on firstspike's models `sim/cells/ecp5_dp16kd.v` and "
                   "`sim/cells/ecp5_mult18x18d.v`. Every layer's spike times, V(T-1) and the class against the golden model; "
-                  f"cycles per image against the RTL on the same images. Test images spread over the test set; {_hw(gl)}.", "",
+                  f"cycles per image against the RTL on the same images. Test images spread over the test set.", "",
                   "| model | family | lanes | block RAM (+ DSP) cells | images | mismatches (values + classes) | values compared | "
-                  "cycle counts differing from RTL | accuracy (= golden) | cycles/image | wall time | date, commit |",
+                  "cycle counts differing from RTL | accuracy (= golden) | cycles/image | wall time | date, commit, machine |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in gl["runs"]:
             pos = f" x {r['positions']} positions" if r.get("positions", 1) > 1 else ""
@@ -323,7 +331,7 @@ def render_docs() -> Path:
             lines.append(f"| `{r['model']}`{_former(r['model'], r.get('model_sha256_prefix'))} (T={r['T']}) | {r['family']} | {r['lanes']}{pos} | {r['bram_cells']}{dsp} | {r['images']} | "
                          f"**{r['total_mismatches']}** | {r['values_compared']:,} | {r['cycle_mismatches_vs_rtl']} | "
                          f"{100 * r['rtl_accuracy']:.2f}% ({100 * r['golden_accuracy']:.2f}%) | {r['cycles_mean']:,.0f} | "
-                         f"{r['wall_minutes']:.1f} min | {r['date']}, {r['commit']} |")  # fmt: skip
+                         f"{r['wall_minutes']:.1f} min | {_measured(r)} |")  # fmt: skip
         lines.append("")
     rc = _load("rtl_lanes")
     if rc:
@@ -386,7 +394,7 @@ def render_docs() -> Path:
     bd = _load("boards")
     if bd:
         lines += ["## Boards (bench/boards.py)", "",
-                  f"Bitstreams built with Yosys + nextpnr from PyPI (YoWASP); {_hw(bd)}; each row's date and commit in its last column. "
+                  f"Bitstreams built with Yosys + nextpnr from PyPI (YoWASP); each row's date, commit and machine in its last column. "
                   "Accuracy: golden model on the 10k MNIST test set (or the row's dataset; the core equals it bit for bit: RTL mismatches on "
                   "the cycles sample, virtual board classes). images/s: compute only at Fmax and at the core clock, and "
                   "over the UART: end to end, pixels in to class out, as measured on the virtual board at the board's "
@@ -408,7 +416,7 @@ def render_docs() -> Path:
                 f"{_dsp(res)} | {r_['fmax_mhz']:.1f} / {r_['clock_mhz']:.0f} | {100 * r_['golden_accuracy']:.2f}% | {r_['cycles_mean']:.0f} | "
                 f"{r_['images_per_s_at_fmax']:.0f} | {r_['images_per_s_at_board_clock']:.0f} | {_uart(r_)} | "
                 f"{r_['rtl_mismatches']} ({r_['rtl_images']} img) | {r_['virtual_class_mismatches']} of {r_['virtual_images']}, "
-                f"{r_['virtual_retries']} | {_spk(r_)} | {str(r_.get('date') or bd['date'])[:10]}, {r_.get('commit') or bd['commit']} |"
+                f"{r_['virtual_retries']} | {_spk(r_)} | {_measured(r_)} |"
             )
         lines.append("")
     dt = _load("demo_time")

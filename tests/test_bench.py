@@ -28,6 +28,28 @@ def test_merge_runs_keeps_each_runs_own_date_and_commit(tmp_path, monkeypatch) -
     assert len(merged) == 2
 
 
+def test_merge_runs_keeps_each_runs_own_machine(tmp_path, monkeypatch) -> None:
+    """A table's rows may come from different machines: a new row records this one; a kept row
+    without a machine gets the file's only when it came with the file's last write (same commit
+    and day), and the report says "machine not recorded" for the others instead of labelling
+    them with the last writer's CPU."""
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    (tmp_path / "demo.json").write_text(json.dumps({
+        "date": "2026-02-02T10:00:00+00:00", "commit": "new5678", "hardware": {"cpu": "CPU-B", "cores": 2},
+        "runs": [{"board": "a", "date": "2026-01-01T00:00:00+00:00", "commit": "old1234"},
+                 {"board": "b", "date": "2026-02-02T09:59:58+00:00", "commit": "new5678"},
+                 {"board": "c", "date": "2026-01-01T00:00:00+00:00", "commit": "old1234", "hardware": {"cpu": "CPU-A", "cores": 4}}]}))  # fmt: skip
+    merged = common.merge_runs("demo", [{"board": "d"}], key=lambda r: r["board"])
+    rows = {r["board"]: r for r in merged}
+    assert "hardware" not in rows["a"]
+    assert rows["b"]["hardware"]["cpu"] == "CPU-B" and rows["c"]["hardware"]["cpu"] == "CPU-A"
+    assert rows["d"]["hardware"] == common.hardware()
+    import report
+
+    assert report._measured(rows["a"]) == "2026-01-01, old1234, machine not recorded"
+    assert report._measured(rows["c"]) == "2026-01-01, old1234, CPU-A, 4 cores"
+
+
 def test_merge_runs_drops_runs_of_an_earlier_file_at_the_same_path(tmp_path, monkeypatch) -> None:
     """A checkpoint replaced at its path (a retrained bench/results/ice40_binary.pt): the new
     runs of that path drop its stored runs with another model hash, also those under other keys
