@@ -143,3 +143,24 @@ def test_small_potential_output_network_learns_and_exports_exactly(tmp_path: Pat
     res = GoldenModel(tables_from_model(model)).run(x)
     assert [int((o.numpy().astype(np.int64) != r).sum()) for o, r in zip(outs, res.layer_times)] == [0] * len(outs)
     assert int((cls.numpy() != res.classes).sum()) == 0
+
+
+def test_training_dropout_reaches_the_output_layers_inputs() -> None:
+    """With ``dropout``, the logits read dropped inputs as forward_all's dense layers do (the
+    same generator draws gives the same mask); in evaluation they read the inputs unchanged."""
+    net, x = _net("real", "ramp")
+    net.eval()
+    t_in = net.forward_all(torch.from_numpy(x))[-2]
+    clean = net.logits(t_in)
+    net.train()
+    net.dropout = 0.5
+    net.dropout_rng = torch.Generator().manual_seed(3)
+    dropped = net.logits(t_in)
+    net.dropout_rng = torch.Generator().manual_seed(3)
+    t_dropped = net._dropped(t_in)
+    net.dropout = 0.0
+    np.testing.assert_allclose(dropped.detach().numpy(), net.logits(t_dropped).detach().numpy(), rtol=1e-6)
+    assert not torch.allclose(dropped, clean)
+    net.eval()
+    net.dropout = 0.5
+    np.testing.assert_array_equal(net.logits(t_in).detach().numpy(), clean.detach().numpy())

@@ -390,8 +390,12 @@ class CSNN(nn.Module):
     def logits(self, t_in: torch.Tensor) -> torch.Tensor:
         """``output = "potential"``: the output layer's V(T-1) / theta_l (B, classes) from its input
         times (``forward_all``'s last but one), differentiable: the cross-entropy's logits. Binary
-        mode: alpha times the integer V(T-1) the hardware compares, one alpha for all classes."""
+        mode: alpha times the integer V(T-1) the hardware compares, one alpha for all classes. In
+        training with ``dropout``, a dense output layer's inputs are dropped as forward_all drops
+        the other dense layers'."""
         out = self.layers[-1]
+        if self.kinds[-1] == "fc" and self.training and self.dropout > 0:
+            t_in = self._dropped(t_in)
         return (out.potential_at(t_in, self.T - 1, effective=True) / float(out.theta)).flatten(1)
 
     @torch.no_grad()
