@@ -35,13 +35,14 @@ def _fixed_scale(layer: SpikingLayer, bits: int, shared: bool = False) -> np.nda
     return np.where(m > 0, m / ((1 << (bits - 1)) - 1), 1.0)
 
 
-def _fixed_point(layer: SpikingLayer, bits: int, shared: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _fixed_point(layer: SpikingLayer, bits: int, shared: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(k-bit weights, thresholds, the scale per output channel: one integer unit in real terms)."""
     w = layer.weight.detach().double().numpy()
     qmax = (1 << (bits - 1)) - 1
     s = _fixed_scale(layer, bits, shared)
     wq = np.clip(np.rint(w / s[:, None, None, None]), -qmax, qmax).astype(np.int32)
     thr = np.ceil(float(layer.theta) / s).astype(np.int64)
-    return wq, thr
+    return wq, thr, s
 
 
 def check_deployable(cfg: NetConfig) -> None:
@@ -83,12 +84,12 @@ def tables_from_model(model: CSNN, weight_bits: int | None = None, meta: dict | 
                 w_t, thr_t = mod.integer_weights()
                 w, thr, bits = w_t.numpy().astype(np.int32), thr_t.numpy().astype(np.int64), mod.weight_bits
             else:
-                w, thr = _fixed_point(mod, weight_bits, shared)  # type: ignore[arg-type]
+                w, thr, scale = _fixed_point(mod, weight_bits, shared)  # type: ignore[arg-type]
                 bits = weight_bits
             kh, kw = w.shape[2], w.shape[3]
             ramps = None
             if mod.ramped:  # binary: the integer ramps training computes with; fixed point: the ramp in the weights' units
-                ramps = mod.ramp()[0].numpy() if binary else np.maximum(1, np.rint(mod.ramp()[0].numpy() / _fixed_scale(mod, bits, shared)))
+                ramps = mod.ramp()[0].numpy() if binary else np.maximum(1, np.rint(mod.ramp()[0].numpy() / scale))
                 ramps = ramps.astype(np.int64)
             if shared:  # an output that never fires: clip_thresholds makes this the highest reachable V + 1
                 thr = np.full_like(thr, np.iinfo(np.int64).max // 2)
