@@ -31,8 +31,7 @@ def _hw(r: dict) -> str:
 def _measured(r: dict) -> str:
     """A merged row's own date, commit and machine (bench/common.merge_runs): the rows of one table
     may come from different days and machines."""
-    h = r.get("hardware")
-    machine = f"{h.get('cpu', '?')}, {h.get('cores', '?')} cores" + (f", {h['gpu']}" if "gpu" in h else "") if h else "machine not recorded"
+    machine = _hw(r) if r.get("hardware") else "machine not recorded"
     return f"{str(r.get('date', '?'))[:10]}, {r.get('commit', '?')}, {machine}"
 
 
@@ -320,7 +319,7 @@ def render_docs() -> Path:
                   "cell models on Verilator; the ECP5 block RAM (DP16KD, a blackbox in Yosys) and multipliers (MULT18X18D, "
                   "which Yosys does not model) run on firstspike's models `sim/cells/ecp5_dp16kd.v` and "
                   "`sim/cells/ecp5_mult18x18d.v`. Every layer's spike times, V(T-1) and the class against the golden model; "
-                  f"cycles per image against the RTL on the same images. Test images spread over the test set.", "",
+                  "cycles per image against the RTL on the same images. Test images spread over the test set.", "",
                   "| model | family | lanes | block RAM (+ DSP) cells | images | mismatches (values + classes) | values compared | "
                   "cycle counts differing from RTL | accuracy (= golden) | cycles/image | wall time | date, commit, machine |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -394,7 +393,7 @@ def render_docs() -> Path:
     bd = _load("boards")
     if bd:
         lines += ["## Boards (bench/boards.py)", "",
-                  f"Bitstreams built with Yosys + nextpnr from PyPI (YoWASP); each row's date, commit and machine in its last column. "
+                  "Bitstreams built with Yosys + nextpnr from PyPI (YoWASP); each row's date, commit and machine in its last column. "
                   "Accuracy: golden model on the 10k MNIST test set (or the row's dataset; the core equals it bit for bit: RTL mismatches on "
                   "the cycles sample, virtual board classes). images/s: compute only at Fmax and at the core clock, and "
                   "over the UART: end to end, pixels in to class out, as measured on the virtual board at the board's "
