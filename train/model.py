@@ -368,10 +368,13 @@ class CSNN(nn.Module):
                 dt = t.dtype if t.is_floating_point() else torch.float32
                 t = torch.full((t.shape[0], self.num_classes, 1, 1), float(self.T), dtype=dt, device=t.device)
             else:
-                t_in = self._dropped(t) if kind == "fc" and self.training and self.dropout > 0 else t
-                t = mod(t_in, self.backend, self.norm_grad, self.latency)
+                t = mod(self._input_of(kind, t), self.backend, self.norm_grad, self.latency)
             outs.append(t)
         return outs
+
+    def _input_of(self, kind: str, t: torch.Tensor) -> torch.Tensor:
+        """A layer's input times: a dense layer's dropped in training with ``dropout``, else ``t``."""
+        return self._dropped(t) if kind == "fc" and self.training and self.dropout > 0 else t
 
     def _dropped(self, t: torch.Tensor) -> torch.Tensor:
         """Inverted dropout in spike-time terms: each input silenced (t = T) with probability p, the
@@ -394,8 +397,7 @@ class CSNN(nn.Module):
         training with ``dropout``, a dense output layer's inputs are dropped as forward_all drops
         the other dense layers'."""
         out = self.layers[-1]
-        if self.kinds[-1] == "fc" and self.training and self.dropout > 0:
-            t_in = self._dropped(t_in)
+        t_in = self._input_of(self.kinds[-1], t_in)
         return (out.potential_at(t_in, self.T - 1, effective=True) / float(out.theta)).flatten(1)
 
     @torch.no_grad()
